@@ -1,0 +1,5 @@
+import sys
+
+from pickloop.cli import main
+
+sys.exit(main())

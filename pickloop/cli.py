@@ -1,0 +1,172 @@
+"""The one entry point, ``pickloop``. Every stage adds its commands through ``register(sub, bench_sub)``.
+
+A user mistake (``UserError``) prints one line on stderr and exits 2; nothing else is caught here.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+from pickloop.errors import UserError
+
+# Modules that add commands; each has register(sub, bench_sub). Imports inside handlers stay lazy so
+# that `pickloop --help` does not load torch.
+COMMAND_MODULES = (
+    "pickloop.shapes.commands",
+    "generator.commands",
+    "feedback_app.commands",
+    "reward.commands",
+    "finetune.commands",
+    "pickloop.loop.commands",
+)
+
+EXIT_USER_ERROR = 2
+
+
+def _ctx(args):  # noqa: ANN001, ANN202
+    from pickloop.context import Context
+
+    return Context()
+
+
+def cmd_init(args) -> None:  # noqa: ANN001
+    from pickloop.db import write_session
+    from pickloop.store import add_prompts, ensure_base_version
+
+    ctx = _ctx(args)
+    with write_session(ctx.engine) as s:
+        version = ensure_base_version(session=s, base_model=ctx.base_model)
+        n = 0
+        if not args.no_prompts and ctx.base_model.startswith("embedded:"):
+            from pickloop.shapes.world import prompt_pool
+
+            n = len(add_prompts(session=s, texts=prompt_pool("train", n=args.starter_prompts), pool="default"))
+    print(f"data home {ctx.home.resolve()} ready; promoted model {version.name} ({version.base_model}); "
+          f"{n} starter prompts")
+
+
+def cmd_db_upgrade(args) -> None:  # noqa: ANN001
+    from pickloop.db import make_engine, upgrade
+    from pickloop.settings import get_settings
+
+    s = get_settings()
+    s.home.mkdir(parents=True, exist_ok=True)
+    upgrade(make_engine(s.db_url), args.revision)
+    print(f"database at {args.revision}")
+
+
+def cmd_prompts_add(args) -> None:  # noqa: ANN001
+    from pickloop.db import write_session
+    from pickloop.store import add_prompts, list_prompts
+
+    texts = list(args.text)
+    if args.file:
+        try:
+            raw = Path(args.file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"cannot read prompt file {args.file}: {e}") from None
+        texts += [line.rstrip("\r") for line in raw.split("\n") if line.strip()]
+    if not texts:
+        raise UserError("give prompt text or --file FILE (one prompt per line)")
+    ctx = _ctx(args)
+    with write_session(ctx.engine) as s:
+        before = {p.id for p in list_prompts(session=s, active=None)}
+        rows = add_prompts(session=s, texts=texts, pool=args.pool)
+        new = sum(r.id not in before for r in rows)
+    print(f"{new} prompts added, {len(rows) - new} already present (pool {args.pool})")
+
+
+def cmd_prompts_list(args) -> None:  # noqa: ANN001
+    from pickloop.db import read_session
+    from pickloop.store import list_prompts
+
+    ctx = _ctx(args)
+    with read_session(ctx.engine) as s:
+        for p in list_prompts(session=s, pool=args.pool, split=args.split):
+            print(f"{p.id}\t{p.pool}\t{p.split}\t{p.text}")
+
+
+def cmd_raters_add(args) -> None:  # noqa: ANN001
+    from pickloop.db import write_session
+    from pickloop.store import add_rater
+
+    ctx = _ctx(args)
+    with write_session(ctx.engine) as s:
+        rater, token = add_rater(session=s, name=args.name, role="admin" if args.admin else "rater")
+    print(f"rater {rater.name} ({rater.role}) added. Token (shown once, keep it): {token}")
+
+
+def cmd_raters_list(args) -> None:  # noqa: ANN001
+    from pickloop.db import read_session
+    from pickloop.store import list_raters
+
+    ctx = _ctx(args)
+    with read_session(ctx.engine) as s:
+        for r in list_raters(session=s):
+            print(f"{r.id}\t{r.name}\t{r.role}\t{r.kind}\t{'active' if r.active else 'inactive'}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pickloop", description="Rate images, learn a reward, fine-tune a LoRA, repeat.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    q = sub.add_parser("init", help="create the data home, migrate the database, add starter prompts")
+    q.add_argument("--no-prompts", action="store_true", help="do not add the starter prompt pool")
+    q.add_argument("--starter-prompts", type=int, default=200, help="how many starter prompts (embedded model)")
+    q.set_defaults(func=cmd_init)
+
+    db = sub.add_parser("db", help="database maintenance").add_subparsers(dest="db_cmd", required=True)
+    q = db.add_parser("upgrade", help="apply migrations (alembic)")
+    q.add_argument("revision", nargs="?", default="head")
+    q.set_defaults(func=cmd_db_upgrade)
+
+    pr = sub.add_parser("prompts", help="the prompt pool").add_subparsers(dest="prompts_cmd", required=True)
+    q = pr.add_parser("add", help="add prompts: text arguments and/or --file (one per line)")
+    q.add_argument("text", nargs="*")
+    q.add_argument("--file", help="UTF-8 text file, one prompt per line")
+    q.add_argument("--pool", default="default", help="prompt pool name")
+    q.set_defaults(func=cmd_prompts_add)
+    q = pr.add_parser("list", help="list prompts")
+    q.add_argument("--pool")
+    q.add_argument("--split", choices=["train", "heldout"])
+    q.set_defaults(func=cmd_prompts_list)
+
+    ra = sub.add_parser("raters", help="raters and their tokens").add_subparsers(dest="raters_cmd", required=True)
+    q = ra.add_parser("add", help="add a rater; prints its token once")
+    q.add_argument("name")
+    q.add_argument("--admin", action="store_true", help="may use the admin page")
+    q.set_defaults(func=cmd_raters_add)
+    q = ra.add_parser("list", help="list raters")
+    q.set_defaults(func=cmd_raters_list)
+
+    bench_sub = sub.add_parser("bench", help="measured figures; last line is key=value").add_subparsers(
+        dest="bench_cmd", required=True, metavar="BENCH")
+    for name in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name is not None and name.startswith(e.name):
+                continue  # that stage is not part of this install
+            raise
+        mod.register(sub, bench_sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        rc = args.func(args)  # a handler may return a distinct exit code (e.g. "another run holds the lock")
+    except UserError as e:
+        print(f"pickloop: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("pickloop: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

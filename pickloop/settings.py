@@ -1,0 +1,87 @@
+"""Typed settings, read from ``PICKLOOP_*`` environment variables and an optional YAML file.
+
+Precedence: explicit keyword arguments > environment > config file > defaults. The config file is
+``$PICKLOOP_CONFIG`` when set, else ``pickloop.yaml`` in the working directory when present.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pickloop.errors import UserError
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PICKLOOP_", extra="forbid")
+
+    home: Path = Field(Path("data"), description="Data home: database, images, LoRA versions, reports.")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; SQLite in the data home when unset.")
+    image_store_url: str | None = Field(None, description="fsspec URL of the image store; <home>/images when unset.")
+    base_model: str | None = Field(None, description="Diffusers folder or hub id; the embedded shapes model when unset.")
+    candidates_per_set: int = Field(4, ge=2, le=4, description="Candidates shown together to a rater (2-4).")
+    queue_depth: int = Field(2, ge=1, le=100, description="Ready, unanswered sets kept per active prompt.")
+    overlap_share: float = Field(0.1, ge=0.0, le=1.0, description="Share of sets shown to two raters (agreement).")
+    noise_memory: bool = Field(True, description="Reuse seeds that won for similar prompts.")
+    noise_memory_share: float = Field(0.25, ge=0.0, le=1.0, description="Share of candidates drawn from winning seeds.")
+    undo_seconds: float = Field(8.0, ge=0.0, description="How long a rater can undo the last pick, seconds.")
+    app_host: str = Field("127.0.0.1", description="Address the rating app binds to.")
+    app_port: int = Field(8501, ge=1, le=65535, description="Port of the rating app.")
+    sqlite_busy_timeout_ms: int = Field(30000, ge=0, description="How long SQLite waits on a lock, ms.")
+
+    @field_validator("home", mode="before")
+    @classmethod
+    def _expand(cls, v: Any) -> Any:
+        return Path(os.path.expanduser(str(v))) if v is not None else v
+
+    @property
+    def db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.home / 'pickloop.db').resolve()}"
+
+    @property
+    def images_url(self) -> str:
+        return self.image_store_url or str((self.home / "images").resolve())
+
+    @property
+    def lora_dir(self) -> Path:
+        return self.home / "loras"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+
+def _config_file_values() -> dict[str, Any]:
+    path = os.environ.get("PICKLOOP_CONFIG")
+    if path is None and Path("pickloop.yaml").exists():
+        path = "pickloop.yaml"
+    if not path:
+        return {}
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise UserError(f"config file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of setting: value")
+    env_keys = {k[len("PICKLOOP_"):].lower() for k in os.environ if k.startswith("PICKLOOP_")}
+    return {k: v for k, v in data.items() if k not in env_keys}
+
+
+def get_settings(**overrides: Any) -> Settings:
+    """Settings from overrides, the environment and the config file; a bad value is one clear line."""
+    try:
+        return Settings(**{**_config_file_values(), **overrides})
+    except Exception as e:  # pydantic.ValidationError: keep the first problem only
+        errors = getattr(e, "errors", None)
+        if callable(errors):
+            first = errors()[0]
+            raise UserError(f"bad setting {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        raise

@@ -1,0 +1,293 @@
+"""The store's data functions: keyword-only, each taking the caller's session (one transaction per write).
+
+A replayed write is a no-op because a unique constraint says so, not because of luck: judgements
+are inserted with ON CONFLICT DO NOTHING on their idempotency key and on (set, rater).
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import unicodedata
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Iterable, Sequence
+
+from sqlalchemy import func
+from sqlmodel import Session, select
+
+from pickloop.errors import UserError
+from pickloop.schema import (
+    CHOICES, MAX_PROMPT_CHARS, Candidate, Comparison, Judgement, ModelVersion, Prompt, Rater, utcnow,
+)
+
+HELDOUT_SHARE = 0.1  # share of prompts held out from every training set, fixed by a hash of the text
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def prompt_split(text: str, heldout_share: float = HELDOUT_SHARE) -> str:
+    """``heldout`` or ``train``, from a hash of the text: stable as the pool grows."""
+    h = int(sha256_text("split:" + text)[:8], 16) / 0xFFFFFFFF
+    return "heldout" if h < heldout_share else "train"
+
+
+# ---------------------------------------------------------------- prompts
+
+def validate_prompt(text: str) -> str:
+    """The prompt, exactly as given, or a UserError saying why it is refused."""
+    if not isinstance(text, str):
+        raise UserError("a prompt must be text")
+    if "\x00" in text:
+        raise UserError("prompt contains a NUL character; remove it")
+    bad = [c for c in text if unicodedata.category(c) == "Cc" and c not in "\t"]
+    if bad:
+        raise UserError(f"prompt contains control character {bad[0]!r}; remove it")
+    if not text.strip():
+        raise UserError("prompt is empty")
+    if len(text) > MAX_PROMPT_CHARS:
+        raise UserError(f"prompt is {len(text)} characters; the limit is {MAX_PROMPT_CHARS}")
+    return text
+
+
+def add_prompts(*, session: Session, texts: Iterable[str], pool: str = "default") -> list[Prompt]:
+    """Add prompts (validated first, all or none); ones already stored are returned, not duplicated."""
+    texts = [validate_prompt(t) for t in texts]
+    out: list[Prompt] = []
+    for text in dict.fromkeys(texts):
+        sha = sha256_text(text)
+        row = session.exec(select(Prompt).where(Prompt.text_sha256 == sha)).first()
+        if row is None:
+            row = Prompt(text=text, text_sha256=sha, pool=pool, split=prompt_split(text))
+            session.add(row)
+            session.flush()
+        out.append(row)
+    return out
+
+
+def list_prompts(*, session: Session, pool: str | None = None, split: str | None = None,
+                 active: bool | None = True) -> list[Prompt]:
+    q = select(Prompt).order_by(Prompt.id)
+    if pool is not None:
+        q = q.where(Prompt.pool == pool)
+    if split is not None:
+        q = q.where(Prompt.split == split)
+    if active is not None:
+        q = q.where(Prompt.active == active)
+    return list(session.exec(q))
+
+
+# ---------------------------------------------------------------- raters
+
+def hash_token(token: str) -> str:
+    # Tokens are 192 random bits, so a plain hash is enough (no dictionary to guess from).
+    return hashlib.sha256(("pickloop-token:" + token).encode()).hexdigest()
+
+
+def add_rater(*, session: Session, name: str, role: str = "rater", kind: str = "human") -> tuple[Rater, str]:
+    """Create a rater; returns the row and its token, which is shown once and stored only hashed."""
+    name = name.strip()
+    if not name or len(name) > 64 or any(unicodedata.category(c).startswith("C") for c in name):
+        raise UserError("rater name must be 1-64 printable characters")
+    if role not in ("rater", "admin"):
+        raise UserError(f"role must be rater or admin, not {role!r}")
+    if session.exec(select(Rater).where(Rater.name == name)).first() is not None:
+        raise UserError(f"rater {name!r} already exists")
+    token = secrets.token_urlsafe(24)
+    rater = Rater(name=name, token_hash=hash_token(token), role=role, kind=kind)
+    session.add(rater)
+    session.flush()
+    return rater, token
+
+
+def get_rater(*, session: Session, name: str) -> Rater:
+    rater = session.exec(select(Rater).where(Rater.name == name)).first()
+    if rater is None or not rater.active:
+        raise UserError(f"unknown rater: {name!r}")
+    return rater
+
+
+def authenticate(*, session: Session, name: str, token: str) -> Rater | None:
+    """The active rater with this name and token, or None (constant-time comparison)."""
+    rater = session.exec(select(Rater).where(Rater.name == (name or "").strip())).first()
+    expected = rater.token_hash if rater is not None else hash_token(secrets.token_urlsafe(24))
+    ok = hmac.compare_digest(expected, hash_token(token or ""))
+    return rater if (ok and rater is not None and rater.active) else None
+
+
+def list_raters(*, session: Session) -> list[Rater]:
+    return list(session.exec(select(Rater).order_by(Rater.id)))
+
+
+# ---------------------------------------------------------------- model versions
+
+def promoted_version(*, session: Session) -> ModelVersion | None:
+    return session.exec(select(ModelVersion).where(ModelVersion.status == "promoted")
+                        .order_by(ModelVersion.promoted_at.desc(), ModelVersion.id.desc())).first()
+
+
+def ensure_base_version(*, session: Session, base_model: str) -> ModelVersion:
+    """The version that stands for ``base_model`` without a LoRA; made and promoted if none is promoted."""
+    row = session.exec(select(ModelVersion).where(ModelVersion.base_model == base_model,
+                                                  ModelVersion.method == "base")).first()
+    if row is None:
+        n = session.exec(select(func.count()).select_from(ModelVersion)).one()
+        row = ModelVersion(name=f"base-{n + 1}", base_model=base_model, method="base")
+        session.add(row)
+        session.flush()
+    if promoted_version(session=session) is None:
+        promote(session=session, version=row)
+    return row
+
+
+def promote(*, session: Session, version: ModelVersion) -> None:
+    """Make ``version`` the one promoted version (the previous one is retired)."""
+    for old in session.exec(select(ModelVersion).where(ModelVersion.status == "promoted")):
+        if old.id != version.id:
+            old.status = "retired"
+            session.add(old)
+    version.status = "promoted"
+    version.promoted_at = utcnow()
+    version.reason = None
+    session.add(version)
+    session.flush()
+
+
+def find_version(*, session: Session, ref: str | int) -> ModelVersion:
+    """A version by id, name or ``latest`` (the promoted one)."""
+    if ref == "latest":
+        row = promoted_version(session=session)
+    elif isinstance(ref, int) or str(ref).isdigit():
+        row = session.get(ModelVersion, int(ref))
+    else:
+        row = session.exec(select(ModelVersion).where(ModelVersion.name == ref)).first()
+    if row is None:
+        raise UserError(f"no model version {ref!r} in the registry")
+    return row
+
+
+# ---------------------------------------------------------------- judgements
+
+def candidates_of(*, session: Session, comparison_id: int) -> list[Candidate]:
+    return list(session.exec(select(Candidate).where(Candidate.comparison_id == comparison_id)
+                             .order_by(Candidate.slot)))
+
+
+def _insert_ignore(session: Session, model, values: dict) -> bool:  # noqa: ANN001
+    """INSERT ... ON CONFLICT DO NOTHING; True when a row was written."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:  # pragma: no cover - other databases: the unique constraints raise instead
+        from sqlalchemy import insert
+        return session.execute(insert(model).values(**values)).rowcount == 1
+    return session.execute(insert(model).values(**values).on_conflict_do_nothing()).rowcount == 1
+
+
+def record_judgement(*, session: Session, comparison_id: int, rater_id: int, choice: str,
+                     winner_id: int | None, shown_order: Sequence[int], idempotency_key: str,
+                     time_ms: int | None = None) -> tuple[Judgement, bool]:
+    """Record a rater's answer to a set. Returns (row, created); a replay returns the first row.
+
+    ``choice`` is pick (``winner_id`` one of the set's candidates), tie, none (none good) or skip.
+    ``shown_order`` lists the set's candidate ids in the order the rater saw them. The same key, or
+    the same rater answering the same set again (a second tab), leaves the first answer standing.
+    """
+    if choice not in CHOICES:
+        raise UserError(f"choice must be one of {', '.join(CHOICES)}, not {choice!r}")
+    if not idempotency_key or len(idempotency_key) > 128:
+        raise UserError("an idempotency key of 1-128 characters is required")
+    rater = session.get(Rater, rater_id)
+    if rater is None or not rater.active:
+        raise UserError(f"unknown rater id {rater_id}")
+    comp = session.get(Comparison, comparison_id)
+    if comp is None or comp.status not in ("ready", "done"):
+        raise UserError(f"set {comparison_id} is not ready to be judged")
+    ids = [c.id for c in candidates_of(session=session, comparison_id=comparison_id)]
+    if sorted(shown_order) != sorted(ids):
+        raise UserError("shown order must list each candidate of the set once")
+    if choice == "pick" and winner_id not in ids:
+        raise UserError("a pick must name one of the set's candidates")
+    if choice != "pick":
+        winner_id = None
+    created = _insert_ignore(session, Judgement, dict(
+        comparison_id=comparison_id, rater_id=rater_id, choice=choice, winner_id=winner_id,
+        shown_order=list(shown_order), time_ms=time_ms, idempotency_key=idempotency_key,
+        created_at=utcnow()))
+    row = session.exec(select(Judgement).where(Judgement.comparison_id == comparison_id,
+                                               Judgement.rater_id == rater_id)).first()
+    if row is None:
+        raise UserError("idempotency key already used for another answer")
+    if created:
+        n = session.exec(select(func.count()).select_from(Judgement)
+                         .where(Judgement.comparison_id == comparison_id)).one()
+        if n >= comp.raters_wanted and comp.status != "done":
+            comp.status = "done"
+            session.add(comp)
+        session.flush()
+    return row, created
+
+
+def undo_judgement(*, session: Session, judgement_id: int, rater_id: int, within_s: float) -> bool:
+    """Delete a rater's own judgement if it is younger than ``within_s`` seconds; the set is shown again."""
+    row = session.get(Judgement, judgement_id)
+    if row is None or row.rater_id != rater_id:
+        return False
+    if row.created_at < utcnow() - timedelta(seconds=within_s):
+        return False
+    comp = session.get(Comparison, row.comparison_id)
+    session.delete(row)
+    if comp is not None and comp.status == "done":
+        comp.status = "ready"
+        session.add(comp)
+    session.flush()
+    return True
+
+
+def data_snapshot(*, session: Session) -> int:
+    """The highest judgement id: names the labels a model was trained on."""
+    return session.exec(select(func.coalesce(func.max(Judgement.id), 0))).one()
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One preference pair from a judgement. ``label`` is P(a preferred over b): 1.0, or 0.5 for a tie."""
+
+    judgement_id: int
+    prompt_id: int
+    prompt: str
+    a: Candidate
+    b: Candidate
+    label: float
+    rater_id: int
+
+
+def preference_pairs(*, session: Session, upto_id: int | None = None, include_ties: bool = True,
+                     split: str | None = None) -> list[Pair]:
+    """Pairs from judgements: the winner against every other candidate shown (label 1.0); for a tie,
+    every pair of the set (label 0.5) when ``include_ties``. none good and skip give no pair."""
+    q = (select(Judgement, Comparison, Prompt).join(Comparison, Judgement.comparison_id == Comparison.id)
+         .join(Prompt, Comparison.prompt_id == Prompt.id).order_by(Judgement.id))
+    if upto_id is not None:
+        q = q.where(Judgement.id <= upto_id)
+    if split is not None:
+        q = q.where(Prompt.split == split)
+    pairs: list[Pair] = []
+    for j, comp, prompt in session.exec(q):
+        if j.choice not in ("pick", "tie") or (j.choice == "tie" and not include_ties):
+            continue
+        cands = {c.id: c for c in candidates_of(session=session, comparison_id=comp.id)}
+        if j.choice == "pick":
+            for cid, c in cands.items():
+                if cid != j.winner_id:
+                    pairs.append(Pair(j.id, prompt.id, prompt.text, cands[j.winner_id], c, 1.0, j.rater_id))
+        else:
+            ordered = sorted(cands.values(), key=lambda c: c.slot)
+            for i in range(len(ordered)):
+                for k in range(i + 1, len(ordered)):
+                    pairs.append(Pair(j.id, prompt.id, prompt.text, ordered[i], ordered[k], 0.5, j.rater_id))
+    return pairs
