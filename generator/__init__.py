@@ -1,0 +1,25 @@
+"""The generator: load a pipeline with a LoRA version, draw candidate sets, keep the ready queue full.
+
+    from generator import load_pipeline, sample_candidates
+    pipe = load_pipeline(lora="latest")
+    for image, seed, params in sample_candidates(pipe, "a red circle", 4): ...
+
+Names are imported lazily so that ``pickloop --help`` does not load torch.
+"""
+from __future__ import annotations
+
+from importlib import import_module
+
+_EXPORTS = {
+    "load_pipeline": "generator.pipeline", "load_lora": "generator.pipeline",
+    "sample_candidates": "generator.sampling", "redraw": "generator.sampling",
+    "fill_queue": "generator.queue", "watch_queue": "generator.queue",
+    "noise_memory_stats": "generator.noise_memory",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):  # noqa: ANN202
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'generator' has no attribute {name!r}")

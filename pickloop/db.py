@@ -91,11 +91,9 @@ def read_session(engine: Engine) -> Iterator[Session]:
     eng = engine.execution_options(sqlite_begin="DEFERRED") if engine.dialect.name == "sqlite" else engine
     with Session(eng, expire_on_commit=False) as s:
         try:
-            yield s
+            yield s  # closing the session ends the transaction and keeps loaded rows readable
         except OperationalError as e:
             raise _unreachable(engine, e) from None
-        finally:
-            s.rollback()
 
 
 def _unreachable(engine: Engine, e: OperationalError) -> Exception:

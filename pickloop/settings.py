@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     app_host: str = Field("127.0.0.1", description="Address the rating app binds to.")
     app_port: int = Field(8501, ge=1, le=65535, description="Port of the rating app.")
     sqlite_busy_timeout_ms: int = Field(30000, ge=0, description="How long SQLite waits on a lock, ms.")
+    promote_min_win_rate: float = Field(0.5, ge=0.0, le=1.0, description="Promotion gate: win rate a new model version needs against its parent on held-out prompts (reward model, fixed seeds).")
+    promote_max_follow_drop: float = Field(0.02, ge=0.0, le=1.0, description="Promotion gate (shapes world): largest allowed fall of the judge's prompt-following accuracy (0.02 = 2 points).")
+    promote_gate_steps: int = Field(10, ge=1, le=200, description="Sampling steps for the promotion gate's images.")
+    finetune_stale_seconds: float = Field(900.0, gt=0, description="A fine-tuning job whose heartbeat is older than this (s) may be taken over.")
 
     @field_validator("home", mode="before")
     @classmethod

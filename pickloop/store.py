@@ -184,8 +184,10 @@ def _insert_ignore(session: Session, model, values: dict) -> bool:  # noqa: ANN0
         from sqlalchemy.dialects.sqlite import insert
     else:  # pragma: no cover - other databases: the unique constraints raise instead
         from sqlalchemy import insert
-        return session.execute(insert(model).values(**values)).rowcount == 1
-    return session.execute(insert(model).values(**values).on_conflict_do_nothing()).rowcount == 1
+        return session.execute(insert(model).values(**values).returning(model.id)).first() is not None
+    # RETURNING, not rowcount: an ORM-enabled insert reports rowcount -1 on some drivers
+    stmt = insert(model).values(**values).on_conflict_do_nothing().returning(model.id)
+    return session.execute(stmt).first() is not None
 
 
 def record_judgement(*, session: Session, comparison_id: int, rater_id: int, choice: str,

@@ -1,0 +1,123 @@
+"""Drive the real app in a real browser: a ``streamlit run`` server on a loopback port and Debian's
+Chromium through Playwright. Used by ``pickloop bench app`` and the browser test.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+from pickloop.errors import UserError
+
+APP_PATH = Path(__file__).with_name("app.py")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", "--disable-sync"]
+# A set is "fully shown" when the caption names a new set, every candidate image has decoded, and
+# Streamlit has no stale (half-replaced) element left on the page.
+SET_SHOWN_JS = """([oldKey, n]) => {
+  const cap = [...document.querySelectorAll('[data-testid="stCaptionContainer"]')]
+      .map(e => e.innerText.match(/^set ([0-9a-f]+) /)).find(m => m);
+  if (!cap || cap[1] === oldKey) return null;
+  const main = document.querySelector('[data-testid="stMain"]') || document;
+  if (main.querySelector('[data-stale="true"]')) return null;
+  const imgs = [...main.querySelectorAll('[data-testid="stImage"] img, [data-testid="stFullScreenFrame"] img')];
+  const uniq = [...new Set(imgs)];
+  if (uniq.length < n || !uniq.every(i => i.complete && i.naturalWidth > 0)) return null;
+  return cap[1];
+}"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def streamlit_command(*, host: str, port: int) -> list[str]:
+    """The ``streamlit run`` command line for the app: headless, no usage statistics, no file watcher."""
+    return [sys.executable, "-m", "streamlit", "run", str(APP_PATH),
+            "--server.address", host, "--server.port", str(port), "--server.headless", "true",
+            "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
+            "--server.runOnSave", "false", "--client.toolbarMode", "minimal", "--global.developmentMode", "false"]
+
+
+@contextlib.contextmanager
+def app_server(*, home: Path, port: int | None = None, timeout_s: float = 60.0,
+               log_path: Path | None = None) -> Iterator[str]:
+    """Run the app against data home ``home`` on a free loopback port; yields its URL, stops it after."""
+    port = port or free_port()
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PICKLOOP_DATABASE_URL", "PICKLOOP_IMAGE_STORE_URL", "PICKLOOP_CONFIG")}
+    env.update(PICKLOOP_HOME=str(home), OMP_NUM_THREADS="1")
+    log = open(log_path or Path(home) / "streamlit.log", "ab")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(streamlit_command(host="127.0.0.1", port=port), env=env, stdout=log,
+                            stderr=subprocess.STDOUT, cwd=str(Path(home)))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"streamlit exited with {proc.returncode}; see {log.name}")
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.read().strip() == b"ok":
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"streamlit did not answer on {url} within {timeout_s:.0f} s")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@contextlib.contextmanager
+def chromium_page(*, width: int = 1280, height: int = 900) -> Iterator:
+    """A Playwright page in Debian's Chromium (``playwright install`` is not needed)."""
+    from playwright.sync_api import sync_playwright
+
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        raise UserError("chromium not found: apt-get install -y chromium")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.set_default_timeout(30_000)
+            yield page
+        finally:
+            browser.close()
+
+
+def sign_in(page, url: str, *, name: str, token: str) -> None:  # noqa: ANN001
+    """Sign in through the form and wait for the Rate page."""
+    page.goto(url)
+    page.get_by_label("Rater name").fill(name)
+    page.get_by_label("Token").fill(token)
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_text("labels today").wait_for()
+
+
+def wait_for_set(page, old_key: str | None, *, n: int, timeout_ms: float = 30_000) -> str:  # noqa: ANN001
+    """Wait until a set other than ``old_key`` is fully shown (all ``n`` images loaded); its key."""
+    handle = page.wait_for_function(SET_SHOWN_JS, arg=[old_key or "", n], polling="raf", timeout=timeout_ms)
+    return handle.json_value()
+
+
+def focus_page(page) -> None:  # noqa: ANN001
+    """Move keyboard focus to the page body so hotkeys reach Streamlit, not a text field."""
+    page.evaluate("() => { if (document.activeElement) document.activeElement.blur(); }")

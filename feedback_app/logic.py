@@ -1,0 +1,297 @@
+"""What the rating app does, as plain functions over a store session (no Streamlit here).
+
+Pages call these; tests call them directly. Every function takes the caller's session, so one
+answer (or one hand-out of a set) is one transaction. Who is rating is always an ``Identity``
+made by ``sign_in``/``sign_in_oidc``, never a name typed into a widget.
+
+Statistics for the admin page (agreement, win rates, queue counts, export) live in
+``feedback_app.stats`` and are re-exported here.
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Sequence
+
+from sqlalchemy import and_, exists, func, or_
+from sqlalchemy.orm import aliased
+from sqlmodel import Session, select
+
+from pickloop.errors import UserError
+from pickloop.schema import Assignment, Comparison, Judgement, Prompt, Rater, utcnow
+from pickloop.settings import Settings
+from pickloop.store import authenticate, candidates_of, record_judgement, undo_judgement
+
+# A set handed to a rater who then leaves is handed to someone else after this long.
+ASSIGNMENT_TTL = timedelta(minutes=15)
+HUMAN_KINDS = ("human", "oidc")  # raters that count towards overlap (simulated raters do not)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The signed-in rater. Built only from a verified token or OIDC identity."""
+
+    rater_id: int
+    name: str
+    role: str
+    kind: str
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+@dataclass(frozen=True)
+class CandidateView:
+    id: int
+    image_sha256: str
+    position: int  # 0-based place on the page, left to right; the hotkey is position + 1
+
+
+@dataclass(frozen=True)
+class SetView:
+    """A set as one rater sees it: candidates already in this rater's shuffled order."""
+
+    comparison_id: int
+    key: str
+    prompt: str
+    candidates: tuple[CandidateView, ...]
+
+    @property
+    def shown_order(self) -> list[int]:
+        return [c.id for c in self.candidates]
+
+
+# ---------------------------------------------------------------- sign-in
+
+def _identity(rater: Rater) -> Identity:
+    return Identity(rater_id=rater.id, name=rater.name, role=rater.role, kind=rater.kind)
+
+
+def sign_in(*, session: Session, name: str, token: str) -> Identity | None:
+    """The identity for a rater's name and token, or None (a wrong token writes nothing)."""
+    rater = authenticate(session=session, name=name or "", token=token or "")
+    if rater is None or rater.kind == "oidc":  # OIDC raters have no usable token
+        return None
+    return _identity(rater)
+
+
+def sign_in_oidc(*, session: Session, email: str | None) -> Identity | None:
+    """The identity for an OIDC-verified email on the allow list (an active rater of kind ``oidc``)."""
+    email = (email or "").strip()
+    if not email:
+        return None
+    rater = session.exec(select(Rater).where(Rater.kind == "oidc", Rater.active == True,  # noqa: E712
+                                             func.lower(Rater.name) == email.lower())).first()
+    return _identity(rater) if rater is not None else None
+
+
+# ---------------------------------------------------------------- handing out sets
+
+def shuffled_order(candidate_ids: list[int], *, set_key: str, rater_id: int) -> list[int]:
+    """The candidates in the order one rater sees them: shuffled, but the same on every reload."""
+    seed = int(hashlib.sha256(f"order:{set_key}:{rater_id}".encode()).hexdigest()[:16], 16)
+    ids = sorted(candidate_ids)
+    random.Random(seed).shuffle(ids)
+    return ids
+
+
+def is_overlap_set(set_key: str, share: float) -> bool:
+    """Whether a set is one of the ``share`` of sets shown to two raters (fixed by a hash of its key)."""
+    h = int(hashlib.sha256(f"overlap:{set_key}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return h < share
+
+
+def set_view(*, session: Session, comparison_id: int, rater_id: int) -> SetView | None:
+    """The set as ``rater_id`` sees it, or None if it has fewer than two candidates."""
+    comp = session.get(Comparison, comparison_id)
+    if comp is None:
+        return None
+    cands = {c.id: c for c in candidates_of(session=session, comparison_id=comparison_id)}
+    if len(cands) < 2:
+        return None
+    prompt = session.get(Prompt, comp.prompt_id)
+    order = shuffled_order(list(cands), set_key=comp.key, rater_id=rater_id)
+    return SetView(comparison_id=comp.id, key=comp.key, prompt=prompt.text if prompt else "",
+                   candidates=tuple(CandidateView(cid, cands[cid].image_sha256, i) for i, cid in enumerate(order)))
+
+
+def _answered_by(rater_id: int):  # noqa: ANN202
+    return select(Judgement.comparison_id).where(Judgement.rater_id == rater_id)
+
+
+def _pending_for(session: Session, rater_id: int, skip: list[int]) -> Comparison | None:
+    """The oldest ready set already handed to this rater and not yet answered (reloads, two tabs)."""
+    q = (select(Comparison).join(Assignment, Assignment.comparison_id == Comparison.id)
+         .where(Assignment.rater_id == rater_id, Comparison.status == "ready",
+                Comparison.id.not_in(_answered_by(rater_id)), Comparison.id.not_in(skip or [-1]))
+         .order_by(Assignment.id))
+    return session.exec(q).first()
+
+
+def _taken_count(comparison_id_col, now: datetime):  # noqa: ANN001, ANN202
+    """Raters holding a set: those who answered it, and those handed it less than ASSIGNMENT_TTL ago."""
+    a, j = aliased(Assignment), aliased(Judgement)
+    answered = exists().where(j.comparison_id == a.comparison_id, j.rater_id == a.rater_id)
+    return (select(func.count()).select_from(a)
+            .where(a.comparison_id == comparison_id_col, or_(a.assigned_at > now - ASSIGNMENT_TTL, answered))
+            .scalar_subquery())
+
+
+def _claim(session: Session, rater_id: int, settings: Settings, skip: list[int]) -> Comparison | None:
+    """Hand this rater a ready set that still wants a rater; partly rated overlap sets first."""
+    now = utcnow()
+    mine = exists().where(Assignment.comparison_id == Comparison.id, Assignment.rater_id == rater_id)
+    refused: list[int] = list(skip)
+    for _ in range(5):
+        taken = _taken_count(Comparison.id, now)
+        q = (select(Comparison)
+             .where(Comparison.status == "ready", taken < Comparison.raters_wanted, ~mine,
+                    Comparison.id.not_in(_answered_by(rater_id)), Comparison.id.not_in(refused or [-1]))
+             .order_by(taken.desc(), Comparison.id).limit(1)
+             .with_for_update(skip_locked=True))  # PostgreSQL: concurrent raters skip each other's row
+        comp = session.exec(q).first()
+        if comp is None:
+            return None
+        # Re-count now that the row is locked: the first count may predate another rater's commit.
+        n = session.exec(select(_taken_count(comp.id, now))).one()
+        if n >= comp.raters_wanted:
+            refused.append(comp.id)
+            continue
+        _drop_expired_assignments(session, comp.id, now)
+        if n == 0 and comp.raters_wanted == 1 and is_overlap_set(comp.key, settings.overlap_share) \
+                and _human_raters(session) >= 2:
+            comp.raters_wanted = 2
+            session.add(comp)
+        session.add(Assignment(comparison_id=comp.id, rater_id=rater_id, assigned_at=now))
+        session.flush()
+        return comp
+    return None
+
+
+def _drop_expired_assignments(session: Session, comparison_id: int, now: datetime) -> None:
+    """Forget raters who were handed this set long ago and never answered, so it is not rated twice."""
+    answered = exists().where(Judgement.comparison_id == Assignment.comparison_id,
+                              Judgement.rater_id == Assignment.rater_id)
+    for a in session.exec(select(Assignment).where(Assignment.comparison_id == comparison_id,
+                                                   Assignment.assigned_at <= now - ASSIGNMENT_TTL, ~answered)):
+        session.delete(a)
+    session.flush()
+
+
+def _human_raters(session: Session) -> int:
+    return session.exec(select(func.count()).select_from(Rater)
+                        .where(Rater.active == True, Rater.kind.in_(HUMAN_KINDS))).one()  # noqa: E712
+
+
+def next_set_for(*, session: Session, rater_id: int, settings: Settings,
+                 skip: Sequence[int] = ()) -> SetView | None:
+    """The set this rater should see now, or None when the queue has nothing for them.
+
+    A set already handed to this rater and not answered comes first (a reload or a second tab
+    shows the same set); otherwise a new ready set is handed out (an ``Assignment`` row), so two
+    raters never get one set unless it is an overlap set (``raters_wanted`` >= 2; a share
+    ``settings.overlap_share`` of sets becomes one when first handed out, if two raters exist).
+    ``skip`` lists set ids not to return (the page passes the set on screen to get the one after it
+    ready in advance). Call inside a write session: it may add an assignment.
+    """
+    skip = list(skip)
+    for _ in range(3):
+        comp = _pending_for(session, rater_id, skip) or _claim(session, rater_id, settings, skip)
+        if comp is None:
+            return None
+        view = set_view(session=session, comparison_id=comp.id, rater_id=rater_id)
+        if view is not None:
+            return view
+        comp.status = "failed"  # fewer than two candidates: never rateable, keep it out of the queue
+        session.add(comp)
+        session.flush()
+    return None
+
+
+# ---------------------------------------------------------------- answers
+
+def idempotency_key(set_key: str, rater_id: int) -> str:
+    """One key per (set, rater): any replay of an answer to this set by this rater is the same write."""
+    return f"app:{set_key}:{rater_id}"
+
+
+def submit_choice(*, session: Session, identity: Identity, view: SetView, choice: str,
+                  winner_id: int | None = None, time_ms: int | None = None) -> tuple[Judgement, bool]:
+    """Record an answer to ``view``: pick (``winner_id``), tie, none (none good) or skip.
+
+    Returns (judgement, created); reruns, double clicks, two tabs and reconnects return the first
+    answer with created=False.
+    """
+    if choice == "pick" and winner_id not in view.shown_order:
+        raise UserError("a pick must name one of the candidates shown")
+    if time_ms is not None:
+        time_ms = max(0, int(time_ms))
+    return record_judgement(session=session, comparison_id=view.comparison_id, rater_id=identity.rater_id,
+                            choice=choice, winner_id=winner_id if choice == "pick" else None,
+                            shown_order=view.shown_order, idempotency_key=idempotency_key(view.key,
+                                                                                          identity.rater_id),
+                            time_ms=time_ms)
+
+
+def undo_last(*, session: Session, identity: Identity, settings: Settings) -> int | None:
+    """Take back this rater's latest answer if younger than ``settings.undo_seconds``.
+
+    Returns the id of the set to show again, or None when there was nothing (young enough) to undo.
+    """
+    last = session.exec(select(Judgement).where(Judgement.rater_id == identity.rater_id)
+                        .order_by(Judgement.id.desc())).first()
+    if last is None or not undo_judgement(session=session, judgement_id=last.id, rater_id=identity.rater_id,
+                                          within_s=settings.undo_seconds):
+        return None
+    for a in session.exec(select(Assignment).where(Assignment.comparison_id == last.comparison_id,
+                                                   Assignment.rater_id == identity.rater_id)):
+        a.assigned_at = utcnow()  # the set is this rater's again; keep it from expiring meanwhile
+        session.add(a)
+    session.flush()
+    return last.comparison_id
+
+
+def start_of_today(now: datetime | None = None) -> datetime:
+    """Local midnight of today, as a UTC datetime."""
+    local = (now or datetime.now(timezone.utc)).astimezone()
+    return local.replace(hour=0, minute=0, second=0, microsecond=0).astimezone(timezone.utc)
+
+
+def labels_today(*, session: Session, rater_id: int, now: datetime | None = None) -> int:
+    """Answers this rater gave since local midnight; skips are not labels and do not count."""
+    return session.exec(select(func.count()).select_from(Judgement)
+                        .where(Judgement.rater_id == rater_id, Judgement.choice != "skip",
+                               Judgement.created_at >= start_of_today(now))).one()
+
+
+@dataclass(frozen=True)
+class HistoryItem:
+    judgement_id: int
+    created_at: datetime
+    prompt: str
+    choice: str
+    winner_id: int | None
+    candidates: tuple[CandidateView, ...]  # in the order the rater saw them
+
+
+def history(*, session: Session, rater_id: int, limit: int = 60) -> list[HistoryItem]:
+    """This rater's latest answers, newest first, each with its candidates as shown."""
+    q = (select(Judgement, Comparison, Prompt).join(Comparison, Judgement.comparison_id == Comparison.id)
+         .join(Prompt, and_(Comparison.prompt_id == Prompt.id))
+         .where(Judgement.rater_id == rater_id).order_by(Judgement.id.desc()).limit(limit))
+    out = []
+    for j, comp, prompt in session.exec(q):
+        cands = {c.id: c for c in candidates_of(session=session, comparison_id=comp.id)}
+        order = [cid for cid in j.shown_order if cid in cands] or sorted(cands)
+        views = tuple(CandidateView(cid, cands[cid].image_sha256, i) for i, cid in enumerate(order))
+        out.append(HistoryItem(j.id, j.created_at, prompt.text, j.choice, j.winner_id, views))
+    return out
+
+
+from feedback_app.stats import (  # noqa: E402,F401  (re-exported: the admin page's functions)
+    AgreementReport, VersionWinRate, add_prompts_from_text, agreement, allow_oidc_rater, export_formats,
+    export_labels, queue_counts, win_rates_by_version,
+)

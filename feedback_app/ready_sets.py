@@ -1,0 +1,58 @@
+"""Ready sets made directly, without the generator: for tests, the browser bench and demos.
+
+The generator (``generator.queue.fill_queue``) is how real sets are drawn; this writes the same
+rows (a ready ``Comparison`` and its ``Candidate`` rows, images in the image store) from the
+shapes world's exact renderer, so the app can be exercised in seconds with no model loaded.
+"""
+from __future__ import annotations
+
+import random
+import uuid
+
+from pickloop.context import Context
+from pickloop.db import write_session
+from pickloop.schema import Candidate, Comparison
+from pickloop.store import add_prompts, ensure_base_version
+
+
+def ensure_initialized(ctx: Context, *, starter_prompts: int = 200) -> tuple[str, int]:
+    """What ``pickloop init`` does, when it has not been done: a promoted base version and, on the
+    embedded model, starter prompts if the pool is empty. Returns (version name, prompts added)."""
+    from pickloop.store import list_prompts
+
+    with write_session(ctx.engine) as s:
+        version = ensure_base_version(session=s, base_model=ctx.base_model)
+        added = 0
+        if ctx.base_model.startswith("embedded:") and not list_prompts(session=s):
+            from pickloop.shapes.world import prompt_pool
+
+            added = len(add_prompts(session=s, texts=prompt_pool("train", n=starter_prompts), pool="default"))
+        return version.name, added
+
+
+def make_ready_sets(*, ctx: Context, n: int, per_set: int | None = None, size: int = 128,
+                    raters_wanted: int = 1, seed: int = 0) -> list[str]:
+    """Write ``n`` ready sets of ``per_set`` candidates (default: settings.candidates_per_set) on
+    shapes-world prompts, images drawn by ``pickloop.shapes.world.render``. Returns the set keys."""
+    from pickloop.shapes.world import prompt_pool, render, scene_from_prompt
+
+    per_set = per_set or ctx.settings.candidates_per_set
+    rng = random.Random(seed)
+    texts = prompt_pool("train", n=max(n, 1), seed=seed)
+    keys = []
+    with write_session(ctx.engine) as s:
+        version = ensure_base_version(session=s, base_model=ctx.base_model)
+        prompts = add_prompts(session=s, texts=texts)
+        for i in range(n):
+            prompt = prompts[i % len(prompts)]
+            comp = Comparison(key=uuid.uuid4().hex, prompt_id=prompt.id, model_version_id=version.id,
+                              status="ready", raters_wanted=raters_wanted, source="queue")
+            s.add(comp)
+            s.flush()
+            for slot in range(per_set):
+                img_seed = rng.randrange(2**31)
+                sha = ctx.images.put(render(scene_from_prompt(prompt.text, random.Random(img_seed)), size))
+                s.add(Candidate(comparison_id=comp.id, slot=slot, prompt_id=prompt.id, model_version_id=version.id,
+                                seed=img_seed, params={"renderer": "shapes.world"}, image_sha256=sha))
+            keys.append(comp.key)
+    return keys

@@ -1,0 +1,252 @@
+"""DDPO: reinforcement learning of a U-Net LoRA against a reward (Black et al. 2023, DDPO-IS / PPO).
+
+Each epoch: draw images with the stochastic DDIM sampler, recording every step's log-probability;
+score them with a reward function; normalise each reward by the recent rewards of its prompt;
+then a few PPO passes over the stored steps, and a drift check against the base model.
+
+    ratio = exp(log p_theta(x_{t-1} | x_t) - log p_old(x_{t-1} | x_t))
+    loss  = mean(max(-A * ratio, -A * clip(ratio, 1 - c, 1 + c)))      (PPO, Schulman et al. 2017)
+
+The job entry point (``run_ddpo``, checkpoints, registry) lives in ``finetune.ddpo_job``.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections import defaultdict, deque
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from finetune.ddpo_config import DDPOConfig
+from finetune.ddpo_guard import DriftGuard, DriftLimits
+from finetune.ddpo_sampler import (Trajectories, decode_images, make_ddim_scheduler, policy_log_prob,
+                                   sample_trajectories, to_pil)
+
+RewardFn = Callable[[Sequence[str], Sequence[Any]], torch.Tensor]
+
+
+class PerPromptStatTracker:
+    """Normalise each reward by the recent rewards of the same prompt (Black et al. 2023, sec. 5).
+
+    Each prompt keeps its last ``buffer_size`` rewards; a prompt with fewer than ``min_count`` uses
+    the statistics of the whole current batch instead. advantage = (r - mean) / (std + 1e-6).
+    """
+
+    def __init__(self, buffer_size: int = 32, min_count: int = 16) -> None:
+        if min_count > buffer_size:
+            raise ValueError("min_count cannot exceed buffer_size")
+        self.buffer_size, self.min_count = buffer_size, min_count
+        self.buffers: dict[str, deque] = {}
+
+    def update(self, prompts: Sequence[str], rewards: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Advantages (B,) float32 for rewards (B,) of ``prompts``; adds the rewards to the buffers."""
+        r = np.asarray(torch.as_tensor(rewards, dtype=torch.float64).cpu(), dtype=np.float64).reshape(-1)
+        if len(prompts) != len(r):
+            raise ValueError(f"{len(prompts)} prompts but {len(r)} rewards")
+        out = np.empty_like(r)
+        batch_mean, batch_std = r.mean(), r.std()
+        for prompt in dict.fromkeys(prompts):
+            idx = [i for i, p in enumerate(prompts) if p == prompt]
+            buf = self.buffers.setdefault(prompt, deque(maxlen=self.buffer_size))
+            buf.extend(r[idx].tolist())
+            if len(buf) < self.min_count:
+                mean, std = batch_mean, batch_std
+            else:
+                mean, std = np.mean(buf), np.std(buf)
+            out[idx] = (r[idx] - mean) / (std + 1e-6)
+        return torch.from_numpy(out).float()
+
+    def state_dict(self) -> dict[str, list[float]]:
+        return {p: list(b) for p, b in self.buffers.items()}
+
+    def load_state_dict(self, state: dict[str, list[float]]) -> None:
+        self.buffers = {p: deque(v, maxlen=self.buffer_size) for p, v in state.items()}
+
+
+def ppo_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor,
+             clip_range: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO clipped objective over a batch: (scalar loss, ratio (B,)). All inputs (B,)."""
+    ratio = torch.exp(log_prob - old_log_prob)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    return torch.maximum(unclipped, clipped).mean(), ratio
+
+
+@dataclass
+class DDPOState:
+    """What a resumed run needs besides the LoRA weights: optimizer, stat buffers, last good LoRA."""
+
+    epoch: int = 0  # epochs completed
+    optimizer: dict | None = None
+    tracker: dict[str, list[float]] = field(default_factory=dict)
+    last_good_lora: dict[str, torch.Tensor] | None = None
+    history: list[dict] = field(default_factory=list)
+    stopped: str | None = None
+
+
+def _epoch_prompts(pool: Sequence[str], n: int, seed: int, epoch: int, batch: int, rank: int) -> list[str]:
+    rng = random.Random(f"ddpo-{seed}-{epoch}-{batch}-{rank}")
+    return [rng.choice(pool) for _ in range(n)]
+
+
+def sample_epoch(pipe, unet, scheduler, pool, reward_fn: RewardFn, config: DDPOConfig, epoch: int,  # noqa: ANN001
+                 accelerator) -> tuple[Trajectories, torch.Tensor]:  # noqa: ANN001
+    """Draw this epoch's trajectories and their rewards (B_total,) on this process."""
+    unet.eval()
+    parts, rewards = [], []
+    for b in range(config.sample_batches_per_epoch):
+        prompts = _epoch_prompts(pool, config.sample_batch_size, config.seed, epoch, b, accelerator.process_index)
+        gen = torch.Generator(device=accelerator.device).manual_seed(
+            ((config.seed * 100_003 + epoch) * 1_009 + b) * 64 + accelerator.process_index)
+        traj = sample_trajectories(pipe, unet, scheduler, prompts, steps=config.steps, guidance=config.guidance,
+                                   eta=config.eta, generator=gen)
+        images = to_pil(decode_images(pipe, traj.final_latents))
+        rewards.append(torch.as_tensor(reward_fn(prompts, images), dtype=torch.float32).reshape(-1).cpu())
+        parts.append(traj)
+    return Trajectories.concat(parts), torch.cat(rewards)
+
+
+def gathered_advantages(prompts: list[str], rewards: torch.Tensor, tracker: PerPromptStatTracker,
+                        accelerator) -> torch.Tensor:  # noqa: ANN001
+    """Advantages for this process's samples, normalised over the rewards of all processes."""
+    from accelerate.utils import gather_object
+
+    all_rewards = accelerator.gather(rewards.to(accelerator.device)).cpu()
+    all_prompts = gather_object(list(prompts)) if accelerator.num_processes > 1 else list(prompts)
+    adv = tracker.update(all_prompts, all_rewards)
+    n = len(prompts)
+    return adv[accelerator.process_index * n:(accelerator.process_index + 1) * n]
+
+
+def train_epoch(unet, scheduler, traj: Trajectories, advantages: torch.Tensor, config: DDPOConfig,  # noqa: ANN001
+                optimizer, params, accelerator, epoch: int) -> dict[str, float]:  # noqa: ANN001
+    """PPO inner epochs over the stored steps; returns loss, approx_kl, clipfrac, first_ratio_dev."""
+    unet.train()
+    device = accelerator.device
+    adv = advantages.clamp(-config.adv_clip, config.adv_clip).to(device)
+    n, steps = traj.timesteps.shape
+    n_t = max(1, math.ceil(config.timestep_fraction * steps))
+    g = torch.Generator().manual_seed(config.seed * 7919 + epoch)
+    stats: dict[str, list[float]] = defaultdict(list)
+    first_ratio_dev = None
+    for _ in range(config.inner_epochs):
+        order = torch.randperm(n, generator=g)
+        time_perm = torch.stack([torch.randperm(steps, generator=g) for _ in range(n)])  # per-sample step order
+        batches = order.split(config.train_batch_size)
+        for bi, idx in enumerate(batches):
+            rows = torch.arange(len(idx))
+            last_of_group = (bi + 1) % config.grad_accum_batches == 0 or bi + 1 == len(batches)
+            for j in range(n_t):
+                cols = time_perm[idx, j]
+                sync = last_of_group and j == n_t - 1
+                with (nullcontext() if sync else accelerator.no_sync(unet)):
+                    with accelerator.autocast():
+                        logp = policy_log_prob(unet, scheduler, traj.latents[idx][rows, cols],
+                                               traj.timesteps[idx][rows, cols], traj.next_latents[idx][rows, cols],
+                                               traj.embeds[idx], traj.negative_embeds[idx], config.guidance,
+                                               config.eta)
+                    old = traj.log_probs[idx][rows, cols]
+                    loss, ratio = ppo_loss(logp, old, adv[idx], config.clip_range)
+                    accelerator.backward(loss / (n_t * config.grad_accum_batches))
+                if first_ratio_dev is None:
+                    first_ratio_dev = float((ratio.detach() - 1).abs().max())
+                stats["loss"].append(float(loss.detach()))
+                stats["approx_kl"].append(float(0.5 * ((logp.detach() - old) ** 2).mean()))
+                stats["clipfrac"].append(float(((ratio.detach() - 1).abs() > config.clip_range).float().mean()))
+            if last_of_group:
+                accelerator.clip_grad_norm_(params, config.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+    out = {k: float(np.mean(v)) for k, v in stats.items()}
+    out["first_ratio_dev"] = first_ratio_dev
+    return out
+
+
+def _progress(iterable, enabled: bool, accelerator):  # noqa: ANN001, ANN202
+    if not enabled or not accelerator.is_main_process:
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc="ddpo", unit="epoch")
+
+
+def train_ddpo(pipe, prompts: Sequence[str], reward_fn: RewardFn, config: DDPOConfig,  # noqa: ANN001
+               progress: bool = True, *, drift_prompts: Sequence[str] = (), state: DDPOState | None = None,
+               on_epoch_end: Callable[[DDPOState, Any], None] | None = None,
+               accelerator=None) -> tuple[dict[str, torch.Tensor], list[dict]]:  # noqa: ANN001
+    """Train a LoRA on ``pipe.unet`` with DDPO; returns (LoRA tensors by peft name, per-epoch history).
+
+    ``pipe`` is a StableDiffusionPipeline; a LoRA of ``config.lora_rank`` is added to its U-Net unless
+    one is there (a resumed run). ``drift_prompts`` are the held-out prompts of the drift guard (none:
+    no guard). ``state`` resumes a run; ``on_epoch_end(state, unet)`` is called after every epoch (for
+    checkpoints). History rows: epoch, reward_mean, reward_std, loss, approx_kl, clipfrac,
+    first_ratio_dev, drift_pixel, drift_follow, drift_follow_drop, guard, epoch_s, sample_s, train_s.
+    """
+    from accelerate import Accelerator
+
+    from finetune.lora import add_lora, lora_parameters, lora_tensors, set_lora_tensors
+
+    if not prompts:
+        raise ValueError("no prompts to train on")
+    accelerator = accelerator or Accelerator(mixed_precision=config.mixed_precision)
+    torch.manual_seed(config.seed)
+    pipe.to(accelerator.device)
+    pipe.vae.requires_grad_(False)
+    pipe.text_encoder.requires_grad_(False)
+    if not getattr(pipe.unet, "peft_config", None):
+        add_lora(pipe.unet, rank=config.lora_rank)
+    params = lora_parameters(pipe.unet)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    unet, optimizer = accelerator.prepare(pipe.unet, optimizer)
+    scheduler = make_ddim_scheduler(pipe)
+    state = state or DDPOState()
+    if state.optimizer is not None:
+        optimizer.load_state_dict(state.optimizer)
+    tracker = PerPromptStatTracker(config.stat_buffer, config.stat_min_count)
+    tracker.load_state_dict(state.tracker)
+    guard = None
+    if drift_prompts:
+        limits = DriftLimits(config.drift_max_pixel, config.drift_max_follow_drop)
+        guard = DriftGuard(pipe, unet, scheduler, list(drift_prompts), steps=config.steps, guidance=config.guidance,
+                           eta=config.eta, seed=config.seed + 10_007, limits=limits)
+        from finetune.lora import adapters_disabled
+
+        with adapters_disabled(unet):
+            guard.record_base()
+    if state.last_good_lora is None:
+        state.last_good_lora = lora_tensors(unet)
+    for epoch in _progress(range(state.epoch, config.epochs), progress, accelerator):
+        if state.stopped:
+            break
+        t0 = time.perf_counter()
+        traj, rewards = sample_epoch(pipe, unet, scheduler, prompts, reward_fn, config, epoch, accelerator)
+        t1 = time.perf_counter()
+        adv = gathered_advantages(traj.prompts, rewards, tracker, accelerator)
+        train_stats = train_epoch(unet, scheduler, traj, adv, config, optimizer, params, accelerator, epoch)
+        t2 = time.perf_counter()
+        row = {"epoch": epoch, "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
+               **train_stats, "guard": None}
+        if guard is not None:
+            unet.eval()
+            row.update(guard.measure())
+            reason = guard.crossed(row)
+            if reason:
+                if config.drift_action == "rollback":
+                    set_lora_tensors(unet, state.last_good_lora)
+                    reason += "; rolled back to the last good LoRA"
+                state.stopped = row["guard"] = f"epoch {epoch}: {reason}; stopped"
+        if not state.stopped:
+            state.last_good_lora = lora_tensors(unet)
+        row.update(sample_s=t1 - t0, train_s=t2 - t1, epoch_s=time.perf_counter() - t0)
+        state.history.append(row)
+        state.epoch = epoch + 1
+        state.optimizer = optimizer.state_dict()
+        state.tracker = tracker.state_dict()
+        if on_epoch_end is not None:
+            on_epoch_end(state, unet)
+    return lora_tensors(unet), state.history

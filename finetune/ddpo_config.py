@@ -1,0 +1,126 @@
+"""The settings of a DDPO run, in sections (sampling / training / stat tracking / reward / drift guard).
+
+Defaults run on the embedded shapes model (10 DDIM steps score as well as 50 there). Recommended for
+Stable Diffusion 1.5 (Black et al. 2023; see README): steps 50, guidance 5, sample_batch_size 8 x
+sample_batches_per_epoch 4 per GPU, lr 3e-4, clip_range 1e-4, adv_clip 5, lora_rank 4, inner_epochs 1,
+timestep_fraction 1.0, stat_buffer 32 / stat_min_count 16; fits in under 10 GB with LoRA.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from pickloop.errors import UserError
+
+DRIFT_ACTIONS = ("rollback", "stop")
+
+
+def _f(default: Any, help: str) -> Any:  # noqa: A002 - the argparse word
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class DDPOConfig:
+    """DDPO (Black et al. 2023) with LoRA on the U-Net. Counts are per process unless stated."""
+
+    # --- sampling
+    epochs: int = _f(10, "sampling+training rounds (epochs)")
+    sample_batch_size: int = _f(8, "images drawn per sampling batch, per process")
+    sample_batches_per_epoch: int = _f(2, "sampling batches per epoch, per process")
+    steps: int = _f(10, "DDIM denoising steps per image (SD 1.5: 50)")
+    guidance: float = _f(5.0, "classifier-free guidance scale")
+    eta: float = _f(1.0, "DDIM noise weight in (0, 1]; 1 gives each step a full Gaussian policy")
+    # --- training
+    train_batch_size: int = _f(8, "trajectories per training batch, per process")
+    lr: float = _f(3e-4, "AdamW learning rate of the LoRA weights")
+    weight_decay: float = _f(1e-4, "AdamW weight decay")
+    clip_range: float = _f(1e-4, "PPO ratio clip: ratios outside [1-c, 1+c] give no gradient")
+    adv_clip: float = _f(5.0, "advantages are clipped to [-adv_clip, adv_clip]")
+    inner_epochs: int = _f(1, "passes of PPO over each epoch's samples")
+    grad_accum_batches: int = _f(1, "training batches per optimizer step (gradients always sum over timesteps)")
+    timestep_fraction: float = _f(1.0, "share of each trajectory's steps trained on, in (0, 1]")
+    max_grad_norm: float = _f(1.0, "gradient norm clip")
+    lora_rank: int = _f(4, "LoRA rank on the U-Net attention projections (alpha = rank)")
+    seed: int = _f(0, "seed of prompts, noise and LoRA init")
+    mixed_precision: str = _f("no", "accelerate mixed precision: no, fp16 or bf16 (GPU)")
+    # --- per-prompt stat tracking
+    stat_buffer: int = _f(32, "rewards kept per prompt for normalising its advantages (16-32)")
+    stat_min_count: int = _f(16, "a prompt uses batch statistics until it has this many rewards")
+    # --- reward
+    reward: str = _f("reward-model", "reward function: reward-model, judge, taste:NAME, brightness, redness")
+    reward_path: str | None = _f(None, "reward model file/folder (reward-model); latest registered when unset")
+    # --- drift guard against reward hacking
+    drift_prompts: int = _f(8, "held-out prompts drawn with fixed seeds each epoch to measure drift")
+    drift_max_pixel: float | None = _f(0.25, "max mean absolute change of fixed-seed images vs base (0..1); "
+                                             "None disables")
+    drift_max_follow_drop: float | None = _f(0.25, "max drop of the judge's prompt-following vs base (shapes "
+                                                   "prompts only); None disables")
+    drift_action: str = _f("rollback", "when drift crosses a limit: rollback (to the last good LoRA) or stop")
+
+    def __post_init__(self) -> None:
+        positive = ("epochs", "sample_batch_size", "sample_batches_per_epoch", "steps", "train_batch_size",
+                    "inner_epochs", "grad_accum_batches", "lora_rank", "stat_buffer", "stat_min_count")
+        for name in positive:
+            if int(getattr(self, name)) < 1:
+                raise UserError(f"ddpo {name} must be >= 1, not {getattr(self, name)}")
+        if not 0 < self.eta <= 1:
+            raise UserError(f"ddpo eta must be in (0, 1], not {self.eta}")
+        if not 0 < self.timestep_fraction <= 1:
+            raise UserError(f"ddpo timestep_fraction must be in (0, 1], not {self.timestep_fraction}")
+        for name in ("lr", "clip_range", "adv_clip", "max_grad_norm"):
+            if not getattr(self, name) > 0:
+                raise UserError(f"ddpo {name} must be > 0, not {getattr(self, name)}")
+        if self.guidance < 1:
+            raise UserError(f"ddpo guidance must be >= 1, not {self.guidance}")
+        if self.stat_min_count > self.stat_buffer:
+            raise UserError(f"ddpo stat_min_count ({self.stat_min_count}) cannot exceed stat_buffer "
+                            f"({self.stat_buffer})")
+        if self.drift_action not in DRIFT_ACTIONS:
+            raise UserError(f"ddpo drift_action must be one of {', '.join(DRIFT_ACTIONS)}, not {self.drift_action!r}")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise UserError(f"ddpo mixed_precision must be no, fp16 or bf16, not {self.mixed_precision!r}")
+        for name in ("drift_max_pixel", "drift_max_follow_drop"):
+            v = getattr(self, name)
+            if v is not None and v <= 0:
+                raise UserError(f"ddpo {name} must be > 0 or None, not {v}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def config_hash(self) -> str:
+        """sha256 of the settings (sorted JSON), to key a run by its configuration."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "DDPOConfig":
+        """Build from a mapping (YAML section, CLI); unknown keys are a UserError."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UserError(f"unknown ddpo setting(s): {', '.join(unknown)}")
+        return cls(**values)
+
+
+def _parse_optional_float(text: str) -> float | None:
+    return None if text.lower() in ("none", "off") else float(text)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, defaults: DDPOConfig | None = None,
+                         prefix: str = "") -> None:
+    """Add one ``--name`` flag per DDPOConfig field, with its help text and default."""
+    defaults = defaults or DDPOConfig()
+    for f in fields(DDPOConfig):
+        value = getattr(defaults, f.name)
+        flag = "--" + prefix + f.name.replace("_", "-")
+        kind = _parse_optional_float if f.name.startswith("drift_max") else (
+            str if f.name == "reward_path" else type(value))
+        parser.add_argument(flag, dest=prefix.replace("-", "_") + f.name, type=kind, default=value,
+                            help=f"{f.metadata['help']} (default {value})")
+
+
+def config_from_args(args: argparse.Namespace, prefix: str = "") -> DDPOConfig:
+    key = prefix.replace("-", "_")
+    return DDPOConfig(**{f.name: getattr(args, key + f.name) for f in fields(DDPOConfig)})

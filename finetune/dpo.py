@@ -1,0 +1,319 @@
+"""Diffusion-DPO (Wallace et al. 2023, "Diffusion Model Alignment Using Direct Preference Optimization")
+with a LoRA on the U-Net, trained on the raters' picks.
+
+For a pair (winner x_w, loser x_l) of one prompt c, one noise eps and one timestep t shared by both:
+    err(x)     = mean over latent dims of ||target - unet_theta(x_t, t, c)||^2
+    ref_err(x) = the same with the adapters disabled (the base U-Net; no second copy in memory)
+    d          = (err(x_w) - ref_err(x_w)) - (err(x_l) - ref_err(x_l))
+    loss       = -log sigmoid(-beta/2 * d)
+where target is eps or v as the scheduler predicts. Logged: loss, implicit_acc (share of pairs with
+-beta/2 * d > 0), gap_w = err_w - ref_err_w and gap_l = err_l - ref_err_l.
+
+Data order is a pure function of (seed, step): global sample p = step * G + slot (G = batch x
+accumulation x processes) is pair perm_e[p mod n] of epoch e = p // n, and its noise and timestep come
+from a generator seeded by (seed, p). So a resumed run skips exactly the samples already seen, and
+N processes give the same update as one process with N times the accumulation.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from finetune import checkpoint as ckpt
+from finetune import lora as lora_io
+from finetune import models as fm
+from pickloop.errors import UserError
+
+
+@dataclass
+class DPOConfig:
+    """Diffusion-DPO settings. Defaults work on the embedded shapes model; for SD 1.5 use beta 2500,
+    lr 1e-5, rank 8; for SDXL beta 5000 (see README)."""
+
+    rank: int = field(default=8, metadata={"help": "LoRA rank"})
+    alpha: float | None = field(default=None, metadata={"help": "LoRA alpha; None = rank (scale 1)"})
+    targets: tuple[str, ...] = field(default=lora_io.DEFAULT_TARGETS, metadata={"help": "attention modules"})
+    lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate"})
+    beta: float = field(default=2500.0, metadata={"help": "DPO KL strength (2500 SD1.5, 5000 SDXL)"})
+    steps: int = field(default=200, metadata={"help": "optimizer steps"})
+    batch_size: int = field(default=4, metadata={"help": "pairs per micro-batch per process"})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    warmup_steps: int = field(default=0, metadata={"help": "linear LR warm-up, steps"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (L2); 0 = off"})
+    mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16 (accelerate autocast)"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute U-Net activations"})
+    seed: int = field(default=0, metadata={"help": "seed of init, data order, noise and timesteps"})
+    checkpoint_every: int = field(default=50, metadata={"help": "checkpoint every N steps; 0 = never"})
+    keep_checkpoints: int = field(default=1, metadata={"help": "complete checkpoints kept"})
+    cache_latents: bool = field(default=True, metadata={"help": "encode each image once (False: every step)"})
+    resolution: int | None = field(default=None, metadata={"help": "training size, pixels; None = model's"})
+    log_every: int = field(default=10, metadata={"help": "print metrics every N steps"})
+
+    def __post_init__(self) -> None:
+        self.targets = tuple(self.targets)
+        if self.rank < 1 or self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
+            raise UserError("rank, steps, batch_size and grad_accum must be >= 1")
+        if not (self.lr > 0 and self.beta > 0):
+            raise UserError("lr and beta must be > 0")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise UserError(f"mixed_precision must be no, fp16 or bf16, not {self.mixed_precision!r}")
+        if self.checkpoint_every < 0 or self.keep_checkpoints < 1:
+            raise UserError("checkpoint_every must be >= 0 and keep_checkpoints >= 1")
+
+    # Fields that do not change the trained weights stay out of the hash (a rerun is still a no-op).
+    _NOT_HASHED = ("checkpoint_every", "keep_checkpoints", "cache_latents", "log_every")
+
+    def config_hash(self) -> str:
+        data = {k: v for k, v in asdict(self).items() if k not in self._NOT_HASHED}
+        return hashlib.sha256(json.dumps({"method": "dpo", **data}, sort_keys=True, default=list)
+                              .encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "DPOConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise UserError(f"unknown DPO setting(s): {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class PairSpec:
+    """One training pair: the prompt and the keys (image sha256) of winner and loser."""
+
+    prompt: str
+    winner: str
+    loser: str
+
+
+@dataclass
+class DPOResult:
+    lora_dir: Path
+    lora_sha256: str
+    steps: int
+    metrics: dict[str, float]
+
+
+def dpo_loss(unet: torch.nn.Module, noise_scheduler: Any, lat_w: torch.Tensor, lat_l: torch.Tensor,
+             cond: dict[str, Any], noise: torch.Tensor, timesteps: torch.Tensor, beta: float,
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Diffusion-DPO loss on a batch of B pairs (latents (B, C, h, w)); winner and loser share noise and t.
+
+    Returns (mean loss, per-pair tensors loss/implicit_acc/gap_w/gap_l of shape (B,)).
+    """
+    x0 = torch.cat([lat_w, lat_l])
+    eps = torch.cat([noise, noise])
+    t = torch.cat([timesteps, timesteps])
+    noisy = noise_scheduler.add_noise(x0, eps, t)
+    target = fm.diffusion_target(noise_scheduler, x0, eps, t).float()
+    kwargs = fm.repeat_conditioning(cond, 2)
+    with torch.no_grad(), lora_io.adapters_disabled(unet) as base:  # reference first: adapters back on after
+        ref = base(noisy, t, **kwargs).sample.float()
+        ref_err = (ref - target).pow(2).mean(dim=(1, 2, 3))
+    pred = unet(noisy, t, **kwargs).sample.float()
+    err = (pred - target).pow(2).mean(dim=(1, 2, 3))
+    err_w, err_l = err.chunk(2)
+    ref_w, ref_l = ref_err.chunk(2)
+    gap_w, gap_l = err_w - ref_w, err_l - ref_l
+    inside = -0.5 * beta * (gap_w - gap_l)
+    losses = -F.logsigmoid(inside)
+    return losses.mean(), {"loss": losses.detach(), "implicit_acc": (inside > 0).float().detach(),
+                           "gap_w": gap_w.detach(), "gap_l": gap_l.detach()}
+
+
+def sample_slots(n_pairs: int, seed: int, positions: Sequence[int]) -> list[int]:
+    """Pair index for each global sample position (a fresh permutation per epoch)."""
+    perms: dict[int, torch.Tensor] = {}
+    out = []
+    for p in positions:
+        e = p // n_pairs
+        if e not in perms:
+            perms[e] = torch.randperm(n_pairs, generator=torch.Generator().manual_seed(seed * 100_003 + e))
+        out.append(int(perms[e][p % n_pairs]))
+    return out
+
+
+def noise_and_timesteps(positions: Sequence[int], seed: int, shape: tuple[int, ...],
+                        num_train_timesteps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise (B, *shape) and timesteps (B,) for global sample positions; a pure function of (seed, p)."""
+    noise, ts = [], []
+    for p in positions:
+        g = torch.Generator().manual_seed((seed * 1_000_003 + p) % (2**63 - 1))
+        ts.append(int(torch.randint(0, num_train_timesteps, (1,), generator=g)))
+        noise.append(torch.randn(shape, generator=g))
+    return torch.stack(noise), torch.tensor(ts, dtype=torch.long)
+
+
+def train_dpo(cfg: DPOConfig, *, base: str, pairs: Sequence[PairSpec], load_image: Callable[[str], Any],
+              out_dir: Path | str, work_dir: Path | str | None = None, resume: bool = True,
+              on_step: Callable[[int, dict[str, float]], None] | None = None,
+              metadata: dict[str, Any] | None = None) -> DPOResult:
+    """Train a Diffusion-DPO LoRA on ``pairs`` and write it to ``out_dir``; checkpoints in ``work_dir``.
+
+    Works as one process or under ``accelerate launch`` (DDP; only the main process writes files).
+    ``on_step(step, metrics)`` runs on the main process after each optimizer step (heartbeats).
+    """
+    from accelerate import Accelerator
+    from diffusers.optimization import get_scheduler
+
+    if not pairs:
+        raise UserError("no preference pairs to train on (need picks, not only ties/skips)")
+    acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision)
+    torch.manual_seed(cfg.seed)
+    m = fm.load_train_models(base, device=acc.device, resolution=cfg.resolution)
+    lora_io.add_lora(m.unet, rank=cfg.rank, alpha=cfg.alpha, targets=cfg.targets)
+    if cfg.gradient_checkpointing:
+        m.unet.enable_gradient_checkpointing()
+    m.unet.train()
+    opt = torch.optim.AdamW(lora_io.lora_parameters(m.unet), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = get_scheduler("constant_with_warmup", optimizer=opt, num_warmup_steps=cfg.warmup_steps)
+    start = 0
+    latest = ckpt.latest_complete_checkpoint(work_dir) if (work_dir and resume) else None
+    if latest is not None:
+        start = ckpt.load_checkpoint(latest, unet=m.unet, optimizer=opt, lr_scheduler=sched).step
+        acc.print(f"resuming from {latest.name}: step {start}, skipping {start} steps of data")
+    unet, opt = acc.prepare(m.unet, opt)  # the LR scheduler stays ours: accelerate would step it per process
+    world, rank, B = acc.num_processes, acc.process_index, cfg.batch_size
+    per_step = B * cfg.grad_accum * world
+    shape = (m.unet.config.in_channels, m.resolution // _vae_factor(m), m.resolution // _vae_factor(m))
+    history: list[dict[str, float]] = []
+    t0, tick = time.perf_counter(), start
+    for step in range(start, cfg.steps):
+        sums: dict[str, torch.Tensor] = {}
+        for micro in range(cfg.grad_accum):
+            first = step * per_step + (micro * world + rank) * B
+            positions = list(range(first, first + B))
+            batch = [pairs[i] for i in sample_slots(len(pairs), cfg.seed, positions)]
+            with acc.accumulate(unet):
+                lat_w = fm.latents_for(m, [p.winner for p in batch], load_image, cache=cfg.cache_latents, device=acc.device)
+                lat_l = fm.latents_for(m, [p.loser for p in batch], load_image, cache=cfg.cache_latents, device=acc.device)
+                cond = fm.text_conditioning(m, [p.prompt for p in batch], device=acc.device)
+                noise, ts = noise_and_timesteps(positions, cfg.seed, shape, m.noise_scheduler.config.num_train_timesteps)
+                with acc.autocast():
+                    loss, per_pair = dpo_loss(unet, m.noise_scheduler, lat_w, lat_l, cond, noise.to(acc.device),
+                                              ts.to(acc.device), cfg.beta)
+                acc.backward(loss)
+                if acc.sync_gradients and cfg.max_grad_norm > 0:
+                    acc.clip_grad_norm_(lora_io.lora_parameters(m.unet), cfg.max_grad_norm)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            for k, v in per_pair.items():
+                sums[k] = sums.get(k, torch.zeros((), device=acc.device)) + v.sum()
+        sched.step()
+        stats = acc.reduce(torch.stack([sums[k] for k in ("loss", "implicit_acc", "gap_w", "gap_l")]), "sum")
+        metrics = dict(zip(("loss", "implicit_acc", "gap_w", "gap_l"), (stats / per_step).tolist()))
+        history.append(metrics)
+        done = step + 1
+        if acc.is_main_process:
+            if on_step is not None:
+                on_step(done, metrics)
+            if cfg.log_every and done % cfg.log_every == 0:
+                rate = (done - tick) / max(time.perf_counter() - t0, 1e-9)
+                acc.print(f"dpo step {done}/{cfg.steps} loss {metrics['loss']:.4f} acc {metrics['implicit_acc']:.2f} "
+                          f"gap_w {metrics['gap_w']:+.2e} gap_l {metrics['gap_l']:+.2e} ({rate:.2f} steps/s)")
+        if work_dir and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
+            if acc.is_main_process:
+                ckpt.save_checkpoint(work_dir, step=done, unet=unet, optimizer=opt.optimizer if hasattr(opt, "optimizer") else opt,
+                                     lr_scheduler=sched, data_position=done * per_step, sdxl=m.sdxl,
+                                     keep=cfg.keep_checkpoints, extra={"config_hash": cfg.config_hash()})
+            acc.wait_for_everyone()
+    elapsed = time.perf_counter() - t0
+    summary = _summarise(history, cfg.steps - start, elapsed, len(pairs))
+    out = Path(out_dir)
+    sha = ""
+    if acc.is_main_process:
+        sha = _write_final(m, out, {"method": "dpo", "config": asdict(cfg), "config_hash": cfg.config_hash(),
+                                    "metrics": summary, **(metadata or {})})
+    acc.wait_for_everyone()
+    return DPOResult(lora_dir=out, lora_sha256=sha, steps=cfg.steps, metrics=summary)
+
+
+def _vae_factor(m: fm.TrainModels) -> int:
+    return 2 ** (len(m.vae.config.block_out_channels) - 1)
+
+
+def _summarise(history: list[dict[str, float]], steps_run: int, elapsed: float, n_pairs: int) -> dict[str, float]:
+    tail = history[-max(1, len(history) // 4):] if history else []
+    out = {f"final_{k}": sum(h[k] for h in tail) / len(tail) for k in tail[0]} if tail else {}
+    out.update(steps_run=float(steps_run), seconds=round(elapsed, 3), pairs=float(n_pairs),
+               steps_per_s=steps_run / elapsed if elapsed > 0 else math.nan)
+    return out
+
+
+def _write_final(m: fm.TrainModels, out: Path, metadata: dict[str, Any]) -> str:
+    """Write the LoRA into a temporary folder beside ``out`` and move it into place."""
+    import shutil
+
+    tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    sha = lora_io.save_lora(m.unet, tmp, metadata=metadata, sdxl=m.sdxl)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return sha
+
+
+# ---------------------------------------------------------------- from the store
+
+def store_pairs(ctx: Any, *, upto: int | None = None, split: str | None = "train") -> list[PairSpec]:
+    """Human picks from the store as pairs (winner vs each other candidate; ties, none-good, skips dropped).
+
+    Held-out prompts are left out by default: the promotion gate judges on them.
+    """
+    from pickloop.db import read_session
+    from pickloop.store import preference_pairs
+
+    with read_session(ctx.engine) as s:
+        raw = preference_pairs(session=s, upto_id=upto, include_ties=False, split=split)
+        return [PairSpec(p.prompt, p.a.image_sha256, p.b.image_sha256) for p in raw if p.label == 1.0]
+
+
+def run_dpo(ctx: Any, cfg: DPOConfig, *, out_dir: Path | str, work_dir: Path | str | None = None,
+            upto: int | None = None, base: str | None = None, resume: bool = True,
+            on_step: Callable[[int, dict[str, float]], None] | None = None) -> DPOResult:
+    """Diffusion-DPO on the store's picks up to judgement ``upto``, on the settings' base model."""
+    from pickloop.context import resolve_model_ref
+
+    pairs = store_pairs(ctx, upto=upto)
+    return train_dpo(cfg, base=resolve_model_ref(base or ctx.base_model), pairs=pairs, load_image=ctx.images.open,
+                     out_dir=out_dir, work_dir=work_dir, resume=resume, on_step=on_step,
+                     metadata={"data_snapshot": upto})
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m finetune.dpo`` (or ``accelerate launch -m finetune.dpo``): train on the store in $PICKLOOP_HOME."""
+    ap = argparse.ArgumentParser(prog="python -m finetune.dpo", description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True, help="folder for the final LoRA")
+    ap.add_argument("--work", help="checkpoint folder (resumed from when it holds one)")
+    ap.add_argument("--config", default="{}", help="JSON object of DPOConfig fields")
+    ap.add_argument("--upto", type=int, help="highest judgement id to train on")
+    ap.add_argument("--no-resume", action="store_true")
+    args = ap.parse_args(argv)
+    from pickloop.context import Context
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    try:
+        cfg = DPOConfig.from_dict(json.loads(args.config))
+        result = run_dpo(Context(), cfg, out_dir=args.out, work_dir=args.work, upto=args.upto,
+                         resume=not args.no_resume)
+    except UserError as e:
+        print(f"pickloop: error: {e}")
+        return 2
+    if result.lora_sha256:
+        print(json.dumps({"lora_dir": str(result.lora_dir), "sha256": result.lora_sha256, **result.metrics}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,312 @@
+"""LoRA adapters on a diffusers U-Net: add, save (diffusers + kohya formats), verify and load back.
+
+Generic helpers shared by every fine-tuning method (Diffusion-DPO, DDPO). Files are safetensors
+only; a folder written by :func:`save_lora` holds
+
+- ``pytorch_lora_weights.safetensors``: diffusers format (``unet.*.lora_A/B.weight`` keys) with the
+  peft adapter config in the header (``lora_adapter_metadata``), so ``lora_alpha`` survives and
+  ``pipe.load_lora_weights(dir, weight_name=..., use_safetensors=True)`` works in any script;
+- ``lora_kohya.safetensors``: kohya/A1111/ComfyUI format (``lora_unet_*.lora_down/lora_up`` plus
+  ``.alpha`` set to the real alpha, not diffusers' default of the rank);
+- ``manifest.json``: sha256 of each file and the caller's metadata, checked on every load.
+
+A file that is truncated, bit-flipped or a pickle renamed to ``.safetensors`` is one ``UserError``;
+pickle is never loaded.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from pickloop.errors import UserError
+
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+KOHYA_WEIGHT_NAME = "lora_kohya.safetensors"
+MANIFEST_NAME = "manifest.json"
+DEFAULT_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+ADAPTER_NAME = "default"
+
+
+# ---------------------------------------------------------------- adding and reading adapters
+
+def add_lora(unet: torch.nn.Module, *, rank: int = 8, alpha: float | None = None,
+             targets: Sequence[str] = DEFAULT_TARGETS, dropout: float = 0.0) -> Any:
+    """Freeze ``unet`` and add a peft LoRA adapter (``lora_B`` starts at zero, so the output is unchanged).
+
+    ``alpha`` defaults to ``rank`` (scale alpha/rank = 1), which kohya tools assume. Returns the LoraConfig.
+    """
+    from peft import LoraConfig
+
+    if rank < 1:
+        raise UserError(f"LoRA rank must be >= 1, not {rank}")
+    config = LoraConfig(r=int(rank), lora_alpha=float(alpha if alpha is not None else rank),
+                        lora_dropout=float(dropout), init_lora_weights="gaussian",
+                        target_modules=list(targets))
+    unet.requires_grad_(False)
+    unet.add_adapter(config, adapter_name=ADAPTER_NAME)
+    for name, p in unet.named_parameters():
+        p.requires_grad_("lora_" in name)
+    return config
+
+
+def lora_named_parameters(unet: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """The LoRA parameters by their module-path names (peft's, with the adapter name)."""
+    return {n: p for n, p in unet.named_parameters() if "lora_" in n}
+
+
+def lora_parameters(unet: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return list(lora_named_parameters(unet).values())
+
+
+def lora_tensors(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A detached float32 CPU copy of the LoRA parameters (for checkpoints and comparisons)."""
+    return {n: p.detach().to("cpu", torch.float32).clone() for n, p in lora_named_parameters(unet).items()}
+
+
+def set_lora_tensors(unet: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Copy tensors from :func:`lora_tensors` back into the adapter; the names must match exactly."""
+    params = lora_named_parameters(unet)
+    missing, unexpected = set(params) - set(tensors), set(tensors) - set(params)
+    if missing or unexpected:
+        raise UserError(f"LoRA state does not fit this U-Net: {len(missing)} missing, "
+                        f"{len(unexpected)} unexpected tensors (e.g. {sorted(missing or unexpected)[0]})")
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(tensors[n].to(p.device, p.dtype))
+
+
+def adapter_config(unet: torch.nn.Module) -> dict[str, Any]:
+    """The adapter's peft config as a JSON-able dict (rank ``r``, ``lora_alpha``, ``target_modules``...)."""
+    cfg = unet.peft_config[ADAPTER_NAME].to_dict()
+    return json.loads(json.dumps(cfg, default=lambda v: sorted(v) if isinstance(v, (set, frozenset)) else str(v)))
+
+
+@contextmanager
+def adapters_disabled(unet: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Run the base U-Net (the reference model in DPO): adapters off inside, back on after. No copy."""
+    model = getattr(unet, "module", unet)  # DDP wrapper -> the model
+    model.disable_adapters()
+    try:
+        yield model
+    finally:
+        model.enable_adapters()
+
+
+# ---------------------------------------------------------------- saving
+
+def file_sha256(path: Path | str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def diffusers_state_dict(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter in the diffusers layout (keys without the ``unet.`` prefix the pipeline adds)."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    state = get_peft_model_state_dict(unet, adapter_name=ADAPTER_NAME)
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+    return convert_state_dict_to_diffusers(state)
+
+
+def peft_keys(diffusers_sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """diffusers U-Net LoRA keys (``...to_q.lora.down.weight``) -> peft's (``...to_q.lora_A.weight``)."""
+    return {k.replace(".lora.down.", ".lora_A.").replace(".lora.up.", ".lora_B."): v for k, v in diffusers_sd.items()}
+
+
+def kohya_state_dict(diffusers_sd: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+    """Kohya keys (``lora_unet_*.lora_down.weight``) from diffusers-layout keys, with the real ``alpha``.
+
+    ``diffusers_sd`` keys may or may not carry the ``unet.`` prefix. diffusers' converter writes
+    alpha = rank; we overwrite it so a LoRA trained with alpha != rank keeps its strength.
+    """
+    from diffusers.utils import convert_state_dict_to_kohya
+
+    prefixed = {(k if k.startswith("unet.") else "unet." + k): v for k, v in peft_keys(diffusers_sd).items()}
+    kohya = convert_state_dict_to_kohya(prefixed)
+    for key in kohya:
+        if key.endswith(".alpha"):
+            kohya[key] = torch.tensor(float(alpha))
+    return {k: v.contiguous() for k, v in kohya.items()}
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_manifest(folder: Path, files: Sequence[str], metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write ``manifest.json`` (sha256 of each file + metadata) atomically; returns it."""
+    folder = Path(folder)
+    manifest = {"files": {name: file_sha256(folder / name) for name in files}, "metadata": metadata or {}}
+    tmp = folder / (MANIFEST_NAME + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str))
+    _fsync_file(tmp)
+    os.replace(tmp, folder / MANIFEST_NAME)
+    return manifest
+
+
+def save_lora(unet: torch.nn.Module, out_dir: Path | str, *, metadata: dict[str, Any] | None = None,
+              sdxl: bool = False, kohya: bool = True) -> str:
+    """Write the adapter of ``unet`` into ``out_dir`` (diffusers file, kohya file, manifest).
+
+    ``metadata`` (JSON-able: method, config, step, data snapshot...) goes into the manifest.
+    Returns the sha256 of ``pytorch_lora_weights.safetensors``. Callers wanting atomicity write into
+    a temporary folder and rename it (see ``finetune.checkpoint``).
+    """
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = getattr(unet, "module", unet)
+    sd = diffusers_state_dict(model)
+    cfg = adapter_config(model)
+    pipe_cls = StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
+    pipe_cls.save_lora_weights(save_directory=str(out), unet_lora_layers=sd, weight_name=LORA_WEIGHT_NAME,
+                               safe_serialization=True, unet_lora_adapter_metadata=cfg)
+    files = [LORA_WEIGHT_NAME]
+    if kohya:
+        from safetensors.torch import save_file
+
+        save_file(kohya_state_dict(sd, cfg["lora_alpha"]), str(out / KOHYA_WEIGHT_NAME),
+                  metadata={"ss_network_dim": str(cfg["r"]), "ss_network_alpha": str(cfg["lora_alpha"]),
+                            "ss_network_module": "networks.lora", "format": "pt"})
+        files.append(KOHYA_WEIGHT_NAME)
+    for name in files:
+        _fsync_file(out / name)
+    manifest = write_manifest(out, files, {"adapter": cfg, "sdxl": sdxl, **(metadata or {})})
+    return manifest["files"][LORA_WEIGHT_NAME]
+
+
+# ---------------------------------------------------------------- verifying and loading
+
+def read_manifest(folder: Path | str) -> dict[str, Any] | None:
+    path = Path(folder) / MANIFEST_NAME
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"LoRA manifest {path} is unreadable: {e}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
+        raise UserError(f"LoRA manifest {path} is malformed (no 'files' mapping)")
+    return data
+
+
+def verify_file(path: Path | str, expected_sha256: str | None = None) -> str:
+    """Check a LoRA file before any loading: it exists, is safetensors by name, matches its sha256.
+
+    Returns the sha256. Raises one ``UserError`` otherwise.
+    """
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise UserError(f"refusing to load {path}: only .safetensors LoRA files are loaded (never pickle)")
+    if not path.is_file():
+        raise UserError(f"LoRA file {path} does not exist")
+    sha = file_sha256(path)
+    if expected_sha256 is not None and sha != expected_sha256:
+        raise UserError(f"LoRA file {path} is corrupted: sha256 {sha[:12]}... does not match the recorded "
+                        f"{expected_sha256[:12]}... (truncated or modified; re-export or retrain it)")
+    return sha
+
+
+def read_safetensors(path: Path | str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and header metadata of a safetensors file; anything else (a pickle, a truncated file) is a UserError."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head[:1] == b"\x80" or head == b"PK":  # pickle protocol 2+ / a torch zip archive
+        raise UserError(f"LoRA file {path} is a pickle/torch archive renamed to .safetensors; refusing to load it")
+    try:
+        tensors: dict[str, torch.Tensor] = {}
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = dict(f.metadata() or {})
+            for key in f.keys():
+                tensors[key] = f.get_tensor(key)
+    except Exception as e:  # safetensors raises its own error types for a bad header or short file
+        raise UserError(f"LoRA file {path} is not a valid safetensors file (truncated or corrupted): "
+                        f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise UserError(f"LoRA file {path} holds non-finite values in {bad[0]} (corrupted)")
+    return tensors, meta
+
+
+def load_lora_state(folder: Path | str, *, weight_name: str = LORA_WEIGHT_NAME,
+                    expected_sha256: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Verify and read a saved LoRA: (diffusers-layout tensors, adapter config from the header).
+
+    The sha256 is checked against ``expected_sha256`` when given, else against ``manifest.json`` when
+    present. Raises one ``UserError`` for a missing, truncated, bit-flipped or pickle file.
+    """
+    folder = Path(folder)
+    if folder.is_file():
+        folder, weight_name = folder.parent, folder.name
+    manifest = read_manifest(folder)
+    if expected_sha256 is None and manifest is not None:
+        expected_sha256 = manifest["files"].get(weight_name)
+    verify_file(folder / weight_name, expected_sha256)
+    tensors, header = read_safetensors(folder / weight_name)
+    config: dict[str, Any] = {}
+    if "lora_adapter_metadata" in header:
+        try:
+            flat = json.loads(header["lora_adapter_metadata"])  # {"unet.r": 8, "unet.lora_alpha": 8.0, ...}
+            config = {k.removeprefix("unet."): v for k, v in flat.items() if k.startswith("unet.")}
+        except (ValueError, AttributeError):
+            raise UserError(f"LoRA file {folder / weight_name} has a malformed adapter metadata header") from None
+    return tensors, config
+
+
+def load_lora_into(unet: torch.nn.Module, folder: Path | str, **kwargs: Any) -> dict[str, Any]:
+    """Verify a saved LoRA and put its weights into ``unet``'s adapter (added first when absent)."""
+    from peft.utils import set_peft_model_state_dict
+
+    tensors, config = load_lora_state(folder, **kwargs)
+    if not getattr(unet, "peft_config", None):
+        if not config:
+            raise UserError(f"LoRA in {folder} carries no adapter metadata; cannot rebuild its rank/alpha")
+        add_lora(unet, rank=int(config["r"]), alpha=float(config["lora_alpha"]),
+                 targets=config.get("target_modules") or DEFAULT_TARGETS)
+    state = peft_keys({k.removeprefix("unet."): v for k, v in tensors.items()})
+    result = set_peft_model_state_dict(unet, state, adapter_name=ADAPTER_NAME)
+    unexpected = getattr(result, "unexpected_keys", None) or []
+    if unexpected:
+        raise UserError(f"LoRA in {folder} does not fit this U-Net: unexpected key {unexpected[0]}")
+    return config
+
+
+def export_lora(folder: Path | str, out: Path | str, *, fmt: str = "diffusers") -> Path:
+    """Copy a verified LoRA to ``out`` (a folder) as ``diffusers`` or ``kohya``; returns the file written."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    if fmt not in ("diffusers", "kohya"):
+        raise UserError(f"export format must be diffusers or kohya, not {fmt!r}")
+    tensors, config = load_lora_state(folder)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if fmt == "diffusers":
+        dest = out / LORA_WEIGHT_NAME
+        shutil.copyfile(Path(folder) / LORA_WEIGHT_NAME, dest)
+    else:
+        alpha = float(config.get("lora_alpha") or next(v.shape[0] for k, v in tensors.items() if "lora_A" in k))
+        dest = out / KOHYA_WEIGHT_NAME
+        save_file(kohya_state_dict(tensors, alpha), str(dest),
+                  metadata={"ss_network_alpha": str(alpha), "ss_network_module": "networks.lora", "format": "pt"})
+    write_manifest(out, [dest.name], {"exported_from": str(folder), "format": fmt})
+    return dest

@@ -1,0 +1,209 @@
+"""The model registry: each fine-tuning run becomes a ModelVersion; promotion passes a gate first.
+
+Gate (on held-out prompts, fixed seeds): the new version's images and its parent's, drawn from the
+same seeds, are scored by a reward model (any callable ``(prompts, images) -> scores``); the win rate
+of the new version (ties count half) must reach ``settings.promote_min_win_rate``. In the shapes world
+the judge's prompt-following accuracy (``pickloop.shapes.judge.follow_accuracy``, "overall") must also
+not fall by more than ``settings.promote_max_follow_drop`` (2 points). A version that fails stays a
+candidate with the reason recorded.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from pickloop.errors import UserError
+
+Scorer = Callable[[Sequence[str], Sequence[Any]], Sequence[float]]
+DEFAULT_GATE_SEEDS = (1234, 5678)
+
+
+def register_version(*, session: Any, base_model: str, parent_id: int | None, method: str, lora_dir: Path | str,
+                     lora_sha256: str, data_snapshot: int | None, config_hash: str | None,
+                     metrics: dict[str, Any], name: str | None = None) -> Any:
+    """Add a candidate ModelVersion for a trained LoRA (the caller owns the transaction)."""
+    from sqlalchemy import func
+    from sqlmodel import select
+
+    from pickloop.schema import ModelVersion
+
+    if name is None:
+        n = session.exec(select(func.count()).select_from(ModelVersion)).one()
+        name = f"{method}-{n + 1}"
+    if session.exec(select(ModelVersion).where(ModelVersion.name == name)).first() is not None:
+        raise UserError(f"a model version named {name!r} already exists")
+    row = ModelVersion(name=name, base_model=base_model, lora_path=str(lora_dir), lora_sha256=lora_sha256,
+                       parent_id=parent_id, method=method, status="candidate", data_snapshot=data_snapshot,
+                       config_hash=config_hash, metrics=dict(metrics))
+    session.add(row)
+    session.flush()
+    return row
+
+
+def next_version_name(*, session: Any, method: str) -> str:
+    from sqlalchemy import func
+    from sqlmodel import select
+
+    from pickloop.schema import ModelVersion
+
+    n = session.exec(select(func.count()).select_from(ModelVersion)).one()
+    return f"{method}-{n + 1}"
+
+
+# ---------------------------------------------------------------- the gate
+
+@dataclass
+class GateResult:
+    passed: bool
+    win_rate: float
+    n_images: int
+    follow_new: float | None = None
+    follow_parent: float | None = None
+    reason: str | None = None
+
+    def as_metrics(self) -> dict[str, Any]:
+        return {f"gate_{k}": v for k, v in asdict(self).items()}
+
+
+def win_rate(new_scores: Sequence[float], parent_scores: Sequence[float]) -> float:
+    """Share of seeds where the new image scores higher (ties count half)."""
+    pairs = list(zip(map(float, new_scores), map(float, parent_scores)))
+    if not pairs:
+        raise UserError("no images to compare for the promotion gate")
+    return sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in pairs) / len(pairs)
+
+
+def judge_gate(prompts: Sequence[str], new_images: Sequence[Any], parent_images: Sequence[Any], scorer: Scorer, *,
+               min_win_rate: float, max_follow_drop: float | None) -> GateResult:
+    """Apply the gate to images already drawn (same prompt and seed at each index)."""
+    rate = win_rate(list(scorer(prompts, new_images)), list(scorer(prompts, parent_images)))
+    result = GateResult(passed=True, win_rate=rate, n_images=len(prompts))
+    reasons = []
+    if rate < min_win_rate:
+        reasons.append(f"win rate {rate:.3f} against parent below {min_win_rate:.3f}")
+    if max_follow_drop is not None:
+        from pickloop.shapes.judge import follow_accuracy
+
+        result.follow_new = follow_accuracy(prompts, new_images)["overall"]
+        result.follow_parent = follow_accuracy(prompts, parent_images)["overall"]
+        if result.follow_new < result.follow_parent - max_follow_drop - 1e-12:
+            reasons.append(f"prompt-following fell from {result.follow_parent:.3f} to {result.follow_new:.3f} "
+                           f"(more than {max_follow_drop:.2f})")
+    if reasons:
+        result.passed, result.reason = False, "; ".join(reasons)
+    return result
+
+
+def draw_images(base: str, lora_dir: str | None, lora_sha256: str | None, prompts: Sequence[str],
+                seeds: Sequence[int], *, steps: int = 10, guidance: float = 5.0) -> list[Any]:
+    """Images for prompts[i] with seed seeds[i] from ``base`` plus an optional verified LoRA."""
+    import torch
+    from diffusers import DiffusionPipeline
+
+    from finetune import lora as lora_io
+
+    pipe = DiffusionPipeline.from_pretrained(base, safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    if lora_dir:
+        lora_io.load_lora_state(lora_dir, expected_sha256=lora_sha256)  # verify before diffusers reads it
+        pipe.load_lora_weights(lora_dir, weight_name=lora_io.LORA_WEIGHT_NAME, use_safetensors=True)
+    out = []
+    for start in range(0, len(prompts), 8):
+        ps, ss = list(prompts[start:start + 8]), seeds[start:start + 8]
+        gens = [torch.Generator().manual_seed(int(s)) for s in ss]
+        out += pipe(ps, num_inference_steps=steps, guidance_scale=guidance, generator=gens).images
+    return out
+
+
+def gate_prompts(ctx: Any, prompts: Sequence[str] | None = None, n: int = 16) -> list[str]:
+    """Held-out prompts: the given list, else the store's ``heldout`` split, else (embedded) the shapes pool."""
+    if prompts:
+        return list(prompts)
+    from pickloop.db import read_session
+    from pickloop.store import list_prompts
+
+    with read_session(ctx.engine) as s:
+        found = [p.text for p in list_prompts(session=s, split="heldout")][:n]
+    if not found and ctx.base_model.startswith("embedded:"):
+        from pickloop.shapes.world import prompt_pool
+
+        found = prompt_pool("heldout", n=n)
+    if not found:
+        raise UserError("no held-out prompts for the promotion gate: add prompts or pass --prompts")
+    return found
+
+
+def resolve_scorer(ctx: Any, spec: str = "reward") -> Scorer:
+    """``reward``: the newest reward model; ``MODULE:FUNC`` or ``FILE.py:FUNC``: any scorer callable."""
+    if spec == "reward":
+        model = importlib.import_module("reward.registry").load_latest(ctx=ctx)
+        return lambda prompts, images: model.score(list(prompts), list(images)).tolist()
+    if ":" not in spec:
+        raise UserError(f"scorer must be 'reward' or MODULE:FUNC / FILE.py:FUNC, not {spec!r}")
+    mod_name, func = spec.rsplit(":", 1)
+    if mod_name.endswith(".py"):
+        import importlib.util
+
+        if not Path(mod_name).is_file():
+            raise UserError(f"scorer file {mod_name} not found")
+        spec_obj = importlib.util.spec_from_file_location("pickloop_user_scorer", mod_name)
+        module = importlib.util.module_from_spec(spec_obj)
+        spec_obj.loader.exec_module(module)  # type: ignore[union-attr]
+    else:
+        module = importlib.import_module(mod_name)
+    if not callable(getattr(module, func, None)):
+        raise UserError(f"scorer {spec} is not a callable")
+    return getattr(module, func)
+
+
+def is_shapes_world(base_model: str) -> bool:
+    return base_model.startswith("embedded:")
+
+
+def gate_and_promote(ctx: Any, ref: str | int, *, scorer: Scorer | None = None, prompts: Sequence[str] | None = None,
+                     seeds: Sequence[int] = DEFAULT_GATE_SEEDS, force: bool = False,
+                     shapes: bool | None = None) -> GateResult | None:
+    """Run the gate for version ``ref`` against its parent; promote it when it passes (or ``force``).
+
+    Returns the gate result (None when forced). A failed version stays a candidate with ``reason`` set.
+    """
+    from pickloop.context import resolve_model_ref
+    from pickloop.db import read_session, write_session
+    from pickloop.schema import ModelVersion
+    from pickloop.store import find_version, promote
+
+    with read_session(ctx.engine) as s:
+        version = find_version(session=s, ref=ref)
+        parent = s.get(ModelVersion, version.parent_id) if version.parent_id else None
+    if force:
+        with write_session(ctx.engine) as s:
+            row = s.get(ModelVersion, version.id)
+            row.metrics = {**row.metrics, "forced_promotion": True}
+            promote(session=s, version=row)
+        return None
+    if parent is None:
+        raise UserError(f"version {version.name} has no parent to be compared with; use --force")
+    st = ctx.settings
+    texts = gate_prompts(ctx, prompts)
+    all_prompts = [t for t in texts for _ in seeds]
+    all_seeds = [sd for _ in texts for sd in seeds]
+    base = resolve_model_ref(version.base_model)
+    new_imgs = draw_images(base, version.lora_path, version.lora_sha256, all_prompts, all_seeds,
+                           steps=st.promote_gate_steps)
+    old_imgs = draw_images(resolve_model_ref(parent.base_model), parent.lora_path, parent.lora_sha256,
+                           all_prompts, all_seeds, steps=st.promote_gate_steps)
+    shapes = is_shapes_world(version.base_model) if shapes is None else shapes
+    result = judge_gate(all_prompts, new_imgs, old_imgs, scorer or resolve_scorer(ctx),
+                        min_win_rate=st.promote_min_win_rate,
+                        max_follow_drop=st.promote_max_follow_drop if shapes else None)
+    with write_session(ctx.engine) as s:
+        row = s.get(ModelVersion, version.id)
+        row.metrics = {**row.metrics, **result.as_metrics()}
+        if result.passed:
+            promote(session=s, version=row)
+        else:
+            row.reason = result.reason
+            s.add(row)
+    return result

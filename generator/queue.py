@@ -1,0 +1,244 @@
+"""The ready queue: keep K unanswered candidate sets per active prompt, drawn by the promoted model version.
+
+A worker makes one set in three steps, so that no transaction is held while the model draws:
+
+1. claim (one short write transaction): pick the prompt with the fewest open sets for the promoted
+   version and insert a ``drawing`` Comparison placeholder. On PostgreSQL the prompt row is locked with
+   ``SELECT ... FOR UPDATE SKIP LOCKED`` and its open sets are counted again after the lock, so two
+   workers never claim the same missing set; on SQLite the whole claim runs inside ``BEGIN IMMEDIATE``
+   (one writer at a time), which gives the same guarantee.
+2. draw (no transaction): sample the candidates, store the images (content-addressed, so a retry is
+   harmless).
+3. finish (one write transaction): insert the candidates and flip the set to ``ready``, only if this
+   worker still holds the claim. A failed draw flips it to ``failed``; a half-made set is never ready.
+
+A ``drawing`` claim older than ``stale_after_s`` (a worker that died) is taken over by the next worker.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import func, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from pickloop.errors import UserError
+from pickloop.schema import Candidate, Comparison, ModelVersion, Prompt, utcnow
+
+OPEN_STATUSES = ("drawing", "ready")  # sets that count toward the queue depth
+STALE_AFTER_S = 900.0  # a claim this old, seconds, belongs to a dead worker
+
+
+@dataclass(frozen=True)
+class Claim:
+    comparison_id: int
+    prompt_id: int
+    prompt: str
+    model_version_id: int
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def overlap_wanted(key: str, overlap_share: float) -> int:
+    """Raters wanted for a set: 2 for an ``overlap_share`` of sets (agreement figures), fixed by its key."""
+    return 2 if int(key[:8], 16) / 0xFFFFFFFF < overlap_share else 1
+
+
+def _open_count(prompt_id, version_id: int):  # noqa: ANN001, ANN202
+    return (select(func.count()).select_from(Comparison)
+            .where(Comparison.prompt_id == prompt_id, Comparison.model_version_id == version_id,
+                   Comparison.status.in_(OPEN_STATUSES)))
+
+
+def current_version(*, session: Session, base_model: str) -> ModelVersion:
+    """The promoted version (the base model's own version, made and promoted when none is)."""
+    from pickloop.store import ensure_base_version, promoted_version
+
+    return promoted_version(session=session) or ensure_base_version(session=session, base_model=base_model)
+
+
+def _take_over_stale(session: Session, *, pool: str, version_id: int, worker_id: str,
+                     stale_after_s: float) -> Comparison | None:
+    """Reclaim the oldest dead ``drawing`` set of the current version; dead claims of older versions fail."""
+    cutoff = utcnow() - timedelta(seconds=stale_after_s)
+    while True:
+        comp = session.exec(
+            select(Comparison).join(Prompt, Comparison.prompt_id == Prompt.id)
+            .where(Prompt.pool == pool, Comparison.status == "drawing", Comparison.claimed_at < cutoff)
+            .order_by(Comparison.id).limit(1).with_for_update(skip_locked=True, of=Comparison)).first()
+        if comp is None:
+            return None
+        if comp.model_version_id != version_id:
+            comp.status = "failed"  # that version is no longer promoted: its set is not wanted
+        else:
+            comp.claimed_by, comp.claimed_at = worker_id, utcnow()
+        session.add(comp)
+        session.flush()
+        if comp.status == "drawing":
+            return comp
+
+
+def claim_set(*, session: Session, pool: str, depth: int, version_id: int, worker_id: str,
+              overlap_share: float = 0.0, stale_after_s: float = STALE_AFTER_S) -> Claim | None:
+    """Claim the next missing set of ``pool`` (a ``drawing`` placeholder), or None when the queue is full.
+
+    Run inside one write transaction (``write_session``); prompts with the fewest open sets come first.
+    """
+    comp = _take_over_stale(session, pool=pool, version_id=version_id, worker_id=worker_id,
+                            stale_after_s=stale_after_s)
+    if comp is None:
+        tried: list[int] = []
+        while comp is None:
+            n_open = _open_count(Prompt.id, version_id).scalar_subquery()
+            q = (select(Prompt).where(Prompt.pool == pool, Prompt.active == True, n_open < depth)  # noqa: E712
+                 .order_by(n_open, Prompt.id).limit(1).with_for_update(skip_locked=True))
+            if tried:
+                q = q.where(Prompt.id.notin_(tried))
+            prompt = session.exec(q).first()
+            if prompt is None:
+                return None
+            # Count again now that the row is locked: the first count may predate another worker's commit.
+            if session.exec(_open_count(prompt.id, version_id)).one() >= depth:
+                tried.append(prompt.id)
+                continue
+            key = uuid.uuid4().hex
+            comp = Comparison(key=key, prompt_id=prompt.id, model_version_id=version_id, status="drawing",
+                              claimed_by=worker_id, claimed_at=utcnow(),
+                              raters_wanted=overlap_wanted(key, overlap_share))
+            session.add(comp)
+            session.flush()
+    prompt = session.get(Prompt, comp.prompt_id)
+    return Claim(comp.id, prompt.id, prompt.text, comp.model_version_id)
+
+
+def finish_set(*, session: Session, claim: Claim, worker_id: str, candidates: list[dict]) -> bool:
+    """Insert the drawn candidates and mark the set ready; False when the claim was lost meanwhile."""
+    comp = session.exec(select(Comparison).where(Comparison.id == claim.comparison_id).with_for_update()).one()
+    if comp.status != "drawing" or comp.claimed_by != worker_id:
+        return False
+    for c in candidates:
+        session.add(Candidate(comparison_id=comp.id, prompt_id=comp.prompt_id,
+                              model_version_id=comp.model_version_id, **c))
+    comp.status = "ready"
+    session.add(comp)
+    session.flush()
+    return True
+
+
+def fail_set(*, session: Session, claim: Claim, worker_id: str) -> None:
+    session.execute(update(Comparison).where(Comparison.id == claim.comparison_id,
+                                             Comparison.claimed_by == worker_id, Comparison.status == "drawing")
+                    .values(status="failed"))
+
+
+def missing_sets(*, session: Session, pool: str, depth: int, version_id: int) -> int:
+    """How many sets the pool lacks to hold ``depth`` open sets per active prompt."""
+    rows = session.exec(select(Prompt.id, _open_count(Prompt.id, version_id).scalar_subquery())
+                        .where(Prompt.pool == pool, Prompt.active == True)).all()  # noqa: E712
+    return sum(max(0, depth - int(k)) for _, k in rows)
+
+
+def _prepare_version(ctx) -> ModelVersion:  # noqa: ANN001
+    from pickloop.db import write_session
+
+    for attempt in range(3):  # two workers may both create the base version: one wins, the other retries
+        try:
+            with write_session(ctx.engine) as s:
+                return current_version(session=s, base_model=ctx.base_model)
+        except IntegrityError:
+            if attempt == 2:
+                raise
+            time.sleep(0.2)
+    raise AssertionError("unreachable")
+
+
+def draw_set(ctx, claim: Claim, n: int, *, worker_id: str) -> bool:  # noqa: ANN001
+    """Draw the candidates of a claimed set and store them; True when the set became ready."""
+    from pickloop.db import read_session, write_session
+
+    from generator.noise_memory import choose_seeds
+    from generator.pipeline import load_pipeline
+    from generator.sampling import sample_candidates
+
+    try:
+        pipe = load_pipeline(lora=claim.model_version_id, ctx=ctx)
+        with read_session(ctx.engine) as s:
+            seeds, remembered = choose_seeds(pipe, session=s, prompt=claim.prompt, n=n, settings=ctx.settings)
+        drawn = sample_candidates(pipe, claim.prompt, n, seeds=seeds)
+        rows = [dict(slot=slot, seed=seed, params=params, image_sha256=ctx.images.put(img),
+                     from_noise_memory=remembered[slot]) for slot, (img, seed, params) in enumerate(drawn)]
+        with write_session(ctx.engine) as s:
+            return finish_set(session=s, claim=claim, worker_id=worker_id, candidates=rows)
+    except BaseException:
+        with write_session(ctx.engine) as s:
+            fail_set(session=s, claim=claim, worker_id=worker_id)
+        raise
+
+
+def fill_queue(*, ctx, pool: str = "default", depth: int | None = None, worker_id: str | None = None,  # noqa: ANN001
+               max_sets: int | None = None, progress: bool = True, n: int | None = None,
+               stale_after_s: float = STALE_AFTER_S) -> int:
+    """Fill ``pool`` up to ``depth`` ready sets per active prompt for the promoted version; returns sets made.
+
+    Safe to run in several processes on one database at once. ``n``: candidates per set
+    (settings.candidates_per_set by default); ``depth``: settings.queue_depth by default.
+    """
+    from tqdm.auto import tqdm
+
+    from pickloop.db import read_session, write_session
+
+    depth = depth or ctx.settings.queue_depth
+    n = n or ctx.settings.candidates_per_set
+    if not 1 <= n <= 16:
+        raise UserError("candidates per set must be 1-16")
+    worker_id = worker_id or default_worker_id()
+    version = _prepare_version(ctx)
+    with read_session(ctx.engine) as s:
+        todo = missing_sets(session=s, pool=pool, depth=depth, version_id=version.id)
+    total = min(todo, max_sets) if max_sets is not None else todo
+    made = 0
+    with tqdm(total=total, desc=f"sets for pool {pool}", unit="set", disable=not progress) as bar:
+        while max_sets is None or made < max_sets:
+            with write_session(ctx.engine) as s:
+                claim = claim_set(session=s, pool=pool, depth=depth, version_id=version.id, worker_id=worker_id,
+                                  overlap_share=ctx.settings.overlap_share, stale_after_s=stale_after_s)
+            if claim is None:
+                break
+            if draw_set(ctx, claim, n, worker_id=worker_id):
+                made += 1
+                bar.update(1)
+    return made
+
+
+def watch_queue(*, ctx, pool: str = "default", depth: int | None = None, n: int | None = None,  # noqa: ANN001
+                interval_s: float = 5.0, worker_id: str | None = None, progress: bool = False) -> None:
+    """Keep the queue full forever: fill, then sleep ``interval_s`` seconds while it is full.
+
+    A new promoted version is picked up on the next round (each round reads it afresh).
+    """
+    worker_id = worker_id or default_worker_id()
+    while True:
+        try:
+            made = fill_queue(ctx=ctx, pool=pool, depth=depth, worker_id=worker_id, progress=progress, n=n)
+        except UserError as e:  # e.g. the model is not trained yet: say so and try again later
+            print(f"pickloop generate: {e}", flush=True)
+            made = 0
+        if made == 0:
+            time.sleep(interval_s)
+
+
+def queue_counts(*, session: Session, pool: str | None = None) -> dict[str, int]:
+    """Sets by status (drawing, ready, done, failed), optionally for one pool."""
+    q = select(Comparison.status, func.count()).join(Prompt, Comparison.prompt_id == Prompt.id)
+    if pool is not None:
+        q = q.where(Prompt.pool == pool)
+    out = {s: 0 for s in ("drawing", "ready", "done", "failed")}
+    out.update({status: int(k) for status, k in session.exec(q.group_by(Comparison.status))})
+    return out

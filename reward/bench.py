@@ -1,0 +1,138 @@
+"""`pickloop bench reward`: does the reward model learn a hidden taste from a simulated rater's picks?
+
+In the shapes world, candidates are the world's own renders of prompts that leave one or two
+attributes open (what the taste acts on); a share of them break the prompt, as a generator's
+mistakes would. A simulated rater, whose taste the model is never told, answers ``labels`` sets on
+training prompts. The model is then scored on pairs for held-out prompts (the world's fixed held-out
+pool), each answered twice by the rater: the share answered alike is the rater's consistency, the
+ceiling a model of its first answers can be judged against.
+"""
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from pickloop.errors import UserError
+from reward.data import ImagePair
+
+
+@dataclass
+class BenchConfig:
+    """Settings of the reward bench."""
+
+    taste: str = field(default="large", metadata={"help": "registered taste name or FILE.py:FUNC"})
+    labels: int = field(default=300, metadata={"help": "judgements the rater gives for training"})
+    candidates: int = field(default=4, metadata={"help": "images per training set (2-4)"})
+    train_prompts: int = field(default=100, metadata={"help": "training prompts the labels spread over"})
+    test_pairs: int = field(default=400, metadata={"help": "held-out pairs, each answered twice"})
+    off_prompt_share: float = field(default=0.1, metadata={"help": "share of candidates that break their prompt"})
+    seed: int = field(default=0, metadata={"help": "seed of prompts, candidates and the rater"})
+
+    def __post_init__(self) -> None:
+        if self.labels < 10:
+            raise UserError("the reward bench needs at least 10 labels")
+        if not 2 <= self.candidates <= 4:
+            raise UserError("candidates per set must be 2-4")
+        if not 0.0 <= self.off_prompt_share <= 1.0:
+            raise UserError("off-prompt share must be in [0, 1]")
+        if self.train_prompts < 2 or self.test_pairs < 10:
+            raise UserError("the reward bench needs >= 2 training prompts and >= 10 test pairs")
+
+
+def make_rater(taste: str, seed: int):  # noqa: ANN201 - pickloop.shapes.tastes.SimulatedRater
+    """The shapes world's simulated rater with the named taste."""
+    try:
+        from pickloop.shapes import tastes
+    except ModuleNotFoundError as e:
+        raise UserError(f"simulated raters are not installed ({e.name}); the shapes world provides them") from None
+    return tastes.SimulatedRater(tastes.load_taste(taste), seed=seed)
+
+
+def draw_candidate(prompt: str, rng: random.Random, off_prompt_share: float) -> Image.Image:
+    """A render that follows the prompt (open attributes at random), or with ``off_prompt_share`` one
+    that gets a stated attribute wrong."""
+    from pickloop.shapes.world import COLORS, SHAPES, SIZES, Scene, render, scene_from_prompt
+
+    scene = scene_from_prompt(prompt, rng)
+    if rng.random() < off_prompt_share:
+        objs = list(scene.objects)
+        i = rng.randrange(len(objs))
+        o = objs[i]
+        attr = rng.choice(("kind", "color", "size"))
+        if attr == "kind":
+            o = type(o)(rng.choice([s for s in SHAPES if s != o.kind]), o.color, o.size, o.position)
+        elif attr == "color":
+            o = type(o)(o.kind, rng.choice([c for c in COLORS if c not in (o.color, scene.background)]),
+                        o.size, o.position)
+        else:
+            o = type(o)(o.kind, o.color, next(s for s in SIZES if s != o.size), o.position)
+        objs[i] = o
+        scene = Scene(scene.background, tuple(objs))
+    return render(scene)
+
+
+def pairs_of_answer(prompt: str, images: list[Image.Image], answer, group: int) -> list[ImagePair]:  # noqa: ANN001
+    """Pairs from one answer: the pick against every other image (1.0), or all pairs for a tie (0.5)."""
+    if answer == "tie":
+        return [ImagePair(prompt, images[i], images[j], 0.5, group)
+                for i in range(len(images)) for j in range(i + 1, len(images))]
+    if answer is None or answer in ("none", "skip"):
+        return []
+    return [ImagePair(prompt, images[answer], im, 1.0, group) for k, im in enumerate(images) if k != answer]
+
+
+def label_training_sets(rater, cfg: BenchConfig, progress: bool = True) -> list[ImagePair]:  # noqa: ANN001
+    from tqdm import tqdm
+
+    from pickloop.shapes.world import prompt_pool
+
+    rng = random.Random(f"reward-bench-train-{cfg.seed}")
+    prompts = prompt_pool("train", n=cfg.train_prompts, open_share=1.0, seed=cfg.seed)
+    pairs: list[ImagePair] = []
+    for j in tqdm(range(cfg.labels), desc="rater labels", disable=not progress, leave=False):
+        prompt = prompts[j % len(prompts)]
+        images = [draw_candidate(prompt, rng, cfg.off_prompt_share) for _ in range(cfg.candidates)]
+        pairs += pairs_of_answer(prompt, images, rater.choose(prompt, images), group=j + 1)
+    return pairs
+
+
+def label_test_pairs(rater, cfg: BenchConfig) -> tuple[list[ImagePair], float]:  # noqa: ANN001
+    """Held-out pairs labelled by the rater's first answer, and the share of pairs it answered alike twice."""
+    from pickloop.shapes.world import prompt_pool
+
+    rng = random.Random(f"reward-bench-test-{cfg.seed}")
+    prompts = prompt_pool("heldout", n=max(20, cfg.test_pairs // 4), open_share=1.0, seed=cfg.seed)
+    pairs, same = [], 0
+    for j in range(cfg.test_pairs):
+        prompt = prompts[j % len(prompts)]
+        images = [draw_candidate(prompt, rng, cfg.off_prompt_share) for _ in range(2)]
+        first, second = rater.choose(prompt, images), rater.choose(prompt, images)
+        same += first == second
+        pairs += pairs_of_answer(prompt, images, first, group=j + 1)
+    return pairs, same / cfg.test_pairs
+
+
+def run_bench(cfg: BenchConfig, config=None, progress: bool = True) -> dict:  # noqa: ANN001
+    """Label, train, evaluate; returns the figures the bench prints."""
+    from reward.data import featurize
+    from reward.evaluate import evaluate_model
+    from reward.train import RewardConfig, train_on_pairs
+
+    config = config or RewardConfig(heldout_share=0.2)
+    rater = make_rater(cfg.taste, cfg.seed)
+    train_pairs = label_training_sets(rater, cfg, progress)
+    test_pairs, consistency = label_test_pairs(rater, cfg)
+    t0 = time.perf_counter()
+    model, metrics = train_on_pairs(train_pairs, config=config, progress=progress)
+    train_s = time.perf_counter() - t0
+    test = featurize(model, test_pairs)
+    trained = evaluate_model(model, test)
+    untrained = [evaluate_model(model.fresh_head(seed=s), test)["accuracy"] for s in range(5)]
+    return dict(heldout_acc=trained["accuracy"], heldout_log_loss=trained["log_loss"], heldout_ece=trained["ece"],
+                rater_consistency=consistency, untrained_acc=sum(untrained) / len(untrained),
+                untrained_each=untrained, labels=cfg.labels, train_pairs=len(train_pairs),
+                test_pairs=trained["pairs"], test_ties=trained["ties"], train_s=train_s,
+                early_stop_acc=metrics["heldout_acc"], epochs_run=metrics["epochs_run"])

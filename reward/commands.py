@@ -1,0 +1,159 @@
+"""`pickloop reward train | eval | score` and `pickloop bench reward`. Heavy imports stay inside handlers."""
+from __future__ import annotations
+
+import argparse
+from dataclasses import MISSING, fields
+from pathlib import Path
+
+
+def _add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:  # noqa: ANN001
+    """One --flag per dataclass field, with the field's help text; defaults stay in the dataclass."""
+    for f in fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata.get("help", "")
+        default = f.default if f.default is not MISSING else None
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                                help=f"{help_text} (default {default})")
+        else:
+            kind = {"int": int, "float": float}.get(str(f.type), str)
+            parser.add_argument(flag, type=kind, default=None, help=f"{help_text} (default {default})")
+
+
+def _dataclass_from_args(cls, args: argparse.Namespace):  # noqa: ANN001, ANN202
+    given = {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
+    return cls(**given)
+
+
+def cmd_train(args) -> None:  # noqa: ANN001
+    import torch
+
+    from pickloop.context import Context
+    from reward.train import RewardConfig, train_reward
+
+    torch.set_num_threads(args.threads)
+    config = _dataclass_from_args(RewardConfig, args)
+    ctx = Context()
+    model, m = train_reward(ctx=ctx, config=config, progress=True)
+    print(f"reward model {m['reward_model_id']} trained on {m['labels']} labels ({m['train_pairs']} train / "
+          f"{m['heldout_pairs']} held-out pairs over {m['train_prompts']} / {m['heldout_prompts']} prompts) "
+          f"up to judgement {m['data_snapshot']} in {m['train_s']:.1f} s")
+    print(f"held-out accuracy {m['heldout_acc']:.3f}, held-out loss {m['heldout_loss']:.4f} "
+          f"(best epoch {m['best_epoch'] + 1} of {m['epochs_run']})")
+    print(f"saved to {ctx.home / 'reward' / str(m['reward_model_id'])}")
+
+
+def cmd_eval(args) -> None:  # noqa: ANN001
+    import torch
+
+    from pickloop.context import Context
+    from pickloop.errors import UserError
+    from reward.data import featurize, pairs_from_store, split_indices
+    from reward.evaluate import evaluate_model, learning_curve, save_learning_curve
+    from reward.model import RewardModel
+    from reward.registry import resolve_reward_path
+    from reward.train import RewardConfig
+
+    torch.set_num_threads(args.threads)
+    ctx = Context()
+    path = resolve_reward_path(ctx=ctx, ref=args.model)
+    model = RewardModel.load(path)
+    config = RewardConfig(**model.metrics.get("config", {})) if model.metrics.get("config") else RewardConfig()
+    pairs = pairs_from_store(ctx=ctx)
+    if not pairs:
+        raise UserError("no preference pairs in the store to evaluate on")
+    train_idx, held_idx = split_indices([p.prompt for p in pairs], config.heldout_share)
+    snapshot = model.metrics.get("data_snapshot")
+    data = featurize(model, pairs, progress=True)
+    held = data.subset(held_idx)
+    m = evaluate_model(model, held)
+    print(f"reward model {path}: {m['pairs']} held-out pairs ({m['ties']} ties) over "
+          f"{len(set(held.prompts))} prompts; trained up to judgement {snapshot}")
+    print(f"held-out accuracy {m['accuracy']:.3f} (ties excluded), log loss {m['log_loss']:.4f}, "
+          f"expected calibration error {m['ece']:.3f}")
+    if args.no_curve:
+        return
+    print("learning curve (fresh heads on the same backbone, first n labels):")
+    curve = learning_curve(model, data.subset(train_idx), held, config, progress=True)
+    out = Path(args.png) if args.png else ctx.settings.reports_dir / f"reward-learning-curve-{path.name}.png"
+    save_learning_curve(curve, out)
+    print(f"learning curve saved to {out}")
+
+
+def cmd_score(args) -> None:  # noqa: ANN001
+    import torch
+
+    from pickloop.context import Context
+    from pickloop.images import decode_image, read_user_image_bytes
+    from reward.model import RewardModel
+    from reward.registry import resolve_reward_path
+
+    torch.set_num_threads(args.threads)
+    # Check every image before loading the model, so a typo fails fast with one line.
+    images = [decode_image(read_user_image_bytes(p, base=Path.cwd()), what=f"image file {p}").convert("RGB")
+              for p in args.images]
+    model = RewardModel.load(resolve_reward_path(ctx=Context(), ref=args.model))
+    for p, r in zip(args.images, model.score(args.prompt, images).tolist()):
+        print(f"{r:.4f}\t{p}")
+
+
+def cmd_bench(args) -> None:  # noqa: ANN001
+    import torch
+
+    from reward.bench import BenchConfig, run_bench
+    from reward.train import RewardConfig
+
+    torch.set_num_threads(args.threads)
+    cfg = BenchConfig(taste=args.taste, labels=args.labels, candidates=args.candidates,
+                      train_prompts=args.train_prompts, test_pairs=args.test_pairs,
+                      off_prompt_share=args.off_prompt_share, seed=args.seed)
+    config = RewardConfig(backbone=args.backbone, heldout_share=0.2, seed=args.seed)
+    print(f"reward bench: taste {cfg.taste!r} (hidden from the model), {cfg.labels} labels of "
+          f"{cfg.candidates} candidates, backbone {config.backbone}")
+    r = run_bench(cfg, config, progress=True)
+    print(f"train pairs {r['train_pairs']}, test pairs {r['test_pairs']} ({r['test_ties']} ties), "
+          f"epochs {r['epochs_run']}, early-stopping split accuracy {r['early_stop_acc']:.3f}")
+    print(f"held-out accuracy {r['heldout_acc']:.3f} vs rater consistency {r['rater_consistency']:.3f} "
+          f"(target >= {0.9 * r['rater_consistency']:.3f}); log loss {r['heldout_log_loss']:.4f}, "
+          f"ECE {r['heldout_ece']:.3f}")
+    print("untrained heads: " + ", ".join(f"{a:.3f}" for a in r["untrained_each"]))
+    print(f"heldout_acc={r['heldout_acc']:.4f} rater_consistency={r['rater_consistency']:.4f} "
+          f"untrained_acc={r['untrained_acc']:.4f} labels={r['labels']} train_s={r['train_s']:.1f}")
+
+
+def register(sub, bench_sub) -> None:  # noqa: ANN001
+    from reward.config import RewardConfig
+
+    rw = sub.add_parser("reward", help="the preference reward model").add_subparsers(dest="reward_cmd", required=True)
+    q = rw.add_parser("train", help="train on every label so far; saves and registers the model")
+    _add_dataclass_flags(q, RewardConfig)
+    q.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    q.set_defaults(func=cmd_train)
+
+    q = rw.add_parser("eval", help="held-out accuracy, log loss, calibration error and a learning-curve PNG")
+    q.add_argument("--model", default="latest", help="registry id, saved folder, or latest")
+    q.add_argument("--png", help="where to save the learning curve (default: reports dir)")
+    q.add_argument("--no-curve", action="store_true", help="skip the learning curve")
+    q.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    q.set_defaults(func=cmd_eval)
+
+    q = rw.add_parser("score", help="score image files for a prompt (higher = preferred)")
+    q.add_argument("--prompt", required=True, help="the prompt the images were drawn for")
+    q.add_argument("images", nargs="+", metavar="IMAGE", help="image files, relative to the current folder")
+    q.add_argument("--model", default="latest", help="registry id, saved folder, or latest")
+    q.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    q.set_defaults(func=cmd_score)
+
+    q = bench_sub.add_parser("reward", help="learn a simulated rater's hidden taste; held-out accuracy")
+    q.add_argument("--taste", default="large", help="simulated rater's taste (name or FILE.py:FUNC)")
+    q.add_argument("--labels", type=int, default=300, help="training judgements")
+    q.add_argument("--candidates", type=int, default=4, help="images per training set (2-4)")
+    q.add_argument("--train-prompts", type=int, default=100, help="training prompts")
+    q.add_argument("--test-pairs", type=int, default=400, help="held-out pairs, each answered twice")
+    q.add_argument("--off-prompt-share", type=float, default=0.1, help="share of candidates breaking the prompt")
+    q.add_argument("--backbone", default="embedded:shapes-clip", help="CLIPModel folder or hub id")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    q.set_defaults(func=cmd_bench)

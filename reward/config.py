@@ -1,0 +1,49 @@
+"""The reward model's training settings (no torch import, so the CLI's --help stays fast)."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+from pickloop.errors import UserError
+
+
+@dataclass
+class RewardConfig:
+    """Settings of one reward-model training run."""
+
+    backbone: str = field(default="embedded:shapes-clip", metadata={"help": "CLIPModel folder or hub id"})
+    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate of the head"})
+    lora_lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate of backbone LoRA adapters"})
+    epochs: int = field(default=300, metadata={"help": "most passes over the training pairs"})
+    batch_size: int = field(default=64, metadata={"help": "pairs per optimizer step"})
+    weight_decay: float = field(default=1e-2, metadata={"help": "AdamW weight decay"})
+    head_width: int = field(default=256, metadata={"help": "hidden units of the head MLP"})
+    dropout: float = field(default=0.1, metadata={"help": "dropout in the head while training"})
+    seed: int = field(default=0, metadata={"help": "seed of the head's init and of the batch order"})
+    patience: int = field(default=30, metadata={"help": "epochs without a better held-out loss before stopping"})
+    heldout_share: float = field(default=0.1, metadata={"help": "share of prompts held out (by a hash of the text)"})
+    lora_rank: int = field(default=0, metadata={"help": "0 = frozen backbone; >0 = LoRA rank on the backbone"})
+    include_ties: bool = field(default=True, metadata={"help": "train on ties as 0.5/0.5 targets"})
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.lr > 0 and self.lora_lr > 0, "learning rates must be > 0"),
+            (self.epochs >= 1, "epochs must be >= 1"),
+            (self.batch_size >= 1, "batch size must be >= 1"),
+            (self.weight_decay >= 0, "weight decay must be >= 0"),
+            (self.head_width >= 1, "head width must be >= 1"),
+            (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),
+            (self.patience >= 1, "patience must be >= 1 epoch"),
+            (0.0 < self.heldout_share < 1.0, "held-out share must be between 0 and 1"),
+            (self.lora_rank >= 0, "LoRA rank must be >= 0"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise UserError(f"reward config: {msg}")
+
+    def config_hash(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+    def model_kwargs(self) -> dict:
+        return dict(head_width=self.head_width, dropout=self.dropout, lora_rank=self.lora_rank, seed=self.seed)

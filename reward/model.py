@@ -1,0 +1,305 @@
+"""The preference reward model r(prompt, image): a CLIP backbone and a small head on its features.
+
+The head reads the L2-normalised CLIP image and text embeddings (each of size d) as
+[img, txt, img * txt] (3d values) and returns one score per (prompt, image). As in PickScore
+(Kirstain et al. 2023), scores are only comparable between images of the same prompt: the
+probability that a is preferred over b is softmax([r_a, r_b])[0] = sigmoid(r_a - r_b).
+
+The backbone is frozen by default, so image and text features are cached (images by a hash of
+their pixels or the caller's key, e.g. the store's sha256) and training touches only the head.
+With ``lora_rank > 0`` peft LoRA adapters are put on the backbone's attention projections.
+
+Saved layout (a folder, written to a temp folder and renamed into place):
+``model.safetensors`` (head.* and backbone_lora.* tensors), ``config.json``, ``metrics.json``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import uuid
+import warnings
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from PIL import Image
+from torch import nn
+
+from pickloop.errors import UserError
+
+FORMAT = "pickloop-reward/1"
+WEIGHTS_FILE = "model.safetensors"
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")  # CLIP attention projections
+
+
+@dataclass
+class RewardModelConfig:
+    """What a saved reward model needs to be rebuilt (written to config.json)."""
+
+    backbone: str = "embedded:shapes-clip"  # CLIPModel folder, hub id or embedded:shapes-clip
+    head_width: int = 256  # hidden units of the head's MLP
+    dropout: float = 0.1  # dropout in the head while training
+    lora_rank: int = 0  # 0 = frozen backbone; >0 = LoRA adapters of this rank on the backbone
+    lora_alpha: float = 0.0  # LoRA scale numerator; 0 means alpha = rank
+    feature_dim: int = 0  # CLIP projection size, filled from the backbone
+    backbone_sha256: str = ""  # of the backbone's weights file when local, to catch a changed backbone
+    seed: int = 0  # seed of the head's initialisation
+
+    def __post_init__(self) -> None:
+        if self.head_width < 1:
+            raise UserError(f"head width must be >= 1, not {self.head_width}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"dropout must be in [0, 1), not {self.dropout}")
+        if self.lora_rank < 0:
+            raise UserError(f"LoRA rank must be >= 0, not {self.lora_rank}")
+
+
+class PreferenceHead(nn.Module):
+    """MLP on [img, txt, img*txt] of normalised features (n, d) each -> scores (n,)."""
+
+    def __init__(self, dim: int, width: int, dropout: float = 0.0):
+        super().__init__()
+        self.dim = dim
+        self.net = nn.Sequential(nn.Linear(3 * dim, width), nn.GELU(), nn.Dropout(dropout), nn.Linear(width, 1))
+
+    def forward(self, img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
+        # Unit vectors have entries of size ~1/sqrt(d); rescale so the MLP sees values of order 1.
+        s = math.sqrt(self.dim)
+        img, txt = nn.functional.normalize(img, dim=-1) * s, nn.functional.normalize(txt, dim=-1) * s
+        return self.net(torch.cat([img, txt, img * txt], dim=-1)).squeeze(-1)
+
+
+def image_key(image: Image.Image) -> str:
+    """A cache key for an image: sha256 of its RGB pixels and size (not of any file encoding)."""
+    rgb = image.convert("RGB")
+    return hashlib.sha256(f"{rgb.size}".encode() + rgb.tobytes()).hexdigest()
+
+
+def _weights_sha256(folder: str) -> str:
+    path = Path(folder) / "model.safetensors"
+    if not path.is_file():
+        return ""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_backbone(ref: str):  # noqa: ANN201 - (CLIPModel, tokenizer, image processor, resolved folder)
+    """The CLIPModel of ``ref`` with the tokenizer and image processor saved beside it."""
+    from transformers import CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    from pickloop.context import resolve_model_ref
+
+    folder = resolve_model_ref(ref)
+    if ref.startswith("embedded:") and not Path(folder).is_dir():
+        raise UserError(f"the embedded CLIP is not installed at {folder}; pass a CLIP folder as backbone")
+    try:
+        clip = CLIPModel.from_pretrained(folder)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load CLIP backbone {ref!r}: {str(e).splitlines()[0]}") from None
+    try:
+        proc = CLIPProcessor.from_pretrained(folder)
+        tokenizer, image_processor = proc.tokenizer, proc.image_processor
+    except (OSError, ValueError, TypeError):
+        # A bare CLIPModel folder: its tokenizer alone, images resized to the vision tower's input.
+        try:
+            tokenizer = CLIPTokenizer.from_pretrained(folder)
+        except (OSError, ValueError) as e:
+            raise UserError(f"no tokenizer saved with CLIP backbone {ref!r}: {str(e).splitlines()[0]}") from None
+        n = clip.config.vision_config.image_size
+        image_processor = CLIPImageProcessor(size={"shortest_edge": n}, crop_size={"height": n, "width": n})
+    return clip.eval(), tokenizer, image_processor, folder
+
+
+class RewardModel(nn.Module):
+    """r(prompt, image) = head(CLIP image features, CLIP text features)."""
+
+    def __init__(self, config: RewardModelConfig, backbone, tokenizer, image_processor):  # noqa: ANN001
+        super().__init__()
+        self.config = config
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.max_tokens = int(backbone.config.text_config.max_position_embeddings)
+        config.feature_dim = int(backbone.config.projection_dim)
+        torch.manual_seed(config.seed)
+        self.head = PreferenceHead(config.feature_dim, config.head_width, config.dropout)
+        self.backbone.requires_grad_(False)
+        if config.lora_rank > 0:
+            self._add_lora()
+        self._image_cache: dict[str, torch.Tensor] = {}
+        self._text_cache: dict[str, torch.Tensor] = {}
+        self.metrics: dict = {}
+        self.eval()
+
+    # ------------------------------------------------------------ construction
+
+    @classmethod
+    def create(cls, backbone: str = "embedded:shapes-clip", **config) -> "RewardModel":  # noqa: ANN003
+        """A fresh model (untrained head) on ``backbone``; ``config`` as in RewardModelConfig."""
+        clip, tokenizer, image_processor, folder = load_backbone(backbone)
+        cfg = RewardModelConfig(backbone=backbone, backbone_sha256=_weights_sha256(folder), **config)
+        return cls(cfg, clip, tokenizer, image_processor)
+
+    def _add_lora(self) -> None:
+        from peft import LoraConfig, inject_adapter_in_model
+
+        r = self.config.lora_rank
+        lora = LoraConfig(r=r, lora_alpha=self.config.lora_alpha or r, target_modules=list(LORA_TARGETS))
+        inject_adapter_in_model(lora, self.backbone)  # only lora_* parameters are trainable
+
+    def fresh_head(self, seed: int = 0) -> "RewardModel":
+        """A model with a new, untrained head on this model's backbone (shared and frozen, LoRA
+        adapters included as they are): for learning curves and untrained baselines."""
+        cfg = RewardModelConfig(**{**asdict(self.config), "lora_rank": 0, "seed": seed})
+        other = RewardModel(cfg, self.backbone, self.tokenizer, self.image_processor)
+        other._image_cache, other._text_cache = self._image_cache, self._text_cache
+        return other
+
+    @property
+    def backbone_trainable(self) -> bool:
+        return self.config.lora_rank > 0
+
+    def lora_state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.backbone.state_dict().items() if "lora_" in k}
+
+    # ------------------------------------------------------------ features
+
+    def _embed_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        pixels = self.image_processor(images=[im.convert("RGB") for im in images], return_tensors="pt")
+        out = self.backbone.get_image_features(pixel_values=pixels["pixel_values"])
+        return getattr(out, "pooler_output", out)  # transformers 5 returns a ModelOutput
+
+    def _embed_texts(self, prompts: Sequence[str]) -> torch.Tensor:
+        ids = self.tokenizer(list(prompts), padding="max_length", max_length=self.max_tokens, truncation=True,
+                             return_tensors="pt")
+        out = self.backbone.get_text_features(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"])
+        return getattr(out, "pooler_output", out)
+
+    def image_features(self, images: Sequence[Image.Image], keys: Sequence[str] | None = None,
+                       batch_size: int = 64) -> torch.Tensor:
+        """CLIP image embeddings (n, d). Cached by ``keys`` (or a pixel hash) when the backbone is frozen;
+        with LoRA they carry gradients and are never cached."""
+        if self.backbone_trainable:
+            return torch.cat([self._embed_images(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+        keys = list(keys) if keys is not None else [image_key(im) for im in images]
+        todo = {k: im for k, im in zip(keys, images) if k not in self._image_cache}
+        items = list(todo.items())
+        with torch.no_grad():
+            for i in range(0, len(items), batch_size):
+                chunk = items[i:i + batch_size]
+                for (k, _), f in zip(chunk, self._embed_images([im for _, im in chunk])):
+                    self._image_cache[k] = f
+        return torch.stack([self._image_cache[k] for k in keys])
+
+    def text_features(self, prompts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+        """CLIP text embeddings (n, d), cached per prompt text when the backbone is frozen."""
+        if self.backbone_trainable:
+            return torch.cat([self._embed_texts(prompts[i:i + batch_size]) for i in range(0, len(prompts), batch_size)])
+        todo = list(dict.fromkeys(p for p in prompts if p not in self._text_cache))
+        with torch.no_grad():
+            for i in range(0, len(todo), batch_size):
+                for p, f in zip(todo[i:i + batch_size], self._embed_texts(todo[i:i + batch_size])):
+                    self._text_cache[p] = f
+        return torch.stack([self._text_cache[p] for p in prompts])
+
+    def clear_cache(self) -> None:
+        self._image_cache.clear()
+        self._text_cache.clear()
+
+    # ------------------------------------------------------------ scoring
+
+    def score_features(self, img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
+        """Scores (n,) from image and text features (n, d) each; differentiable."""
+        return self.head(img, txt)
+
+    def forward(self, prompts: Sequence[str], images: Sequence[Image.Image],
+                keys: Sequence[str] | None = None) -> torch.Tensor:
+        if len(prompts) != len(images):
+            raise ValueError(f"{len(prompts)} prompts but {len(images)} images")
+        return self.score_features(self.image_features(images, keys), self.text_features(list(prompts)))
+
+    @torch.no_grad()
+    def score(self, prompts: Sequence[str] | str, images: Sequence[Image.Image],
+              keys: Sequence[str] | None = None) -> torch.Tensor:
+        """r(prompt, image) for each pair, shape (n,), float32, in eval mode. A single prompt string
+        applies to every image. Compare scores only between images of the same prompt."""
+        if isinstance(prompts, str):
+            prompts = [prompts] * len(images)
+        was_training = self.training
+        self.eval()
+        try:
+            return self.forward(list(prompts), list(images), keys).float()
+        finally:
+            self.train(was_training)
+
+    # ------------------------------------------------------------ persistence
+
+    def state_to_save(self) -> dict[str, torch.Tensor]:
+        out = {f"head.{k}": v for k, v in self.head.state_dict().items()}
+        out.update({f"backbone_lora.{k}": v for k, v in self.lora_state_dict().items()})
+        return {k: v.detach().contiguous().cpu() for k, v in out.items()}
+
+    def save(self, path: str | Path, metrics: dict | None = None) -> Path:
+        """Write the folder ``path`` atomically (temp folder beside it, then rename). Returns ``path``."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if metrics is not None:
+            self.metrics = dict(metrics)
+        tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+        tmp.mkdir()
+        try:
+            save_file(self.state_to_save(), str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
+            (tmp / "config.json").write_text(json.dumps({"format": FORMAT, **asdict(self.config)}, indent=2) + "\n")
+            (tmp / "metrics.json").write_text(json.dumps(self.metrics, indent=2, sort_keys=True) + "\n")
+            for f in tmp.iterdir():
+                with f.open("rb") as fh:
+                    os.fsync(fh.fileno())
+            old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+            if path.exists():
+                os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RewardModel":
+        """A saved model; one clear UserError when the folder is missing or not a reward model."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        try:
+            raw = json.loads((path / "config.json").read_text())
+            tensors = load_file(str(path / WEIGHTS_FILE))
+        except (OSError, ValueError) as e:
+            raise UserError(f"not a saved reward model: {path} ({type(e).__name__})") from None
+        if raw.get("format") != FORMAT:
+            raise UserError(f"not a saved reward model: {path} (format {raw.get('format')!r})")
+        cfg = RewardModelConfig(**{f.name: raw[f.name] for f in fields(RewardModelConfig) if f.name in raw})
+        clip, tokenizer, image_processor, folder = load_backbone(cfg.backbone)
+        found = _weights_sha256(folder)
+        if cfg.backbone_sha256 and found and found != cfg.backbone_sha256:
+            warnings.warn(f"reward model {path} was trained on another version of {cfg.backbone}; retrain it",
+                          stacklevel=2)
+        model = cls(cfg, clip, tokenizer, image_processor)
+        model.head.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("head.")})
+        lora = {k[len("backbone_lora."):]: v for k, v in tensors.items() if k.startswith("backbone_lora.")}
+        if lora:
+            missing = set(lora) - set(model.lora_state_dict())
+            if missing:
+                raise UserError(f"reward model {path} has LoRA weights the backbone cannot take: {sorted(missing)[:3]}")
+            model.backbone.load_state_dict(lora, strict=False)
+        metrics_file = path / "metrics.json"
+        model.metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+        return model.eval()
