@@ -108,6 +108,28 @@ def cmd_raters_list(args) -> None:  # noqa: ANN001
             print(f"{r.id}\t{r.name}\t{r.role}\t{r.kind}\t{'active' if r.active else 'inactive'}")
 
 
+def cmd_export(args) -> None:  # noqa: ANN001
+    from pickloop.db import read_session
+    from pickloop.exchange import export_parquet
+
+    ctx = _ctx(args)
+    with read_session(ctx.engine) as s:
+        n = export_parquet(session=s, images=ctx.images, path=args.out)
+    print(f"{n} Pick-a-Pic rows written to {args.out}")
+
+
+def cmd_import(args) -> None:  # noqa: ANN001
+    from pickloop.db import write_session
+    from pickloop.exchange import import_parquet
+
+    if not Path(args.file).is_file():
+        raise UserError(f"no such file: {args.file}")
+    ctx = _ctx(args)
+    with write_session(ctx.engine) as s:  # all or nothing
+        added, present = import_parquet(session=s, images=ctx.images, path=args.file)
+    print(f"{added} judgements imported, {present} already present")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pickloop", description="Rate images, learn a reward, fine-tune a LoRA, repeat.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -140,6 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_raters_add)
     q = ra.add_parser("list", help="list raters")
     q.set_defaults(func=cmd_raters_list)
+
+    q = sub.add_parser("export", help="export every label as Pick-a-Pic parquet")
+    q.add_argument("out", help="output .parquet file")
+    q.set_defaults(func=cmd_export)
+    q = sub.add_parser("import", help="import labels from Pick-a-Pic parquet (pickloop's own or public)")
+    q.add_argument("file", help="input .parquet file")
+    q.set_defaults(func=cmd_import)
 
     bench_sub = sub.add_parser("bench", help="measured figures; last line is key=value").add_subparsers(
         dest="bench_cmd", required=True, metavar="BENCH")

@@ -3,32 +3,12 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from . import train as T
-from .models import MODELS_DIR
-
-
-STAGES = ("vae", "clip", "unet")  # in order: the U-Net needs the trained VAE
-
-
-@dataclass
-class RecipeConfig:
-    """The whole recipe; defaults fit about 65 minutes on one CPU thread."""
-
-    work: Path = field(default=Path("runs/shapes/work"), metadata={"help": "checkpoints live here; rerun to resume"})
-    out: Path = field(default=MODELS_DIR, metadata={"help": "writes sd/ and clip/ here"})
-    device: str = field(default="cpu", metadata={"help": "cpu or cuda"})
-    vae: T.StageConfig = field(default_factory=lambda: T.StageConfig(minutes=10, batch_size=8, lr=2e-3))
-    clip: T.StageConfig = field(default_factory=lambda: T.StageConfig(minutes=15, batch_size=64, lr=5e-4))
-    unet: T.UnetConfig = field(default_factory=lambda: T.UnetConfig(minutes=55, batch_size=32, lr=7e-4, pool_size=8192))
-
-    def __post_init__(self) -> None:
-        if self.device not in ("cpu", "cuda"):
-            raise ValueError(f"device must be cpu or cuda, got {self.device!r}")
+from .config import STAGES, RecipeConfig, add_arguments, config_from_args
 
 
 def model_card(kind: str, cfg: RecipeConfig, figures: dict | None = None) -> str:
@@ -73,25 +53,6 @@ def train_all(cfg: RecipeConfig, stages: tuple[str, ...] = STAGES) -> None:
             {"vae": T.train_vae, "clip": T.train_clip, "unet": T.train_unet}[name](work, getattr(cfg, name), cfg.device)
     ship(cfg)
     print(f"recipe done in {(time.time() - t0) / 60:.1f} min; shipped to {cfg.out}", flush=True)
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--work", type=Path, default=Path("runs/shapes/work"), help="checkpoint folder (resumable)")
-    p.add_argument("--out", type=Path, default=MODELS_DIR, help="where sd/ and clip/ are written")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    d = RecipeConfig()
-    p.add_argument("--minutes-vae", type=float, default=d.vae.minutes, help="VAE budget, minutes")
-    p.add_argument("--minutes-clip", type=float, default=d.clip.minutes, help="CLIP budget, minutes")
-    p.add_argument("--minutes-unet", type=float, default=d.unet.minutes, help="U-Net budget, minutes")
-    p.add_argument("--stages", default="vae,clip,unet",
-                   help="comma-separated stages to run, e.g. 'clip' in a second process beside 'vae,unet'")
-    p.add_argument("--ship-only", action="store_true", help="only write the models from the checkpoints")
-
-
-def config_from_args(args: argparse.Namespace) -> RecipeConfig:
-    cfg = RecipeConfig(work=args.work, out=args.out, device=args.device)
-    cfg.vae.minutes, cfg.clip.minutes, cfg.unet.minutes = args.minutes_vae, args.minutes_clip, args.minutes_unet
-    return cfg
 
 
 def main(argv: list[str] | None = None) -> None:

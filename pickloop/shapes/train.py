@@ -11,7 +11,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -21,33 +21,8 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from . import architectures as A
+from .config import StageConfig, UnetConfig
 from .world import caption, is_heldout, random_open, render, sample_scene
-
-
-@dataclass
-class StageConfig:
-    """Settings of one training stage."""
-
-    minutes: float = field(default=10.0, metadata={"help": "wall-clock budget, minutes (resumed runs count earlier time)"})
-    batch_size: int = field(default=32, metadata={"help": "images per step"})
-    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate, after a linear warmup"})
-    warmup_steps: int = field(default=100, metadata={"help": "steps of linear learning-rate warmup"})
-    checkpoint_every_s: float = field(default=120.0, metadata={"help": "seconds between checkpoints"})
-    seed: int = field(default=0, metadata={"help": "seed of the data stream and the init"})
-
-    def __post_init__(self) -> None:
-        if self.minutes < 0 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError(f"invalid stage config {self}")
-
-
-@dataclass
-class UnetConfig(StageConfig):
-    """Extra settings of the U-Net stage."""
-
-    cfg_dropout: float = field(default=0.1, metadata={"help": "share of captions replaced by '' (for guidance)"})
-    ema_decay: float = field(default=0.999, metadata={"help": "EMA decay per step of the shipped weights"})
-    open_share: float = field(default=0.3, metadata={"help": "share of captions that leave attributes open"})
-    pool_size: int = field(default=16384, metadata={"help": "scenes encoded once to latents and reused"})
 
 
 # ---------------------------------------------------------------- data

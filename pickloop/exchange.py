@@ -1,0 +1,179 @@
+"""Labels in and out of the store in the Pick-a-Pic layout, as parquet.
+
+One row per pair of images shown together, as in Pick-a-Pic v2: ``caption, jpg_0, jpg_1, image_0_uid,
+image_1_uid, model_0, model_1, label_0, label_1`` (1/0; a tie 0.5/0.5), ``best_image_uid, are_different,
+has_label, ranking_id, user_id, created_at, num_example_per_prompt``. The ``jpg_*`` columns hold the stored
+image bytes unchanged (PNG: lossless, so the sha256 survives; every Pick-a-Pic reader decodes it with PIL).
+
+A judgement over n candidates becomes several rows sharing ``ranking_id``: a pick gives the winner against
+each other candidate, a tie every pair (0.5/0.5), "none good" and "skip" one unlabelled row per other
+candidate (``has_label`` false). Columns starting ``pl_`` carry what Pick-a-Pic has no place for (the set,
+slots, seeds, choice, order shown, time taken, idempotency key), so export then import gives back the same
+judgements. Files without them (public Pick-a-Pic data) import as one two-image set per row.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections import defaultdict
+from pathlib import Path
+
+from sqlmodel import Session, select
+
+from pickloop.errors import UserError
+from pickloop.images import ImageStore
+from pickloop.schema import Candidate, Comparison, Judgement, ModelVersion, Prompt, Rater
+from pickloop.store import add_prompts, candidates_of, record_judgement
+
+PICKAPIC_COLUMNS = ["caption", "jpg_0", "jpg_1", "image_0_uid", "image_1_uid", "model_0", "model_1",
+                    "label_0", "label_1", "best_image_uid", "are_different", "has_label", "ranking_id",
+                    "user_id", "created_at", "num_example_per_prompt"]
+
+
+def _pairs_of(j: Judgement, cands: list[Candidate]) -> list[tuple[Candidate, Candidate, float, float, bool]]:
+    """(image 0, image 1, label_0, label_1, has_label) rows for one judgement."""
+    if j.choice == "pick":
+        win = next(c for c in cands if c.id == j.winner_id)
+        return [(win, c, 1.0, 0.0, True) for c in cands if c.id != win.id]
+    if j.choice == "tie":
+        return [(a, b, 0.5, 0.5, True) for i, a in enumerate(cands) for b in cands[i + 1:]]
+    return [(cands[0], c, 0.0, 0.0, False) for c in cands[1:]]
+
+
+def export_rows(*, session: Session, images: ImageStore) -> list[dict]:
+    """Every judgement as Pick-a-Pic rows (see module docstring)."""
+    versions = {v.id: v.name for v in session.exec(select(ModelVersion))}
+    raters = {r.id: r.name for r in session.exec(select(Rater))}
+    per_prompt: dict[int, int] = defaultdict(int)
+    q = (select(Judgement, Comparison, Prompt).join(Comparison, Judgement.comparison_id == Comparison.id)
+         .join(Prompt, Comparison.prompt_id == Prompt.id).order_by(Judgement.id))
+    rows: list[dict] = []
+    for j, comp, prompt in session.exec(q):
+        cands = candidates_of(session=session, comparison_id=comp.id)
+        per_prompt[prompt.id] += 1
+        for a, b, l0, l1, has_label in _pairs_of(j, cands):
+            rows.append({
+                "caption": prompt.text, "jpg_0": images.read_bytes(a.image_sha256),
+                "jpg_1": images.read_bytes(b.image_sha256), "image_0_uid": a.image_sha256,
+                "image_1_uid": b.image_sha256, "model_0": versions[a.model_version_id],
+                "model_1": versions[b.model_version_id], "label_0": l0, "label_1": l1,
+                "best_image_uid": a.image_sha256 if l0 == 1.0 else "",
+                "are_different": a.image_sha256 != b.image_sha256, "has_label": has_label,
+                "ranking_id": j.id, "user_id": raters[j.rater_id], "created_at": j.created_at.isoformat(),
+                "pl_set_key": comp.key, "pl_choice": j.choice, "pl_winner_slot": next(
+                    (c.slot for c in cands if c.id == j.winner_id), -1),
+                "pl_shown_slots": json.dumps([next(c.slot for c in cands if c.id == i) for i in j.shown_order]),
+                "pl_time_ms": j.time_ms if j.time_ms is not None else -1, "pl_key": j.idempotency_key,
+                "pl_candidates": json.dumps([{"slot": c.slot, "seed": c.seed, "params": c.params,
+                                              "sha": c.image_sha256, "noise_memory": c.from_noise_memory,
+                                              "model": versions[c.model_version_id]} for c in cands]),
+                "pl_raters_wanted": comp.raters_wanted,
+            })
+    counts = defaultdict(int)
+    for r in rows:
+        counts[r["caption"]] += 1
+    for r in rows:
+        r["num_example_per_prompt"] = counts[r["caption"]]
+    return rows
+
+
+def export_parquet(*, session: Session, images: ImageStore, path: str | Path) -> int:
+    """Write every judgement to ``path`` (atomically); returns the number of rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = export_rows(session=session, images=images)
+    if not rows:
+        raise UserError("no judgements to export yet")
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    pq.write_table(pa.Table.from_pylist(rows), tmp)
+    tmp.replace(path)  # a half-written export is never left under the requested name
+    return len(rows)
+
+
+def _version_named(session: Session, name: str) -> ModelVersion:
+    v = session.exec(select(ModelVersion).where(ModelVersion.name == name)).first()
+    if v is None:
+        v = ModelVersion(name=name[:128], base_model=f"imported:{name}"[:512], method="imported", status="retired")
+        session.add(v)
+        session.flush()
+    return v
+
+
+def _rater_named(session: Session, name: str) -> Rater:
+    name = (str(name) or "unknown")[:64]
+    r = session.exec(select(Rater).where(Rater.name == name)).first()
+    if r is None:  # imported raters cannot sign in: their token hash matches no token
+        r = Rater(name=name, token_hash="!imported", role="rater", kind="imported")
+        session.add(r)
+        session.flush()
+    return r
+
+
+def _import_set(session: Session, images: ImageStore, rows: list[dict]) -> bool:
+    """One judgement from its rows; returns True when it was new."""
+    first = rows[0]
+    prompt = add_prompts(session=session, texts=[first["caption"]])[0]
+    key = first.get("pl_key") or f"pickapic:{first['ranking_id']}:{first['image_0_uid']}:{first['image_1_uid']}"
+    if session.exec(select(Judgement).where(Judgement.idempotency_key == key)).first() is not None:
+        return False
+    data = {}
+    for r in rows:
+        data[r["image_0_uid"]], data[r["image_1_uid"]] = r["jpg_0"], r["jpg_1"]
+    if first.get("pl_candidates"):
+        specs = json.loads(first["pl_candidates"])
+    else:
+        specs = [{"slot": 0, "seed": -1, "params": {}, "sha": first["image_0_uid"], "model": first["model_0"]},
+                 {"slot": 1, "seed": -1, "params": {}, "sha": first["image_1_uid"], "model": first["model_1"]}]
+    set_key = first.get("pl_set_key") or hashlib.sha256(key.encode()).hexdigest()[:32]
+    comp = session.exec(select(Comparison).where(Comparison.key == set_key)).first()
+    if comp is None:
+        comp = Comparison(key=set_key, prompt_id=prompt.id, status="ready", source="import",
+                          model_version_id=_version_named(session, specs[0]["model"]).id,
+                          raters_wanted=int(first.get("pl_raters_wanted") or 1))
+        session.add(comp)
+        session.flush()
+        for sp in specs:
+            sha = images.put(data[sp["sha"]]) if sp["sha"] in data else sp["sha"]
+            session.add(Candidate(comparison_id=comp.id, slot=sp["slot"], prompt_id=prompt.id,
+                                  model_version_id=_version_named(session, sp["model"]).id, seed=sp["seed"],
+                                  params=sp["params"], image_sha256=sha,
+                                  from_noise_memory=bool(sp.get("noise_memory", False))))
+        session.flush()
+    by_slot = {c.slot: c.id for c in candidates_of(session=session, comparison_id=comp.id)}
+    if first.get("pl_choice"):
+        choice, winner_slot = first["pl_choice"], first["pl_winner_slot"]
+        shown = [by_slot[s] for s in json.loads(first["pl_shown_slots"])]
+    else:
+        choice = "skip" if not first["has_label"] else ("tie" if first["label_0"] == 0.5 else "pick")
+        winner_slot = 0 if first["label_0"] == 1.0 else 1
+        shown = [by_slot[0], by_slot[1]]
+    time_ms = first.get("pl_time_ms")
+    _, created = record_judgement(
+        session=session, comparison_id=comp.id, rater_id=_rater_named(session, first["user_id"]).id,
+        choice=choice, winner_id=by_slot.get(winner_slot) if choice == "pick" else None, shown_order=shown,
+        idempotency_key=key, time_ms=None if time_ms is None or time_ms < 0 else int(time_ms))
+    return created
+
+
+def import_parquet(*, session: Session, images: ImageStore, path: str | Path) -> tuple[int, int]:
+    """Read Pick-a-Pic rows from ``path`` into the store; returns (judgements added, already present)."""
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read parquet file {path}: {e}") from None
+    missing = [c for c in ("caption", "jpg_0", "jpg_1", "image_0_uid", "image_1_uid", "label_0", "label_1",
+                           "model_0", "model_1", "ranking_id", "user_id") if c not in table.column_names]
+    if missing:
+        raise UserError(f"{path} lacks Pick-a-Pic columns: {', '.join(missing)}")
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for row in table.to_pylist():
+        row.setdefault("has_label", True)
+        gid = row.get("pl_key") or f"{row['ranking_id']}:{row['image_0_uid']}:{row['image_1_uid']}"
+        groups[gid].append(row)
+    added = sum(_import_set(session, images, rows) for rows in groups.values())
+    return added, len(groups) - added

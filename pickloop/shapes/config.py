@@ -1,0 +1,74 @@
+"""Typed settings of the training recipe; no torch import, so `pickloop --help` stays fast."""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .models import MODELS_DIR
+
+
+@dataclass
+class StageConfig:
+    """Settings of one training stage."""
+
+    minutes: float = field(default=10.0, metadata={"help": "wall-clock budget, minutes (resumed runs count earlier time)"})
+    batch_size: int = field(default=32, metadata={"help": "images per step"})
+    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate, after a linear warmup"})
+    warmup_steps: int = field(default=100, metadata={"help": "steps of linear learning-rate warmup"})
+    checkpoint_every_s: float = field(default=120.0, metadata={"help": "seconds between checkpoints"})
+    seed: int = field(default=0, metadata={"help": "seed of the data stream and the init"})
+
+    def __post_init__(self) -> None:
+        if self.minutes < 0 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError(f"invalid stage config {self}")
+
+
+@dataclass
+class UnetConfig(StageConfig):
+    """Extra settings of the U-Net stage."""
+
+    cfg_dropout: float = field(default=0.1, metadata={"help": "share of captions replaced by '' (for guidance)"})
+    ema_decay: float = field(default=0.999, metadata={"help": "EMA decay per step of the shipped weights"})
+    open_share: float = field(default=0.3, metadata={"help": "share of captions that leave attributes open"})
+    pool_size: int = field(default=16384, metadata={"help": "scenes encoded once to latents and reused"})
+
+
+STAGES = ("vae", "clip", "unet")  # in order: the U-Net needs the trained VAE
+
+
+@dataclass
+class RecipeConfig:
+    """The whole recipe; defaults fit about 65 minutes on one CPU thread."""
+
+    work: Path = field(default=Path("runs/shapes/work"), metadata={"help": "checkpoints live here; rerun to resume"})
+    out: Path = field(default=MODELS_DIR, metadata={"help": "writes sd/ and clip/ here"})
+    device: str = field(default="cpu", metadata={"help": "cpu or cuda"})
+    vae: StageConfig = field(default_factory=lambda: StageConfig(minutes=10, batch_size=8, lr=2e-3))
+    clip: StageConfig = field(default_factory=lambda: StageConfig(minutes=15, batch_size=64, lr=5e-4))
+    unet: UnetConfig = field(default_factory=lambda: UnetConfig(minutes=55, batch_size=32, lr=7e-4, pool_size=8192))
+
+    def __post_init__(self) -> None:
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be cpu or cuda, got {self.device!r}")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--work", type=Path, default=Path("runs/shapes/work"), help="checkpoint folder (resumable)")
+    p.add_argument("--out", type=Path, default=MODELS_DIR, help="where sd/ and clip/ are written")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    d = RecipeConfig()
+    p.add_argument("--minutes-vae", type=float, default=d.vae.minutes, help="VAE budget, minutes")
+    p.add_argument("--minutes-clip", type=float, default=d.clip.minutes, help="CLIP budget, minutes")
+    p.add_argument("--minutes-unet", type=float, default=d.unet.minutes, help="U-Net budget, minutes")
+    p.add_argument("--stages", default="vae,clip,unet",
+                   help="comma-separated stages to run, e.g. 'clip' in a second process beside 'vae,unet'")
+    p.add_argument("--ship-only", action="store_true", help="only write the models from the checkpoints")
+
+
+def config_from_args(args: argparse.Namespace) -> RecipeConfig:
+    cfg = RecipeConfig(work=args.work, out=args.out, device=args.device)
+    cfg.vae.minutes, cfg.clip.minutes, cfg.unet.minutes = args.minutes_vae, args.minutes_clip, args.minutes_unet
+    return cfg
+
+
