@@ -1,0 +1,68 @@
+"""``pickloop bench loop`` and ``pickloop demo``."""
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import fields
+
+from pickloop.loop.config import METHODS, LoopConfig
+
+DEMO = dict(taste="large", labels=60, rounds=2, method="dpo", train_prompts=20, eval_prompts=8, eval_seeds=2,
+            dpo_steps=120)
+
+
+def _add_config_args(p: argparse.ArgumentParser, defaults: dict) -> None:
+    for f in fields(LoopConfig):
+        default = defaults.get(f.name, f.default)
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "open_attributes":
+            p.add_argument(flag, nargs="+", default=list(default), help=f.metadata["help"])
+        elif f.name == "method":
+            p.add_argument(flag, choices=METHODS, default=default, help=f.metadata["help"])
+        else:
+            p.add_argument(flag, type=type(f.default), default=default, help=f"{f.metadata['help']} (default {default})")
+
+
+def _config(args) -> LoopConfig:  # noqa: ANN001
+    values = {f.name: getattr(args, f.name) for f in fields(LoopConfig)}
+    values["open_attributes"] = tuple(values["open_attributes"])
+    return LoopConfig(**values)
+
+
+def _run(args, *, demo: bool) -> None:  # noqa: ANN001
+    from pickloop.context import Context
+    from pickloop.loop.report import write_report
+    from pickloop.loop.run import run_loop
+
+    from pickloop.settings import get_settings
+
+    config = _config(args)
+    home = get_settings()
+    stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{config.taste.replace('/', '_').replace(':', '_')}"
+    if args.in_place:
+        ctx = Context()
+    else:  # a data home of its own, so a measurement never mixes with real labels
+        run_home = home.home / "loops" / stamp
+        ctx = Context(settings=get_settings(home=run_home, database_url=f"sqlite:///{(run_home / 'pickloop.db').resolve()}",
+                                            image_store_url=str((run_home / "images").resolve())))
+        print(f"loop data home: {run_home.resolve()}")
+    result = run_loop(ctx=ctx, config=config, progress=not args.quiet)
+    report = write_report(result, home.reports_dir / f"loop-{stamp}")
+    print(f"report: {report.resolve()}")
+    if demo:
+        print("Rate by hand: `pickloop raters add YOU --admin`, then `pickloop app` and open http://127.0.0.1:8501")
+    s = result.summary
+    print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in s.items()))
+
+
+def register(sub, bench_sub) -> None:  # noqa: ANN001
+    p = bench_sub.add_parser("loop", help="the closed loop with a simulated rater: win rate vs base")
+    _add_config_args(p, {})
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--in-place", action="store_true", help="run in the configured data home, not a fresh one")
+    p.set_defaults(func=lambda a: _run(a, demo=False))
+    p = sub.add_parser("demo", help="a quick tour of the whole loop on the embedded model (<10 min)")
+    _add_config_args(p, DEMO)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--in-place", action="store_true", help="run in the configured data home, not a fresh one")
+    p.set_defaults(func=lambda a: _run(a, demo=True))

@@ -1,0 +1,47 @@
+"""The closed loop's settings: one typed config, validated on construction."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from pickloop.errors import UserError
+
+METHODS = ("dpo", "ddpo", "both")
+
+
+@dataclass
+class LoopConfig:
+    taste: str = field(default="large", metadata={"help": "registered taste or FILE.py:FUNCTION"})
+    labels: int = field(default=400, metadata={"help": "labels in all, split evenly over the rounds"})
+    rounds: int = field(default=2, metadata={"help": "label -> reward -> fine-tune -> gate rounds"})
+    method: str = field(default="dpo", metadata={"help": "dpo, ddpo or both (dpo then ddpo each round)"})
+    candidates: int = field(default=4, metadata={"help": "candidates per labelled set (2-4)"})
+    open_attributes: tuple[str, ...] = field(default=("color", "size"),
+                                             metadata={"help": "what loop prompts leave open for the taste"})
+    train_prompts: int = field(default=60, metadata={"help": "prompts in the loop's training pool"})
+    eval_prompts: int = field(default=24, metadata={"help": "held-out prompts for the win rate"})
+    eval_seeds: int = field(default=4, metadata={"help": "fixed seeds per held-out prompt"})
+    rater_temperature: float = field(default=0.05, metadata={"help": "Bradley-Terry noise of the rater"})
+    dpo_steps: int = field(default=300, metadata={"help": "DPO optimiser steps per round"})
+    ddpo_epochs: int = field(default=4, metadata={"help": "DDPO epochs per round"})
+    gate_win_rate: float = field(default=0.5, metadata={"help": "reward-model win rate vs parent to promote"})
+    seed: int = field(default=0, metadata={"help": "seed of the rater, prompts and evaluation"})
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise UserError(f"--method must be one of {', '.join(METHODS)}, not {self.method!r}")
+        if self.rounds < 1 or self.labels < self.rounds:
+            raise UserError("need at least one round and one label per round")
+        if not 2 <= self.candidates <= 4:
+            raise UserError("candidates per set must be 2-4")
+        bad = set(self.open_attributes) - {"color", "size", "shape", "position", "background"}
+        if bad:
+            raise UserError(f"unknown attribute(s) to leave open: {', '.join(sorted(bad))}")
+        if self.eval_prompts < 1 or self.eval_seeds < 1:
+            raise UserError("need at least one held-out prompt and one seed")
+
+    @property
+    def labels_per_round(self) -> int:
+        return self.labels // self.rounds
+
+    def to_dict(self) -> dict:
+        return asdict(self)

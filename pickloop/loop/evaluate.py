@@ -1,0 +1,76 @@
+"""How the loop is judged: the rater's oracle win rate against the base at fixed seeds, and prompt following."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from PIL import Image
+
+from pickloop.shapes.judge import follow_accuracy
+from pickloop.shapes.world import caption, is_heldout, render, sample_scene
+
+Taste = Callable[[Image.Image, "str | None"], float]
+
+
+def open_prompts(n: int, *, heldout: bool, open_attributes: Sequence[str], seed: int = 0) -> list[str]:
+    """``n`` distinct one-object prompts of one split that leave ``open_attributes`` to the model."""
+    rng = random.Random(f"loop-prompts-{seed}-{heldout}-{sorted(open_attributes)}")
+    out: list[str] = []
+    for _ in range(200 * n + 1000):
+        text = caption(sample_scene(rng, two_share=0.0), open=open_attributes)
+        if is_heldout(text) == heldout and text not in out:
+            out.append(text)
+            if len(out) == n:
+                return out
+    return out  # the world has fewer such prompts; use them all
+
+
+@dataclass
+class FixedSeedImages:
+    """Images of one model version on the held-out prompts: ``images[i]`` for ``(prompts[i], seeds[i])``."""
+
+    prompts: list[str]
+    seeds: list[int]
+    images: list[Image.Image]
+
+
+def draw_fixed(pipe, prompts: Sequence[str], seeds_per_prompt: int, *, seed: int = 0) -> FixedSeedImages:  # noqa: ANN001
+    """Every prompt drawn with the same fixed seeds, one batched call per prompt."""
+    from generator.sampling import sample_candidates
+
+    seeds = [1_000_003 * (seed + 1) + k for k in range(seeds_per_prompt)]
+    out = FixedSeedImages([], [], [])
+    for p in prompts:
+        for img, s, _ in sample_candidates(pipe, p, seeds_per_prompt, seeds=seeds):
+            out.prompts.append(p)
+            out.seeds.append(s)
+            out.images.append(img)
+    return out
+
+
+def oracle_win_rate(taste: Taste, new: FixedSeedImages, base: FixedSeedImages) -> float:
+    """Share of (prompt, seed) where the taste scores the new image above the base's; equal counts half."""
+    assert new.prompts == base.prompts and new.seeds == base.seeds
+    wins = 0.0
+    for p, a, b in zip(new.prompts, new.images, base.images):
+        sa, sb = taste(a, p), taste(b, p)
+        wins += 1.0 if sa > sb else 0.5 if sa == sb else 0.0
+    return wins / len(new.prompts)
+
+
+def follow_rate(images: FixedSeedImages) -> float:
+    """The judge's prompt-following accuracy (share of images right on every attribute their prompt fixes)."""
+    return follow_accuracy(images.prompts, images.images)["overall"]
+
+
+def mean_taste(taste: Taste, images: FixedSeedImages) -> float:
+    return sum(taste(im, p) for p, im in zip(images.prompts, images.images)) / len(images.images)
+
+
+def reference_images(prompts: Sequence[str], seed: int = 0) -> list[Image.Image]:
+    """Drawn (not generated) images for the prompts: what a perfect model could show."""
+    from pickloop.shapes.world import scene_from_prompt
+
+    rng = random.Random(seed)
+    return [render(scene_from_prompt(p, rng)) for p in prompts]

@@ -1,0 +1,79 @@
+"""The loop's report: a Markdown page with curves and before/after image grids at fixed seeds."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from pickloop.loop.evaluate import FixedSeedImages
+
+
+def image_grid(before: FixedSeedImages, after: FixedSeedImages, *, max_prompts: int = 8, scale: int = 2) -> Image.Image:
+    """Rows = prompts; each row shows the base's images then the final version's, at the same seeds."""
+    prompts = list(dict.fromkeys(before.prompts))[:max_prompts]
+    per = before.prompts.count(prompts[0])
+    size = before.images[0].width * scale
+    gap = 8
+    grid = Image.new("RGB", (2 * per * size + gap, len(prompts) * size), "white")
+    for row, p in enumerate(prompts):
+        idx = [i for i, q in enumerate(before.prompts) if q == p]
+        for col, i in enumerate(idx):
+            for k, imgs in enumerate((before, after)):
+                x = k * (per * size + gap) + col * size
+                grid.paste(imgs.images[i].resize((size, size), Image.NEAREST), (x, row * size))
+    ImageDraw.Draw(grid).line([(per * size + gap // 2, 0), (per * size + gap // 2, grid.height)], fill="black", width=2)
+    return grid
+
+
+def plot_curves(rounds: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = [r["labels"] for r in rounds]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    axes[0].plot(x, [r["win_rate"] for r in rounds], "o-")
+    axes[0].axhline(0.5, color="grey", ls=":")
+    axes[0].set(title="oracle win rate vs base", xlabel="labels", ylim=(0, 1))
+    axes[1].plot(x, [r["follow_base"] for r in rounds], "o--", label="base")
+    axes[1].plot(x, [r["follow_final"] for r in rounds], "o-", label="promoted")
+    axes[1].set(title="judge: prompt following", xlabel="labels", ylim=(0, 1))
+    axes[1].legend()
+    axes[2].plot(x, [r["reward_acc"] if r["reward_acc"] is not None else float("nan") for r in rounds], "o-")
+    axes[2].set(title="reward model held-out accuracy", xlabel="labels", ylim=(0, 1))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_report(result, folder: Path) -> Path:  # noqa: ANN001 - pickloop.loop.run.LoopResult
+    """Write ``report.md``, ``curves.png``, ``grid.png`` and ``figures.json`` into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    plot_curves(result.rounds, folder / "curves.png")
+    image_grid(result.base, result.final).save(folder / "grid.png")
+    rounds = [{k: v for k, v in r.items()} for r in result.rounds]
+    (folder / "figures.json").write_text(json.dumps({"config": result.config, "rounds": rounds,
+                                                     "summary": result.summary}, indent=2, default=str))
+    s = result.summary
+    lines = [
+        "# pickloop loop report", "",
+        f"Taste `{result.config['taste']}`, method `{result.config['method']}`, {result.config['rounds']} rounds, "
+        f"{s['labels']} labels, {s['wall_s']} s.", "",
+        f"**Final:** oracle win rate against the base {s['win_rate']:.3f}; prompt following base "
+        f"{s['follow_base']:.3f}, promoted {s['follow_final']:.3f}.", "",
+        "![curves](curves.png)", "",
+        "| round | labels | reward acc | promoted | win rate | follow base | follow promoted | fine-tune |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in result.rounds:
+        ft = "; ".join(f"{x['method']}: {x['status']}" + (f" ({x['reason']})" if x.get("reason") else "")
+                       for x in r["finetune"])
+        acc = "n/a" if r["reward_acc"] is None else f"{r['reward_acc']:.3f}"
+        lines.append(f"| {r['round']} | {r['labels']} | {acc} | {r['version']} | {r['win_rate']:.3f} | "
+                     f"{r['follow_base']:.3f} | {r['follow_final']:.3f} | {ft} |")
+    lines += ["", "Base (left) and promoted version (right), same prompts and seeds:", "", "![grid](grid.png)", ""]
+    path = folder / "report.md"
+    path.write_text("\n".join(lines))
+    return path
