@@ -26,7 +26,6 @@ from pickloop.store import authenticate, candidates_of, record_judgement, undo_j
 
 # A set handed to a rater who then leaves is handed to someone else after this long.
 ASSIGNMENT_TTL = timedelta(minutes=15)
-HUMAN_KINDS = ("human", "oidc")  # raters that count towards overlap (simulated raters do not)
 
 
 @dataclass(frozen=True)
@@ -98,12 +97,6 @@ def shuffled_order(candidate_ids: list[int], *, set_key: str, rater_id: int) -> 
     return ids
 
 
-def is_overlap_set(set_key: str, share: float) -> bool:
-    """Whether a set is one of the ``share`` of sets shown to two raters (fixed by a hash of its key)."""
-    h = int(hashlib.sha256(f"overlap:{set_key}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-    return h < share
-
-
 def set_view(*, session: Session, comparison_id: int, rater_id: int) -> SetView | None:
     """The set as ``rater_id`` sees it, or None if it has fewer than two candidates."""
     comp = session.get(Comparison, comparison_id)
@@ -161,10 +154,6 @@ def _claim(session: Session, rater_id: int, settings: Settings, skip: list[int])
             refused.append(comp.id)
             continue
         _drop_expired_assignments(session, comp.id, now)
-        if n == 0 and comp.raters_wanted == 1 and is_overlap_set(comp.key, settings.overlap_share) \
-                and _human_raters(session) >= 2:
-            comp.raters_wanted = 2
-            session.add(comp)
         session.add(Assignment(comparison_id=comp.id, rater_id=rater_id, assigned_at=now))
         session.flush()
         return comp
@@ -181,19 +170,14 @@ def _drop_expired_assignments(session: Session, comparison_id: int, now: datetim
     session.flush()
 
 
-def _human_raters(session: Session) -> int:
-    return session.exec(select(func.count()).select_from(Rater)
-                        .where(Rater.active == True, Rater.kind.in_(HUMAN_KINDS))).one()  # noqa: E712
-
-
 def next_set_for(*, session: Session, rater_id: int, settings: Settings,
                  skip: Sequence[int] = ()) -> SetView | None:
     """The set this rater should see now, or None when the queue has nothing for them.
 
     A set already handed to this rater and not answered comes first (a reload or a second tab
     shows the same set); otherwise a new ready set is handed out (an ``Assignment`` row), so two
-    raters never get one set unless it is an overlap set (``raters_wanted`` >= 2; a share
-    ``settings.overlap_share`` of sets becomes one when first handed out, if two raters exist).
+    raters never get one set unless it is an overlap set (``raters_wanted`` >= 2, which the
+    generator sets for a share ``settings.overlap_share`` of sets).
     ``skip`` lists set ids not to return (the page passes the set on screen to get the one after it
     ready in advance). Call inside a write session: it may add an assignment.
     """

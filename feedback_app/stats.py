@@ -8,9 +8,11 @@ import csv
 import importlib
 import io
 import json
+import tempfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from itertools import combinations
+from pathlib import Path
 
 from sqlalchemy import func
 from sqlmodel import Session, select
@@ -174,20 +176,18 @@ def allow_oidc_rater(*, session: Session, email: str, role: str = "rater") -> Ra
 
 # ---------------------------------------------------------------- label export
 
-EXCHANGE_HOOK = "export_parquet_bytes"  # pickloop.exchange.export_parquet_bytes(*, session, images) -> bytes
-
-
-def _exchange_hook():  # noqa: ANN202
+def _pickapic_exporter():  # noqa: ANN202
+    """``pickloop.exchange.export_parquet`` when that module is installed, else None."""
     try:
         mod = importlib.import_module("pickloop.exchange")
     except ModuleNotFoundError:
         return None
-    return getattr(mod, EXCHANGE_HOOK, None)
+    return getattr(mod, "export_parquet", None)
 
 
 def export_formats() -> list[str]:
     """Formats the admin page offers: Pick-a-Pic parquet when ``pickloop.exchange`` provides it."""
-    return (["pickapic-parquet"] if _exchange_hook() else []) + ["csv", "json"]
+    return (["pickapic-parquet"] if _pickapic_exporter() else []) + ["csv", "json"]
 
 
 def label_rows(*, session: Session) -> list[dict]:
@@ -213,10 +213,13 @@ def label_rows(*, session: Session) -> list[dict]:
 def export_labels(*, session: Session, fmt: str, images=None) -> tuple[bytes, str, str]:  # noqa: ANN001
     """The labels as (data, file name, MIME type) in ``fmt``: pickapic-parquet, csv or json."""
     if fmt == "pickapic-parquet":
-        hook = _exchange_hook()
-        if hook is None:
+        export = _pickapic_exporter()
+        if export is None:
             raise UserError("Pick-a-Pic export needs pickloop.exchange, which is not installed")
-        return hook(session=session, images=images), "pickloop-labels.parquet", "application/octet-stream"
+        with tempfile.TemporaryDirectory(prefix="pickloop-export-") as tmp:
+            path = Path(tmp) / "labels.parquet"
+            export(session=session, images=images, path=path)
+            return path.read_bytes(), "pickloop-labels.parquet", "application/vnd.apache.parquet"
     rows = label_rows(session=session)
     if fmt == "json":
         return json.dumps(rows, indent=1).encode(), "pickloop-labels.json", "application/json"

@@ -5,9 +5,11 @@ lives in ``st.session_state`` (one browser session).
 """
 from __future__ import annotations
 
+import base64
 import io
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import streamlit as st
 from PIL import Image, ImageDraw
@@ -52,6 +54,20 @@ def _placeholder_png() -> bytes:
 PLACEHOLDER_PNG = _placeholder_png()  # the same for everyone: nothing per-user
 
 
+def image_data_uri(ctx: Context, sha256: str) -> str:
+    """The image inline as a ``data:`` URL: it arrives with the page, no second request to wait for."""
+    return "data:image/png;base64," + base64.b64encode(image_bytes(ctx, sha256)).decode("ascii")
+
+
+@st.cache_resource(show_spinner=False)
+def background() -> ThreadPoolExecutor:
+    """Threads that hand out and read the next set while a rater looks at the current one.
+
+    Shared plumbing only: each task's result goes to the future kept in its own session's state.
+    """
+    return ThreadPoolExecutor(max_workers=4, thread_name_prefix="pickloop-prefetch")
+
+
 def image_bytes(ctx: Context, sha256: str) -> bytes:
     """The stored image, checked to decode; a placeholder (and a log line) when missing or unreadable."""
     try:
@@ -73,13 +89,22 @@ def oidc_configured() -> bool:
         return False
 
 
+def oidc_email() -> str | None:
+    """The email the OIDC provider vouches for in this browser session, or None when not logged in."""
+    try:
+        if st.user.get("is_logged_in"):
+            return str(st.user.get("email") or "") or None
+    except Exception:  # noqa: BLE001 - no auth configured, or no running app
+        pass
+    return None
+
+
 def identity() -> logic.Identity | None:
     """The signed-in rater, re-checked against the OIDC session when OIDC is in use."""
     ident = st.session_state.get(IDENTITY)
     if not isinstance(ident, logic.Identity):
         return None
-    if ident.kind == "oidc" and not (st.user.is_logged_in and str(st.user.get("email", "")).lower()
-                                     == ident.name.lower()):
+    if ident.kind == "oidc" and (oidc_email() or "").lower() != ident.name.lower():
         st.session_state.pop(IDENTITY, None)  # logged out of the provider: signed out here too
         return None
     return ident
@@ -87,13 +112,14 @@ def identity() -> logic.Identity | None:
 
 def oidc_sign_in_page() -> None:
     st.title("pickloop")
-    if not st.user.is_logged_in:
+    email = oidc_email()
+    if email is None:
         st.button("Sign in", on_click=st.login, type="primary")
         return
     with read_session(context().engine) as s:
-        ident = logic.sign_in_oidc(session=s, email=st.user.get("email"))
+        ident = logic.sign_in_oidc(session=s, email=email)
     if ident is None:
-        st.error(f"{st.user.get('email')} is not on this project's list of raters. Ask an admin to add you.")
+        st.error(f"{email} is not on this project's list of raters. Ask an admin to add you.")
         st.button("Sign out", on_click=st.logout)
         return
     st.session_state[IDENTITY] = ident

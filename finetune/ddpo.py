@@ -7,7 +7,8 @@ then a few PPO passes over the stored steps, and a drift check against the base 
     ratio = exp(log p_theta(x_{t-1} | x_t) - log p_old(x_{t-1} | x_t))
     loss  = mean(max(-A * ratio, -A * clip(ratio, 1 - c, 1 + c)))      (PPO, Schulman et al. 2017)
 
-The job entry point (``run_ddpo``, checkpoints, registry) lives in ``finetune.ddpo_job``.
+``run_ddpo`` fits the job machinery (``pickloop finetune run --method ddpo``): prompts and reward from
+the data home, a checkpoint per epoch (``finetune.checkpoint``), the final LoRA written atomically.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import time
 from collections import defaultdict, deque
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -24,10 +26,10 @@ import torch
 
 from finetune.ddpo_config import DDPOConfig
 from finetune.ddpo_guard import DriftGuard, DriftLimits
+from finetune.ddpo_rewards import RewardFn, make_reward
 from finetune.ddpo_sampler import (Trajectories, decode_images, make_ddim_scheduler, policy_log_prob,
                                    sample_trajectories, to_pil)
-
-RewardFn = Callable[[Sequence[str], Sequence[Any]], torch.Tensor]
+from pickloop.errors import UserError
 
 
 class PerPromptStatTracker:
@@ -177,14 +179,14 @@ def _progress(iterable, enabled: bool, accelerator):  # noqa: ANN001, ANN202
 
 def train_ddpo(pipe, prompts: Sequence[str], reward_fn: RewardFn, config: DDPOConfig,  # noqa: ANN001
                progress: bool = True, *, drift_prompts: Sequence[str] = (), state: DDPOState | None = None,
-               on_epoch_end: Callable[[DDPOState, Any], None] | None = None,
+               on_epoch_end: Callable[[DDPOState, Any, Any], None] | None = None,
                accelerator=None) -> tuple[dict[str, torch.Tensor], list[dict]]:  # noqa: ANN001
     """Train a LoRA on ``pipe.unet`` with DDPO; returns (LoRA tensors by peft name, per-epoch history).
 
     ``pipe`` is a StableDiffusionPipeline; a LoRA of ``config.lora_rank`` is added to its U-Net unless
     one is there (a resumed run). ``drift_prompts`` are the held-out prompts of the drift guard (none:
-    no guard). ``state`` resumes a run; ``on_epoch_end(state, unet)`` is called after every epoch (for
-    checkpoints). History rows: epoch, reward_mean, reward_std, loss, approx_kl, clipfrac,
+    no guard). ``state`` resumes a run; ``on_epoch_end(state, unet, optimizer)`` is called after every
+    epoch on every process (for checkpoints). History rows: epoch, reward_mean, reward_std, loss, approx_kl, clipfrac,
     first_ratio_dev, drift_pixel, drift_follow, drift_follow_drop, guard, epoch_s, sample_s, train_s.
     """
     from accelerate import Accelerator
@@ -248,5 +250,133 @@ def train_ddpo(pipe, prompts: Sequence[str], reward_fn: RewardFn, config: DDPOCo
         state.optimizer = optimizer.state_dict()
         state.tracker = tracker.state_dict()
         if on_epoch_end is not None:
-            on_epoch_end(state, unet)
+            on_epoch_end(state, unet, optimizer)
     return lora_tensors(unet), state.history
+
+
+# ---------------------------------------------------------------- the job entry point
+
+@dataclass
+class DDPOResult:
+    lora_dir: Path
+    lora_sha256: str
+    epochs: int  # epochs run in total (fewer than configured when the drift guard stopped the run)
+    metrics: dict[str, Any]  # summary plus "history", one JSON row per epoch
+
+
+def load_pipeline(ref: str):  # noqa: ANN201 - a diffusers StableDiffusionPipeline
+    """A StableDiffusionPipeline (SD 1.x/2.x layout) from a folder or hub id, no safety checker."""
+    from diffusers import StableDiffusionPipeline
+
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(ref, safety_checker=None, requires_safety_checker=False)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load a Stable Diffusion pipeline from {ref}: {str(e).splitlines()[0]}") from None
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def training_prompts(ctx: Any, n: int = 500) -> list[str]:
+    """The store's active train-split prompts; the shapes pool when the store has none (embedded model)."""
+    from pickloop.db import read_session
+    from pickloop.store import list_prompts
+
+    with read_session(ctx.engine) as s:
+        found = [p.text for p in list_prompts(session=s, split="train")]
+    if not found and ctx.base_model.startswith("embedded:"):
+        from pickloop.shapes.world import prompt_pool
+
+        found = prompt_pool("train", n=n)
+    if not found:
+        raise UserError("no prompts to train DDPO on: add some with `pickloop prompts add`")
+    return found[:n] if n else found
+
+
+def _summary(history: list[dict], stopped: str | None) -> dict[str, Any]:
+    first, last = history[0], history[-1]
+    mean = lambda key: float(np.mean([h[key] for h in history]))  # noqa: E731
+    return {"reward_first": first["reward_mean"], "reward_last": last["reward_mean"],
+            "reward_gain": last["reward_mean"] - first["reward_mean"], "drift_pixel": last.get("drift_pixel"),
+            "drift_follow": last.get("drift_follow"), "guard": stopped, "epoch_s": mean("epoch_s"),
+            "sample_s": mean("sample_s"), "train_s": mean("train_s"), "history": history}
+
+
+def _write_lora(unet, out: Path, metadata: dict[str, Any]) -> str:  # noqa: ANN001
+    """The final LoRA into a temporary folder beside ``out``, then moved into place; returns its sha256."""
+    import os
+    import shutil
+
+    from finetune.lora import save_lora
+
+    tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    sha = save_lora(getattr(unet, "module", unet), tmp, metadata=metadata)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return sha
+
+
+def _resume_state(pipe, work_dir: Path | None, config: DDPOConfig) -> DDPOState | None:  # noqa: ANN001
+    """The DDPOState of the newest complete checkpoint in ``work_dir`` (LoRA loaded into pipe.unet)."""
+    from finetune import checkpoint as ckpt
+    from finetune.lora import add_lora, lora_parameters, lora_tensors
+
+    latest = ckpt.latest_complete_checkpoint(work_dir) if work_dir else None
+    if latest is None:
+        return None
+    add_lora(pipe.unet, rank=config.lora_rank)
+    opt = torch.optim.AdamW(lora_parameters(pipe.unet), lr=config.lr, weight_decay=config.weight_decay)
+    resumed = ckpt.load_checkpoint(latest, unet=pipe.unet, optimizer=opt)
+    extra = resumed.extra
+    print(f"ddpo: resuming from {latest.name} (epoch {resumed.step})")
+    return DDPOState(epoch=resumed.step, optimizer=opt.state_dict(), tracker=extra.get("tracker", {}),
+                     last_good_lora=lora_tensors(pipe.unet), history=extra.get("history", []),
+                     stopped=extra.get("stopped"))
+
+
+def run_ddpo(ctx: Any, config: DDPOConfig, *, out_dir: Path | str, work_dir: Path | str | None = None,
+             upto: int | None = None, base: str | None = None, resume: bool = True,
+             on_step: Callable[[int, dict], None] | None = None, prompts: Sequence[str] | None = None,
+             reward_fn: RewardFn | None = None, progress: bool = True) -> DDPOResult:
+    """DDPO on the data home's prompts against ``config.reward``; LoRA to ``out_dir``, checkpoints in ``work_dir``.
+
+    ``upto`` (the data snapshot) is recorded in the LoRA's metadata. ``on_step(epoch, row)`` runs on the
+    main process after each epoch (heartbeats). Works as one process or under ``accelerate launch``.
+    """
+    from accelerate import Accelerator
+
+    from finetune import checkpoint as ckpt
+    from finetune.registry import gate_prompts
+    from pickloop.context import resolve_model_ref
+
+    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    pipe = load_pipeline(resolve_model_ref(base or ctx.base_model))
+    prompts = list(prompts or training_prompts(ctx))
+    drift = gate_prompts(ctx, n=config.drift_prompts) if config.drift_prompts else []
+    reward_fn = reward_fn or make_reward(config.reward, path=config.reward_path, ctx=ctx)
+    work = Path(work_dir) if work_dir else None
+    state = _resume_state(pipe, work, config) if resume else None
+
+    def after_epoch(st: DDPOState, unet, optimizer) -> None:  # noqa: ANN001
+        if accelerator.is_main_process:
+            if work is not None:
+                ckpt.save_checkpoint(work, step=st.epoch, unet=unet, optimizer=getattr(optimizer, "optimizer", optimizer),
+                                     data_position=st.epoch, extra={"tracker": st.tracker, "history": st.history,
+                                                                    "stopped": st.stopped,
+                                                                    "config_hash": config.config_hash()})
+            if on_step is not None:
+                on_step(st.epoch, st.history[-1])
+        accelerator.wait_for_everyone()
+
+    _, history = train_ddpo(pipe, prompts, reward_fn, config, progress, drift_prompts=drift, state=state,
+                            on_epoch_end=after_epoch, accelerator=accelerator)
+    stopped = next((h["guard"] for h in history if h.get("guard")), None)
+    metrics = _summary(history, stopped) if history else {}
+    sha = ""
+    if accelerator.is_main_process:
+        sha = _write_lora(pipe.unet, Path(out_dir), {"method": "ddpo", "config": config.to_dict(),
+                                                     "config_hash": config.config_hash(), "data_snapshot": upto,
+                                                     "metrics": {k: v for k, v in metrics.items() if k != "history"}})
+    accelerator.wait_for_everyone()
+    return DDPOResult(Path(out_dir), sha, len(history), metrics)

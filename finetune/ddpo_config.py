@@ -34,7 +34,8 @@ class DDPOConfig:
     guidance: float = _f(5.0, "classifier-free guidance scale")
     eta: float = _f(1.0, "DDIM noise weight in (0, 1]; 1 gives each step a full Gaussian policy")
     # --- training
-    train_batch_size: int = _f(8, "trajectories per training batch, per process")
+    train_batch_size: int = _f(8, "trajectories per training batch, per process; equal to sample_batch_size, the "
+                                  "first PPO ratio is bitwise 1 (other sizes: float rounding, ~1e-6)")
     lr: float = _f(3e-4, "AdamW learning rate of the LoRA weights")
     weight_decay: float = _f(1e-4, "AdamW weight decay")
     clip_range: float = _f(1e-4, "PPO ratio clip: ratios outside [1-c, 1+c] give no gradient")
@@ -53,7 +54,7 @@ class DDPOConfig:
     reward: str = _f("reward-model", "reward function: reward-model, judge, taste:NAME, brightness, redness")
     reward_path: str | None = _f(None, "reward model file/folder (reward-model); latest registered when unset")
     # --- drift guard against reward hacking
-    drift_prompts: int = _f(8, "held-out prompts drawn with fixed seeds each epoch to measure drift")
+    drift_prompts: int = _f(8, "held-out prompts drawn with fixed seeds each epoch to measure drift; 0 = no guard")
     drift_max_pixel: float | None = _f(0.25, "max mean absolute change of fixed-seed images vs base (0..1); "
                                              "None disables")
     drift_max_follow_drop: float | None = _f(0.25, "max drop of the judge's prompt-following vs base (shapes "
@@ -66,6 +67,8 @@ class DDPOConfig:
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise UserError(f"ddpo {name} must be >= 1, not {getattr(self, name)}")
+        if self.drift_prompts < 0:
+            raise UserError(f"ddpo drift_prompts must be >= 0, not {self.drift_prompts}")
         if not 0 < self.eta <= 1:
             raise UserError(f"ddpo eta must be in (0, 1], not {self.eta}")
         if not 0 < self.timestep_fraction <= 1:
@@ -91,8 +94,9 @@ class DDPOConfig:
         return asdict(self)
 
     def config_hash(self) -> str:
-        """sha256 of the settings (sorted JSON), to key a run by its configuration."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+        """First 16 hex digits of the sha256 of the settings (sorted JSON), to key a run by its configuration."""
+        return hashlib.sha256(json.dumps({"method": "ddpo", **self.to_dict()}, sort_keys=True)
+                              .encode()).hexdigest()[:16]
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "DDPOConfig":

@@ -169,7 +169,10 @@ def train_dpo(cfg: DPOConfig, *, base: str, pairs: Sequence[PairSpec], load_imag
 
     if not pairs:
         raise UserError("no preference pairs to train on (need picks, not only ties/skips)")
-    acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision)
+    # cpu=True without CUDA: under `accelerate launch --multi_gpu` / torchrun that means DDP over gloo.
+    acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision,
+                      cpu=not torch.cuda.is_available())
+    acc.print(f"dpo: {acc.num_processes} process(es), {acc.distributed_type.value}, device {acc.device}")
     torch.manual_seed(cfg.seed)
     m = fm.load_train_models(base, device=acc.device, resolution=cfg.resolution)
     lora_io.add_lora(m.unet, rank=cfg.rank, alpha=cfg.alpha, targets=cfg.targets)
@@ -183,6 +186,11 @@ def train_dpo(cfg: DPOConfig, *, base: str, pairs: Sequence[PairSpec], load_imag
     if latest is not None:
         start = ckpt.load_checkpoint(latest, unet=m.unet, optimizer=opt, lr_scheduler=sched).step
         acc.print(f"resuming from {latest.name}: step {start}, skipping {start} steps of data")
+    if cfg.cache_latents:  # encode every image once, before the loop (the VAE never runs per step)
+        keys = list(dict.fromkeys(k for p in pairs for k in (p.winner, p.loser)))
+        for i in range(0, len(keys), 16):
+            fm.latents_for(m, keys[i:i + 16], load_image, device=acc.device)
+        fm.text_conditioning(m, list(dict.fromkeys(p.prompt for p in pairs)), device=acc.device)
     unet, opt = acc.prepare(m.unet, opt)  # the LR scheduler stays ours: accelerate would step it per process
     world, rank, B = acc.num_processes, acc.process_index, cfg.batch_size
     per_step = B * cfg.grad_accum * world

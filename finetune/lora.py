@@ -228,9 +228,13 @@ def read_safetensors(path: Path | str) -> tuple[dict[str, torch.Tensor], dict[st
 
     path = Path(path)
     with open(path, "rb") as f:
-        head = f.read(2)
-    if head[:1] == b"\x80" or head == b"PK":  # pickle protocol 2+ / a torch zip archive
-        raise UserError(f"LoRA file {path} is a pickle/torch archive renamed to .safetensors; refusing to load it")
+        head = f.read(9)
+    # safetensors: 8-byte little-endian header length, then a JSON header starting with "{".
+    size = path.stat().st_size
+    if len(head) < 9 or head[8:9] != b"{" or int.from_bytes(head[:8], "little") > size - 8:
+        if head[:1] == b"\x80" or head[:2] == b"PK":  # pickle protocol 2+ / a torch zip archive
+            raise UserError(f"LoRA file {path} is a pickle/torch archive renamed to .safetensors; refusing to load it")
+        raise UserError(f"LoRA file {path} is not a valid safetensors file (truncated or corrupted header)")
     try:
         tensors: dict[str, torch.Tensor] = {}
         with safe_open(str(path), framework="pt", device="cpu") as f:

@@ -106,9 +106,10 @@ def text_conditioning(m: TrainModels, prompts: Sequence[str], *, device: str | t
     """U-Net keyword arguments for ``prompts``: ``encoder_hidden_states`` and, for SDXL,
     ``added_cond_kwargs`` (pooled text + size/crop time ids; original size = training size, no crop)."""
     todo = [p for p in dict.fromkeys(prompts) if p not in m.text_cache]
-    if todo:
-        emb, pooled = _encode_text(m, todo, device)
-        for i, p in enumerate(todo):
+    for start in range(0, len(todo), 64):
+        chunk = todo[start:start + 64]
+        emb, pooled = _encode_text(m, chunk, device)
+        for i, p in enumerate(chunk):
             m.text_cache[p] = (emb[i].cpu(), pooled[i].cpu() if pooled is not None else None)
     hidden = torch.stack([m.text_cache[p][0] for p in prompts]).to(device)
     kwargs: dict[str, Any] = {"encoder_hidden_states": hidden}

@@ -43,6 +43,13 @@ def cmd_generate(args: argparse.Namespace) -> None:
     made = fill_queue(ctx=ctx, pool=args.pool, depth=args.sets, n=args.n, worker_id=args.worker_id,
                       max_sets=args.max_sets, progress=not args.quiet, stale_after_s=args.stale_after)
     print(f"{made} sets drawn for pool {args.pool}")
+    if made == 0:
+        from pickloop.db import read_session
+        from pickloop.store import list_prompts
+
+        with read_session(ctx.engine) as s:
+            if not list_prompts(session=s, pool=args.pool):
+                print(f"pool {args.pool} has no active prompts: add some with `pickloop prompts add` or --prompts FILE")
 
 
 def cmd_stats(args: argparse.Namespace) -> None:

@@ -207,6 +207,8 @@ def fill_queue(*, ctx, pool: str = "default", depth: int | None = None, worker_i
     with tqdm(total=total, desc=f"sets for pool {pool}", unit="set", disable=not progress) as bar:
         while max_sets is None or made < max_sets:
             with write_session(ctx.engine) as s:
+                # read the promoted version per claim: a promotion mid-run takes effect at the next set
+                version = current_version(session=s, base_model=ctx.base_model)
                 claim = claim_set(session=s, pool=pool, depth=depth, version_id=version.id, worker_id=worker_id,
                                   overlap_share=ctx.settings.overlap_share, stale_after_s=stale_after_s)
             if claim is None:

@@ -48,7 +48,10 @@ def make_rater(taste: str, seed: int):  # noqa: ANN201 - pickloop.shapes.tastes.
         from pickloop.shapes import tastes
     except ModuleNotFoundError as e:
         raise UserError(f"simulated raters are not installed ({e.name}); the shapes world provides them") from None
-    return tastes.SimulatedRater(tastes.load_taste(taste), seed=seed)
+    try:
+        return tastes.SimulatedRater(taste, seed=seed)
+    except ValueError as e:
+        raise UserError(str(e)) from None
 
 
 def draw_candidate(prompt: str, rng: random.Random, off_prompt_share: float) -> Image.Image:

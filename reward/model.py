@@ -45,6 +45,7 @@ class RewardModelConfig:
     dropout: float = 0.1  # dropout in the head while training
     lora_rank: int = 0  # 0 = frozen backbone; >0 = LoRA adapters of this rank on the backbone
     lora_alpha: float = 0.0  # LoRA scale numerator; 0 means alpha = rank
+    patch_features: bool = True  # also read the mean of the vision tower's patch tokens (size, place)
     feature_dim: int = 0  # CLIP projection size, filled from the backbone
     backbone_sha256: str = ""  # of the backbone's weights file when local, to catch a changed backbone
     seed: int = 0  # seed of the head's initialisation
@@ -59,18 +60,27 @@ class RewardModelConfig:
 
 
 class PreferenceHead(nn.Module):
-    """MLP on [img, txt, img*txt] of normalised features (n, d) each -> scores (n,)."""
+    """MLP on [img, txt, img*txt] of normalised CLIP embeddings (n, d) each, plus (when ``extra`` > 0)
+    the layer-normalised mean of the vision tower's patch tokens (n, extra), -> scores (n,).
 
-    def __init__(self, dim: int, width: int, dropout: float = 0.0):
+    Image features arrive as one tensor (n, d + extra): the projected embedding, then the patch mean.
+    """
+
+    def __init__(self, dim: int, width: int, dropout: float = 0.0, extra: int = 0):
         super().__init__()
-        self.dim = dim
-        self.net = nn.Sequential(nn.Linear(3 * dim, width), nn.GELU(), nn.Dropout(dropout), nn.Linear(width, 1))
+        self.dim, self.extra = dim, extra
+        self.net = nn.Sequential(nn.Linear(3 * dim + extra, width), nn.GELU(), nn.Dropout(dropout),
+                                 nn.Linear(width, 1))
 
     def forward(self, img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
         # Unit vectors have entries of size ~1/sqrt(d); rescale so the MLP sees values of order 1.
         s = math.sqrt(self.dim)
-        img, txt = nn.functional.normalize(img, dim=-1) * s, nn.functional.normalize(txt, dim=-1) * s
-        return self.net(torch.cat([img, txt, img * txt], dim=-1)).squeeze(-1)
+        emb, patches = img[..., :self.dim], img[..., self.dim:]
+        emb, txt = nn.functional.normalize(emb, dim=-1) * s, nn.functional.normalize(txt, dim=-1) * s
+        parts = [emb, txt, emb * txt]
+        if self.extra:
+            parts.append(nn.functional.layer_norm(patches, (self.extra,)))
+        return self.net(torch.cat(parts, dim=-1)).squeeze(-1)
 
 
 def image_key(image: Image.Image) -> str:
@@ -129,7 +139,8 @@ class RewardModel(nn.Module):
         self.max_tokens = int(backbone.config.text_config.max_position_embeddings)
         config.feature_dim = int(backbone.config.projection_dim)
         torch.manual_seed(config.seed)
-        self.head = PreferenceHead(config.feature_dim, config.head_width, config.dropout)
+        extra = int(backbone.config.vision_config.hidden_size) if config.patch_features else 0
+        self.head = PreferenceHead(config.feature_dim, config.head_width, config.dropout, extra)
         self.backbone.requires_grad_(False)
         if config.lora_rank > 0:
             self._add_lora()
@@ -172,9 +183,14 @@ class RewardModel(nn.Module):
     # ------------------------------------------------------------ features
 
     def _embed_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """(n, d) projected CLIP image embeddings, then (n, h) mean patch tokens when patch_features."""
         pixels = self.image_processor(images=[im.convert("RGB") for im in images], return_tensors="pt")
-        out = self.backbone.get_image_features(pixel_values=pixels["pixel_values"])
-        return getattr(out, "pooler_output", out)  # transformers 5 returns a ModelOutput
+        out = self.backbone.vision_model(pixel_values=pixels["pixel_values"])
+        emb = self.backbone.visual_projection(out.pooler_output)
+        if not self.config.patch_features:
+            return emb
+        patches = self.backbone.vision_model.post_layernorm(out.last_hidden_state[:, 1:]).mean(dim=1)
+        return torch.cat([emb, patches], dim=-1)
 
     def _embed_texts(self, prompts: Sequence[str]) -> torch.Tensor:
         ids = self.tokenizer(list(prompts), padding="max_length", max_length=self.max_tokens, truncation=True,

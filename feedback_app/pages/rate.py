@@ -1,24 +1,55 @@
 """Rate: the prompt and its candidates, large; 1-4 pick, T tie, N none good, S skip, U undo.
 
-Speed: the answer is written in the button's callback, before the rerun, and the set after the
-one on screen is handed out and its images read at the end of each run, so the next set is on
-screen after one short rerun. Both live in this browser session's state only.
+Speed: the answer is written in the button's callback, before the rerun; the set after the one on
+screen is handed out and its images read in a background thread while the rater looks, and images
+go inline with the page. So a pick is one short rerun away from the next set. All of this is kept
+in this browser session's state only.
 """
+from concurrent.futures import Future
+
 import streamlit as st
 
 from feedback_app import logic, ui
-from pickloop.db import read_session
+from pickloop.context import Context
+from pickloop.db import read_session, write_session
 
 ident = ui.require_identity()
 ctx = ui.context()
 state = st.session_state
 
 
-def show(view: logic.SetView | None) -> None:
+def fetch_next(ctx: Context, rater_id: int, after_id: int | None) -> tuple[logic.SetView | None, dict[str, str]]:
+    """Hand out the set after ``after_id`` and read its images (runs off the script thread: no st calls)."""
+    with write_session(ctx.engine) as s:
+        view = logic.next_set_for(session=s, rater_id=rater_id, settings=ctx.settings,
+                                  skip=[after_id] if after_id is not None else [])
+    images = {c.image_sha256: ui.image_data_uri(ctx, c.image_sha256) for c in view.candidates} if view else {}
+    return view, images
+
+
+def done_future(view: logic.SetView | None, images: dict[str, str]) -> Future:
+    f: Future = Future()
+    f.set_result((view, images))
+    return f
+
+
+def show(view: logic.SetView | None, images: dict[str, str] | None = None) -> None:
     state["current"] = view
+    state["images"] = images if images is not None else (
+        {c.image_sha256: ui.image_data_uri(ctx, c.image_sha256) for c in view.candidates} if view else {})
     state["shown_at_ms"] = ui.now_ms()
-    if state.get("upcoming") is not None and view is not None and state["upcoming"].key == view.key:
-        state["upcoming"] = None
+    state.pop("upcoming", None)
+
+
+def take_upcoming() -> None:
+    """Show the prefetched set (or nothing, and the page asks the queue again)."""
+    future = state.get("upcoming")
+    try:
+        view, images = future.result(timeout=30) if future is not None else (None, None)
+    except Exception as e:  # noqa: BLE001 - a failed prefetch just means asking again
+        ui.log.warning("prefetch failed: %s", e)
+        view, images = None, None
+    show(view, images)
 
 
 def answer(view: logic.SetView, choice: str, winner_id: int | None = None) -> None:
@@ -38,7 +69,7 @@ def answer(view: logic.SetView, choice: str, winner_id: int | None = None) -> No
     elif is_current:
         state["notice"] = ("info", "That set was already answered (another tab?); here is the next one.")
     if is_current:
-        show(state.get("upcoming"))
+        take_upcoming()
 
 
 def undo() -> None:
@@ -53,27 +84,11 @@ def undo() -> None:
         return
     with read_session(ctx.engine) as s:
         view = logic.set_view(session=s, comparison_id=set_id, rater_id=me.rater_id)
-    current = state.get("current")
-    state["upcoming"] = current if current is not None and current.comparison_id != set_id else None
+    current, images = state.get("current"), state.get("images", {})
     show(view)
+    if current is not None and current.comparison_id != set_id:
+        state["upcoming"] = done_future(current, images)  # the set that was on screen comes next
     state["notice"] = ("info", "Undone: answer this set again.")
-
-
-def images_of(view: logic.SetView) -> dict[str, bytes]:
-    """The set's image bytes, read once per browser session (a small per-session cache)."""
-    cache = state.setdefault("image_cache", {})
-    return {c.image_sha256: cache.get(c.image_sha256) or ui.image_bytes(ctx, c.image_sha256) for c in view.candidates}
-
-
-def prefetch(view: logic.SetView) -> None:
-    """Hand out the set after ``view`` and read its images now, while the rater looks at ``view``."""
-    upcoming = state.get("upcoming")
-    if upcoming is None or upcoming.key == view.key:
-        upcoming = ui.run_write(logic.next_set_for, rater_id=ident.rater_id, settings=ctx.settings,
-                                skip=[view.comparison_id])
-    keep = images_of(view) | (images_of(upcoming) if upcoming is not None else {})
-    state["image_cache"] = keep  # only the set on screen and the next one
-    state["upcoming"] = upcoming
 
 
 @st.fragment(run_every=2.0)
@@ -85,40 +100,54 @@ def wait_for_sets() -> None:
         st.rerun(scope="app")
 
 
-st.html(ui.CSS)
-top = st.columns([2, 1, 4], vertical_alignment="center")
-if state.get("current") is None:
-    show(ui.run_write(logic.next_set_for, rater_id=ident.rater_id, settings=ctx.settings))
-view = state["current"]
-last = state.get("last_answer")
-if last and ui.now_ms() - last["at_ms"] < ctx.settings.undo_seconds * 1000:
-    top[1].button("Undo", key="undo", shortcut="U", on_click=undo)
-notice = state.pop("notice", None)
-if notice:
-    getattr(top[2], notice[0])(notice[1])
-
-if view is None:
+@st.fragment
+def rating_view() -> None:
+    """The set on screen; its buttons rerun only this fragment (not the app and its navigation)."""
+    if state.get("current") is None:
+        show(ui.run_write(logic.next_set_for, rater_id=ident.rater_id, settings=ctx.settings))
+    view = state["current"]
+    if view is None:
+        st.rerun(scope="app")  # the queue ran dry: the page switches to the waiting state
+    top = st.columns([2, 1, 4], vertical_alignment="center")
     with read_session(ctx.engine) as s:
         top[0].markdown(f"**{logic.labels_today(session=s, rater_id=ident.rater_id)}** labels today")
-    wait_for_sets()
-    st.stop()
+    last = state.get("last_answer")
+    if last and ui.now_ms() - last["at_ms"] < ctx.settings.undo_seconds * 1000:
+        top[1].button("Undo", key="undo", shortcut="U", on_click=undo)
+    notice = state.pop("notice", None)
+    if notice:
+        getattr(top[2], notice[0])(notice[1])
+    if state.get("upcoming") is None:
+        state["upcoming"] = ui.background().submit(fetch_next, ctx, ident.rater_id, view.comparison_id)
+    n = len(view.candidates)
+    st.markdown(f"### {view.prompt}")
+    # Widget keys carry the set key: a late second click of a double click lands on the old set's
+    # button (a replay, written once), never on the new set the rater has not looked at yet.
+    for col, cand in zip(st.columns(n, gap="small"), view.candidates):
+        with col:
+            st.image(state["images"][cand.image_sha256], width="stretch", alt=f"Candidate {cand.position + 1}")
+            st.button(f"Pick {cand.position + 1}", key=f"pick-{view.key}-{cand.position}",
+                      shortcut=str(cand.position + 1), on_click=answer, args=(view, "pick", cand.id),
+                      type="primary", width="stretch")
+    row = st.columns(3)
+    row[0].button("Tie", key=f"tie-{view.key}", shortcut="T", on_click=answer, args=(view, "tie"),
+                  width="stretch")
+    row[1].button("None good", key=f"none-{view.key}", shortcut="N", on_click=answer, args=(view, "none"),
+                  width="stretch")
+    row[2].button("Skip", key=f"skip-{view.key}", shortcut="S", on_click=answer, args=(view, "skip"),
+                  width="stretch")
+    st.caption(f"set {view.key} · keys: 1-{n} pick, T tie, N none good, S skip, U undo")
 
-n = len(view.candidates)
-images = images_of(view)
-st.markdown(f"### {view.prompt}")
-for col, cand in zip(st.columns(n, gap="small"), view.candidates):
-    with col:
-        st.image(images[cand.image_sha256], width="stretch", alt=f"Candidate {cand.position + 1}")
-        st.button(f"Pick {cand.position + 1}", key=f"pick-{view.key}-{cand.position}",
-                  shortcut=str(cand.position + 1), on_click=answer, args=(view, "pick", cand.id),
-                  type="primary", width="stretch")
-row = st.columns(3)
-row[0].button("Tie", key=f"tie-{view.key}", shortcut="T", on_click=answer, args=(view, "tie"), width="stretch")
-row[1].button("None good", key=f"none-{view.key}", shortcut="N", on_click=answer, args=(view, "none"),
-              width="stretch")
-row[2].button("Skip", key=f"skip-{view.key}", shortcut="S", on_click=answer, args=(view, "skip"), width="stretch")
-st.caption(f"set {view.key} · keys: 1-{n} pick, T tie, N none good, S skip, U undo")
-# Below this line nothing changes what is on screen for the set: the counter, then the next set.
-with read_session(ctx.engine) as s:
-    top[0].markdown(f"**{logic.labels_today(session=s, rater_id=ident.rater_id)}** labels today")
-prefetch(view)
+
+st.html(ui.CSS)
+if state.get("current") is None:
+    show(ui.run_write(logic.next_set_for, rater_id=ident.rater_id, settings=ctx.settings))
+if state["current"] is None:
+    with read_session(ctx.engine) as s:
+        st.markdown(f"**{logic.labels_today(session=s, rater_id=ident.rater_id)}** labels today")
+    notice = state.pop("notice", None)
+    if notice:
+        getattr(st, notice[0])(notice[1])
+    wait_for_sets()
+else:
+    rating_view()

@@ -31,7 +31,7 @@ class UnetConfig(StageConfig):
     cfg_dropout: float = field(default=0.1, metadata={"help": "share of captions replaced by '' (for guidance)"})
     ema_decay: float = field(default=0.999, metadata={"help": "EMA decay per step of the shipped weights"})
     open_share: float = field(default=0.3, metadata={"help": "share of captions that leave attributes open"})
-    pool_size: int = field(default=16384, metadata={"help": "scenes encoded once to latents and reused"})
+    pool_size: int = field(default=8192, metadata={"help": "scenes encoded once to latents and reused"})
 
 
 STAGES = ("vae", "clip", "unet")  # in order: the U-Net needs the trained VAE
@@ -39,14 +39,14 @@ STAGES = ("vae", "clip", "unet")  # in order: the U-Net needs the trained VAE
 
 @dataclass
 class RecipeConfig:
-    """The whole recipe; defaults fit about 65 minutes on one CPU thread."""
+    """The whole recipe; the defaults take about 70 minutes on one busy CPU thread (CLIP may run beside)."""
 
     work: Path = field(default=Path("runs/shapes/work"), metadata={"help": "checkpoints live here; rerun to resume"})
     out: Path = field(default=MODELS_DIR, metadata={"help": "writes sd/ and clip/ here"})
     device: str = field(default="cpu", metadata={"help": "cpu or cuda"})
     vae: StageConfig = field(default_factory=lambda: StageConfig(minutes=10, batch_size=8, lr=2e-3))
     clip: StageConfig = field(default_factory=lambda: StageConfig(minutes=15, batch_size=64, lr=5e-4))
-    unet: UnetConfig = field(default_factory=lambda: UnetConfig(minutes=55, batch_size=32, lr=7e-4, pool_size=8192))
+    unet: UnetConfig = field(default_factory=lambda: UnetConfig(minutes=55, batch_size=32, lr=7e-4))
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda"):

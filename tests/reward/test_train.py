@@ -44,6 +44,7 @@ def test_metrics_exclude_ties_from_accuracy_and_calibration():
     assert 0.0 <= m["ece"] <= 1.0
 
 
+@pytest.mark.slow
 def test_train_from_store_registers_snapshot_and_cli_reports(home, ctx, clip_dir, make_sets, write_labels,
                                                              tmp_path, monkeypatch, capsys):
     from sqlmodel import select
@@ -86,6 +87,7 @@ def test_train_from_store_registers_snapshot_and_cli_reports(home, ctx, clip_dir
     expected = RewardModel.load(row.path).score(sets[2][0], sets[2][1][:2]).tolist()
     assert [float(ln.split("\t")[0]) for ln in lines] == pytest.approx(expected, abs=1e-4)
     (tmp_path / "bad.png").write_bytes(b"not an image")
+    capsys.readouterr()
     for bad in (["missing.png"], ["bad.png"], ["../a.png"]):
         assert main(["reward", "score", "--prompt", "x", *bad]) == 2
         err = capsys.readouterr().err.strip()

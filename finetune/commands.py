@@ -1,0 +1,131 @@
+"""Command line: ``pickloop finetune run``, ``pickloop models list|promote|export``, ``pickloop bench dpo``.
+
+Heavy imports (torch, diffusers) happen inside handlers so ``pickloop --help`` stays fast.
+"""
+from __future__ import annotations
+
+import json
+
+
+def _ctx():  # noqa: ANN202
+    from pickloop.context import Context
+
+    return Context()
+
+
+def _json_object(text: str) -> dict:
+    from pickloop.errors import UserError
+
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise UserError(f"--config must be a JSON object: {e}") from None
+    if not isinstance(data, dict):
+        raise UserError("--config must be a JSON object of config fields")
+    return data
+
+
+def cmd_finetune_run(args) -> int:  # noqa: ANN001
+    from finetune.jobs import run_finetune_job
+
+    outcome = run_finetune_job(_ctx(), method=args.method, min_new_labels=args.min_new_labels,
+                               overrides=_json_object(args.config))
+    print(outcome.message)
+    return outcome.exit_code
+
+
+def cmd_models_list(args) -> None:  # noqa: ANN001
+    from sqlmodel import select
+
+    from pickloop.db import read_session
+    from pickloop.schema import ModelVersion
+
+    with read_session(_ctx().engine) as s:
+        rows = list(s.exec(select(ModelVersion).order_by(ModelVersion.id)))
+        print("id\tname\tstatus\tmethod\tparent\tsnapshot\twin_rate\tlora_sha256\treason")
+        for r in rows:
+            win = r.metrics.get("gate_win_rate")
+            print(f"{r.id}\t{r.name}\t{r.status}\t{r.method}\t{r.parent_id or '-'}\t"
+                  f"{r.data_snapshot if r.data_snapshot is not None else '-'}\t"
+                  f"{'-' if win is None else f'{win:.3f}'}\t{(r.lora_sha256 or '-')[:12]}\t{r.reason or ''}")
+
+
+def cmd_models_promote(args) -> int:  # noqa: ANN001
+    from finetune.registry import gate_and_promote, resolve_scorer
+
+    ctx = _ctx()
+    scorer = None if args.force else resolve_scorer(ctx, args.scorer)
+    prompts = [p for p in (args.prompts or "").split("|") if p.strip()] or None
+    seeds = [int(s) for s in args.seeds.split(",")]
+    result = gate_and_promote(ctx, args.version, scorer=scorer, prompts=prompts, seeds=seeds, force=args.force)
+    if result is None:
+        print(f"promoted {args.version} (forced, gate skipped)")
+        return 0
+    follow = ("" if result.follow_new is None else
+              f", prompt-following {result.follow_parent:.3f} -> {result.follow_new:.3f}")
+    if result.passed:
+        print(f"promoted {args.version}: win rate {result.win_rate:.3f} over {result.n_images} images{follow}")
+        return 0
+    print(f"not promoted {args.version}: {result.reason} (stays a candidate)")
+    return 1
+
+
+def cmd_models_export(args) -> None:  # noqa: ANN001
+    from finetune.lora import export_lora
+    from pickloop.db import read_session
+    from pickloop.errors import UserError
+    from pickloop.store import find_version
+
+    ctx = _ctx()
+    with read_session(ctx.engine) as s:
+        v = find_version(session=s, ref=args.version)
+        path, sha = v.lora_path, v.lora_sha256
+    if not path:
+        raise UserError(f"version {args.version} is a base model without a LoRA; nothing to export")
+    from finetune.lora import load_lora_state
+
+    load_lora_state(path, expected_sha256=sha)  # the registry's sha256 first, then the folder's manifest
+    dest = export_lora(path, args.out, fmt=args.format)
+    print(f"wrote {dest}")
+
+
+def cmd_bench_dpo(args) -> None:  # noqa: ANN001
+    from finetune.bench import run_bench
+
+    run_bench(steps=args.steps, pairs=args.pairs, batch_size=args.batch_size, base=args.base)
+
+
+def register(sub, bench_sub) -> None:  # noqa: ANN001
+    ft = sub.add_parser("finetune", help="LoRA fine-tuning of the U-Net from the picks").add_subparsers(
+        dest="finetune_cmd", required=True)
+    q = ft.add_parser("run", help="train a LoRA on the labels so far (safe for cron/systemd: "
+                                  "no-op without new labels, exit 75 when another run holds the lock)")
+    q.add_argument("--method", choices=["dpo", "ddpo"], default="dpo", help="Diffusion-DPO (default) or DDPO")
+    q.add_argument("--min-new-labels", type=int, default=1,
+                   help="do nothing (exit 0) when fewer judgements arrived since the last run")
+    q.add_argument("--config", default="{}", help='JSON object of config fields, e.g. \'{"steps": 500}\'')
+    q.set_defaults(func=cmd_finetune_run)
+
+    mo = sub.add_parser("models", help="the model registry").add_subparsers(dest="models_cmd", required=True)
+    q = mo.add_parser("list", help="list model versions")
+    q.set_defaults(func=cmd_models_list)
+    q = mo.add_parser("promote", help="promote a version if it beats its parent on held-out prompts")
+    q.add_argument("version", help="version id or name")
+    q.add_argument("--force", action="store_true", help="skip the gate")
+    q.add_argument("--scorer", default="reward",
+                   help="reward (newest reward model) or MODULE:FUNC / FILE.py:FUNC taking (prompts, images)")
+    q.add_argument("--prompts", help="held-out prompts separated by '|' (default: the heldout split)")
+    q.add_argument("--seeds", default="1234,5678", help="comma-separated fixed seeds per prompt")
+    q.set_defaults(func=cmd_models_promote)
+    q = mo.add_parser("export", help="export a version's LoRA (verified) for other tools")
+    q.add_argument("version", help="version id or name")
+    q.add_argument("--format", choices=["diffusers", "kohya"], default="diffusers")
+    q.add_argument("--out", required=True, help="output folder")
+    q.set_defaults(func=cmd_models_export)
+
+    q = bench_sub.add_parser("dpo", help="Diffusion-DPO steps/s and peak RSS, with and without the latent cache")
+    q.add_argument("--steps", type=int, default=20, help="optimizer steps per measurement")
+    q.add_argument("--pairs", type=int, default=32, help="synthetic preference pairs (rendered shapes)")
+    q.add_argument("--batch-size", type=int, default=4, help="pairs per step")
+    q.add_argument("--base", default=None, help="pipeline folder (default: the embedded shapes model)")
+    q.set_defaults(func=cmd_bench_dpo)

@@ -1,0 +1,125 @@
+"""``pickloop bench ddpo``: seconds per DDPO epoch (sampling and training apart) and peak memory.
+
+The lead wires ``register_bench(bench_sub)`` into the CLI. The configuration is printed first; the
+last line is ``epoch_s=<..> sample_s=<..> train_s=<..> peak_rss_mb=<..>`` (means over the epochs;
+epoch_s also holds reward scoring and the drift guard's fixed-seed draws). ``--reference trl`` also
+runs TRL 0.23.1's DDPOTrainer with the same model, prompts, reward and settings in a child process
+and prints its figures and reward curve before that last line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from pickloop.errors import UserError
+
+EXIT_MISSING_EXTRA = 2
+
+
+def register_bench(bench_sub) -> None:  # noqa: ANN001 - argparse subparsers of `pickloop bench`
+    q = bench_sub.add_parser("ddpo", help="DDPO seconds per epoch (sampling, training) and peak RSS",
+                             description=__doc__.split("\n\n")[0])
+    q.add_argument("--epochs", type=int, default=3, help="epochs to time (default 3)")
+    q.add_argument("--reference", choices=["none", "trl"], default="none",
+                   help="also run TRL 0.23.1's DDPOTrainer (extra: pip install 'pickloop[trl-reference]')")
+    q.add_argument("--base", default=None, help="pipeline folder (default: the settings' base model, "
+                                                 "else the embedded shapes model)")
+    q.add_argument("--reward", default="judge", help="reward: judge (default), brightness, redness, taste:NAME, "
+                                                     "reward-model")
+    q.add_argument("--sample-batch-size", type=int, default=8, help="images per sampling batch")
+    q.add_argument("--batches", type=int, default=2, help="sampling batches per epoch")
+    q.add_argument("--train-batch-size", type=int, default=8, help="trajectories per training batch")
+    q.add_argument("--steps", type=int, default=10, help="DDIM steps per image")
+    q.add_argument("--drift-prompts", type=int, default=4, help="held-out prompts of the drift guard (0: off)")
+    q.set_defaults(func=cmd_bench_ddpo)
+
+
+def _base_folder(ref: str | None) -> str:
+    from pickloop.context import resolve_model_ref
+    from pickloop.settings import get_settings
+
+    folder = resolve_model_ref(ref or get_settings().base_model)
+    if Path(folder).exists() and not (Path(folder) / "model_index.json").is_file():
+        raise UserError(f"{folder} is not a diffusers pipeline folder (no model_index.json)")
+    if not Path(folder).exists() and folder.startswith(("/", ".")):
+        raise UserError(f"no pipeline at {folder}: train the embedded model (`pickloop shapes train`) "
+                        "or pass --base FOLDER")
+    return folder
+
+
+def bench_config(args: argparse.Namespace):  # noqa: ANN201 - DDPOConfig
+    from finetune.ddpo_config import DDPOConfig
+
+    return DDPOConfig(epochs=args.epochs, sample_batch_size=args.sample_batch_size,
+                      sample_batches_per_epoch=args.batches, train_batch_size=args.train_batch_size,
+                      steps=args.steps, reward=args.reward, drift_prompts=args.drift_prompts,
+                      drift_max_pixel=None, drift_max_follow_drop=None)
+
+
+def _run_trl(base: str, prompts: list[str], config) -> dict | None:  # noqa: ANN001
+    """TRL's figures from a child process, or None (after one clear line) when TRL is missing."""
+    from finetune.ddpo_trl import INSTALL_HINT, trl_available
+
+    if not trl_available():
+        print(INSTALL_HINT)
+        return None
+    spec = json.dumps({"base": base, "prompts": prompts, "config": config.to_dict()})
+    proc = subprocess.run([sys.executable, "-m", "finetune.ddpo_trl", spec], capture_output=True, text=True,
+                          env=os.environ.copy())
+    for line in proc.stdout.splitlines()[:-1]:
+        print(line)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise UserError(f"the TRL reference run failed: {tail}")
+    last = proc.stdout.strip().splitlines()[-1]
+    return dict(kv.split("=", 1) for kv in last.split())
+
+
+def cmd_bench_ddpo(args: argparse.Namespace) -> int:
+    import torch
+
+    from finetune.bench import peak_rss_mb
+    from finetune.ddpo import load_pipeline, train_ddpo
+    from finetune.ddpo_rewards import make_reward
+    from pickloop.shapes.world import prompt_pool
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    if args.reference == "trl":
+        from finetune.ddpo_trl import INSTALL_HINT, trl_available
+
+        if not trl_available():  # say so before spending minutes on our own run
+            print(INSTALL_HINT)
+            return EXIT_MISSING_EXTRA
+    base = _base_folder(args.base)
+    config = bench_config(args)
+    prompts = prompt_pool("train", n=64)
+    drift = prompt_pool("heldout", n=config.drift_prompts) if config.drift_prompts else []
+    print(f"ddpo bench on {base}: {config.epochs} epochs x {config.sample_batches_per_epoch} batches x "
+          f"{config.sample_batch_size} images, {config.steps} DDIM steps, guidance {config.guidance}, train batch "
+          f"{config.train_batch_size}, LoRA rank {config.lora_rank}, reward {config.reward}, "
+          f"{len(drift)} drift prompts, {torch.get_num_threads()} thread(s), device "
+          f"{'cuda' if torch.cuda.is_available() else 'cpu'}", flush=True)
+    pipe = load_pipeline(base)
+    _, history = train_ddpo(pipe, prompts, make_reward(config.reward, path=config.reward_path), config,
+                            progress=False, drift_prompts=drift)
+    for h in history:
+        print(f"epoch {h['epoch']}: reward {h['reward_mean']:.4f} epoch {h['epoch_s']:.2f} s "
+              f"(sample {h['sample_s']:.2f} s, train {h['train_s']:.2f} s) drift {h.get('drift_pixel')}", flush=True)
+    mean = lambda key: sum(h[key] for h in history) / len(history)  # noqa: E731
+    ours = {"epoch_s": mean("epoch_s"), "sample_s": mean("sample_s"), "train_s": mean("train_s"),
+            "peak_rss_mb": peak_rss_mb()}
+    if args.reference == "trl":
+        trl = _run_trl(base, prompts, replace(config, drift_prompts=0))
+        if trl is None:
+            return EXIT_MISSING_EXTRA
+        print(f"reference trl==0.23.1: epoch_s={trl['epoch_s']} sample_s={trl['sample_s']} "
+              f"train_s={trl['train_s']} peak_rss_mb={trl['peak_rss_mb']} rewards={trl['rewards']}")
+        print(f"pickloop rewards={','.join(f'{h['reward_mean']:.4f}' for h in history)}")
+    print(f"epoch_s={ours['epoch_s']:.3f} sample_s={ours['sample_s']:.3f} train_s={ours['train_s']:.3f} "
+          f"peak_rss_mb={ours['peak_rss_mb']:.1f}")
+    return 0

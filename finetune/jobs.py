@@ -1,0 +1,258 @@
+"""The scheduled fine-tuning job: safe to call from cron or a systemd timer.
+
+``pickloop finetune run [--method dpo|ddpo] [--min-new-labels N]``:
+
+1. takes an OS lock (``fcntl.flock`` on ``<home>/locks/finetune.lock``, non-blocking); a second
+   concurrent call prints one line and exits ``EXIT_BUSY`` (75, EX_TEMPFAIL) at once;
+2. counts judgements newer than the last finished run of this method; fewer than N: exit 0, no-op;
+3. keys the run by method + data snapshot (highest judgement id) + config hash (``Job.run_key`` is
+   unique): a run already done is a no-op; a running row with a fresh heartbeat (another machine on the
+   same PostgreSQL) is busy; a running row with a stale heartbeat (``settings.finetune_stale_seconds``)
+   or a failed one is taken over and resumes from its checkpoints;
+4. trains with a heartbeat thread, registers a candidate ModelVersion and marks the job done in one
+   transaction; an exception marks it failed with the error.
+
+Trainer contract for other methods (``finetune.ddpo``): ``run_ddpo(ctx, config, *, out_dir, work_dir,
+upto, on_step) -> result`` with ``result.lora_sha256`` and ``result.metrics``; ``config.config_hash()``.
+"""
+from __future__ import annotations
+
+import fcntl
+import importlib
+import os
+import re
+import socket
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from pickloop.errors import UserError
+
+EXIT_BUSY = 75  # EX_TEMPFAIL: "try again later"; distinct from 0 (done / nothing to do) and 2 (user error)
+METHODS = ("dpo", "ddpo")
+
+
+@dataclass
+class JobOutcome:
+    status: str  # done, nothing-new, already-done, busy
+    message: str
+    exit_code: int = 0
+    version: str | None = None
+    job_id: int | None = None
+
+
+def owner_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[bool]:
+    """Hold an exclusive, non-blocking ``flock`` on ``path``; yields False when another process holds it.
+
+    The OS drops the lock when the process dies (even by SIGKILL), so a crash never leaves it stuck.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        os.ftruncate(fd, 0)
+        os.write(fd, owner_id().encode())
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def method_config(method: str, overrides: dict[str, Any] | None = None) -> Any:
+    """The typed config of ``method`` with ``overrides`` (a dict of fields)."""
+    if method == "dpo":
+        from finetune.dpo import DPOConfig
+
+        return DPOConfig.from_dict(overrides or {})
+    if method == "ddpo":
+        cls = getattr(importlib.import_module("finetune.ddpo_config"), "DDPOConfig")
+        return cls(**(overrides or {}))
+    raise UserError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+
+
+def _trainer(method: str) -> Callable[..., Any]:
+    if method == "dpo":
+        from finetune.dpo import run_dpo
+
+        return run_dpo
+    fn = getattr(importlib.import_module("finetune.ddpo"), "run_ddpo", None)
+    if fn is None:
+        raise UserError("DDPO is not available in this install (finetune.ddpo.run_ddpo missing)")
+    return fn
+
+
+def labels_since_last_run(session: Any, kind: str) -> tuple[int, int]:
+    """(judgements newer than the last finished ``kind`` run, that run's snapshot)."""
+    from sqlalchemy import func
+    from sqlmodel import select
+
+    from pickloop.schema import Job, Judgement
+
+    last = session.exec(select(func.coalesce(func.max(Job.data_snapshot), 0))
+                        .where(Job.kind == kind, Job.status == "done")).one()
+    new = session.exec(select(func.count()).select_from(Judgement).where(Judgement.id > last)).one()
+    return int(new), int(last)
+
+
+def claim_job(ctx: Any, *, kind: str, run_key: str, snapshot: int, config_hash: str,
+              owner: str) -> tuple[str, Any]:
+    """Insert or take over the Job row for ``run_key``. Returns (state, job): state is ``claimed``,
+    ``taken-over``, ``already-done`` or ``busy``."""
+    from sqlalchemy.exc import IntegrityError
+    from sqlmodel import select
+
+    from pickloop.db import write_session
+    from pickloop.schema import Job, utcnow
+
+    stale = timedelta(seconds=ctx.settings.finetune_stale_seconds)
+    try:
+        with write_session(ctx.engine) as s:
+            job = s.exec(select(Job).where(Job.run_key == run_key)).first()
+            if job is None:
+                job = Job(kind=kind, run_key=run_key, status="running", data_snapshot=snapshot,
+                          config_hash=config_hash, owner=owner)
+                s.add(job)
+                s.flush()
+                return "claimed", job
+            if job.status == "done":
+                return "already-done", job
+            heartbeat = job.heartbeat_at if job.heartbeat_at.tzinfo else job.heartbeat_at.replace(tzinfo=utcnow().tzinfo)
+            if job.status == "running" and utcnow() - heartbeat < stale:
+                return "busy", job
+            previous = job.owner
+            job.status, job.owner, job.heartbeat_at, job.error = "running", owner, utcnow(), None
+            job.output = {**(job.output or {}), "taken_over_from": previous}
+            s.add(job)
+            s.flush()
+            return "taken-over", job
+    except IntegrityError:  # another worker inserted the same run key between our read and insert
+        return "busy", None
+
+
+class Heartbeat:
+    """Updates ``Job.heartbeat_at`` every ``interval`` seconds from a daemon thread while training runs."""
+
+    def __init__(self, ctx: Any, job_id: int, interval: float):
+        self.ctx, self.job_id, self.interval = ctx, job_id, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pickloop-heartbeat", daemon=True)
+
+    def beat(self) -> None:
+        from pickloop.db import write_session
+        from pickloop.schema import Job, utcnow
+
+        with write_session(self.ctx.engine) as s:
+            job = s.get(Job, self.job_id)
+            if job is not None:
+                job.heartbeat_at = utcnow()
+                s.add(job)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.beat()
+            except Exception:  # a busy database must not kill training; the next beat retries
+                pass
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text)
+
+
+def run_finetune_job(ctx: Any, *, method: str = "dpo", min_new_labels: int = 1,
+                     overrides: dict[str, Any] | None = None) -> JobOutcome:
+    """One scheduled run (see module docstring). Never raises for "busy" or "nothing to do"."""
+    if min_new_labels < 0:
+        raise UserError("--min-new-labels must be >= 0")
+    config = method_config(method, overrides)
+    kind = f"finetune-{method}"
+    with file_lock(ctx.home / "locks" / "finetune.lock") as held:
+        if not held:
+            return JobOutcome("busy", f"another fine-tuning run holds {ctx.home / 'locks' / 'finetune.lock'}; "
+                                      "exiting", EXIT_BUSY)
+        return _run_locked(ctx, method, kind, config, min_new_labels)
+
+
+def _run_locked(ctx: Any, method: str, kind: str, config: Any, min_new_labels: int) -> JobOutcome:
+    from pickloop.db import read_session
+    from pickloop.store import data_snapshot
+
+    with read_session(ctx.engine) as s:
+        snapshot = data_snapshot(session=s)
+        new, last = labels_since_last_run(s, kind)
+    if new < min_new_labels:
+        return JobOutcome("nothing-new", f"{new} new labels since the last {method} run (snapshot {last}); "
+                                         f"need {min_new_labels}: nothing to do")
+    chash = config.config_hash()
+    run_key = f"{kind}:{snapshot}:{chash}"
+    state, job = claim_job(ctx, kind=kind, run_key=run_key, snapshot=snapshot, config_hash=chash, owner=owner_id())
+    if state == "already-done":
+        return JobOutcome("already-done", f"run {run_key} already done ({(job.output or {}).get('version')}); "
+                                          "nothing to do", 0, (job.output or {}).get("version"), job.id)
+    if state == "busy":
+        return JobOutcome("busy", f"run {run_key} is held by {job.owner if job else 'another worker'}; exiting",
+                          EXIT_BUSY)
+    if state == "taken-over":
+        print(f"taking over stale run {run_key} from {job.output.get('taken_over_from')}")
+    return _train_and_register(ctx, method, config, job, snapshot)
+
+
+def _train_and_register(ctx: Any, method: str, config: Any, job: Any, snapshot: int) -> JobOutcome:
+    from pickloop.db import write_session
+    from pickloop.schema import Job, utcnow
+    from pickloop.store import ensure_base_version
+
+    from finetune.registry import register_version
+
+    name = _safe_name(f"{method}-s{snapshot}-{job.config_hash[:8]}")
+    out_dir = ctx.settings.lora_dir / name
+    work_dir = ctx.home / "runs" / _safe_name(job.run_key)
+    interval = max(1.0, min(30.0, ctx.settings.finetune_stale_seconds / 5))
+    try:
+        with Heartbeat(ctx, job.id, interval) as hb:
+            result = _trainer(method)(ctx, config, out_dir=out_dir, work_dir=work_dir, upto=snapshot,
+                                      on_step=lambda step, metrics: None)
+            hb.beat()
+        with write_session(ctx.engine) as s:
+            parent = ensure_base_version(session=s, base_model=ctx.base_model)
+            from pickloop.store import promoted_version
+
+            parent = promoted_version(session=s) or parent
+            version = register_version(session=s, base_model=ctx.base_model, parent_id=parent.id, method=method,
+                                       lora_dir=out_dir, lora_sha256=result.lora_sha256, data_snapshot=snapshot,
+                                       config_hash=job.config_hash, metrics=dict(result.metrics), name=name)
+            row = s.get(Job, job.id)
+            row.status, row.finished_at, row.heartbeat_at = "done", utcnow(), utcnow()
+            row.output = {**(row.output or {}), "version": version.name, "metrics": dict(result.metrics)}
+            s.add(row)
+    except BaseException as e:
+        with write_session(ctx.engine) as s:
+            row = s.get(Job, job.id)
+            row.status, row.finished_at = "failed", utcnow()
+            row.error = f"{type(e).__name__}: {e}"[:4000]
+            s.add(row)
+        raise
+    return JobOutcome("done", f"trained {name} on labels up to {snapshot}; registered as a candidate "
+                              f"(promote with `pickloop models promote {name}`)", 0, name, job.id)

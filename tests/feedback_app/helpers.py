@@ -1,0 +1,65 @@
+"""Helpers for the rating app tests: ready sets made directly (no generator), raters, row counts."""
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+from PIL import Image
+
+import feedback_app
+from feedback_app.logic import Identity
+from pickloop.db import read_session, write_session
+from pickloop.schema import Assignment, Candidate, Comparison, Judgement
+from pickloop.store import add_prompts, add_rater, ensure_base_version
+
+APP_DIR = Path(feedback_app.__file__).parent
+# Distinct solid colours, so every candidate of a set has its own image (and sha256).
+PALETTE = [(220, 40, 40), (40, 170, 60), (40, 70, 220), (245, 220, 40), (140, 50, 180), (250, 140, 30),
+           (20, 20, 20), (245, 245, 245), (0, 160, 160), (160, 90, 40), (255, 120, 200), (120, 120, 120)]
+
+
+def make_sets(ctx, n: int, *, per_set: int = 4, raters_wanted: int = 1, version=None) -> list[int]:  # noqa: ANN001
+    """``n`` ready sets of ``per_set`` distinct solid-colour images; returns their comparison ids."""
+    ids = []
+    with write_session(ctx.engine) as s:
+        base = ensure_base_version(session=s, base_model=ctx.base_model)
+        vid = version or base.id
+        prompts = add_prompts(session=s, texts=[f"a test prompt number {i}" for i in range(n)])
+        for i, prompt in enumerate(prompts):
+            comp = Comparison(key=uuid.uuid4().hex, prompt_id=prompt.id, model_version_id=vid, status="ready",
+                              raters_wanted=raters_wanted)
+            s.add(comp)
+            s.flush()
+            for slot in range(per_set):
+                colour = PALETTE[(i * per_set + slot) % len(PALETTE)]
+                sha = ctx.images.put(Image.new("RGB", (32, 32), (colour[0], colour[1], (colour[2] + i) % 256)))
+                s.add(Candidate(comparison_id=comp.id, slot=slot, prompt_id=prompt.id, model_version_id=vid,
+                                seed=1000 * i + slot, params={}, image_sha256=sha))
+            ids.append(comp.id)
+    return ids
+
+
+def make_rater(ctx, name: str, role: str = "rater") -> tuple[Identity, str]:  # noqa: ANN001
+    with write_session(ctx.engine) as s:
+        r, token = add_rater(session=s, name=name, role=role)
+        return Identity(rater_id=r.id, name=r.name, role=r.role, kind=r.kind), token
+
+
+def count(ctx, model, **where) -> int:  # noqa: ANN001
+    from sqlmodel import func, select
+
+    q = select(func.count()).select_from(model)
+    for k, v in where.items():
+        q = q.where(getattr(model, k) == v)
+    with read_session(ctx.engine) as s:
+        return s.exec(q).one()
+
+
+def judgements(ctx) -> list[Judgement]:  # noqa: ANN001
+    from sqlmodel import select
+
+    with read_session(ctx.engine) as s:
+        rows = list(s.exec(select(Judgement).order_by(Judgement.id)))
+        for r in rows:
+            s.expunge(r)
+        return rows

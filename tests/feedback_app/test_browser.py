@@ -1,0 +1,55 @@
+"""The real thing: `streamlit run` on a free loopback port, Debian's Chromium through Playwright."""
+from __future__ import annotations
+
+import base64
+import hashlib
+
+import pytest
+from sqlmodel import select
+
+from feedback_app import browser
+from pickloop.db import read_session
+from pickloop.schema import Candidate, Comparison
+from tests.feedback_app.helpers import judgements, make_sets
+
+IMAGES_JS = """() => [...document.querySelectorAll('[data-testid="stMain"] [data-testid="stImage"] img')]
+                       .map(e => e.src)"""
+
+
+def shown_image_shas(page) -> list[str]:  # noqa: ANN001
+    """sha256 of each candidate image on screen, left to right (images are inline data: URLs)."""
+    return [hashlib.sha256(base64.b64decode(src.split(",", 1)[1])).hexdigest() for src in page.evaluate(IMAGES_JS)]
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_rate_five_sets_with_clicks_and_hotkeys(ctx, home, alice):
+    make_sets(ctx, 7)
+    # (how, what): click a candidate's button / press its number / press T for a tie.
+    actions = [("click", 2), ("key", 1), ("key", 4), ("click", 3), ("key", "T")]
+    seen: dict[str, tuple[str, int | str, list[str]]] = {}
+    with browser.app_server(home=home) as url, browser.chromium_page() as page:
+        browser.sign_in(page, url, name="alice", token=alice[1])
+        key = browser.wait_for_set(page, None, n=4)
+        for how, what in actions:
+            seen[key] = (how, what, shown_image_shas(page))
+            if how == "click":
+                page.locator(f".st-key-pick-{key}-{what - 1} button").click()
+            else:
+                browser.focus_page(page)
+                page.keyboard.press(str(what))
+            key = browser.wait_for_set(page, key, n=4)
+        assert page.get_by_text("labels today").first.inner_text().startswith("5")
+    rows = judgements(ctx)
+    assert len(rows) == 5
+    with read_session(ctx.engine) as s:
+        key_of = {c.id: c.key for c in s.exec(select(Comparison))}
+        sha_of = {c.id: c.image_sha256 for c in s.exec(select(Candidate))}
+    for j in rows:
+        how, what, shas = seen[key_of[j.comparison_id]]
+        assert [sha_of[c] for c in j.shown_order] == shas  # the recorded order is the order on screen
+        if what == "T":
+            assert (j.choice, j.winner_id) == ("tie", None)
+        else:
+            assert j.choice == "pick" and sha_of[j.winner_id] == shas[what - 1]
+        assert j.rater_id == alice[0].rater_id and j.time_ms is not None

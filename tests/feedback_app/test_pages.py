@@ -1,0 +1,184 @@
+"""The pages under Streamlit's AppTest: sign-in, pick, tie, none good, skip, undo, replays, admin."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+from sqlmodel import select
+from streamlit.testing.v1 import AppTest
+
+from pickloop.db import read_session
+from pickloop.schema import Assignment, Judgement, Prompt
+from tests.feedback_app.helpers import APP_DIR, count, judgements, make_sets
+
+TIMEOUT = 60
+
+
+def app(ident=None, script: str = "app.py") -> AppTest:  # noqa: ANN001
+    at = AppTest.from_file(str(APP_DIR / script), default_timeout=TIMEOUT)
+    if ident is not None:
+        at.session_state["identity"] = ident
+    return at.run()
+
+
+def set_key(at: AppTest) -> str:
+    caps = [c.value for c in at.caption if c.value.startswith("set ")]
+    assert len(caps) == 1, [c.value for c in at.caption]
+    return caps[0].split()[1]
+
+
+def shown_order(ctx, key: str) -> list[int]:  # noqa: ANN001
+    from feedback_app import logic
+    from pickloop.schema import Comparison
+
+    with read_session(ctx.engine) as s:
+        comp = s.exec(select(Comparison).where(Comparison.key == key)).one()
+        ident_id = s.exec(select(Assignment.rater_id).where(Assignment.comparison_id == comp.id)).first()
+        return logic.set_view(session=s, comparison_id=comp.id, rater_id=ident_id).shown_order
+
+
+def test_sign_in_with_token_then_rate(ctx, alice):
+    make_sets(ctx, 2)
+    at = app()
+    assert not at.exception and count(ctx, Assignment) == 0
+    at.text_input(key="signin_name").input("alice")
+    at.text_input(key="signin_token").input(alice[1])
+    at.button[0].click().run()
+    assert not at.exception
+    key = set_key(at)
+    order = shown_order(ctx, key)
+    at.button(key=f"pick-{key}-2").click().run()
+    (j,) = judgements(ctx)
+    assert (j.choice, j.winner_id, j.shown_order, j.rater_id) == ("pick", order[2], order, alice[0].rater_id)
+    assert set_key(at) != key and "**1** labels today" in [m.value for m in at.markdown]
+
+
+def test_wrong_token_and_unauthenticated_requests_write_nothing(ctx, alice):
+    make_sets(ctx, 2)
+    at = app()
+    at.text_input(key="signin_name").input("alice")
+    at.text_input(key="signin_token").input(alice[1][:-1] + "x")
+    at.button[0].click().run()
+    assert "wrong token" in at.error[0].value
+    assert not [b for b in at.button if b.key and b.key.startswith("pick-")]
+    for script in ("pages/rate.py", "pages/history.py", "pages/admin.py"):  # a page reached directly
+        page = app(script=script)
+        assert "sign in" in page.warning[0].value and not page.button
+    assert count(ctx, Assignment) == 0 and count(ctx, Judgement) == 0
+
+
+@pytest.mark.parametrize("action,choice", [("tie", "tie"), ("none", "none"), ("skip", "skip")])
+def test_tie_none_good_and_skip(ctx, alice, action, choice):
+    make_sets(ctx, 2)
+    at = app(alice[0])
+    key = set_key(at)
+    at.button(key=f"{action}-{key}").click().run()
+    (j,) = judgements(ctx)
+    assert (j.choice, j.winner_id) == (choice, None)
+    assert set_key(at) != key
+
+
+def test_undo_takes_back_the_last_pick(ctx, alice):
+    make_sets(ctx, 2)
+    at = app(alice[0])
+    key = set_key(at)
+    at.button(key=f"pick-{key}-0").click().run()
+    assert count(ctx, Judgement) == 1 and set_key(at) != key
+    at.button(key="undo").click().run()
+    assert count(ctx, Judgement) == 0 and set_key(at) == key  # the same set is back on screen
+    at.button(key=f"pick-{key}-3").click().run()
+    (j,) = judgements(ctx)
+    assert j.winner_id == shown_order(ctx, key)[3]
+
+
+def test_replayed_click_writes_one_judgement(ctx, alice):
+    make_sets(ctx, 3)
+    at = app(alice[0])
+    key = set_key(at)
+    button = at.button(key=f"pick-{key}-1")
+    button.click().run()
+    button.click().run()  # the same click delivered again (double click, reconnect)
+    at.run()  # a plain rerun
+    assert len(judgements(ctx)) == 1
+
+
+def test_two_tabs_write_one_judgement(ctx, alice):
+    make_sets(ctx, 3)
+    tab1, tab2 = app(alice[0]), app(alice[0])
+    key = set_key(tab1)
+    assert set_key(tab2) == key  # a second tab shows the same set
+    tab1.button(key=f"pick-{key}-0").click().run()
+    tab2.button(key=f"pick-{key}-1").click().run()
+    (j,) = judgements(ctx)
+    assert j.winner_id == shown_order(ctx, key)[0]  # the first answer stands
+    assert "already answered" in tab2.info[0].value and set_key(tab2) != key
+
+
+def test_admin_page_refused_to_a_rater(ctx, alice, admin):
+    at = app(alice[0])
+    assert "Admin" not in str(at)  # not in the navigation
+    page = app(alice[0], script="pages/admin.py")
+    assert "admins only" in page.error[0].value and not page.tabs
+    page = app(admin[0], script="pages/admin.py")
+    assert not page.exception and len(page.tabs) == 6
+    page.text_area(key="admin_prompts").input("a new prompt\nanother prompt").run()
+    page.button(key="admin_add_prompts").click().run()
+    assert "2 prompts added" in page.success[0].value
+    with read_session(ctx.engine) as s:
+        assert {"a new prompt", "another prompt"} <= {p.text for p in s.exec(select(Prompt))}
+
+
+def test_empty_queue_waits_then_shows_a_set(ctx, alice):
+    at = app(alice[0])
+    assert "Drawing new candidates" in at.info[0].value and not at.exception
+    make_sets(ctx, 1)
+    at.run()
+    assert set_key(at)
+
+
+def test_missing_image_shows_a_placeholder(ctx, alice, caplog):
+    make_sets(ctx, 1)
+    from pickloop.schema import Candidate
+
+    with read_session(ctx.engine) as s:
+        sha = s.exec(select(Candidate)).first().image_sha256
+    ctx.images.fs.rm(ctx.images.path(sha))
+    with caplog.at_level(logging.WARNING, logger="pickloop.app"):
+        at = app(alice[0])
+    import base64
+
+    from feedback_app.ui import PLACEHOLDER_PNG
+
+    urls = [img.value[0] for img in at.image]
+    assert not at.exception and len(urls) == 4
+    assert urls.count("data:image/png;base64," + base64.b64encode(PLACEHOLDER_PNG).decode()) == 1
+    assert any(sha[:16] in r.getMessage() for r in caplog.records)
+
+
+def test_history_shows_past_picks(ctx, alice):
+    make_sets(ctx, 2)
+    at = app(alice[0])
+    at.button(key=f"pick-{set_key(at)}-0").click().run()
+    page = app(alice[0], script="pages/history.py")
+    assert not page.exception and "a test prompt number" in page.markdown[0].value
+
+
+def test_an_oidc_identity_without_a_provider_login_is_signed_out(ctx):
+    from feedback_app.logic import Identity
+    from pickloop.db import write_session
+    from feedback_app.logic import allow_oidc_rater
+
+    make_sets(ctx, 1)
+    with write_session(ctx.engine) as s:
+        r = allow_oidc_rater(session=s, email="eve@example.org")
+        ident = Identity(rater_id=r.id, name=r.name, role=r.role, kind=r.kind)
+    at = app(ident)  # session state claims eve, but no OIDC provider vouches for her
+    assert not [b for b in at.button if b.key and b.key.startswith("pick-")]
+    assert count(ctx, Assignment) == 0 and count(ctx, Judgement) == 0
+
+
+def test_last_set_answered_switches_to_waiting(ctx, alice):
+    make_sets(ctx, 1)
+    at = app(alice[0])
+    at.button(key=f"pick-{set_key(at)}-0").click().run()
+    assert count(ctx, Judgement) == 1 and "Drawing new candidates" in at.info[0].value

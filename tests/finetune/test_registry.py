@@ -1,0 +1,93 @@
+"""Registry: register, promotion gate (win rate, prompt-following), models list/promote/export."""
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from finetune import lora as lora_io
+from finetune import models as fm
+from finetune.registry import gate_and_promote, judge_gate, register_version, win_rate
+from pickloop.cli import main
+from pickloop.db import read_session, write_session
+from pickloop.shapes.world import parse_prompt, prompt_pool, render, scene_from_prompt
+from pickloop.store import ensure_base_version, find_version
+
+
+@pytest.fixture
+def candidate(labelled, tmp_path):
+    """A registered candidate version with a random (non-identity) LoRA on the tiny base."""
+    m = fm.load_train_models(str(labelled.base_model))
+    lora_io.add_lora(m.unet, rank=4)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in lora_io.lora_parameters(m.unet):
+            p.copy_(torch.randn_like(p) * 0.2)
+    out = tmp_path / "v"
+    sha = lora_io.save_lora(m.unet, out)
+    with write_session(labelled.engine) as s:
+        parent = ensure_base_version(session=s, base_model=labelled.base_model)
+        v = register_version(session=s, base_model=labelled.base_model, parent_id=parent.id, method="dpo",
+                             lora_dir=out, lora_sha256=sha, data_snapshot=3, config_hash="abc", metrics={"x": 1.0})
+    return v
+
+
+def test_win_rate_counts_ties_half():
+    assert win_rate([1, 2, 3, 0], [0, 2, 4, 0]) == pytest.approx(0.5)
+
+
+def test_gate_fails_when_prompt_following_drops():
+    import random
+
+    prompts = [p for p in prompt_pool("heldout", n=20) if len(parse_prompt(p)["objects"]) == 1][:6]
+    good = [render(scene_from_prompt(p, random.Random(i))) for i, p in enumerate(prompts)]
+    blank = [Image.new("RGB", (64, 64), (128, 128, 128)) for _ in prompts]
+    always_new = lambda ps, ims: [1.0 if im.getpixel((0, 0)) == (128, 128, 128) else 0.0 for im in ims]  # noqa: E731
+    result = judge_gate(prompts, blank, good, always_new, min_win_rate=0.5, max_follow_drop=0.02)
+    assert result.win_rate == 1.0 and not result.passed and "prompt-following fell" in result.reason
+    ok = judge_gate(prompts, good, good, always_new, min_win_rate=0.5, max_follow_drop=0.02)
+    assert ok.passed and ok.follow_new == ok.follow_parent
+
+
+def test_failed_gate_keeps_candidate_with_reason_then_passes(labelled, candidate, monkeypatch):
+    prompts = ["a red circle on a blue background"]
+    monkeypatch.setenv("PICKLOOP_PROMOTE_MIN_WIN_RATE", "0.9")
+    monkeypatch.setenv("PICKLOOP_PROMOTE_GATE_STEPS", "2")
+    from pickloop.context import Context
+
+    ctx = Context()
+    tie = lambda ps, ims: [0.0] * len(ims)  # noqa: E731 - every seed a tie: win rate 0.5
+    result = gate_and_promote(ctx, candidate.name, scorer=tie, prompts=prompts, seeds=[1, 2], shapes=False)
+    assert not result.passed and result.win_rate == 0.5
+    with read_session(ctx.engine) as s:
+        v = find_version(session=s, ref=candidate.name)
+        assert v.status == "candidate" and "win rate 0.500" in v.reason and v.metrics["gate_win_rate"] == 0.5
+    monkeypatch.setenv("PICKLOOP_PROMOTE_MIN_WIN_RATE", "0.5")
+    result = gate_and_promote(Context(), candidate.name, scorer=tie, prompts=prompts, seeds=[1, 2], shapes=False)
+    assert result.passed
+    with read_session(ctx.engine) as s:
+        assert find_version(session=s, ref="latest").name == candidate.name
+
+
+def test_cli_list_export_and_forced_promote(labelled, candidate, tmp_path, capsys):
+    assert main(["models", "list"]) == 0
+    assert candidate.name in capsys.readouterr().out
+    assert main(["models", "export", candidate.name, "--format", "kohya", "--out", str(tmp_path / "k")]) == 0
+    kohya, _ = lora_io.read_safetensors(tmp_path / "k" / lora_io.KOHYA_WEIGHT_NAME)
+    assert any(k.startswith("lora_unet_") for k in kohya)
+    assert main(["models", "export", candidate.name, "--format", "diffusers", "--out", str(tmp_path / "d")]) == 0
+    assert (tmp_path / "d" / lora_io.LORA_WEIGHT_NAME).read_bytes() == \
+        (candidate.lora_path and open(f"{candidate.lora_path}/{lora_io.LORA_WEIGHT_NAME}", "rb").read())
+    assert main(["models", "promote", candidate.name, "--force"]) == 0
+    with read_session(labelled.engine) as s:
+        assert find_version(session=s, ref="latest").name == candidate.name
+
+
+def test_export_of_corrupted_lora_is_one_line_exit_2(labelled, candidate, tmp_path, capsys):
+    f = tmp_path / "v" / lora_io.LORA_WEIGHT_NAME
+    data = bytearray(f.read_bytes())
+    data[-10] ^= 0xFF
+    f.write_bytes(bytes(data))
+    assert main(["models", "export", candidate.name, "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "corrupted" in err[0]

@@ -1,0 +1,173 @@
+"""The ready queue: depth per prompt, version changes, failures, dead claims, and two workers at once."""
+from __future__ import annotations
+
+import multiprocessing as mp
+import uuid
+from datetime import timedelta
+
+import pytest
+from sqlmodel import func, select
+
+from generator.pipeline import LORA_WEIGHT_NAME, file_sha256
+from generator.queue import fill_queue, queue_counts
+from generator.sampling import redraw
+from pickloop.cli import main as cli_main
+from pickloop.db import read_session, write_session
+from pickloop.errors import UserError
+from pickloop.images import png_bytes
+from pickloop.schema import Candidate, Comparison, ModelVersion, utcnow
+from pickloop.store import add_prompts, candidates_of, ensure_base_version, promote
+
+PROMPTS = ["a red circle", "a blue square", "a green triangle"]
+
+
+def _open_sets(ctx) -> list[tuple[int, int, str]]:  # noqa: ANN001
+    with read_session(ctx.engine) as s:
+        return [(c.prompt_id, c.model_version_id, c.status) for c in s.exec(select(Comparison).order_by(Comparison.id))]
+
+
+def _setup(ctx, prompts=PROMPTS, pool="default") -> None:  # noqa: ANN001
+    with write_session(ctx.engine) as s:
+        add_prompts(session=s, texts=prompts, pool=pool)
+        ensure_base_version(session=s, base_model=ctx.base_model)
+
+
+def test_fills_each_prompt_to_depth_and_stops(gen_ctx):  # noqa: ANN001
+    _setup(gen_ctx)
+    assert fill_queue(ctx=gen_ctx, depth=2, n=2, worker_id="w", progress=False) == 6
+    assert fill_queue(ctx=gen_ctx, depth=2, n=2, worker_id="w", progress=False) == 0  # full: nothing to do
+    with read_session(gen_ctx.engine) as s:
+        sets = list(s.exec(select(Comparison)))
+        assert sorted(c.prompt_id for c in sets) == [1, 1, 2, 2, 3, 3]
+        assert {c.status for c in sets} == {"ready"}
+        for comp in sets:
+            cands = candidates_of(session=s, comparison_id=comp.id)
+            assert [c.slot for c in cands] == [0, 1] and len({c.seed for c in cands}) == 2
+            assert all(gen_ctx.images.exists(c.image_sha256) for c in cands)
+            assert all(c.params["model_version_id"] == comp.model_version_id for c in cands)
+        row = s.exec(select(Candidate).order_by(Candidate.id.desc())).first()
+    # a stored candidate redrawn from its row alone gives the very same PNG
+    from generator.pipeline import load_pipeline
+
+    pipe = load_pipeline(lora=row.model_version_id, ctx=gen_ctx)
+    assert gen_ctx.images.put(redraw(pipe, row)) == row.image_sha256
+    assert png_bytes(redraw(pipe, row)) == gen_ctx.images.read_bytes(row.image_sha256)
+
+
+def test_new_sets_come_from_the_newly_promoted_version(gen_ctx, tiny_lora_dir):  # noqa: ANN001
+    _setup(gen_ctx, PROMPTS[:2])
+    fill_queue(ctx=gen_ctx, depth=1, n=2, worker_id="w", progress=False)
+    with write_session(gen_ctx.engine) as s:
+        v = ModelVersion(name="dpo-1", base_model=gen_ctx.base_model, lora_path=str(tiny_lora_dir),
+                         lora_sha256=file_sha256(tiny_lora_dir / LORA_WEIGHT_NAME), method="dpo")
+        s.add(v)
+        s.flush()
+        promote(session=s, version=v)
+        new_id = v.id
+    assert fill_queue(ctx=gen_ctx, depth=1, n=2, worker_id="w", progress=False) == 2
+    sets = _open_sets(gen_ctx)
+    assert [(p, st) for p, vid, st in sets if vid == new_id] == [(1, "ready"), (2, "ready")]
+    assert len([s for s in sets if s[1] != new_id]) == 2  # the old version's sets stay as they were
+    with read_session(gen_ctx.engine) as s:
+        newest = s.exec(select(Candidate).where(Candidate.model_version_id == new_id)).first()
+    assert newest.params["lora_path"] == str(tiny_lora_dir) and newest.params["model_version"] == "dpo-1"
+
+
+def test_a_failed_draw_leaves_a_failed_set_not_a_half_ready_one(gen_ctx, tmp_path):  # noqa: ANN001
+    _setup(gen_ctx, PROMPTS[:1])
+    with write_session(gen_ctx.engine) as s:
+        v = ModelVersion(name="broken", base_model=gen_ctx.base_model, lora_path=str(tmp_path / "missing"))
+        s.add(v)
+        s.flush()
+        promote(session=s, version=v)
+    with pytest.raises(UserError, match="not found"):
+        fill_queue(ctx=gen_ctx, depth=1, n=2, worker_id="w", progress=False)
+    with read_session(gen_ctx.engine) as s:
+        assert [c.status for c in s.exec(select(Comparison))] == ["failed"]
+        assert s.exec(select(func.count()).select_from(Candidate)).one() == 0
+
+
+def test_a_dead_workers_claim_is_taken_over(gen_ctx):  # noqa: ANN001
+    _setup(gen_ctx, PROMPTS[:2])
+    with write_session(gen_ctx.engine) as s:
+        vid = ensure_base_version(session=s, base_model=gen_ctx.base_model).id
+        dead = Comparison(key=uuid.uuid4().hex, prompt_id=1, model_version_id=vid, status="drawing",
+                          claimed_by="dead", claimed_at=utcnow() - timedelta(hours=1))
+        alive = Comparison(key=uuid.uuid4().hex, prompt_id=2, model_version_id=vid, status="drawing",
+                           claimed_by="slow", claimed_at=utcnow())
+        s.add(dead)
+        s.add(alive)
+        s.flush()
+        dead_id, alive_id = dead.id, alive.id
+    assert fill_queue(ctx=gen_ctx, depth=2, n=2, worker_id="w", progress=False, stale_after_s=60) == 3
+    with read_session(gen_ctx.engine) as s:
+        assert s.get(Comparison, dead_id).status == "ready" and s.get(Comparison, dead_id).claimed_by == "w"
+        assert s.get(Comparison, alive_id).status == "drawing"  # a live claim is left alone
+        assert queue_counts(session=s) == {"drawing": 1, "ready": 3, "done": 0, "failed": 0}
+
+
+def test_cli_generate_with_a_prompt_file(gen_ctx, tiny_sd_dir, tmp_path, monkeypatch, capsys):  # noqa: ANN001
+    monkeypatch.setenv("PICKLOOP_BASE_MODEL", str(tiny_sd_dir))
+    f = tmp_path / "prompts.txt"
+    f.write_text("a red circle\na blue square\n\n")
+    assert cli_main(["generate", "--prompts", str(f), "--pool", "mine", "--n", "2", "--sets", "2", "--quiet"]) == 0
+    assert "4 sets drawn for pool mine" in capsys.readouterr().out
+    assert cli_main(["stats", "--pool", "mine"]) == 0
+    out = capsys.readouterr().out
+    assert "sets: drawing=0 ready=4 done=0 failed=0" in out and "prompts: 2 active in pool mine" in out
+    assert cli_main(["generate", "--prompts", str(tmp_path / "missing.txt")]) == 2
+    assert "cannot read prompt file" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- two workers at once
+
+def _worker(settings_kw: dict, version_id: int, name: str, barrier, out) -> None:  # noqa: ANN001
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+        from pickloop.context import Context
+        from pickloop.settings import get_settings
+        from generator.pipeline import load_pipeline
+
+        ctx = Context(settings=get_settings(**settings_kw))
+        load_pipeline(lora=version_id, ctx=ctx)  # warm, so that both start drawing at once
+        barrier.wait(timeout=300)
+        out.put(("ok", name, fill_queue(ctx=ctx, pool="race", depth=2, n=2, worker_id=name, progress=False)))
+    except Exception as e:  # report, don't hang the parent
+        out.put(("error", name, repr(e)))
+
+
+@pytest.mark.slow
+def test_two_workers_make_no_duplicate_and_lose_no_set(db_url, home, tiny_sd_dir):  # noqa: ANN001
+    from pickloop.context import Context
+    from pickloop.settings import get_settings
+
+    kw = dict(home=str(home), base_model=str(tiny_sd_dir), database_url=None if db_url.startswith("sqlite")
+              else db_url, noise_memory=False)
+    ctx = Context(settings=get_settings(**kw))
+    prompts = [f"a {c} {s}" for c in ("red", "blue", "green", "yellow") for s in ("circle", "square")]
+    _setup(ctx, prompts, pool="race")
+    with read_session(ctx.engine) as s:
+        vid = s.exec(select(ModelVersion.id)).one()
+    ctx.engine.dispose()
+    spawn = mp.get_context("spawn")
+    barrier, out = spawn.Barrier(2), spawn.Queue()
+    procs = [spawn.Process(target=_worker, args=(kw, vid, f"w{i}", barrier, out)) for i in range(2)]
+    for p in procs:
+        p.start()
+    results = sorted(out.get(timeout=600) for _ in procs)
+    for p in procs:
+        p.join(60)
+    assert [r[0] for r in results] == ["ok", "ok"], results
+    assert sum(r[2] for r in results) == len(prompts) * 2
+    assert all(r[2] > 0 for r in results), f"one worker did everything; no race was tested: {results}"
+    with read_session(ctx.engine) as s:
+        sets = list(s.exec(select(Comparison)))
+        per_prompt = {}
+        for c in sets:
+            per_prompt[c.prompt_id] = per_prompt.get(c.prompt_id, 0) + 1
+            assert c.status == "ready" and len(candidates_of(session=s, comparison_id=c.id)) == 2
+        assert sorted(per_prompt.values()) == [2] * len(prompts)  # none duplicated, none lost
+        assert {c.claimed_by for c in sets} == {"w0", "w1"}
+    ctx.engine.dispose()
