@@ -26,11 +26,9 @@ SET_SHOWN_JS = """([oldKey, n]) => {
       .map(e => e.innerText.match(/^set ([0-9a-f]+) /)).find(m => m);
   if (!cap || cap[1] === oldKey) return null;
   const main = document.querySelector('[data-testid="stMain"]') || document;
-  const shown = e => !e.closest('.st-key-prefetch');
-  if ([...main.querySelectorAll('[data-stale="true"]')].some(shown)) return null;
-  const imgs = [...main.querySelectorAll('[data-testid="stImage"] img')].filter(shown);
-  const uniq = [...new Set(imgs)];
-  if (uniq.length < n || !uniq.every(i => i.complete && i.naturalWidth > 0)) return null;
+  if (main.querySelector('[data-stale="true"]')) return null;
+  const imgs = [...main.querySelectorAll('.pl-grid img')];
+  if (imgs.length !== n || !imgs.every(i => i.complete && i.naturalWidth > 0)) return null;
   return cap[1];
 }"""
 

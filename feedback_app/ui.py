@@ -25,8 +25,11 @@ log = logging.getLogger("pickloop.app")
 
 IDENTITY = "identity"  # session_state key: logic.Identity of the signed-in rater
 CSS = """<style>
-[data-testid="stImage"] img { image-rendering: pixelated; width: 100%; border-radius: 4px; }
+[data-testid="stImage"] img { image-rendering: pixelated; border-radius: 4px; }
 [data-testid="stMainBlockContainer"] { padding-top: 2rem; }
+.pl-grid { display: flex; gap: 1rem; }
+.pl-grid img { flex: 1 1 0; min-width: 0; aspect-ratio: 1 / 1; object-fit: contain;
+               image-rendering: pixelated; border-radius: 4px; background: #eee; }
 </style>"""
 
 
@@ -57,6 +60,13 @@ PLACEHOLDER_PNG = _placeholder_png()  # the same for everyone: nothing per-user
 def image_data_uri(ctx: Context, sha256: str) -> str:
     """The image inline as a ``data:`` URL: it arrives with the page, no second request to wait for."""
     return "data:image/png;base64," + base64.b64encode(image_bytes(ctx, sha256)).decode("ascii")
+
+
+def candidate_grid(uris: list[str]) -> str:
+    """The candidates side by side, equal widths, as one HTML element (one message to the browser,
+    not one per image); ``uris`` are data: URLs in the order shown."""
+    imgs = "".join(f'<img src="{u}" alt="Candidate {i + 1}">' for i, u in enumerate(uris))
+    return f'<div class="pl-grid">{imgs}</div>'
 
 
 @st.cache_resource(show_spinner=False)

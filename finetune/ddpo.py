@@ -292,6 +292,19 @@ def training_prompts(ctx: Any, n: int = 500) -> list[str]:
     return found[:n] if n else found
 
 
+def _drift_prompts(ctx: Any, prompts: Sequence[str], n: int) -> list[str]:
+    """The gate's held-out prompts for the drift guard; the first training prompts when there are none."""
+    from finetune.registry import gate_prompts
+
+    if n == 0:
+        return []
+    try:
+        return gate_prompts(ctx, n=n)
+    except UserError:
+        print(f"ddpo: no held-out prompts; the drift guard watches {min(n, len(prompts))} training prompts")
+        return list(prompts[:n])
+
+
 def _summary(history: list[dict], stopped: str | None) -> dict[str, Any]:
     first, last = history[0], history[-1]
     mean = lambda key: float(np.mean([h[key] for h in history]))  # noqa: E731
@@ -347,13 +360,12 @@ def run_ddpo(ctx: Any, config: DDPOConfig, *, out_dir: Path | str, work_dir: Pat
     from accelerate import Accelerator
 
     from finetune import checkpoint as ckpt
-    from finetune.registry import gate_prompts
     from pickloop.context import resolve_model_ref
 
     accelerator = Accelerator(mixed_precision=config.mixed_precision)
     pipe = load_pipeline(resolve_model_ref(base or ctx.base_model))
     prompts = list(prompts or training_prompts(ctx))
-    drift = gate_prompts(ctx, n=config.drift_prompts) if config.drift_prompts else []
+    drift = _drift_prompts(ctx, prompts, config.drift_prompts)
     reward_fn = reward_fn or make_reward(config.reward, path=config.reward_path, ctx=ctx)
     work = Path(work_dir) if work_dir else None
     state = _resume_state(pipe, work, config) if resume else None

@@ -119,7 +119,8 @@ def cmd_bench_ddpo(args: argparse.Namespace) -> int:
             return EXIT_MISSING_EXTRA
         print(f"reference trl==0.23.1: epoch_s={trl['epoch_s']} sample_s={trl['sample_s']} "
               f"train_s={trl['train_s']} peak_rss_mb={trl['peak_rss_mb']} rewards={trl['rewards']}")
-        print(f"pickloop rewards={','.join(f'{h['reward_mean']:.4f}' for h in history)}")
+        curve = ",".join(f"{h['reward_mean']:.4f}" for h in history)
+        print(f"pickloop rewards={curve}")
     print(f"epoch_s={ours['epoch_s']:.3f} sample_s={ours['sample_s']:.3f} train_s={ours['train_s']:.3f} "
           f"peak_rss_mb={ours['peak_rss_mb']:.1f}")
     return 0

@@ -74,6 +74,9 @@ def run_reference(spec: dict[str, Any]) -> dict[str, Any]:
                     train_timestep_fraction=c["timestep_fraction"], per_prompt_stat_tracking=True,
                     per_prompt_stat_tracking_buffer_size=c["stat_buffer"],
                     per_prompt_stat_tracking_min_count=c["stat_min_count"], save_freq=10**9, log_with=None)
+    from accelerate import PartialState
+
+    PartialState()  # TRL's pipeline logs through accelerate's logger, which needs the state first
     pipeline = DefaultDDPOStableDiffusionPipeline(spec["base"], use_lora=True)
     pipeline.set_progress_bar_config(disable=True)
     trainer = DDPOTrainer(cfg, reward_fn, lambda: (rng.choice(prompts), {}), pipeline)

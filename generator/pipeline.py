@@ -159,6 +159,10 @@ def clear_cache() -> None:
 
 def _from_pretrained(model: str, model_path: str, torch_dtype):  # noqa: ANN001, ANN202
     from diffusers import AutoPipelineForText2Image, DiffusionPipeline
+    from diffusers.pipelines import pipeline_utils
+
+    # newer diffusers name the argument `dtype` and warn on `torch_dtype`; older ones know only `torch_dtype`
+    dtype_kw = {"dtype" if hasattr(pipeline_utils, "_resolve_dtype") else "torch_dtype": torch_dtype}
 
     local = Path(model_path).expanduser()
     if local.exists() or _looks_like_path(model_path):
@@ -168,12 +172,12 @@ def _from_pretrained(model: str, model_path: str, torch_dtype):  # noqa: ANN001,
         model_path = str(local)
     try:
         try:
-            return AutoPipelineForText2Image.from_pretrained(model_path, torch_dtype=torch_dtype, use_safetensors=True)
+            return AutoPipelineForText2Image.from_pretrained(model_path, use_safetensors=True, **dtype_kw)
         except ValueError as e:
             if "AutoPipeline" not in str(e):
                 raise
             # not a text-to-image class AutoPipeline knows; any pipeline with the same call signature will do
-            return DiffusionPipeline.from_pretrained(model_path, torch_dtype=torch_dtype, use_safetensors=True)
+            return DiffusionPipeline.from_pretrained(model_path, use_safetensors=True, **dtype_kw)
     except UserError:
         raise
     except Exception as e:  # hub unreachable, no safetensors, broken config: one line naming the model

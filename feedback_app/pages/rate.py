@@ -5,6 +5,7 @@ screen is handed out and its images read in a background thread while the rater 
 go inline with the page. So a pick is one short rerun away from the next set. All of this is kept
 in this browser session's state only.
 """
+import time
 from concurrent.futures import Future
 
 import streamlit as st
@@ -13,6 +14,8 @@ from feedback_app import logic, ui
 from pickloop.context import Context
 from pickloop.db import read_session, write_session
 
+PREFETCH_DELAY_S = 0.1  # let the set on screen reach the browser before competing with it for the CPU
+
 ident = ui.require_identity()
 ctx = ui.context()
 state = st.session_state
@@ -20,6 +23,7 @@ state = st.session_state
 
 def fetch_next(ctx: Context, rater_id: int, after_id: int | None) -> tuple[logic.SetView | None, dict[str, str]]:
     """Hand out the set after ``after_id`` and read its images (runs off the script thread: no st calls)."""
+    time.sleep(PREFETCH_DELAY_S)
     with write_session(ctx.engine) as s:
         view = logic.next_set_for(session=s, rater_id=rater_id, settings=ctx.settings,
                                   skip=[after_id] if after_id is not None else [])
@@ -108,35 +112,34 @@ def rating_view() -> None:
     view = state["current"]
     if view is None:
         st.rerun(scope="app")  # the queue ran dry: the page switches to the waiting state
-    top = st.columns([2, 1, 4], vertical_alignment="center")
+    top = st.container(horizontal=True, vertical_alignment="center", gap="medium")
     with read_session(ctx.engine) as s:
-        top[0].markdown(f"**{logic.labels_today(session=s, rater_id=ident.rater_id)}** labels today")
+        top.markdown(f"**{logic.labels_today(session=s, rater_id=ident.rater_id)}** labels today", width="content")
     last = state.get("last_answer")
     if last and ui.now_ms() - last["at_ms"] < ctx.settings.undo_seconds * 1000:
-        top[1].button("Undo", key="undo", shortcut="U", on_click=undo)
+        top.button("Undo", key="undo", shortcut="U", on_click=undo)
     notice = state.pop("notice", None)
     if notice:
-        getattr(top[2], notice[0])(notice[1])
-    if state.get("upcoming") is None:
-        state["upcoming"] = ui.background().submit(fetch_next, ctx, ident.rater_id, view.comparison_id)
+        getattr(top, notice[0])(notice[1])
     n = len(view.candidates)
     st.markdown(f"### {view.prompt}")
+    # One HTML element for all images and one row of buttons: few messages per set, so it shows fast.
+    st.html(ui.candidate_grid([state["images"][c.image_sha256] for c in view.candidates]))
     # Widget keys carry the set key: a late second click of a double click lands on the old set's
     # button (a replay, written once), never on the new set the rater has not looked at yet.
-    for col, cand in zip(st.columns(n, gap="small"), view.candidates):
-        with col:
-            st.image(state["images"][cand.image_sha256], width="stretch", alt=f"Candidate {cand.position + 1}")
-            st.button(f"Pick {cand.position + 1}", key=f"pick-{view.key}-{cand.position}",
-                      shortcut=str(cand.position + 1), on_click=answer, args=(view, "pick", cand.id),
-                      type="primary", width="stretch")
-    row = st.columns(3)
-    row[0].button("Tie", key=f"tie-{view.key}", shortcut="T", on_click=answer, args=(view, "tie"),
-                  width="stretch")
-    row[1].button("None good", key=f"none-{view.key}", shortcut="N", on_click=answer, args=(view, "none"),
-                  width="stretch")
-    row[2].button("Skip", key=f"skip-{view.key}", shortcut="S", on_click=answer, args=(view, "skip"),
-                  width="stretch")
+    picks = st.container(horizontal=True, gap="medium")
+    for cand in view.candidates:
+        picks.button(f"Pick {cand.position + 1}", key=f"pick-{view.key}-{cand.position}",
+                     shortcut=str(cand.position + 1), on_click=answer, args=(view, "pick", cand.id),
+                     type="primary", width="stretch")
+    row = st.container(horizontal=True, gap="medium")
+    row.button("Tie", key=f"tie-{view.key}", shortcut="T", on_click=answer, args=(view, "tie"), width="stretch")
+    row.button("None good", key=f"none-{view.key}", shortcut="N", on_click=answer, args=(view, "none"),
+               width="stretch")
+    row.button("Skip", key=f"skip-{view.key}", shortcut="S", on_click=answer, args=(view, "skip"), width="stretch")
     st.caption(f"set {view.key} · keys: 1-{n} pick, T tie, N none good, S skip, U undo")
+    if state.get("upcoming") is None:  # last, so it does not slow down sending this set
+        state["upcoming"] = ui.background().submit(fetch_next, ctx, ident.rater_id, view.comparison_id)
 
 
 st.html(ui.CSS)

@@ -65,7 +65,7 @@ def make_vae() -> AutoencoderKL:
     return AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=4, sample_size=64, layers_per_block=1,
         down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(8, 32, 64), norm_num_groups=8, mid_block_add_attention=False,
+        block_out_channels=(8, 16, 32), norm_num_groups=8, mid_block_add_attention=False,
     )
 
 

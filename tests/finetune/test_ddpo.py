@@ -158,7 +158,10 @@ def fixed_seed_reward(pipe, reward_fn, n: int = 8) -> float:
 
 
 @pytest.mark.slow
-def test_tiny_run_moves_only_lora_and_raises_the_reward(pipe):
+def test_tiny_run_moves_only_lora_and_raises_the_reward(tiny_base):
+    # Always the tiny random model: the margins below were measured on it (deterministic on CPU).
+    pipe = StableDiffusionPipeline.from_pretrained(str(tiny_base), safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
     before = {n: p.detach().clone() for n, p in pipe.unet.named_parameters()}
     frozen = {n: p.detach().clone() for n, p in [*pipe.vae.named_parameters(), *pipe.text_encoder.named_parameters()]}
     base_reward = fixed_seed_reward(pipe, left_minus_right)
@@ -237,3 +240,53 @@ def test_run_ddpo_writes_a_loadable_lora_and_resumes_like_an_uninterrupted_run(t
     pipe.load_lora_weights(str(whole.lora_dir), weight_name="pytorch_lora_weights.safetensors", use_safetensors=True)
     after = pipe("a red circle", generator=torch.Generator().manual_seed(0), **kw).images
     assert not np.array_equal(before, after)
+
+
+# ---------------------------------------------------------------- pickloop bench ddpo
+
+def _bench_args(*argv: str):
+    import argparse
+
+    from finetune.ddpo_commands import register_bench
+
+    parser = argparse.ArgumentParser()
+    register_bench(parser.add_subparsers(dest="bench_cmd"))
+    return parser.parse_args(["ddpo", *argv])
+
+
+def test_bench_ddpo_prints_its_figures_last(tiny_base, capsys):
+    import re
+
+    args = _bench_args("--epochs", "1", "--base", str(tiny_base), "--reward", "brightness", "--sample-batch-size",
+                       "2", "--batches", "1", "--train-batch-size", "2", "--steps", "2", "--drift-prompts", "1")
+    assert args.func(args) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert re.fullmatch(r"epoch_s=[\d.]+ sample_s=[\d.]+ train_s=[\d.]+ peak_rss_mb=[\d.]+", last), last
+
+
+def test_bench_ddpo_reference_trl_without_the_extra_says_how_to_install(tiny_base, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "trl", None)  # as when the optional extra is not installed
+    args = _bench_args("--base", str(tiny_base), "--reference", "trl")
+    assert args.func(args) == 2
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and "pip install 'pickloop[trl-reference]'" in out[0]
+
+
+def test_finetune_job_runs_ddpo_and_registers_a_candidate(labelled):
+    from sqlmodel import select
+
+    from finetune.jobs import run_finetune_job
+    from pickloop.db import read_session
+    from pickloop.schema import ModelVersion
+
+    overrides = dict(epochs=1, sample_batch_size=2, sample_batches_per_epoch=1, train_batch_size=2, steps=2,
+                     reward="brightness", drift_prompts=1)
+    outcome = run_finetune_job(labelled, method="ddpo", overrides=overrides)
+    assert outcome.status == "done", outcome.message
+    with read_session(labelled.engine) as s:
+        version = s.exec(select(ModelVersion).where(ModelVersion.name == outcome.version)).one()
+    assert version.method == "ddpo" and version.status == "candidate"
+    assert len(version.metrics["history"]) == 1 and "reward_mean" in version.metrics["history"][0]
+    assert run_finetune_job(labelled, method="ddpo", overrides=overrides).status in ("nothing-new", "already-done")

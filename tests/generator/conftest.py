@@ -41,8 +41,10 @@ def embedded_model_dir() -> Path | None:
 
 @pytest.fixture(scope="session")
 def sd_model_dir(tiny_sd_dir) -> Path:
-    """The embedded shapes model when present (same classes as SD 1.x); the tiny random SD until then."""
-    return embedded_model_dir() or tiny_sd_dir
+    """$PICKLOOP_TEST_SD_MODEL (e.g. a local SD 1.5 folder) when set; else the embedded shapes model when
+    present (same classes as SD 1.x); the tiny random SD until then."""
+    override = os.environ.get("PICKLOOP_TEST_SD_MODEL")
+    return Path(override) if override else (embedded_model_dir() or tiny_sd_dir)
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,7 @@ from pickloop.shapes import judge, world
 
 def test_judge_reads_drawn_images():
     rng = random.Random(7)
-    scenes = [world.sample_scene(rng, two_share=0.4) for _ in range(400)]
+    scenes = [world.sample_scene(rng, two_share=0.4) for _ in range(300)]
     acc = judge.follow_accuracy([world.caption(s) for s in scenes], [world.render(s) for s in scenes])
     for attr in world.ATTRIBUTES:
         assert acc[attr] >= 0.99, acc

@@ -34,7 +34,7 @@ def test_empty_or_prompt_breaking_images_get_nothing(name):
     assert taste(draw(color="red"), "a red circle") > tastes.NOTHING
 
 
-def _pairs(n=40):
+def _pairs(n=30):
     rng = random.Random(0)
     prompts = world.prompt_pool("train", n, open_share=1.0)
     return [(p, world.render(world.scene_from_prompt(p, rng)), world.render(world.scene_from_prompt(p, rng)))
