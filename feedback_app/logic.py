@@ -133,19 +133,24 @@ def _taken_count(comparison_id_col, now: datetime):  # noqa: ANN001, ANN202
             .scalar_subquery())
 
 
-def _claim(session: Session, rater_id: int, settings: Settings, skip: list[int]) -> Comparison | None:
-    """Hand this rater a ready set that still wants a rater; partly rated overlap sets first."""
-    now = utcnow()
+def _claimable(rater_id: int, now: datetime, refused: list[int]):  # noqa: ANN202
+    """Ready sets that still want a rater and that this rater neither holds nor answered;
+    partly rated overlap sets first, then the oldest."""
     mine = exists().where(Assignment.comparison_id == Comparison.id, Assignment.rater_id == rater_id)
+    taken = _taken_count(Comparison.id, now)
+    return (select(Comparison)
+            .where(Comparison.status == "ready", taken < Comparison.raters_wanted, ~mine,
+                   Comparison.id.not_in(_answered_by(rater_id)), Comparison.id.not_in(refused or [-1]))
+            .order_by(taken.desc(), Comparison.id).limit(1))
+
+
+def _claim(session: Session, rater_id: int, settings: Settings, skip: list[int]) -> Comparison | None:
+    """Hand this rater a ready set that still wants a rater (an Assignment row)."""
+    now = utcnow()
     refused: list[int] = list(skip)
     for _ in range(5):
-        taken = _taken_count(Comparison.id, now)
-        q = (select(Comparison)
-             .where(Comparison.status == "ready", taken < Comparison.raters_wanted, ~mine,
-                    Comparison.id.not_in(_answered_by(rater_id)), Comparison.id.not_in(refused or [-1]))
-             .order_by(taken.desc(), Comparison.id).limit(1)
-             .with_for_update(skip_locked=True))  # PostgreSQL: concurrent raters skip each other's row
-        comp = session.exec(q).first()
+        # PostgreSQL: concurrent raters skip each other's locked row instead of waiting for it.
+        comp = session.exec(_claimable(rater_id, now, refused).with_for_update(skip_locked=True)).first()
         if comp is None:
             return None
         # Re-count now that the row is locked: the first count may predate another rater's commit.
@@ -168,6 +173,12 @@ def _drop_expired_assignments(session: Session, comparison_id: int, now: datetim
                                                    Assignment.assigned_at <= now - ASSIGNMENT_TTL, ~answered)):
         session.delete(a)
     session.flush()
+
+
+def has_set_for(*, session: Session, rater_id: int) -> bool:
+    """Whether ``next_set_for`` would find a set: a cheap read, for polling an empty queue."""
+    return (_pending_for(session, rater_id, []) is not None
+            or session.exec(_claimable(rater_id, utcnow(), [])).first() is not None)
 
 
 def next_set_for(*, session: Session, rater_id: int, settings: Settings,

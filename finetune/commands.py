@@ -129,3 +129,6 @@ def register(sub, bench_sub) -> None:  # noqa: ANN001
     q.add_argument("--batch-size", type=int, default=4, help="pairs per step")
     q.add_argument("--base", default=None, help="pipeline folder (default: the embedded shapes model)")
     q.set_defaults(func=cmd_bench_dpo)
+    from finetune.ddpo_commands import register_bench
+
+    register_bench(bench_sub)

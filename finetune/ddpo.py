@@ -18,7 +18,6 @@ import time
 from collections import defaultdict, deque
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -26,10 +25,9 @@ import torch
 
 from finetune.ddpo_config import DDPOConfig
 from finetune.ddpo_guard import DriftGuard, DriftLimits
-from finetune.ddpo_rewards import RewardFn, make_reward
+from finetune.ddpo_rewards import RewardFn
 from finetune.ddpo_sampler import (Trajectories, decode_images, make_ddim_scheduler, policy_log_prob,
                                    sample_trajectories, to_pil)
-from pickloop.errors import UserError
 
 
 class PerPromptStatTracker:
@@ -169,6 +167,33 @@ def train_epoch(unet, scheduler, traj: Trajectories, advantages: torch.Tensor, c
     return out
 
 
+def make_guard(pipe, unet, scheduler, prompts: Sequence[str], config: DDPOConfig) -> DriftGuard:  # noqa: ANN001
+    """A drift guard on ``prompts`` whose base images are drawn now, with the adapters off."""
+    from finetune.lora import adapters_disabled
+
+    limits = DriftLimits(config.drift_max_pixel, config.drift_max_follow_drop)
+    guard = DriftGuard(pipe, unet, scheduler, list(prompts), steps=config.steps, guidance=config.guidance,
+                       eta=config.eta, seed=config.seed + 10_007, limits=limits)
+    with adapters_disabled(unet):
+        guard.record_base()
+    return guard
+
+
+def check_drift(guard: DriftGuard, unet, row: dict, state: DDPOState, config: DDPOConfig) -> str | None:  # noqa: ANN001
+    """Measure drift into ``row``; past a limit, roll back (per config) and return the stop reason."""
+    from finetune.lora import set_lora_tensors
+
+    unet.eval()
+    row.update(guard.measure())
+    reason = guard.crossed(row)
+    if reason is None:
+        return None
+    if config.drift_action == "rollback":
+        set_lora_tensors(unet, state.last_good_lora)
+        reason += "; rolled back to the last good LoRA"
+    return f"epoch {row['epoch']}: {reason}; stopped"
+
+
 def _progress(iterable, enabled: bool, accelerator):  # noqa: ANN001, ANN202
     if not enabled or not accelerator.is_main_process:
         return iterable
@@ -186,12 +211,14 @@ def train_ddpo(pipe, prompts: Sequence[str], reward_fn: RewardFn, config: DDPOCo
     ``pipe`` is a StableDiffusionPipeline; a LoRA of ``config.lora_rank`` is added to its U-Net unless
     one is there (a resumed run). ``drift_prompts`` are the held-out prompts of the drift guard (none:
     no guard). ``state`` resumes a run; ``on_epoch_end(state, unet, optimizer)`` is called after every
-    epoch on every process (for checkpoints). History rows: epoch, reward_mean, reward_std, loss, approx_kl, clipfrac,
-    first_ratio_dev, drift_pixel, drift_follow, drift_follow_drop, guard, epoch_s, sample_s, train_s.
+    epoch on every process (for checkpoints). History rows: epoch, reward_mean, reward_std, loss,
+    approx_kl, clipfrac, first_ratio_dev (max |ratio - 1| of the first PPO batch: 0 when sampling and
+    training agree), drift_pixel, drift_follow, drift_follow_drop, guard (the stop reason or None),
+    sample_s (drawing, decoding, scoring), train_s (PPO), epoch_s (both plus the drift guard), seconds.
     """
     from accelerate import Accelerator
 
-    from finetune.lora import add_lora, lora_parameters, lora_tensors, set_lora_tensors
+    from finetune.lora import add_lora, lora_parameters, lora_tensors
 
     if not prompts:
         raise ValueError("no prompts to train on")
@@ -211,15 +238,7 @@ def train_ddpo(pipe, prompts: Sequence[str], reward_fn: RewardFn, config: DDPOCo
         optimizer.load_state_dict(state.optimizer)
     tracker = PerPromptStatTracker(config.stat_buffer, config.stat_min_count)
     tracker.load_state_dict(state.tracker)
-    guard = None
-    if drift_prompts:
-        limits = DriftLimits(config.drift_max_pixel, config.drift_max_follow_drop)
-        guard = DriftGuard(pipe, unet, scheduler, list(drift_prompts), steps=config.steps, guidance=config.guidance,
-                           eta=config.eta, seed=config.seed + 10_007, limits=limits)
-        from finetune.lora import adapters_disabled
-
-        with adapters_disabled(unet):
-            guard.record_base()
+    guard = make_guard(pipe, unet, scheduler, drift_prompts, config) if drift_prompts else None
     if state.last_good_lora is None:
         state.last_good_lora = lora_tensors(unet)
     for epoch in _progress(range(state.epoch, config.epochs), progress, accelerator):
@@ -234,14 +253,7 @@ def train_ddpo(pipe, prompts: Sequence[str], reward_fn: RewardFn, config: DDPOCo
         row = {"epoch": epoch, "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
                **train_stats, "guard": None}
         if guard is not None:
-            unet.eval()
-            row.update(guard.measure())
-            reason = guard.crossed(row)
-            if reason:
-                if config.drift_action == "rollback":
-                    set_lora_tensors(unet, state.last_good_lora)
-                    reason += "; rolled back to the last good LoRA"
-                state.stopped = row["guard"] = f"epoch {epoch}: {reason}; stopped"
+            state.stopped = row["guard"] = check_drift(guard, unet, row, state, config)
         if not state.stopped:
             state.last_good_lora = lora_tensors(unet)
         row.update(sample_s=t1 - t0, train_s=t2 - t1, epoch_s=time.perf_counter() - t0)
@@ -254,141 +266,8 @@ def train_ddpo(pipe, prompts: Sequence[str], reward_fn: RewardFn, config: DDPOCo
     return lora_tensors(unet), state.history
 
 
-# ---------------------------------------------------------------- the job entry point
+def run_ddpo(ctx: Any, config: DDPOConfig, **kwargs: Any) -> Any:
+    """DDPO as a job: see ``finetune.ddpo_job.run_ddpo`` (found here by ``finetune.jobs``)."""
+    from finetune.ddpo_job import run_ddpo as run
 
-@dataclass
-class DDPOResult:
-    lora_dir: Path
-    lora_sha256: str
-    epochs: int  # epochs run in total (fewer than configured when the drift guard stopped the run)
-    metrics: dict[str, Any]  # summary plus "history", one JSON row per epoch
-
-
-def load_pipeline(ref: str):  # noqa: ANN201 - a diffusers StableDiffusionPipeline
-    """A StableDiffusionPipeline (SD 1.x/2.x layout) from a folder or hub id, no safety checker."""
-    from diffusers import StableDiffusionPipeline
-
-    try:
-        pipe = StableDiffusionPipeline.from_pretrained(ref, safety_checker=None, requires_safety_checker=False)
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot load a Stable Diffusion pipeline from {ref}: {str(e).splitlines()[0]}") from None
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def training_prompts(ctx: Any, n: int = 500) -> list[str]:
-    """The store's active train-split prompts; the shapes pool when the store has none (embedded model)."""
-    from pickloop.db import read_session
-    from pickloop.store import list_prompts
-
-    with read_session(ctx.engine) as s:
-        found = [p.text for p in list_prompts(session=s, split="train")]
-    if not found and ctx.base_model.startswith("embedded:"):
-        from pickloop.shapes.world import prompt_pool
-
-        found = prompt_pool("train", n=n)
-    if not found:
-        raise UserError("no prompts to train DDPO on: add some with `pickloop prompts add`")
-    return found[:n] if n else found
-
-
-def _drift_prompts(ctx: Any, prompts: Sequence[str], n: int) -> list[str]:
-    """The gate's held-out prompts for the drift guard; the first training prompts when there are none."""
-    from finetune.registry import gate_prompts
-
-    if n == 0:
-        return []
-    try:
-        return gate_prompts(ctx, n=n)
-    except UserError:
-        print(f"ddpo: no held-out prompts; the drift guard watches {min(n, len(prompts))} training prompts")
-        return list(prompts[:n])
-
-
-def _summary(history: list[dict], stopped: str | None) -> dict[str, Any]:
-    first, last = history[0], history[-1]
-    mean = lambda key: float(np.mean([h[key] for h in history]))  # noqa: E731
-    return {"reward_first": first["reward_mean"], "reward_last": last["reward_mean"],
-            "reward_gain": last["reward_mean"] - first["reward_mean"], "drift_pixel": last.get("drift_pixel"),
-            "drift_follow": last.get("drift_follow"), "guard": stopped, "epoch_s": mean("epoch_s"),
-            "sample_s": mean("sample_s"), "train_s": mean("train_s"), "history": history}
-
-
-def _write_lora(unet, out: Path, metadata: dict[str, Any]) -> str:  # noqa: ANN001
-    """The final LoRA into a temporary folder beside ``out``, then moved into place; returns its sha256."""
-    import os
-    import shutil
-
-    from finetune.lora import save_lora
-
-    tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    sha = save_lora(getattr(unet, "module", unet), tmp, metadata=metadata)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return sha
-
-
-def _resume_state(pipe, work_dir: Path | None, config: DDPOConfig) -> DDPOState | None:  # noqa: ANN001
-    """The DDPOState of the newest complete checkpoint in ``work_dir`` (LoRA loaded into pipe.unet)."""
-    from finetune import checkpoint as ckpt
-    from finetune.lora import add_lora, lora_parameters, lora_tensors
-
-    latest = ckpt.latest_complete_checkpoint(work_dir) if work_dir else None
-    if latest is None:
-        return None
-    add_lora(pipe.unet, rank=config.lora_rank)
-    opt = torch.optim.AdamW(lora_parameters(pipe.unet), lr=config.lr, weight_decay=config.weight_decay)
-    resumed = ckpt.load_checkpoint(latest, unet=pipe.unet, optimizer=opt)
-    extra = resumed.extra
-    print(f"ddpo: resuming from {latest.name} (epoch {resumed.step})")
-    return DDPOState(epoch=resumed.step, optimizer=opt.state_dict(), tracker=extra.get("tracker", {}),
-                     last_good_lora=lora_tensors(pipe.unet), history=extra.get("history", []),
-                     stopped=extra.get("stopped"))
-
-
-def run_ddpo(ctx: Any, config: DDPOConfig, *, out_dir: Path | str, work_dir: Path | str | None = None,
-             upto: int | None = None, base: str | None = None, resume: bool = True,
-             on_step: Callable[[int, dict], None] | None = None, prompts: Sequence[str] | None = None,
-             reward_fn: RewardFn | None = None, progress: bool = True) -> DDPOResult:
-    """DDPO on the data home's prompts against ``config.reward``; LoRA to ``out_dir``, checkpoints in ``work_dir``.
-
-    ``upto`` (the data snapshot) is recorded in the LoRA's metadata. ``on_step(epoch, row)`` runs on the
-    main process after each epoch (heartbeats). Works as one process or under ``accelerate launch``.
-    """
-    from accelerate import Accelerator
-
-    from finetune import checkpoint as ckpt
-    from pickloop.context import resolve_model_ref
-
-    accelerator = Accelerator(mixed_precision=config.mixed_precision)
-    pipe = load_pipeline(resolve_model_ref(base or ctx.base_model))
-    prompts = list(prompts or training_prompts(ctx))
-    drift = _drift_prompts(ctx, prompts, config.drift_prompts)
-    reward_fn = reward_fn or make_reward(config.reward, path=config.reward_path, ctx=ctx)
-    work = Path(work_dir) if work_dir else None
-    state = _resume_state(pipe, work, config) if resume else None
-
-    def after_epoch(st: DDPOState, unet, optimizer) -> None:  # noqa: ANN001
-        if accelerator.is_main_process:
-            if work is not None:
-                ckpt.save_checkpoint(work, step=st.epoch, unet=unet, optimizer=getattr(optimizer, "optimizer", optimizer),
-                                     data_position=st.epoch, extra={"tracker": st.tracker, "history": st.history,
-                                                                    "stopped": st.stopped,
-                                                                    "config_hash": config.config_hash()})
-            if on_step is not None:
-                on_step(st.epoch, st.history[-1])
-        accelerator.wait_for_everyone()
-
-    _, history = train_ddpo(pipe, prompts, reward_fn, config, progress, drift_prompts=drift, state=state,
-                            on_epoch_end=after_epoch, accelerator=accelerator)
-    stopped = next((h["guard"] for h in history if h.get("guard")), None)
-    metrics = _summary(history, stopped) if history else {}
-    sha = ""
-    if accelerator.is_main_process:
-        sha = _write_lora(pipe.unet, Path(out_dir), {"method": "ddpo", "config": config.to_dict(),
-                                                     "config_hash": config.config_hash(), "data_snapshot": upto,
-                                                     "metrics": {k: v for k, v in metrics.items() if k != "history"}})
-    accelerator.wait_for_everyone()
-    return DDPOResult(Path(out_dir), sha, len(history), metrics)
+    return run(ctx, config, **kwargs)

@@ -1,8 +1,9 @@
 """``pickloop bench ddpo``: seconds per DDPO epoch (sampling and training apart) and peak memory.
 
 The lead wires ``register_bench(bench_sub)`` into the CLI. The configuration is printed first; the
-last line is ``epoch_s=<..> sample_s=<..> train_s=<..> peak_rss_mb=<..>`` (means over the epochs;
-epoch_s also holds reward scoring and the drift guard's fixed-seed draws). ``--reference trl`` also
+last line is ``epoch_s=<..> sample_s=<..> train_s=<..> peak_rss_mb=<..>``: means over the epochs, in
+seconds (sample_s: drawing, decoding and scoring the images; train_s: the PPO passes; epoch_s: both
+plus the drift guard's fixed-seed draws), and the process's peak resident memory (ru_maxrss) in MiB. ``--reference trl`` also
 runs TRL 0.23.1's DDPOTrainer with the same model, prompts, reward and settings in a child process
 and prints its figures and reward curve before that last line.
 """
@@ -84,7 +85,8 @@ def cmd_bench_ddpo(args: argparse.Namespace) -> int:
     import torch
 
     from finetune.bench import peak_rss_mb
-    from finetune.ddpo import load_pipeline, train_ddpo
+    from finetune.ddpo import train_ddpo
+    from finetune.ddpo_job import load_pipeline
     from finetune.ddpo_rewards import make_reward
     from pickloop.shapes.world import prompt_pool
 

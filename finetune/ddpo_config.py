@@ -7,7 +7,6 @@ timestep_fraction 1.0, stat_buffer 32 / stat_min_count 16; fits in under 10 GB w
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
@@ -99,6 +98,11 @@ class DDPOConfig:
                               .encode()).hexdigest()[:16]
 
     @classmethod
+    def help(cls) -> dict[str, str]:
+        """Each setting's help text (units, meaning), for CLIs and docs."""
+        return {f.name: f.metadata["help"] for f in fields(cls)}
+
+    @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "DDPOConfig":
         """Build from a mapping (YAML section, CLI); unknown keys are a UserError."""
         known = {f.name for f in fields(cls)}
@@ -106,25 +110,3 @@ class DDPOConfig:
         if unknown:
             raise UserError(f"unknown ddpo setting(s): {', '.join(unknown)}")
         return cls(**values)
-
-
-def _parse_optional_float(text: str) -> float | None:
-    return None if text.lower() in ("none", "off") else float(text)
-
-
-def add_config_arguments(parser: argparse.ArgumentParser, defaults: DDPOConfig | None = None,
-                         prefix: str = "") -> None:
-    """Add one ``--name`` flag per DDPOConfig field, with its help text and default."""
-    defaults = defaults or DDPOConfig()
-    for f in fields(DDPOConfig):
-        value = getattr(defaults, f.name)
-        flag = "--" + prefix + f.name.replace("_", "-")
-        kind = _parse_optional_float if f.name.startswith("drift_max") else (
-            str if f.name == "reward_path" else type(value))
-        parser.add_argument(flag, dest=prefix.replace("-", "_") + f.name, type=kind, default=value,
-                            help=f"{f.metadata['help']} (default {value})")
-
-
-def config_from_args(args: argparse.Namespace, prefix: str = "") -> DDPOConfig:
-    key = prefix.replace("-", "_")
-    return DDPOConfig(**{f.name: getattr(args, key + f.name) for f in fields(DDPOConfig)})

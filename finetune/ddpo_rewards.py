@@ -88,18 +88,18 @@ def reward_model_reward(path: str | None = None, ctx: Any = None, **_: Any) -> R
 
 @register_reward("taste")
 def taste_reward(name: str | None = None, **_: Any) -> RewardFn:
-    """A simulated rater's oracle score of each image for its prompt (``taste:NAME``)."""
+    """A simulated rater's hidden taste score of each image for its prompt (``taste:NAME``)."""
     from pickloop.shapes.tastes import load_taste
 
     if not name:
         raise UserError("name the taste: --reward taste:NAME (or taste:FILE.py:FUNC)")
-    taste = load_taste(name)
-    fn = getattr(taste, "score", taste)
-    if not callable(fn):
-        raise UserError(f"taste {name!r} has no score function")
+    try:
+        taste = load_taste(name)  # a callable (image, prompt) -> float
+    except ValueError as e:
+        raise UserError(str(e)) from None
 
     def score(prompts: Sequence[str], images: Sequence[Any]) -> torch.Tensor:
-        return torch.tensor([float(fn(p, im)) for p, im in zip(prompts, images)], dtype=torch.float32)
+        return torch.tensor([float(taste(im, p)) for p, im in zip(prompts, images)], dtype=torch.float32)
     return score
 
 

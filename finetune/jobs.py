@@ -79,8 +79,9 @@ def method_config(method: str, overrides: dict[str, Any] | None = None) -> Any:
 
         return DPOConfig.from_dict(overrides or {})
     if method == "ddpo":
-        cls = getattr(importlib.import_module("finetune.ddpo_config"), "DDPOConfig")
-        return cls(**(overrides or {}))
+        from finetune.ddpo_config import DDPOConfig
+
+        return DDPOConfig.from_dict(overrides or {})
     raise UserError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
 
 

@@ -18,7 +18,7 @@ class RewardConfig:
     epochs: int = field(default=300, metadata={"help": "most passes over the training pairs"})
     batch_size: int = field(default=64, metadata={"help": "pairs per optimizer step"})
     weight_decay: float = field(default=1e-2, metadata={"help": "AdamW weight decay"})
-    head_width: int = field(default=256, metadata={"help": "hidden units of the head MLP"})
+    head_width: int = field(default=64, metadata={"help": "hidden units of the head MLP (0 = linear head)"})
     dropout: float = field(default=0.1, metadata={"help": "dropout in the head while training"})
     seed: int = field(default=0, metadata={"help": "seed of the head's init and of the batch order"})
     patience: int = field(default=30, metadata={"help": "epochs without a better held-out loss before stopping"})
@@ -32,7 +32,7 @@ class RewardConfig:
             (self.epochs >= 1, "epochs must be >= 1"),
             (self.batch_size >= 1, "batch size must be >= 1"),
             (self.weight_decay >= 0, "weight decay must be >= 0"),
-            (self.head_width >= 1, "head width must be >= 1"),
+            (self.head_width >= 0, "head width must be >= 0"),
             (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),
             (self.patience >= 1, "patience must be >= 1 epoch"),
             (0.0 < self.heldout_share < 1.0, "held-out share must be between 0 and 1"),

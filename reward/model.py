@@ -41,46 +41,60 @@ class RewardModelConfig:
     """What a saved reward model needs to be rebuilt (written to config.json)."""
 
     backbone: str = "embedded:shapes-clip"  # CLIPModel folder, hub id or embedded:shapes-clip
-    head_width: int = 256  # hidden units of the head's MLP
+    head_width: int = 64  # hidden units of the head's MLP (0 = linear head only)
     dropout: float = 0.1  # dropout in the head while training
     lora_rank: int = 0  # 0 = frozen backbone; >0 = LoRA adapters of this rank on the backbone
     lora_alpha: float = 0.0  # LoRA scale numerator; 0 means alpha = rank
-    patch_features: bool = True  # also read the mean of the vision tower's patch tokens (size, place)
+    patch_features: bool = True  # also read the mean and std of the vision tower's patch tokens
     feature_dim: int = 0  # CLIP projection size, filled from the backbone
     backbone_sha256: str = ""  # of the backbone's weights file when local, to catch a changed backbone
     seed: int = 0  # seed of the head's initialisation
 
     def __post_init__(self) -> None:
-        if self.head_width < 1:
-            raise UserError(f"head width must be >= 1, not {self.head_width}")
+        if self.head_width < 0:
+            raise UserError(f"head width must be >= 0, not {self.head_width}")
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"dropout must be in [0, 1), not {self.dropout}")
         if self.lora_rank < 0:
             raise UserError(f"LoRA rank must be >= 0, not {self.lora_rank}")
 
 
-class PreferenceHead(nn.Module):
-    """MLP on [img, txt, img*txt] of normalised CLIP embeddings (n, d) each, plus (when ``extra`` > 0)
-    the layer-normalised mean of the vision tower's patch tokens (n, extra), -> scores (n,).
+COS_SCALE = 10.0  # CLIP cosine similarity (-1..1) times this enters the head's linear part
 
-    Image features arrive as one tensor (n, d + extra): the projected embedding, then the patch mean.
+
+class PreferenceHead(nn.Module):
+    """r(prompt, image) from CLIP features: a linear part plus an optional MLP for interactions.
+
+    Inputs: img (n, d + extra) = the projected CLIP image embedding (d) followed, when ``extra`` > 0,
+    by the mean of the vision tower's patch tokens (extra); txt (n, d) = the projected text embedding.
+    Linear part: on [img_n, patches, COS_SCALE * cos(img, txt)] (img_n normalised, patches
+    layer-normalised). MLP (``width`` > 0): on [img_n, txt_n, img_n * txt_n, patches], its output layer
+    zero-initialised so training starts from the linear model; with few labels the linear part is what
+    generalises to new prompts, the MLP can learn prompt-dependent tastes as labels grow.
+    Terms of the text alone cancel in r_a - r_b, so only image and image-text terms matter.
     """
 
     def __init__(self, dim: int, width: int, dropout: float = 0.0, extra: int = 0):
         super().__init__()
         self.dim, self.extra = dim, extra
-        self.net = nn.Sequential(nn.Linear(3 * dim + extra, width), nn.GELU(), nn.Dropout(dropout),
-                                 nn.Linear(width, 1))
+        self.linear = nn.Linear(dim + extra + 1, 1)
+        self.mlp = None
+        if width > 0:
+            self.mlp = nn.Sequential(nn.Linear(3 * dim + extra, width), nn.GELU(), nn.Dropout(dropout),
+                                     nn.Linear(width, 1))
+            nn.init.zeros_(self.mlp[-1].weight)
 
     def forward(self, img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
-        # Unit vectors have entries of size ~1/sqrt(d); rescale so the MLP sees values of order 1.
+        # Unit vectors have entries of size ~1/sqrt(d); rescale so the layers see values of order 1.
         s = math.sqrt(self.dim)
         emb, patches = img[..., :self.dim], img[..., self.dim:]
-        emb, txt = nn.functional.normalize(emb, dim=-1) * s, nn.functional.normalize(txt, dim=-1) * s
-        parts = [emb, txt, emb * txt]
-        if self.extra:
-            parts.append(nn.functional.layer_norm(patches, (self.extra,)))
-        return self.net(torch.cat(parts, dim=-1)).squeeze(-1)
+        emb, txt = nn.functional.normalize(emb, dim=-1), nn.functional.normalize(txt, dim=-1)
+        cos = (emb * txt).sum(-1, keepdim=True) * COS_SCALE
+        patches = nn.functional.layer_norm(patches, (self.extra,)) if self.extra else patches
+        r = self.linear(torch.cat([emb * s, patches, cos], dim=-1))
+        if self.mlp is not None:
+            r = r + self.mlp(torch.cat([emb * s, txt * s, emb * txt * self.dim, patches], dim=-1))
+        return r.squeeze(-1)
 
 
 def image_key(image: Image.Image) -> str:
@@ -139,7 +153,7 @@ class RewardModel(nn.Module):
         self.max_tokens = int(backbone.config.text_config.max_position_embeddings)
         config.feature_dim = int(backbone.config.projection_dim)
         torch.manual_seed(config.seed)
-        extra = int(backbone.config.vision_config.hidden_size) if config.patch_features else 0
+        extra = 2 * int(backbone.config.vision_config.hidden_size) if config.patch_features else 0
         self.head = PreferenceHead(config.feature_dim, config.head_width, config.dropout, extra)
         self.backbone.requires_grad_(False)
         if config.lora_rank > 0:
@@ -165,10 +179,11 @@ class RewardModel(nn.Module):
         lora = LoraConfig(r=r, lora_alpha=self.config.lora_alpha or r, target_modules=list(LORA_TARGETS))
         inject_adapter_in_model(lora, self.backbone)  # only lora_* parameters are trainable
 
-    def fresh_head(self, seed: int = 0) -> "RewardModel":
+    def fresh_head(self, seed: int = 0, **head) -> "RewardModel":  # noqa: ANN003
         """A model with a new, untrained head on this model's backbone (shared and frozen, LoRA
-        adapters included as they are): for learning curves and untrained baselines."""
-        cfg = RewardModelConfig(**{**asdict(self.config), "lora_rank": 0, "seed": seed})
+        adapters included as they are): for learning curves and untrained baselines. ``head``
+        overrides head settings (head_width, dropout)."""
+        cfg = RewardModelConfig(**{**asdict(self.config), **head, "lora_rank": 0, "seed": seed})
         other = RewardModel(cfg, self.backbone, self.tokenizer, self.image_processor)
         other._image_cache, other._text_cache = self._image_cache, self._text_cache
         return other
@@ -183,14 +198,15 @@ class RewardModel(nn.Module):
     # ------------------------------------------------------------ features
 
     def _embed_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """(n, d) projected CLIP image embeddings, then (n, h) mean patch tokens when patch_features."""
+        """(n, d) projected CLIP image embeddings, then (n, 2h) mean and std of the patch tokens."""
         pixels = self.image_processor(images=[im.convert("RGB") for im in images], return_tensors="pt")
         out = self.backbone.vision_model(pixel_values=pixels["pixel_values"])
         emb = self.backbone.visual_projection(out.pooler_output)
         if not self.config.patch_features:
             return emb
-        patches = self.backbone.vision_model.post_layernorm(out.last_hidden_state[:, 1:]).mean(dim=1)
-        return torch.cat([emb, patches], dim=-1)
+        tokens = self.backbone.vision_model.post_layernorm(out.last_hidden_state[:, 1:])
+        # Mean and spread over patches: how much of the image an object covers, not only what it is.
+        return torch.cat([emb, tokens.mean(dim=1), tokens.std(dim=1)], dim=-1)
 
     def _embed_texts(self, prompts: Sequence[str]) -> torch.Tensor:
         ids = self.tokenizer(list(prompts), padding="max_length", max_length=self.max_tokens, truncation=True,

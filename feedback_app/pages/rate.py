@@ -5,7 +5,7 @@ screen is handed out and its images read in a background thread while the rater 
 go inline with the page. So a pick is one short rerun away from the next set. All of this is kept
 in this browser session's state only.
 """
-import time
+import threading
 from concurrent.futures import Future
 
 import streamlit as st
@@ -14,16 +14,19 @@ from feedback_app import logic, ui
 from pickloop.context import Context
 from pickloop.db import read_session, write_session
 
-PREFETCH_DELAY_S = 0.1  # let the set on screen reach the browser before competing with it for the CPU
+# The next set is fetched this long after a set is sent, unless a pick asks for it sooner: sent at
+# once, it competes with sending the set on screen (same process, same CPU) and slows it down.
+PREFETCH_DELAY_S = 0.25
 
 ident = ui.require_identity()
 ctx = ui.context()
 state = st.session_state
 
 
-def fetch_next(ctx: Context, rater_id: int, after_id: int | None) -> tuple[logic.SetView | None, dict[str, str]]:
+def fetch_next(ctx: Context, rater_id: int, after_id: int | None,
+               hurry: threading.Event) -> tuple[logic.SetView | None, dict[str, str]]:
     """Hand out the set after ``after_id`` and read its images (runs off the script thread: no st calls)."""
-    time.sleep(PREFETCH_DELAY_S)
+    hurry.wait(PREFETCH_DELAY_S)
     with write_session(ctx.engine) as s:
         view = logic.next_set_for(session=s, rater_id=rater_id, settings=ctx.settings,
                                   skip=[after_id] if after_id is not None else [])
@@ -31,10 +34,15 @@ def fetch_next(ctx: Context, rater_id: int, after_id: int | None) -> tuple[logic
     return view, images
 
 
-def done_future(view: logic.SetView | None, images: dict[str, str]) -> Future:
+def done_future(view: logic.SetView | None, images: dict[str, str]) -> tuple[Future, threading.Event]:
     f: Future = Future()
     f.set_result((view, images))
-    return f
+    return f, threading.Event()
+
+
+def start_prefetch(view: logic.SetView) -> None:
+    hurry = threading.Event()
+    state["upcoming"] = (ui.background().submit(fetch_next, ctx, ident.rater_id, view.comparison_id, hurry), hurry)
 
 
 def show(view: logic.SetView | None, images: dict[str, str] | None = None) -> None:
@@ -47,8 +55,10 @@ def show(view: logic.SetView | None, images: dict[str, str] | None = None) -> No
 
 def take_upcoming() -> None:
     """Show the prefetched set (or nothing, and the page asks the queue again)."""
-    future = state.get("upcoming")
+    future, hurry = state.get("upcoming") or (None, None)
     try:
+        if future is not None:
+            hurry.set()  # a quick rater: fetch now rather than after the delay
         view, images = future.result(timeout=30) if future is not None else (None, None)
     except Exception as e:  # noqa: BLE001 - a failed prefetch just means asking again
         ui.log.warning("prefetch failed: %s", e)
@@ -65,7 +75,9 @@ def answer(view: logic.SetView, choice: str, winner_id: int | None = None) -> No
     is_current = current is not None and current.key == view.key
     took = ui.now_ms() - state.get("shown_at_ms", ui.now_ms()) if is_current else None
     res = ui.run_write(logic.submit_choice, identity=me, view=view, choice=choice, winner_id=winner_id, time_ms=took)
-    if res is None:
+    if res is None:  # refused (say, the set was withdrawn): the notice says why; move on
+        if is_current:
+            take_upcoming()
         return
     row, created = res
     if created:
@@ -98,6 +110,9 @@ def undo() -> None:
 @st.fragment(run_every=2.0)
 def wait_for_sets() -> None:
     st.info("Drawing new candidates… this page refreshes by itself.", icon="⏳")
+    with read_session(ctx.engine) as s:  # polling is a read; the write comes once there is a set
+        if not logic.has_set_for(session=s, rater_id=ident.rater_id):
+            return
     view = ui.run_write(logic.next_set_for, rater_id=ident.rater_id, settings=ctx.settings)
     if view is not None:
         show(view)
@@ -127,19 +142,19 @@ def rating_view() -> None:
     st.html(ui.candidate_grid([state["images"][c.image_sha256] for c in view.candidates]))
     # Widget keys carry the set key: a late second click of a double click lands on the old set's
     # button (a replay, written once), never on the new set the rater has not looked at yet.
-    picks = st.container(horizontal=True, gap="medium")
+    picks = st.container(horizontal=True, gap="small")
     for cand in view.candidates:
         picks.button(f"Pick {cand.position + 1}", key=f"pick-{view.key}-{cand.position}",
                      shortcut=str(cand.position + 1), on_click=answer, args=(view, "pick", cand.id),
                      type="primary", width="stretch")
-    row = st.container(horizontal=True, gap="medium")
+    row = st.container(horizontal=True, gap="small")
     row.button("Tie", key=f"tie-{view.key}", shortcut="T", on_click=answer, args=(view, "tie"), width="stretch")
     row.button("None good", key=f"none-{view.key}", shortcut="N", on_click=answer, args=(view, "none"),
                width="stretch")
     row.button("Skip", key=f"skip-{view.key}", shortcut="S", on_click=answer, args=(view, "skip"), width="stretch")
     st.caption(f"set {view.key} · keys: 1-{n} pick, T tie, N none good, S skip, U undo")
-    if state.get("upcoming") is None:  # last, so it does not slow down sending this set
-        state["upcoming"] = ui.background().submit(fetch_next, ctx, ident.rater_id, view.comparison_id)
+    if state.get("upcoming") is None:
+        start_prefetch(view)
 
 
 st.html(ui.CSS)

@@ -11,8 +11,9 @@ import os
 import random
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -123,11 +124,19 @@ def lr_at(step: int, cfg: StageConfig) -> float:
     return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
 
 
+@dataclass
+class ExtraState:
+    """State beyond the model and optimizer (the EMA weights), saved with each checkpoint."""
+
+    get: Callable[[], dict[str, torch.Tensor]]  # named tensors to save
+    set: Callable[[dict[str, torch.Tensor]], None]  # restore them on resume
+    after_step: Callable[[int], None]  # called with the new step count after each update
+
+
 def run_stage(name: str, model: torch.nn.Module, params: list, loss_fn, cfg: StageConfig, work: Path,
-              extra_state=None) -> int:
+              extra_state: ExtraState | None = None) -> int:
     """Train `params` with `loss_fn(step, rng) -> loss` until the budget is spent; resumable.
 
-    extra_state: optional (get() -> dict of tensors, set(dict)) for state beyond the model (EMA).
     Returns the number of steps done in total.
     """
     ckpt_path = work / f"{name}.ckpt.safetensors"
@@ -139,7 +148,7 @@ def run_stage(name: str, model: torch.nn.Module, params: list, loss_fn, cfg: Sta
         model.load_state_dict(prefixed("model.", tensors))
         restore_optimizer(opt, tensors)
         if extra_state:
-            extra_state[1](prefixed("extra.", tensors))
+            extra_state.set(prefixed("extra.", tensors))
         step, spent = meta["step"], meta["elapsed_s"]
     rng = random.Random(f"{cfg.seed}-{name}-{step}")  # a resumed stream continues with fresh data
     budget = Budget(name, cfg.minutes, spent)
@@ -155,8 +164,8 @@ def run_stage(name: str, model: torch.nn.Module, params: list, loss_fn, cfg: Sta
         opt.step()
         step += 1
         losses.append(loss.item())
-        if extra_state is not None and hasattr(extra_state, "__len__") and len(extra_state) > 2:
-            extra_state[2](step)
+        if extra_state:
+            extra_state.after_step(step)
         if time.time() - last_save > cfg.checkpoint_every_s:
             _save_stage(ckpt_path, model, opt, extra_state, step, budget.elapsed(), losses, cfg)
             last_save = time.time()
@@ -170,7 +179,7 @@ def _save_stage(path, model, opt, extra_state, step, elapsed, losses, cfg) -> No
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     tensors.update(optimizer_tensors(opt))
     if extra_state:
-        tensors.update({f"extra.{k}": v for k, v in extra_state[0]().items()})
+        tensors.update({f"extra.{k}": v for k, v in extra_state.get().items()})
     meta = {"step": step, "elapsed_s": elapsed, "loss": float(np.mean(losses[-100:])) if losses else None,
             "config": asdict(cfg)}
     save_checkpoint(path, tensors, meta)
@@ -192,8 +201,13 @@ def train_vae(work: Path, cfg: StageConfig, device: str = "cpu") -> None:
     def loss_fn(step: int, rng: random.Random) -> torch.Tensor:
         x = image_to_tensor([render(s) for s in training_scenes(rng, cfg.batch_size)]).to(device)
         posterior = vae.encode(x).latent_dist
-        recon = vae.decode(posterior.sample()).sample
-        # L1 keeps flat colours and sharp corners; a tiny KL keeps latents near N(0, 1) in scale.
+        # Decode the posterior mean: sampling at the initial unit variance drowns the small
+        # early latents in noise and stalled training for hundreds of steps. A little noise
+        # relative to the latents' own scale keeps the decoder tolerant of U-Net error.
+        z = posterior.mean
+        z = z + 0.05 * z.detach().std() * torch.randn_like(z)
+        recon = vae.decode(z).sample
+        # L1 keeps flat colours and sharp corners; a tiny KL keeps the latent scale in check.
         return F.mse_loss(recon, x) + 0.5 * F.l1_loss(recon, x) + 1e-6 * posterior.kl().mean()
 
     run_stage("vae", vae, list(vae.parameters()), loss_fn, cfg, work)
@@ -273,7 +287,7 @@ def train_unet(work: Path, cfg: UnetConfig, device: str = "cpu") -> None:
         for n, e in zip(names, ema):
             e.copy_(tensors[f"ema.{n}"])
 
-    run_stage("unet", unet, list(unet.parameters()), loss_fn, cfg, work, (get_ema, set_ema, update_ema))
+    run_stage("unet", unet, list(unet.parameters()), loss_fn, cfg, work, ExtraState(get_ema, set_ema, update_ema))
 
 
 def load_unet_ema(work: Path):

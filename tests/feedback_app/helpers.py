@@ -9,7 +9,7 @@ from PIL import Image
 import feedback_app
 from feedback_app.logic import Identity
 from pickloop.db import read_session, write_session
-from pickloop.schema import Assignment, Candidate, Comparison, Judgement
+from pickloop.schema import Candidate, Comparison, Judgement
 from pickloop.store import add_prompts, add_rater, ensure_base_version
 
 APP_DIR = Path(feedback_app.__file__).parent

@@ -12,8 +12,7 @@ from pickloop.db import read_session
 from pickloop.schema import Candidate, Comparison
 from tests.feedback_app.helpers import judgements, make_sets
 
-IMAGES_JS = """() => [...document.querySelectorAll('[data-testid="stMain"] [data-testid="stImage"] img')]
-                       .map(e => e.src)"""
+IMAGES_JS = "() => [...document.querySelectorAll('.pl-grid img')].map(e => e.src)"
 
 
 def shown_image_shas(page) -> list[str]:  # noqa: ANN001

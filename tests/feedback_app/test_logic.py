@@ -244,3 +244,18 @@ def test_concurrent_raters_never_share_a_set(actx):
     got = [k for k in keys if k]
     assert len(got) == 4 and len(set(got)) == 4
     assert count(actx, Assignment) == 4
+
+
+def test_has_set_for_matches_next_set_for(ctx, alice):
+    ident = alice[0]
+    with read_session(ctx.engine) as s:
+        assert not logic.has_set_for(session=s, rater_id=ident.rater_id)
+    make_sets(ctx, 1)
+    with read_session(ctx.engine) as s:
+        assert logic.has_set_for(session=s, rater_id=ident.rater_id)
+    view = next_for(ctx, ident)
+    with read_session(ctx.engine) as s:
+        assert logic.has_set_for(session=s, rater_id=ident.rater_id)  # held by this rater
+    answer(ctx, ident, view)
+    with read_session(ctx.engine) as s:
+        assert not logic.has_set_for(session=s, rater_id=ident.rater_id)

@@ -115,12 +115,21 @@ def test_two_tabs_write_one_judgement(ctx, alice):
 
 
 def test_admin_page_refused_to_a_rater(ctx, alice, admin):
-    at = app(alice[0])
-    assert "Admin" not in str(at)  # not in the navigation
+    make_sets(ctx, 2, raters_wanted=2)
+    for ident in (alice[0], admin[0]):  # an overlap set answered by both: agreement has a figure
+        rater = app(ident)
+        rater.button(key=f"pick-{set_key(rater)}-0").click().run()
+    with pytest.raises(ValueError, match="Could not find a navigation page"):
+        app(alice[0]).switch_page("pages/admin.py")  # not in a rater's navigation at all
+    at = app(admin[0]).switch_page("pages/admin.py").run()
+    assert not at.exception and [t.value for t in at.title] == ["Admin"]
     page = app(alice[0], script="pages/admin.py")
     assert "admins only" in page.error[0].value and not page.tabs
     page = app(admin[0], script="pages/admin.py")
     assert not page.exception and len(page.tabs) == 6
+    assert any(m.label == "overall agreement" for m in page.metric)
+    page.button(key="admin_export").click().run()
+    assert not page.exception and page.get("download_button")
     page.text_area(key="admin_prompts").input("a new prompt\nanother prompt").run()
     page.button(key="admin_add_prompts").click().run()
     assert "2 prompts added" in page.success[0].value
@@ -149,9 +158,9 @@ def test_missing_image_shows_a_placeholder(ctx, alice, caplog):
 
     from feedback_app.ui import PLACEHOLDER_PNG
 
-    urls = [img.value[0] for img in at.image]
-    assert not at.exception and len(urls) == 4
-    assert urls.count("data:image/png;base64," + base64.b64encode(PLACEHOLDER_PNG).decode()) == 1
+    (grid,) = [h.value for h in at.get("html") if 'class="pl-grid"' in h.value]
+    assert not at.exception and grid.count("<img ") == 4
+    assert grid.count("data:image/png;base64," + base64.b64encode(PLACEHOLDER_PNG).decode()) == 1
     assert any(sha[:16] in r.getMessage() for r in caplog.records)
 
 

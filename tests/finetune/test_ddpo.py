@@ -135,6 +135,21 @@ def test_stat_tracker_uses_batch_stats_until_min_count_then_the_prompts_own():
     torch.testing.assert_close(restored.update(["a"], torch.tensor([1.0])), tracker.update(["a"], torch.tensor([1.0])))
 
 
+def test_registered_rewards_score_rendered_shapes():
+    from pickloop.shapes.world import Scene, Shape, render
+
+    prompts = ["a circle", "a circle"]
+    warm = render(Scene("white", (Shape("circle", "red", "large", "center"),)))
+    cold = render(Scene("white", (Shape("circle", "blue", "large", "center"),)))
+    for spec in ("taste:warm", "redness"):
+        r = make_reward(spec)(prompts, [warm, cold])
+        assert r.shape == (2,) and r.dtype == torch.float32 and r[0] > r[1], spec
+    judged = make_reward("judge")(["a red circle", "a red circle"], [warm, cold])
+    assert judged.tolist() == [1.0, 0.5]  # share of fixed attributes shown: colour wrong, shape right
+    with pytest.raises(UserError):
+        make_reward("taste:no-such-taste")
+
+
 def test_config_and_reward_registry_reject_mistakes():
     with pytest.raises(UserError):
         DDPOConfig(eta=0.0)

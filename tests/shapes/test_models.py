@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import torch
 
 from pickloop.shapes import train as T
@@ -47,6 +48,7 @@ def test_shipped_clip_loads_offline_and_prefers_the_right_caption(monkeypatch):
     assert logits[0, 0] > logits[0, 1]
 
 
+@pytest.mark.slow
 def test_recipe_trains_ships_and_resumes(tmp_path):
     import random
 
@@ -69,3 +71,11 @@ def test_recipe_trains_ships_and_resumes(tmp_path):
     image = pipe(["a red circle"], num_inference_steps=2, height=64, width=64).images[0]
     assert image.size == (64, 64)
     assert sample_scene(random.Random(0)) is not None
+
+
+def test_bench_last_line_format():
+    from pickloop.shapes.bench import format_figures
+
+    line = format_figures({"bg_acc": 1.0, "color_acc": 0.9, "shape_acc": 0.8, "size_acc": 0.85, "pos_acc": 0.95,
+                           "clip_top1": 0.9, "gen_4_s": 1.234})
+    assert line == "bg_acc=1.000 color_acc=0.900 shape_acc=0.800 size_acc=0.850 pos_acc=0.950 clip_top1=0.900 gen_4_s=1.23"

@@ -1,0 +1,158 @@
+"""``run_ddpo``: DDPO as a scheduled job (``pickloop finetune run --method ddpo``).
+
+Prompts come from the data home (the train split; the shapes pool for the embedded model), the reward
+from ``config.reward`` (the newest reward model by default), the drift guard watches the promotion
+gate's held-out prompts. Each epoch ends in a checkpoint (``finetune.checkpoint``: LoRA, optimizer,
+RNG, stat-tracker buffers and history), so a killed run resumes at the next epoch; the final LoRA is
+written atomically and registered by ``finetune.jobs`` as a candidate for the same promotion gate.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from finetune.ddpo import DDPOState, train_ddpo
+from finetune.ddpo_config import DDPOConfig
+from finetune.ddpo_rewards import RewardFn, make_reward
+from pickloop.errors import UserError
+
+
+@dataclass
+class DDPOResult:
+    lora_dir: Path
+    lora_sha256: str
+    epochs: int  # epochs run in total (fewer than configured when the drift guard stopped the run)
+    metrics: dict[str, Any]  # summary plus "history", one JSON row per epoch
+
+
+def load_pipeline(ref: str):  # noqa: ANN201 - a diffusers StableDiffusionPipeline
+    """A StableDiffusionPipeline (SD 1.x/2.x layout) from a folder or hub id, no safety checker."""
+    from diffusers import StableDiffusionPipeline
+
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(ref, safety_checker=None, requires_safety_checker=False)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load a Stable Diffusion pipeline from {ref}: {str(e).splitlines()[0]}") from None
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def training_prompts(ctx: Any, n: int = 500) -> list[str]:
+    """The store's active train-split prompts; the shapes pool when the store has none (embedded model)."""
+    from pickloop.db import read_session
+    from pickloop.store import list_prompts
+
+    with read_session(ctx.engine) as s:
+        found = [p.text for p in list_prompts(session=s, split="train")]
+    if not found and ctx.base_model.startswith("embedded:"):
+        from pickloop.shapes.world import prompt_pool
+
+        found = prompt_pool("train", n=n)
+    if not found:
+        raise UserError("no prompts to train DDPO on: add some with `pickloop prompts add`")
+    return found[:n] if n else found
+
+
+def _drift_prompts(ctx: Any, prompts: Sequence[str], n: int) -> list[str]:
+    """The gate's held-out prompts for the drift guard; the first training prompts when there are none."""
+    from finetune.registry import gate_prompts
+
+    if n == 0:
+        return []
+    try:
+        return gate_prompts(ctx, n=n)
+    except UserError:
+        print(f"ddpo: no held-out prompts; the drift guard watches {min(n, len(prompts))} training prompts")
+        return list(prompts[:n])
+
+
+def _summary(history: list[dict], stopped: str | None) -> dict[str, Any]:
+    first, last = history[0], history[-1]
+    mean = lambda key: float(np.mean([h[key] for h in history]))  # noqa: E731
+    return {"reward_first": first["reward_mean"], "reward_last": last["reward_mean"],
+            "reward_gain": last["reward_mean"] - first["reward_mean"], "drift_pixel": last.get("drift_pixel"),
+            "drift_follow": last.get("drift_follow"), "guard": stopped, "epoch_s": mean("epoch_s"),
+            "sample_s": mean("sample_s"), "train_s": mean("train_s"), "history": history}
+
+
+def _write_lora(unet, out: Path, metadata: dict[str, Any]) -> str:  # noqa: ANN001
+    """The final LoRA into a temporary folder beside ``out``, then moved into place; returns its sha256."""
+    from finetune.lora import save_lora
+
+    tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    sha = save_lora(getattr(unet, "module", unet), tmp, metadata=metadata)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return sha
+
+
+def _resume_state(pipe, work_dir: Path | None, config: DDPOConfig) -> DDPOState | None:  # noqa: ANN001
+    """The DDPOState of the newest complete checkpoint in ``work_dir`` (LoRA loaded into pipe.unet)."""
+    from finetune import checkpoint as ckpt
+    from finetune.lora import add_lora, lora_parameters, lora_tensors
+
+    latest = ckpt.latest_complete_checkpoint(work_dir) if work_dir else None
+    if latest is None:
+        return None
+    add_lora(pipe.unet, rank=config.lora_rank)
+    opt = torch.optim.AdamW(lora_parameters(pipe.unet), lr=config.lr, weight_decay=config.weight_decay)
+    resumed = ckpt.load_checkpoint(latest, unet=pipe.unet, optimizer=opt)
+    extra = resumed.extra
+    print(f"ddpo: resuming from {latest.name} (epoch {resumed.step})")
+    return DDPOState(epoch=resumed.step, optimizer=opt.state_dict(), tracker=extra.get("tracker", {}),
+                     last_good_lora=lora_tensors(pipe.unet), history=extra.get("history", []),
+                     stopped=extra.get("stopped"))
+
+
+def run_ddpo(ctx: Any, config: DDPOConfig, *, out_dir: Path | str, work_dir: Path | str | None = None,
+             upto: int | None = None, base: str | None = None, resume: bool = True,
+             on_step: Callable[[int, dict], None] | None = None, prompts: Sequence[str] | None = None,
+             reward_fn: RewardFn | None = None, progress: bool = True) -> DDPOResult:
+    """DDPO on the data home's prompts against ``config.reward``; LoRA to ``out_dir``, checkpoints in ``work_dir``.
+
+    ``upto`` (the data snapshot) is recorded in the LoRA's metadata. ``on_step(epoch, row)`` runs on the
+    main process after each epoch (heartbeats). Works as one process or under ``accelerate launch``.
+    """
+    from accelerate import Accelerator
+
+    from finetune import checkpoint as ckpt
+    from pickloop.context import resolve_model_ref
+
+    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    pipe = load_pipeline(resolve_model_ref(base or ctx.base_model))
+    prompts = list(prompts or training_prompts(ctx))
+    drift = _drift_prompts(ctx, prompts, config.drift_prompts)
+    reward_fn = reward_fn or make_reward(config.reward, path=config.reward_path, ctx=ctx)
+    work = Path(work_dir) if work_dir else None
+    state = _resume_state(pipe, work, config) if resume else None
+
+    def after_epoch(st: DDPOState, unet, optimizer) -> None:  # noqa: ANN001
+        if accelerator.is_main_process:
+            if work is not None:
+                ckpt.save_checkpoint(work, step=st.epoch, unet=unet, optimizer=getattr(optimizer, "optimizer", optimizer),
+                                     data_position=st.epoch, extra={"tracker": st.tracker, "history": st.history,
+                                                                    "stopped": st.stopped,
+                                                                    "config_hash": config.config_hash()})
+            if on_step is not None:
+                on_step(st.epoch, st.history[-1])
+        accelerator.wait_for_everyone()
+
+    _, history = train_ddpo(pipe, prompts, reward_fn, config, progress, drift_prompts=drift, state=state,
+                            on_epoch_end=after_epoch, accelerator=accelerator)
+    stopped = next((h["guard"] for h in history if h.get("guard")), None)
+    metrics = _summary(history, stopped) if history else {}
+    sha = ""
+    if accelerator.is_main_process:
+        sha = _write_lora(pipe.unet, Path(out_dir), {"method": "ddpo", "config": config.to_dict(),
+                                                     "config_hash": config.config_hash(), "data_snapshot": upto,
+                                                     "metrics": {k: v for k, v in metrics.items() if k != "history"}})
+    accelerator.wait_for_everyone()
+    return DDPOResult(Path(out_dir), sha, len(history), metrics)
