@@ -10,6 +10,7 @@ candidate with the reason recorded.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -144,8 +145,6 @@ def resolve_scorer(ctx: Any, spec: str = "reward") -> Scorer:
         raise UserError(f"scorer must be 'reward' or MODULE:FUNC / FILE.py:FUNC, not {spec!r}")
     mod_name, func = spec.rsplit(":", 1)
     if mod_name.endswith(".py"):
-        import importlib.util
-
         if not Path(mod_name).is_file():
             raise UserError(f"scorer file {mod_name} not found")
         spec_obj = importlib.util.spec_from_file_location("pickloop_user_scorer", mod_name)

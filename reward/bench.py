@@ -28,7 +28,7 @@ class BenchConfig:
     candidates: int = field(default=4, metadata={"help": "images per training set (2-4)"})
     train_prompts: int = field(default=100, metadata={"help": "training prompts the labels spread over"})
     test_pairs: int = field(default=400, metadata={"help": "held-out pairs, each answered twice"})
-    off_prompt_share: float = field(default=0.1, metadata={"help": "share of candidates that break their prompt"})
+    off_prompt_share: float = field(default=0.0, metadata={"help": "share of candidates that break their prompt"})
     seed: int = field(default=0, metadata={"help": "seed of prompts, candidates and the rater"})
 
     def __post_init__(self) -> None:
@@ -102,20 +102,32 @@ def label_training_sets(rater, cfg: BenchConfig, progress: bool = True) -> list[
     return pairs
 
 
-def label_test_pairs(rater, cfg: BenchConfig) -> tuple[list[ImagePair], float]:  # noqa: ANN001
-    """Held-out pairs labelled by the rater's first answer, and the share of pairs it answered alike twice."""
+def label_test_pairs(rater, cfg: BenchConfig) -> tuple[list[ImagePair], dict]:  # noqa: ANN001
+    """Held-out pairs labelled by the rater's first answer, and how consistent the rater is.
+
+    Each pair is shown twice. ``all``: share of pairs answered alike both times (a tie always repeats,
+    since the rater's scores are deterministic). ``decided``: the same share over the pairs whose first
+    answer was a pick, the pairs that accuracy is measured on. ``oracle``: the accuracy on those pairs
+    of the taste itself (picking the higher-scored image): the best any model of the rater can do.
+    """
     from pickloop.shapes.world import prompt_pool
 
     rng = random.Random(f"reward-bench-test-{cfg.seed}")
     prompts = prompt_pool("heldout", n=max(20, cfg.test_pairs // 4), open_share=1.0, seed=cfg.seed)
-    pairs, same = [], 0
+    pairs, same, decided, same_decided, oracle = [], 0, 0, 0, 0
     for j in range(cfg.test_pairs):
         prompt = prompts[j % len(prompts)]
         images = [draw_candidate(prompt, rng, cfg.off_prompt_share) for _ in range(2)]
-        first, second = rater.choose(prompt, images), rater.choose(prompt, images)
+        scores = rater.scores(prompt, images)
+        first, second = rater.choose(prompt, images, scores), rater.choose(prompt, images, scores)
         same += first == second
+        if first != "tie":
+            decided += 1
+            same_decided += first == second
+            oracle += (scores[0] > scores[1]) == (first == 0)
         pairs += pairs_of_answer(prompt, images, first, group=j + 1)
-    return pairs, same / cfg.test_pairs
+    n = max(decided, 1)
+    return pairs, dict(all=same / cfg.test_pairs, decided=same_decided / n, oracle=oracle / n)
 
 
 def run_bench(cfg: BenchConfig, config=None, progress: bool = True) -> dict:  # noqa: ANN001
@@ -135,7 +147,8 @@ def run_bench(cfg: BenchConfig, config=None, progress: bool = True) -> dict:  # 
     trained = evaluate_model(model, test)
     untrained = [evaluate_model(model.fresh_head(seed=s), test)["accuracy"] for s in range(5)]
     return dict(heldout_acc=trained["accuracy"], heldout_log_loss=trained["log_loss"], heldout_ece=trained["ece"],
-                rater_consistency=consistency, untrained_acc=sum(untrained) / len(untrained),
+                rater_consistency=consistency["decided"], rater_consistency_all=consistency["all"],
+                oracle_acc=consistency["oracle"], untrained_acc=sum(untrained) / len(untrained),
                 untrained_each=untrained, labels=cfg.labels, train_pairs=len(train_pairs),
                 test_pairs=trained["pairs"], test_ties=trained["ties"], train_s=train_s,
                 early_stop_acc=metrics["heldout_acc"], epochs_run=metrics["epochs_run"])

@@ -21,6 +21,7 @@ class LoopConfig:
     eval_prompts: int = field(default=24, metadata={"help": "held-out prompts for the win rate"})
     eval_seeds: int = field(default=4, metadata={"help": "fixed seeds per held-out prompt"})
     rater_temperature: float = field(default=0.05, metadata={"help": "Bradley-Terry noise of the rater"})
+    rater_tie_margin: float = field(default=0.02, metadata={"help": "rater says tie below this score gap"})
     dpo_steps: int = field(default=300, metadata={"help": "DPO optimiser steps per round"})
     ddpo_epochs: int = field(default=4, metadata={"help": "DDPO epochs per round"})
     gate_win_rate: float = field(default=0.5, metadata={"help": "reward-model win rate vs parent to promote"})

@@ -92,7 +92,7 @@ def _measure(ctx: Context, cfg: LoopConfig, taste, eval_prompts: list[str], base
 
     with read_session(ctx.engine) as s:
         current = promoted_version(session=s)
-    pipe = load_pipeline(model=ctx.base_model, lora=current.id if current.lora_path else None)
+    pipe = load_pipeline(model=ctx.base_model, lora=current.id if current.lora_path else None, ctx=ctx)
     now = draw_fixed(pipe, eval_prompts, cfg.eval_seeds, seed=cfg.seed)
     return {"version": current.name, "win_rate": oracle_win_rate(taste, now, base),
             "follow_base": follow_rate(base), "follow_final": follow_rate(now),
@@ -106,8 +106,12 @@ def run_loop(*, ctx: Context, config: LoopConfig, progress: bool = True, log=pri
     from reward.train import train_reward
 
     t0 = time.perf_counter()
+    # One simulated rater: no overlap sets (they would wait for a second rater); the loop's own gate threshold.
+    ctx = Context(settings=ctx.settings.model_copy(update={"overlap_share": 0.0,
+                                                           "promote_min_win_rate": config.gate_win_rate}))
     taste = load_taste(config.taste)
-    rater = SimulatedRater(config.taste, temperature=config.rater_temperature, seed=config.seed)
+    rater = SimulatedRater(config.taste, temperature=config.rater_temperature, tie_margin=config.rater_tie_margin,
+                           seed=config.seed)
     train_prompts = open_prompts(config.train_prompts, heldout=False, open_attributes=config.open_attributes,
                                  seed=config.seed)
     eval_prompts = open_prompts(config.eval_prompts, heldout=True, open_attributes=config.open_attributes,
@@ -118,7 +122,7 @@ def run_loop(*, ctx: Context, config: LoopConfig, progress: bool = True, log=pri
         ensure_base_version(session=s, base_model=ctx.base_model)
         add_prompts(session=s, texts=train_prompts, pool=LOOP_POOL)
     rater_id = simulated_rater_row(ctx, f"simulated:{rater.name}")
-    base = draw_fixed(load_pipeline(model=ctx.base_model), eval_prompts, config.eval_seeds, seed=config.seed)
+    base = draw_fixed(load_pipeline(model=ctx.base_model, ctx=ctx), eval_prompts, config.eval_seeds, seed=config.seed)
     result = LoopResult(config=config.to_dict(), base=base, final=base)
     methods = ["dpo", "ddpo"] if config.method == "both" else [config.method]
     labels = 0
@@ -128,8 +132,12 @@ def run_loop(*, ctx: Context, config: LoopConfig, progress: bool = True, log=pri
         fill_queue(ctx=ctx, pool=LOOP_POOL, depth=ceil(want / len(train_prompts)), max_sets=want,
                    n=config.candidates, progress=progress)
         labels += label_ready_sets(ctx, rater, rater_id, want)
-        _, rmetrics = train_reward(ctx=ctx, progress=progress)
-        steps = [_finetune(ctx, m, config, eval_prompts[: max(4, len(eval_prompts) // 2)]) for m in methods]
+        try:
+            _, rmetrics = train_reward(ctx=ctx, progress=progress)
+        except UserError as e:  # e.g. every answer so far was a tie: nothing to learn from yet
+            rmetrics, steps = {}, [{"method": "reward", "status": "skipped", "reason": str(e)}]
+        else:
+            steps = [_finetune(ctx, m, config, eval_prompts[: max(4, len(eval_prompts) // 2)]) for m in methods]
         m = _measure(ctx, config, taste, eval_prompts, base)
         result.final = m.pop("_images")
         row = {"round": r, "labels": labels, "reward_acc": rmetrics.get("heldout_acc"), "finetune": steps,

@@ -116,22 +116,26 @@ def _split_touching(regions: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def _classify_shape(region: np.ndarray, extent_w: float, extent_h: float) -> tuple[str, float]:
-    """Shape from the fill of the bounding box and where the region's mass sits.
+    """The shape whose template, fitted to the region's bounding box, overlaps it best (IoU).
 
-    A triangle (apex up) fills ~0.5 of its box and has most of its mass low; squares fill
-    nearly all the box, circles ~0.785 with empty corners.
+    Templates: the full box (square), the inscribed ellipse (circle), and the apex-up
+    triangle spanning the box (triangle). Matching whole masks tolerates the soft and
+    rounded edges of generated images better than corner tests. Returns (shape, fill).
     """
-    area = len(region)
-    fill = area / max(extent_w * extent_h, 1.0)
     ys, xs = region[:, 0], region[:, 1]
-    top_row_width = np.mean([np.sum(ys == y) for y in range(ys.min(), ys.min() + max(2, int(extent_h // 6)))])
-    rel_top = top_row_width / max(extent_w, 1.0)  # ~0 triangle, ~0.5 circle, ~1 square
-    mass_low = (ys.mean() - ys.min()) / max(extent_h, 1.0)  # 0.5 symmetric, ~0.62 triangle
-    if fill < 0.64 or (mass_low > 0.57 and rel_top < 0.35):
-        return "triangle", fill
-    if fill > 0.87 or rel_top > 0.72:
-        return "square", fill
-    return "circle", fill
+    y0, x0 = ys.min(), xs.min()
+    h, w = int(extent_h), int(extent_w)
+    mask = np.zeros((h, w), dtype=bool)
+    mask[ys - y0, xs - x0] = True
+    gy, gx = np.mgrid[0:h, 0:w] + 0.5
+    u, v = (gx - w / 2) / (w / 2), gy / h  # u in [-1, 1] across, v in [0, 1] down
+    templates = {
+        "square": np.ones_like(mask),
+        "circle": u ** 2 + (2 * v - 1) ** 2 <= 1.0,
+        "triangle": np.abs(u) <= v,
+    }
+    iou = {k: (mask & t).sum() / max((mask | t).sum(), 1) for k, t in templates.items()}
+    return max(iou, key=iou.get), len(region) / max(extent_w * extent_h, 1.0)
 
 
 def _position(cx: float, cy: float) -> str:

@@ -12,11 +12,15 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="session")
 def clip_dir(tmp_path_factory):
-    """A CLIPModel + CLIPProcessor folder, as pickloop.shapes saves its CLIP (random weights, seed 0)."""
+    """The embedded shapes CLIP folder; before it is shipped, a CLIPModel + CLIPProcessor folder of the
+    same architecture with random weights (seed 0), saved as pickloop.shapes saves its CLIP."""
     from transformers import CLIPImageProcessor, CLIPProcessor
 
     from pickloop.shapes import architectures as A
+    from pickloop.shapes.models import default_clip_dir
 
+    if (default_clip_dir() / "model.safetensors").is_file():
+        return str(default_clip_dir())
     out = tmp_path_factory.mktemp("clip")
     tokenizer = A.make_tokenizer()
     torch.manual_seed(0)

@@ -1,0 +1,66 @@
+"""A two-round loop on the embedded model with a handful of labels leaves every stage's rows and files."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from sqlmodel import func, select
+
+from pickloop.context import Context
+from pickloop.db import read_session
+from pickloop.loop.config import LoopConfig
+from pickloop.loop.report import write_report
+from pickloop.loop.run import run_loop
+from pickloop.schema import Judgement, ModelVersion, RewardModelRow
+from pickloop.errors import UserError
+
+LOAD_IN_PLAIN_DIFFUSERS = """
+import sys, torch
+from diffusers import StableDiffusionPipeline
+from diffusers.utils import logging
+logging.set_verbosity_error()
+base, lora = sys.argv[1], sys.argv[2]
+pipe = StableDiffusionPipeline.from_pretrained(base, use_safetensors=True, safety_checker=None)
+pipe.load_lora_weights(lora, weight_name="pytorch_lora_weights.safetensors", use_safetensors=True)
+assert "pickloop" not in sys.modules
+print(len(pipe.get_active_adapters()))
+"""
+
+
+@pytest.mark.slow
+def test_two_round_loop_leaves_every_stage_behind(ctx, tmp_path):
+    config = LoopConfig(taste="large", labels=16, rounds=2, candidates=3, train_prompts=8, eval_prompts=3,
+                        eval_seeds=1, dpo_steps=6, gate_win_rate=0.0)
+    result = run_loop(ctx=ctx, config=config, progress=False, log=lambda *_: None)
+    assert [r["round"] for r in result.rounds] == [1, 2]
+    with read_session(ctx.engine) as s:
+        assert s.exec(select(func.count()).select_from(Judgement)).one() == 16
+        assert s.exec(select(func.count()).select_from(RewardModelRow)).one() == 2
+        versions = s.exec(select(ModelVersion)).all()
+    assert sum(v.status == "promoted" for v in versions) == 1
+    tuned = [v for v in versions if v.method == "dpo"]
+    assert len(tuned) == 2 and all(v.lora_sha256 and v.data_snapshot for v in tuned)
+    assert all(v.status in ("promoted", "retired") or v.reason for v in tuned)  # the gate spoke on each
+    report = write_report(result, tmp_path / "report")
+    for name in ("report.md", "curves.png", "grid.png", "figures.json"):
+        assert (tmp_path / "report" / name).stat().st_size > 0
+    figures = json.loads((tmp_path / "report" / "figures.json").read_text())
+    assert 0.0 <= figures["summary"]["win_rate"] <= 1.0 and figures["summary"]["labels"] == 16
+    assert "oracle win rate" in report.read_text()
+    from pickloop.context import resolve_model_ref
+
+    out = subprocess.run([sys.executable, "-c", LOAD_IN_PLAIN_DIFFUSERS, resolve_model_ref(None), tuned[-1].lora_path],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "1"
+
+
+def test_bad_loop_settings_are_one_line():
+    with pytest.raises(UserError, match="method"):
+        LoopConfig(method="ppo")
+    with pytest.raises(UserError, match="attribute"):
+        LoopConfig(open_attributes=("colour",))
+    with pytest.raises(UserError, match="2-4"):
+        LoopConfig(candidates=5)
