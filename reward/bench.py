@@ -1,11 +1,12 @@
 """`pickloop bench reward`: does the reward model learn a hidden taste from a simulated rater's picks?
 
 In the shapes world, candidates are the world's own renders of prompts that leave one or two
-attributes open (what the taste acts on); a share of them break the prompt, as a generator's
-mistakes would. A simulated rater, whose taste the model is never told, answers ``labels`` sets on
-training prompts. The model is then scored on pairs for held-out prompts (the world's fixed held-out
-pool), each answered twice by the rater: the share answered alike is the rater's consistency, the
-ceiling a model of its first answers can be judged against.
+attributes open (what the taste acts on); optionally (``off_prompt_share``, default 0) a share of them
+break the prompt, as a generator's mistakes would. A simulated rater, whose taste the model is never
+told, answers ``labels`` sets on training prompts. The model is then scored on pairs for held-out
+prompts (the world's fixed held-out pool), each answered twice by the rater. The rater's consistency
+printed last is the share of repeats answered alike over the pairs accuracy counts (those the rater
+picked in, not ties); the share over all pairs (ties always repeat) is printed beside it.
 """
 from __future__ import annotations
 

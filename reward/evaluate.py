@@ -17,7 +17,7 @@ import torch
 
 from reward.data import PairFeatures
 from reward.model import RewardModel
-from reward.train import RewardConfig, pair_labels, pair_scores, bradley_terry_loss, fit
+from reward.train import RewardConfig, bradley_terry_loss, fit, pair_labels, pair_scores
 
 
 def expected_calibration_error(confidence: torch.Tensor, correct: torch.Tensor, bins: int = 10) -> float:

@@ -34,6 +34,7 @@ from pickloop.errors import UserError
 FORMAT = "pickloop-reward/1"
 WEIGHTS_FILE = "model.safetensors"
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")  # CLIP attention projections
+MAX_CACHED = 100_000  # cached image features kept before the cache is emptied (DDPO scores new images forever)
 
 
 @dataclass
@@ -221,6 +222,8 @@ class RewardModel(nn.Module):
         if self.backbone_trainable:
             return torch.cat([self._embed_images(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
         keys = list(keys) if keys is not None else [image_key(im) for im in images]
+        if len(self._image_cache) + len(keys) > MAX_CACHED:
+            self._image_cache.clear()
         todo = {k: im for k, im in zip(keys, images) if k not in self._image_cache}
         items = list(todo.items())
         with torch.no_grad():

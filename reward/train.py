@@ -171,7 +171,8 @@ def train_on_pairs(pairs: Sequence[ImagePair] | PairFeatures, *, config: RewardC
 
 # ---------------------------------------------------------------- from the store
 
-def train_reward(*, ctx, config: RewardConfig | None = None, progress: bool = True) -> tuple[RewardModel, dict]:  # noqa: ANN001
+def train_reward(*, ctx, config: RewardConfig | None = None,  # noqa: ANN001
+                 progress: bool = True) -> tuple[RewardModel, dict]:
     """Train on every pair in the store, save under ``<home>/reward/<id>/`` and register a RewardModelRow
     naming the data snapshot (highest judgement id) it saw. One transaction: the row exists only if the
     folder was written."""

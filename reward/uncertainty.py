@@ -72,7 +72,8 @@ def most_uncertain(model: RewardModel, sets: Sequence[CandidateSet], k: int | No
     return ranked if k is None else ranked[:k]
 
 
-def order_comparisons(*, ctx, model: RewardModel, comparison_ids: Sequence[int]) -> list[SetUncertainty]:  # noqa: ANN001
+def order_comparisons(*, ctx, model: RewardModel,  # noqa: ANN001
+                      comparison_ids: Sequence[int]) -> list[SetUncertainty]:
     """Stored sets (comparison ids) from least to most certain, images read from the image store.
     The queue calls this to show the sets a pick would teach the model most first."""
     from pickloop.db import read_session

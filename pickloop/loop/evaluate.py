@@ -8,7 +8,8 @@ from typing import Callable, Sequence
 from PIL import Image
 
 from pickloop.shapes.judge import follow_accuracy
-from pickloop.shapes.world import caption, is_heldout, render, sample_scene
+from pickloop.shapes.world import caption, is_heldout, sample_scene
+from pickloop.store import prompt_split
 
 Taste = Callable[[Image.Image, "str | None"], float]
 
@@ -19,7 +20,9 @@ def open_prompts(n: int, *, heldout: bool, open_attributes: Sequence[str], seed:
     out: list[str] = []
     for _ in range(200 * n + 1000):
         text = caption(sample_scene(rng, two_share=0.0), open=open_attributes)
-        if is_heldout(text) == heldout and text not in out:
+        # held out of the shapes model's training captions, and of the store's training split
+        in_split = is_heldout(text) if heldout else (not is_heldout(text) and prompt_split(text) == "train")
+        if in_split and text not in out:
             out.append(text)
             if len(out) == n:
                 return out
@@ -66,11 +69,3 @@ def follow_rate(images: FixedSeedImages) -> float:
 
 def mean_taste(taste: Taste, images: FixedSeedImages) -> float:
     return sum(taste(im, p) for p, im in zip(images.prompts, images.images)) / len(images.images)
-
-
-def reference_images(prompts: Sequence[str], seed: int = 0) -> list[Image.Image]:
-    """Drawn (not generated) images for the prompts: what a perfect model could show."""
-    from pickloop.shapes.world import scene_from_prompt
-
-    rng = random.Random(seed)
-    return [render(scene_from_prompt(p, rng)) for p in prompts]

@@ -79,7 +79,10 @@ def _finetune(ctx: Context, method: str, cfg: LoopConfig, gate_prompts: list[str
     from finetune.registry import gate_and_promote
 
     overrides = {"steps": cfg.dpo_steps} if method == "dpo" else {"epochs": cfg.ddpo_epochs}
-    outcome = run_finetune_job(ctx, method=method, min_new_labels=1, overrides=overrides)
+    try:
+        outcome = run_finetune_job(ctx, method=method, min_new_labels=1, overrides=overrides)
+    except UserError as e:  # e.g. no usable pairs yet: the round goes on without a new version
+        return {"method": method, "status": "skipped", "reason": str(e)}
     if outcome.status != "done":
         return {"method": method, "status": outcome.status, "message": outcome.message}
     gate = gate_and_promote(ctx, outcome.version, prompts=gate_prompts)

@@ -2,9 +2,9 @@
 
 The background is the colour most of the border shows; objects are the connected
 regions that differ from it. Each region's colour is the nearest named colour to its
-median pixel, its shape comes from how much of its bounding box it fills (square ~0.72
-after the 0.85 inset, circle ~0.785, triangle ~0.5, plus corner tests), its size from its
-extent, its position from its centre. All reads tolerate the blur of generated images.
+median pixel (specks of other colours dropped), its shape from the template (square,
+circle, triangle) that best overlaps it within its bounding box, its size from its extent,
+its position from its centre. All reads tolerate the blur of generated images.
 """
 from __future__ import annotations
 
@@ -115,6 +115,19 @@ def _split_touching(regions: list[np.ndarray]) -> list[np.ndarray]:
     return out
 
 
+def _dominant_colour_part(region: np.ndarray, px: np.ndarray, bg_rgb: np.ndarray) -> np.ndarray:
+    """The pixels of a region closer to its median colour than to the background.
+
+    Generated images put specks of other colours at an object's corners; left in, they
+    stretch its bounding box and a square reads as a circle. Edge pixels that blend the
+    object and the background are kept when they are more object than background.
+    """
+    rgb = px[region[:, 0], region[:, 1]]  # (n, 3)
+    median = np.median(rgb, axis=0)
+    keep = np.linalg.norm(rgb - median, axis=1) < np.linalg.norm(rgb - bg_rgb, axis=1)
+    return region[keep]
+
+
 def _classify_shape(region: np.ndarray, extent_w: float, extent_h: float) -> tuple[str, float]:
     """The shape whose template, fitted to the region's bounding box, overlaps it best (IoU).
 
@@ -158,6 +171,9 @@ def read(image: Image.Image) -> Reading:
     mask = np.linalg.norm(px - bg_rgb, axis=2) > FOREGROUND_DISTANCE
     objects = []
     for region in _split_touching(_components(mask)):
+        if len(region) < MIN_AREA:
+            continue
+        region = _dominant_colour_part(region, px, bg_rgb)
         if len(region) < MIN_AREA:
             continue
         ys, xs = region[:, 0], region[:, 1]

@@ -102,11 +102,12 @@ class Budget:
     """Wall-clock budget with a tqdm bar in seconds; carries time spent before a resume."""
 
     def __init__(self, name: str, minutes: float, spent_s: float):
-        self.total, self.spent, self.start = minutes * 60, spent_s, time.time() - spent_s
+        # monotonic: a wall clock that jumps (NTP, a suspended VM) must not eat the budget
+        self.total, self.spent, self.start = minutes * 60, spent_s, time.monotonic() - spent_s
         self.bar = tqdm(total=int(self.total), initial=int(spent_s), desc=name, unit="s", mininterval=5)
 
     def elapsed(self) -> float:
-        return time.time() - self.start
+        return time.monotonic() - self.start
 
     def tick(self, **postfix) -> bool:
         """Advance the bar; False once the budget is spent."""
@@ -152,7 +153,7 @@ def run_stage(name: str, model: torch.nn.Module, params: list, loss_fn, cfg: Sta
         step, spent = meta["step"], meta["elapsed_s"]
     rng = random.Random(f"{cfg.seed}-{name}-{step}")  # a resumed stream continues with fresh data
     budget = Budget(name, cfg.minutes, spent)
-    last_save, losses = time.time(), []
+    last_save, losses = time.monotonic(), []
     model.train()
     while budget.tick(step=step, loss=f"{np.mean(losses[-50:]) if losses else 0:.4f}"):
         for g in opt.param_groups:
@@ -166,9 +167,9 @@ def run_stage(name: str, model: torch.nn.Module, params: list, loss_fn, cfg: Sta
         losses.append(loss.item())
         if extra_state:
             extra_state.after_step(step)
-        if time.time() - last_save > cfg.checkpoint_every_s:
+        if time.monotonic() - last_save > cfg.checkpoint_every_s:
             _save_stage(ckpt_path, model, opt, extra_state, step, budget.elapsed(), losses, cfg)
-            last_save = time.time()
+            last_save = time.monotonic()
     _save_stage(ckpt_path, model, opt, extra_state, step, budget.elapsed(), losses, cfg)
     budget.close()
     model.eval()

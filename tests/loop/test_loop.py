@@ -8,7 +8,6 @@ import sys
 import pytest
 from sqlmodel import func, select
 
-from pickloop.context import Context
 from pickloop.db import read_session
 from pickloop.loop.config import LoopConfig
 from pickloop.loop.report import write_report
@@ -31,7 +30,11 @@ print(len(pipe.get_active_adapters()))
 
 @pytest.mark.slow
 def test_two_round_loop_leaves_every_stage_behind(ctx, tmp_path):
-    config = LoopConfig(taste="large", labels=16, rounds=2, candidates=3, train_prompts=8, eval_prompts=3,
+    taste = tmp_path / "my_taste.py"  # a taste of one's own, from a file: prefers brighter images
+    taste.write_text("import numpy as np\n"
+                     "def bright(image):\n"
+                     "    return float(np.asarray(image.convert('L'), dtype=float).mean())\n")
+    config = LoopConfig(taste=f"{taste}:bright", rater_tie_margin=0.0, labels=16, rounds=2, candidates=3, train_prompts=8, eval_prompts=3,
                         eval_seeds=1, dpo_steps=6, gate_win_rate=0.0)
     result = run_loop(ctx=ctx, config=config, progress=False, log=lambda *_: None)
     assert [r["round"] for r in result.rounds] == [1, 2]

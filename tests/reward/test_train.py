@@ -16,13 +16,17 @@ FAST = dict(epochs=60, patience=10, heldout_share=0.3)
 
 
 def test_short_training_on_simulated_labels_beats_chance(clip_dir, make_pairs):
+    from reward.data import split_indices
+
     pairs = make_pairs(24, 6, seed=0)
     config = RewardConfig(backbone=clip_dir, **FAST)
     model, m = train_on_pairs(pairs, config=config, progress=False)
     assert m["train_prompts"] + m["heldout_prompts"] == 24 and m["heldout_pairs"] > 20
+    _, held_idx = split_indices([p.prompt for p in pairs], config.heldout_share)
+    held = [pairs[i] for i in held_idx]
+    assert evaluate_model(model, held)["accuracy"] == pytest.approx(m["heldout_acc"], abs=1e-6)
     assert m["heldout_acc"] > 0.75
-    held = [p for p in pairs if p.prompt not in {q.prompt for q in pairs[: m["train_pairs"]]}]
-    assert evaluate_model(model, held)["accuracy"] > 0.75
+    assert evaluate_model(model.fresh_head(seed=1), held)["accuracy"] < m["heldout_acc"]
 
 
 def test_empty_and_one_prompt_label_sets_are_one_clear_line(clip_dir, make_pairs):
@@ -101,8 +105,23 @@ def test_learning_curve_png(clip_dir, make_pairs, tmp_path):
     model = RewardModel.create(clip_dir)
     data = featurize(model, pairs)
     train_idx, held_idx = split_indices(data.prompts, 0.3)
-    curve = learning_curve(model, data.subset(train_idx), data.subset(held_idx),
-                           RewardConfig(backbone=clip_dir, **FAST), counts=[5, 20, len(set(data.subset(train_idx).group.tolist()))])
+    train = data.subset(train_idx)
+    counts = [5, 20, len(set(train.group.tolist()))]
+    curve = learning_curve(model, train, data.subset(held_idx), RewardConfig(backbone=clip_dir, **FAST), counts=counts)
     assert [c["labels"] for c in curve][:2] == [5, 20] and all(0 <= c["accuracy"] <= 1 for c in curve)
     path = save_learning_curve(curve, tmp_path / "lc.png", reference=0.9)
     assert Image.open(path).size[0] > 100
+
+
+def test_lora_training_moves_only_adapters_and_head(clip_dir, make_pairs):
+    import torch
+
+    pairs = make_pairs(6, 3, seed=4)
+    config = RewardConfig(backbone=clip_dir, lora_rank=2, epochs=2, patience=5, heldout_share=0.3, lora_lr=1e-2)
+    model = RewardModel.create(clip_dir, **config.model_kwargs())
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    model, m = train_on_pairs(pairs, config=config, model=model, progress=False)
+    after = model.backbone.state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all("lora_" in k for k in moved)
+    assert m["epochs_run"] == 2
