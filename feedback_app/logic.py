@@ -134,14 +134,15 @@ def _taken_count(comparison_id_col, now: datetime):  # noqa: ANN001, ANN202
 
 
 def _claimable(rater_id: int, now: datetime, refused: list[int]):  # noqa: ANN202
-    """Ready sets that still want a rater and that this rater neither holds nor answered;
-    partly rated overlap sets first, then the oldest."""
+    """Ready sets that still want a rater and that this rater neither holds nor answered; the highest
+    ``priority`` first (active learning: the sets the reward model can least tell apart; sets without
+    one last), then partly rated overlap sets, then the oldest."""
     mine = exists().where(Assignment.comparison_id == Comparison.id, Assignment.rater_id == rater_id)
     taken = _taken_count(Comparison.id, now)
     return (select(Comparison)
             .where(Comparison.status == "ready", taken < Comparison.raters_wanted, ~mine,
                    Comparison.id.not_in(_answered_by(rater_id)), Comparison.id.not_in(refused or [-1]))
-            .order_by(taken.desc(), Comparison.id).limit(1))
+            .order_by(Comparison.priority.desc().nulls_last(), taken.desc(), Comparison.id).limit(1))
 
 
 def _claim(session: Session, rater_id: int, settings: Settings, skip: list[int]) -> Comparison | None:

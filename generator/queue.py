@@ -13,6 +13,10 @@ A worker makes one set in three steps, so that no transaction is held while the 
    worker still holds the claim. A failed draw flips it to ``failed``; a half-made set is never ready.
 
 A ``drawing`` claim older than ``stale_after_s`` (a worker that died) is taken over by the next worker.
+
+Active learning (``settings.active_learning``): when a reward model is registered, each new set gets a
+``priority`` = how little the model can tell its two best candidates apart (see ``set_priority``); the
+rating app hands out the highest priority first. Without a reward model sets keep priority None.
 """
 from __future__ import annotations
 
@@ -118,8 +122,10 @@ def claim_set(*, session: Session, pool: str, depth: int, version_id: int, worke
     return Claim(comp.id, prompt.id, prompt.text, comp.model_version_id)
 
 
-def finish_set(*, session: Session, claim: Claim, worker_id: str, candidates: list[dict]) -> bool:
-    """Insert the drawn candidates and mark the set ready; False when the claim was lost meanwhile."""
+def finish_set(*, session: Session, claim: Claim, worker_id: str, candidates: list[dict],
+               priority: float | None = None) -> bool:
+    """Insert the drawn candidates and mark the set ready (with ``priority``, higher shown first);
+    False when the claim was lost meanwhile."""
     comp = session.exec(select(Comparison).where(Comparison.id == claim.comparison_id).with_for_update()).one()
     if comp.status != "drawing" or comp.claimed_by != worker_id:
         return False
@@ -127,6 +133,7 @@ def finish_set(*, session: Session, claim: Claim, worker_id: str, candidates: li
         session.add(Candidate(comparison_id=comp.id, prompt_id=comp.prompt_id,
                               model_version_id=comp.model_version_id, **c))
     comp.status = "ready"
+    comp.priority = priority
     session.add(comp)
     session.flush()
     return True
@@ -159,8 +166,32 @@ def _prepare_version(ctx) -> ModelVersion:  # noqa: ANN001
     raise AssertionError("unreachable")
 
 
-def draw_set(ctx, claim: Claim, n: int, *, worker_id: str) -> bool:  # noqa: ANN001
-    """Draw the candidates of a claimed set and store them; True when the set became ready."""
+def load_reward_model_for_queue(ctx):  # noqa: ANN001, ANN201 - RewardModel | None
+    """The newest registered reward model when ``settings.active_learning`` is on, else None
+    (also None when none is registered or it cannot be loaded: the sets then get no priority)."""
+    if not ctx.settings.active_learning:
+        return None
+    from reward.registry import load_latest  # reward imports torch/transformers: only when wanted
+
+    try:
+        return load_latest(ctx=ctx)
+    except UserError:
+        return None
+
+
+def set_priority(reward_model, prompt: str, images: list, image_keys: list[str]) -> float:  # noqa: ANN001
+    """Uncertainty of a set in [0, 1]: 1 - |P(best beats runner-up) - 0.5| * 2, where P = sigmoid(r1 - r2)
+    of the reward model's two best scores (uncertainty sampling, Lewis & Gale 1994). 1 = the model cannot
+    tell them apart (a pick teaches it most); 0 = it is sure (or the set has fewer than two images)."""
+    from reward.uncertainty import CandidateSet, set_uncertainty
+
+    u = set_uncertainty(reward_model, [CandidateSet(prompt, images, image_keys=image_keys)])[0]
+    return min(1.0, max(0.0, 1.0 - abs(u.p_best - 0.5) * 2.0))
+
+
+def draw_set(ctx, claim: Claim, n: int, *, worker_id: str, reward_model=None) -> bool:  # noqa: ANN001
+    """Draw the candidates of a claimed set and store them; True when the set became ready.
+    With ``reward_model`` the set's priority is its uncertainty (``set_priority``), else None."""
     from pickloop.db import read_session, write_session
 
     from generator.noise_memory import choose_seeds
@@ -174,8 +205,12 @@ def draw_set(ctx, claim: Claim, n: int, *, worker_id: str) -> bool:  # noqa: ANN
         drawn = sample_candidates(pipe, claim.prompt, n, seeds=seeds)
         rows = [dict(slot=slot, seed=seed, params=params, image_sha256=ctx.images.put(img),
                      from_noise_memory=remembered[slot]) for slot, (img, seed, params) in enumerate(drawn)]
+        priority = None
+        if reward_model is not None:
+            priority = set_priority(reward_model, claim.prompt, [img for img, _, _ in drawn],
+                                    [r["image_sha256"] for r in rows])
         with write_session(ctx.engine) as s:
-            return finish_set(session=s, claim=claim, worker_id=worker_id, candidates=rows)
+            return finish_set(session=s, claim=claim, worker_id=worker_id, candidates=rows, priority=priority)
     except BaseException:
         with write_session(ctx.engine) as s:
             fail_set(session=s, claim=claim, worker_id=worker_id)
@@ -204,6 +239,7 @@ def fill_queue(*, ctx, pool: str = "default", depth: int | None = None, worker_i
         todo = missing_sets(session=s, pool=pool, depth=depth, version_id=version.id)
     total = min(todo, max_sets) if max_sets is not None else todo
     made = 0
+    reward_model, reward_loaded = None, False
     with tqdm(total=total, desc=f"sets for pool {pool}", unit="set", disable=not progress) as bar:
         while max_sets is None or made < max_sets:
             with write_session(ctx.engine) as s:
@@ -213,7 +249,15 @@ def fill_queue(*, ctx, pool: str = "default", depth: int | None = None, worker_i
                                   overlap_share=ctx.settings.overlap_share, stale_after_s=stale_after_s)
             if claim is None:
                 break
-            if draw_set(ctx, claim, n, worker_id=worker_id):
+            if not reward_loaded:  # once per call, and only when there is a set to draw
+                try:
+                    reward_model = load_reward_model_for_queue(ctx)
+                except BaseException:
+                    with write_session(ctx.engine) as s:
+                        fail_set(session=s, claim=claim, worker_id=worker_id)
+                    raise
+                reward_loaded = True
+            if draw_set(ctx, claim, n, worker_id=worker_id, reward_model=reward_model):
                 made += 1
                 bar.update(1)
     return made

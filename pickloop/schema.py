@@ -72,6 +72,8 @@ class Comparison(SQLModel, table=True):
     claimed_at: Optional[datetime] = None
     raters_wanted: int = Field(default=1, ge=1, description="2+ for overlap sets (agreement)")
     source: str = Field(default="queue", max_length=16, description="queue, import, loop or ai")
+    priority: Optional[float] = Field(default=None,
+                                      description="higher is shown first (active learning: reward-model uncertainty)")
     created_at: datetime = Field(default_factory=utcnow)
     __table_args__ = (Index("ix_comparisons_queue", "status", "model_version_id", "prompt_id"),)
 

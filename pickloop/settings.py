@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     promote_max_follow_drop: float = Field(0.02, ge=0.0, le=1.0, description="Promotion gate (shapes world): largest allowed fall of the judge's prompt-following accuracy (0.02 = 2 points).")
     promote_gate_steps: int = Field(10, ge=1, le=200, description="Sampling steps for the promotion gate's images.")
     finetune_stale_seconds: float = Field(900.0, gt=0, description="A fine-tuning job whose heartbeat is older than this (s) may be taken over.")
+    active_learning: bool = Field(False, description="show the sets the reward model can least tell apart first")
 
     @field_validator("home", mode="before")
     @classmethod
