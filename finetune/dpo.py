@@ -5,7 +5,8 @@ For a pair (winner x_w, loser x_l) of one prompt c, one noise eps and one timest
     err(x)     = mean over latent dims of ||target - unet_theta(x_t, t, c)||^2
     ref_err(x) = the same with the adapters disabled (the base U-Net; no second copy in memory)
     d          = (err(x_w) - ref_err(x_w)) - (err(x_l) - ref_err(x_l))
-    loss       = -log sigmoid(-beta/2 * d)
+    loss       = -log sigmoid(-beta/2 * d), averaged over pairs with weights w (human picks 1,
+                 pairs ranked by the reward model ``ai_feedback_weight``; see finetune/dpo_ai_feedback.py)
 where target is eps or v as the scheduler predicts. Logged: loss, implicit_acc (share of pairs with
 -beta/2 * d > 0), gap_w = err_w - ref_err_w and gap_l = err_l - ref_err_l.
 
@@ -59,6 +60,11 @@ class DPOConfig:
     cache_latents: bool = field(default=True, metadata={"help": "encode each image once (False: every step)"})
     resolution: int | None = field(default=None, metadata={"help": "training size, pixels; None = model's"})
     log_every: int = field(default=10, metadata={"help": "print metrics every N steps"})
+    ai_feedback_sets: int = field(default=0, metadata={
+        "help": "extra candidate sets ranked by the reward model; 0 = off"})
+    ai_feedback_candidates: int = field(default=4, metadata={"help": "images per AI-feedback set (2-16)"})
+    ai_feedback_weight: float = field(default=0.5, metadata={
+        "help": "loss weight of an AI pair relative to a human pair"})
 
     def __post_init__(self) -> None:
         self.targets = tuple(self.targets)
@@ -70,12 +76,21 @@ class DPOConfig:
             raise UserError(f"mixed_precision must be no, fp16 or bf16, not {self.mixed_precision!r}")
         if self.checkpoint_every < 0 or self.keep_checkpoints < 1:
             raise UserError("checkpoint_every must be >= 0 and keep_checkpoints >= 1")
+        if self.ai_feedback_sets < 0:
+            raise UserError(f"ai_feedback_sets must be >= 0 (0 = off), not {self.ai_feedback_sets}")
+        if not 2 <= self.ai_feedback_candidates <= 16:
+            raise UserError(f"ai_feedback_candidates must be 2-16, not {self.ai_feedback_candidates}")
+        if not (math.isfinite(self.ai_feedback_weight) and self.ai_feedback_weight >= 0):
+            raise UserError(f"ai_feedback_weight must be a finite number >= 0, not {self.ai_feedback_weight}")
 
     # Fields that do not change the trained weights stay out of the hash (a rerun is still a no-op).
     _NOT_HASHED = ("checkpoint_every", "keep_checkpoints", "cache_latents", "log_every")
+    _AI_FEEDBACK = ("ai_feedback_sets", "ai_feedback_candidates", "ai_feedback_weight")
 
     def config_hash(self) -> str:
-        data = {k: v for k, v in asdict(self).items() if k not in self._NOT_HASHED}
+        # With AI feedback off its settings change nothing, so they stay out and older hashes still hold.
+        skip = self._NOT_HASHED + (self._AI_FEEDBACK if self.ai_feedback_sets == 0 else ())
+        data = {k: v for k, v in asdict(self).items() if k not in skip}
         return hashlib.sha256(json.dumps({"method": "dpo", **data}, sort_keys=True, default=list)
                               .encode()).hexdigest()[:16]
 
@@ -90,11 +105,13 @@ class DPOConfig:
 
 @dataclass(frozen=True)
 class PairSpec:
-    """One training pair: the prompt and the keys (image sha256) of winner and loser."""
+    """One training pair: the prompt, the keys (image sha256) of winner and loser, and its loss weight
+    (1.0 for a human pick; ``ai_feedback_weight`` for a pair ranked by the reward model)."""
 
     prompt: str
     winner: str
     loser: str
+    weight: float = 1.0
 
 
 @dataclass
@@ -107,10 +124,14 @@ class DPOResult:
 
 def dpo_loss(unet: torch.nn.Module, noise_scheduler: Any, lat_w: torch.Tensor, lat_l: torch.Tensor,
              cond: dict[str, Any], noise: torch.Tensor, timesteps: torch.Tensor, beta: float,
-             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+             weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Diffusion-DPO loss on a batch of B pairs (latents (B, C, h, w)); winner and loser share noise and t.
 
-    Returns (mean loss, per-pair tensors loss/implicit_acc/gap_w/gap_l of shape (B,)).
+    ``weights`` (B,): per-pair loss weights, already divided by the mean weight of the whole pair set
+    (see :func:`normalised_weights`); the batch loss is mean(w * loss), so over an epoch it estimates
+    the weighted mean sum(w l) / sum(w) without depending on how pairs fall into micro-batches or
+    processes. None = all 1 (the unweighted mean).
+    Returns (batch loss, per-pair unweighted tensors loss/implicit_acc/gap_w/gap_l of shape (B,)).
     """
     x0 = torch.cat([lat_w, lat_l])
     eps = torch.cat([noise, noise])
@@ -128,8 +149,18 @@ def dpo_loss(unet: torch.nn.Module, noise_scheduler: Any, lat_w: torch.Tensor, l
     gap_w, gap_l = err_w - ref_w, err_l - ref_l
     inside = -0.5 * beta * (gap_w - gap_l)
     losses = -F.logsigmoid(inside)
-    return losses.mean(), {"loss": losses.detach(), "implicit_acc": (inside > 0).float().detach(),
+    batch_loss = losses.mean() if weights is None else (losses * weights.to(losses)).mean()
+    return batch_loss, {"loss": losses.detach(), "implicit_acc": (inside > 0).float().detach(),
                            "gap_w": gap_w.detach(), "gap_l": gap_l.detach()}
+
+
+def normalised_weights(pairs: Sequence[PairSpec]) -> list[float] | None:
+    """Each pair's weight over the set's mean weight; None when all weights are 1 (the unweighted loss,
+    bit for bit as before weights existed)."""
+    if all(p.weight == 1.0 for p in pairs):
+        return None
+    mean = sum(p.weight for p in pairs) / len(pairs)
+    return [p.weight / mean for p in pairs]
 
 
 def sample_slots(n_pairs: int, seed: int, positions: Sequence[int]) -> list[int]:
@@ -167,8 +198,12 @@ def train_dpo(cfg: DPOConfig, *, base: str, pairs: Sequence[PairSpec], load_imag
     from accelerate import Accelerator
     from diffusers.optimization import get_scheduler
 
+    if any(not (math.isfinite(p.weight) and p.weight >= 0) for p in pairs):
+        raise UserError("pair weights must be finite and >= 0")
+    pairs = [p for p in pairs if p.weight > 0]  # no gradient from them: they would only take batch slots
     if not pairs:
         raise UserError("no preference pairs to train on (need picks, not only ties/skips)")
+    weights = normalised_weights(pairs)
     # cpu=True without CUDA: under `accelerate launch --multi_gpu` / torchrun that means DDP over gloo.
     acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision,
                       cpu=not torch.cuda.is_available())
@@ -202,7 +237,9 @@ def train_dpo(cfg: DPOConfig, *, base: str, pairs: Sequence[PairSpec], load_imag
         for micro in range(cfg.grad_accum):
             first = step * per_step + (micro * world + rank) * B
             positions = list(range(first, first + B))
-            batch = [pairs[i] for i in sample_slots(len(pairs), cfg.seed, positions)]
+            slots = sample_slots(len(pairs), cfg.seed, positions)
+            batch = [pairs[i] for i in slots]
+            w = None if weights is None else torch.tensor([weights[i] for i in slots], device=acc.device)
             with acc.accumulate(unet):
                 lat_w = fm.latents_for(m, [p.winner for p in batch], load_image, cache=cfg.cache_latents, device=acc.device)
                 lat_l = fm.latents_for(m, [p.loser for p in batch], load_image, cache=cfg.cache_latents, device=acc.device)
@@ -210,7 +247,7 @@ def train_dpo(cfg: DPOConfig, *, base: str, pairs: Sequence[PairSpec], load_imag
                 noise, ts = noise_and_timesteps(positions, cfg.seed, shape, m.noise_scheduler.config.num_train_timesteps)
                 with acc.autocast():
                     loss, per_pair = dpo_loss(unet, m.noise_scheduler, lat_w, lat_l, cond, noise.to(acc.device),
-                                              ts.to(acc.device), cfg.beta)
+                                              ts.to(acc.device), cfg.beta, w)
                 acc.backward(loss)
                 if acc.sync_gradients and cfg.max_grad_norm > 0:
                     acc.clip_grad_norm_(lora_io.lora_parameters(m.unet), cfg.max_grad_norm)
@@ -290,13 +327,26 @@ def store_pairs(ctx: Any, *, upto: int | None = None, split: str | None = "train
 def run_dpo(ctx: Any, cfg: DPOConfig, *, out_dir: Path | str, work_dir: Path | str | None = None,
             upto: int | None = None, base: str | None = None, resume: bool = True,
             on_step: Callable[[int, dict[str, float]], None] | None = None) -> DPOResult:
-    """Diffusion-DPO on the store's picks up to judgement ``upto``, on the settings' base model."""
+    """Diffusion-DPO on the store's picks up to judgement ``upto``, on the settings' base model.
+
+    With ``cfg.ai_feedback_sets`` > 0 the latest reward model also ranks that many freshly drawn
+    candidate sets, whose best-vs-worst pairs join the human ones at weight ``cfg.ai_feedback_weight``.
+    """
     from pickloop.context import resolve_model_ref
 
+    base_path = resolve_model_ref(base or ctx.base_model)
     pairs = store_pairs(ctx, upto=upto)
-    return train_dpo(cfg, base=resolve_model_ref(base or ctx.base_model), pairs=pairs, load_image=ctx.images.open,
-                     out_dir=out_dir, work_dir=work_dir, resume=resume, on_step=on_step,
-                     metadata={"data_snapshot": upto})
+    human = len(pairs)
+    metadata: dict[str, Any] = {"data_snapshot": upto}
+    if cfg.ai_feedback_sets > 0:
+        from finetune.dpo_ai_feedback import ai_feedback_pairs
+
+        ai, metadata["ai_feedback"] = ai_feedback_pairs(ctx, cfg, base=base_path)
+        pairs = pairs + ai
+    result = train_dpo(cfg, base=base_path, pairs=pairs, load_image=ctx.images.open, out_dir=out_dir,
+                       work_dir=work_dir, resume=resume, on_step=on_step, metadata=metadata)
+    result.metrics.update(human_pairs=float(human), ai_pairs=float(len(pairs) - human))
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,87 @@
+"""AI feedback for Diffusion-DPO: the reward model ranks extra candidate sets drawn by the base model,
+and each set's best image against its worst becomes a training pair beside the human picks (the
+"AI feedback" variant of preference tuning, cf. RLAIF, Lee et al. 2023), at its own loss weight.
+
+The sets are a pure function of (store prompts, config seed): the prompts are chosen from the
+store's training split and every image's seed is drawn from a generator seeded by ``cfg.seed``, so
+a rerun (or each process of a DDP run) draws and ranks the same sets. The images go into the
+content-addressed image store so training loads them like any other; no Comparison or Judgement
+rows are written, because these rankings are not labels.
+"""
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from pickloop.errors import UserError
+
+SEED_LIMIT = 2**31  # as generator.sampling: a seed fits a JSON number and a database integer
+
+
+def plan_sets(prompts: list[str], n_sets: int, n_candidates: int, seed: int) -> list[tuple[str, list[int]]]:
+    """(prompt, seeds) for each AI-feedback set: prompts without repeats until the pool is used up."""
+    if not prompts:
+        raise UserError("ai_feedback_sets > 0 needs training prompts in the store (split train)")
+    rng = random.Random(f"pickloop-dpo-ai-feedback:{seed}")
+    order: list[str] = []
+    while len(order) < n_sets:
+        order += rng.sample(prompts, len(prompts))
+    return [(p, [rng.randrange(SEED_LIMIT) for _ in range(n_candidates)]) for p in order[:n_sets]]
+
+
+def _training_prompts(ctx: Any) -> list[str]:
+    from pickloop.db import read_session
+    from pickloop.store import list_prompts
+
+    with read_session(ctx.engine) as s:
+        return [p.text for p in list_prompts(session=s, split="train")]
+
+
+def _latest_reward_model(ctx: Any) -> tuple[Any, int]:
+    """The newest registered reward model, loaded, and its registry id; one UserError line if none."""
+    from sqlmodel import select
+
+    from pickloop.db import read_session
+    from pickloop.schema import RewardModelRow
+    from reward.registry import load_latest
+
+    with read_session(ctx.engine) as s:
+        row = s.exec(select(RewardModelRow).order_by(RewardModelRow.id.desc())).first()
+        row_id = row.id if row is not None else None
+    if row_id is None:
+        raise UserError("ai_feedback_sets > 0 needs a trained reward model: run `pickloop reward train` "
+                        "first, or set ai_feedback_sets to 0")
+    return load_latest(ctx=ctx), int(row_id)
+
+
+def ai_feedback_pairs(ctx: Any, cfg: Any, *, base: str) -> tuple[list[Any], dict[str, Any]]:
+    """Draw ``cfg.ai_feedback_sets`` sets of ``cfg.ai_feedback_candidates`` images with the base
+    pipeline ``base``, store them, rank each set by the latest reward model, and return
+    (best-vs-worst PairSpecs of weight ``cfg.ai_feedback_weight``, a summary for the run's metadata).
+
+    A set whose best and worst score the same (or are the same image) gives no pair.
+    """
+    from tqdm import tqdm
+
+    from finetune.dpo import PairSpec
+    from generator.pipeline import load_pipeline
+    from generator.sampling import sample_candidates
+
+    reward_model, reward_id = _latest_reward_model(ctx)  # fail before the minutes of drawing
+    plan = plan_sets(_training_prompts(ctx), cfg.ai_feedback_sets, cfg.ai_feedback_candidates, cfg.seed)
+    pipe = load_pipeline(model=base, ctx=ctx)
+    pairs: list[PairSpec] = []
+    margins: list[float] = []
+    for prompt, seeds in tqdm(plan, desc="dpo ai feedback", unit="set"):
+        images = [img for img, _, _ in sample_candidates(pipe, prompt, len(seeds), seeds=seeds)]
+        keys = [ctx.images.put(img) for img in images]
+        scores = reward_model.score(prompt, images).reshape(-1).tolist()
+        best = max(range(len(scores)), key=scores.__getitem__)
+        worst = min(range(len(scores)), key=scores.__getitem__)
+        if scores[best] > scores[worst] and keys[best] != keys[worst]:
+            pairs.append(PairSpec(prompt, keys[best], keys[worst], weight=float(cfg.ai_feedback_weight)))
+            margins.append(scores[best] - scores[worst])
+    summary = {"reward_model_id": reward_id, "sets": len(plan), "pairs": len(pairs),
+               "weight": float(cfg.ai_feedback_weight),
+               "mean_margin": sum(margins) / len(margins) if margins else 0.0}
+    return pairs, summary
