@@ -16,7 +16,7 @@ def test_put_is_content_addressed_and_idempotent(tmp_path):
     sha = store.put(img)
     assert sha == hashlib.sha256(png_bytes(img)).hexdigest()
     assert store.put(img) == sha and store.put(png_bytes(img)) == sha
-    assert list(store.open(sha).getdata())[0] == (10, 200, 30)
+    assert store.open(sha).getpixel((0, 0)) == (10, 200, 30)
     assert not list((tmp_path / "img").rglob("*.tmp"))  # no half-written file left behind
 
 
