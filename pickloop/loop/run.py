@@ -75,6 +75,7 @@ def label_ready_sets(ctx: Context, rater: SimulatedRater, rater_id: int, limit: 
 
 
 def _finetune(ctx: Context, method: str, cfg: LoopConfig, gate_prompts: list[str]) -> dict[str, Any]:
+    """Train one version through the job entry point, then let the promotion gate decide."""
     from finetune.jobs import run_finetune_job
     from finetune.registry import gate_and_promote
 
@@ -85,7 +86,9 @@ def _finetune(ctx: Context, method: str, cfg: LoopConfig, gate_prompts: list[str
         return {"method": method, "status": "skipped", "reason": str(e)}
     if outcome.status != "done":
         return {"method": method, "status": outcome.status, "message": outcome.message}
-    gate = gate_and_promote(ctx, outcome.version, prompts=gate_prompts)
+    # The gate draws the held-out prompts at seeds of its own, never the ones the final figures use.
+    seeds = [7919 * (cfg.seed + 1) + k for k in range(cfg.gate_seeds)]
+    gate = gate_and_promote(ctx, outcome.version, prompts=gate_prompts, seeds=seeds)
     return {"method": method, "status": "promoted" if gate.passed else "refused", "version": outcome.version,
             "gate": gate.as_metrics(), "reason": None if gate.passed else gate.reason}
 
@@ -140,7 +143,7 @@ def run_loop(*, ctx: Context, config: LoopConfig, progress: bool = True, log=pri
         except UserError as e:  # e.g. every answer so far was a tie: nothing to learn from yet
             rmetrics, steps = {}, [{"method": "reward", "status": "skipped", "reason": str(e)}]
         else:
-            steps = [_finetune(ctx, m, config, eval_prompts[: max(4, len(eval_prompts) // 2)]) for m in methods]
+            steps = [_finetune(ctx, m, config, eval_prompts) for m in methods]
         m = _measure(ctx, config, taste, eval_prompts, base)
         result.final = m.pop("_images")
         row = {"round": r, "labels": labels, "reward_acc": rmetrics.get("heldout_acc"), "finetune": steps,
