@@ -38,7 +38,7 @@ class BenchConfig:
 def load_pipeline(folder: Path):
     from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(folder, use_safetensors=True)
+    pipe = StableDiffusionPipeline.from_pretrained(str(folder), use_safetensors=True)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -56,8 +56,8 @@ def clip_top1(clip_dir: Path, prompts: list[str], images: list, candidates: int,
     """
     from transformers import CLIPModel, CLIPProcessor
 
-    model = CLIPModel.from_pretrained(clip_dir, use_safetensors=True).eval()
-    processor = CLIPProcessor.from_pretrained(clip_dir)
+    model = CLIPModel.from_pretrained(str(clip_dir), use_safetensors=True).eval()
+    processor = CLIPProcessor.from_pretrained(str(clip_dir))
     rng = random.Random(seed)
     hits = 0
     with torch.no_grad():

@@ -21,7 +21,8 @@ def model_card(kind: str, cfg: RecipeConfig, figures: dict | None = None) -> str
         if meta:
             c = meta["config"]
             lines.append(f"- {name}: {meta['step']} steps, batch {c['batch_size']}, lr {c['lr']}, "
-                         f"{meta['elapsed_s'] / 60:.1f} min on {cfg.device}, final loss {meta['loss']:.4f}")
+                         f"{meta['elapsed_s'] / 60:.1f} min on {cfg.device}, final loss "
+                         + (f"{meta['loss']:.4f}" if meta["loss"] is not None else "n/a (resumed, no new steps)"))
     lines += ["- schedule: scaled-linear betas rescaled to zero terminal SNR, v-prediction; DDIM with trailing "
               "spacing for sampling; frozen random 2-layer CLIP text encoder; EMA 0.999 U-Net weights."]
     if figures:

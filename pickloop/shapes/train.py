@@ -170,7 +170,8 @@ def run_stage(name: str, model: torch.nn.Module, params: list, loss_fn, cfg: Sta
         if time.monotonic() - last_save > cfg.checkpoint_every_s:
             _save_stage(ckpt_path, model, opt, extra_state, step, budget.elapsed(), losses, cfg)
             last_save = time.monotonic()
-    _save_stage(ckpt_path, model, opt, extra_state, step, budget.elapsed(), losses, cfg)
+    if losses:  # a stage whose budget was already spent keeps its checkpoint (and its figures)
+        _save_stage(ckpt_path, model, opt, extra_state, step, budget.elapsed(), losses, cfg)
     budget.close()
     model.eval()
     return step
