@@ -46,18 +46,9 @@ def labelled(ctx, fast_base, monkeypatch):
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
     """A CLIPModel + CLIPProcessor folder of the shapes CLIP's architecture with random weights."""
-    from transformers import CLIPImageProcessor, CLIPProcessor
+    from tests.tiny_clip import write_random_shapes_clip
 
-    from pickloop.shapes import architectures as A
-
-    out = tmp_path_factory.mktemp("clip")
-    tokenizer = A.make_tokenizer()
-    torch.manual_seed(0)
-    A.make_clip(tokenizer).save_pretrained(out, safe_serialization=True)
-    CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64},
-                                                     image_mean=[0.5] * 3, image_std=[0.5] * 3),
-                  tokenizer=tokenizer).save_pretrained(out)
-    return str(out)
+    return write_random_shapes_clip(tmp_path_factory.mktemp("clip"))
 
 
 def register_reward_model(ctx, clip_dir: str) -> int:

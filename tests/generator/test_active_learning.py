@@ -20,17 +20,10 @@ PROMPTS = ["a red circle", "a blue square", "a green triangle"]
 @pytest.fixture(scope="module")
 def reward_dir(tmp_path_factory):
     """A saved reward model (untrained head, seed 0) on a tiny random CLIP of the shapes CLIP's architecture."""
-    from transformers import CLIPImageProcessor, CLIPProcessor
-
-    from pickloop.shapes import architectures as A
     from reward.model import RewardModel
+    from tests.tiny_clip import write_random_shapes_clip
 
-    clip = tmp_path_factory.mktemp("clip")
-    tokenizer = A.make_tokenizer()
-    torch.manual_seed(0)
-    A.make_clip(tokenizer).save_pretrained(clip, safe_serialization=True)
-    CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}),
-                  tokenizer=tokenizer).save_pretrained(clip)
+    clip = write_random_shapes_clip(tmp_path_factory.mktemp("clip"))
     out = tmp_path_factory.mktemp("reward") / "rm"
     return RewardModel.create(backbone=str(clip), head_width=0, seed=0).save(out)
 

@@ -14,21 +14,12 @@ torch.set_num_threads(1)
 def clip_dir(tmp_path_factory):
     """The embedded shapes CLIP folder; before it is shipped, a CLIPModel + CLIPProcessor folder of the
     same architecture with random weights (seed 0), saved as pickloop.shapes saves its CLIP."""
-    from transformers import CLIPImageProcessor, CLIPProcessor
-
-    from pickloop.shapes import architectures as A
     from pickloop.shapes.models import default_clip_dir
+    from tests.tiny_clip import write_random_shapes_clip
 
     if (default_clip_dir() / "model.safetensors").is_file():
         return str(default_clip_dir())
-    out = tmp_path_factory.mktemp("clip")
-    tokenizer = A.make_tokenizer()
-    torch.manual_seed(0)
-    A.make_clip(tokenizer).save_pretrained(out, safe_serialization=True)
-    CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64},
-                                                     image_mean=[0.5] * 3, image_std=[0.5] * 3),
-                  tokenizer=tokenizer).save_pretrained(out)
-    return str(out)
+    return write_random_shapes_clip(tmp_path_factory.mktemp("clip"))
 
 
 def object_area(image) -> float:
