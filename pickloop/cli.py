@@ -33,11 +33,14 @@ def _ctx(args):  # noqa: ANN001, ANN202
 
 def cmd_init(args) -> None:  # noqa: ANN001
     from pickloop.db import write_session
-    from pickloop.store import add_prompts, ensure_base_version
+    from pickloop.store import add_prompts, add_rater, ensure_base_version, list_raters
 
     ctx = _ctx(args)
+    token = None
     with write_session(ctx.engine) as s:
         version = ensure_base_version(session=s, base_model=ctx.base_model)
+        if not args.no_admin and not list_raters(session=s):  # a fresh home: someone must be able to sign in
+            _, token = add_rater(session=s, name="admin", role="admin")
         n = 0
         if not args.no_prompts and ctx.base_model.startswith("embedded:"):
             from pickloop.shapes.world import prompt_pool
@@ -45,6 +48,9 @@ def cmd_init(args) -> None:  # noqa: ANN001
             n = len(add_prompts(session=s, texts=prompt_pool("train", n=args.starter_prompts), pool="default"))
     print(f"data home {ctx.home.resolve()} ready; promoted model {version.name} ({version.base_model}); "
           f"{n} starter prompts")
+    if token:
+        print(f"first rater 'admin' (admin role) created; sign in with token {token} (shown once; "
+              "add more with `pickloop raters add NAME`)")
 
 
 def cmd_db_upgrade(args) -> None:  # noqa: ANN001
@@ -137,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("init", help="create the data home, migrate the database, add starter prompts")
     q.add_argument("--no-prompts", action="store_true", help="do not add the starter prompt pool")
     q.add_argument("--starter-prompts", type=int, default=200, help="how many starter prompts (embedded model)")
+    q.add_argument("--no-admin", action="store_true", help="do not create the first admin rater on a fresh home")
     q.set_defaults(func=cmd_init)
 
     db = sub.add_parser("db", help="database maintenance").add_subparsers(dest="db_cmd", required=True)

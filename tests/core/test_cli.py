@@ -64,3 +64,17 @@ def test_config_file_is_read_and_env_wins(home, tmp_path, monkeypatch):
     s = get_settings()
     assert (s.queue_depth, s.candidates_per_set) == (3, 2)
     assert s.app_host == "127.0.0.1"
+
+
+def test_init_creates_the_first_admin_once(home, capsys):
+    rc, out, _ = run(capsys, "init", "--no-prompts")
+    assert rc == 0 and "first rater 'admin'" in out
+    token = out.split("token ", 1)[1].split(" ", 1)[0]
+    from pickloop.context import Context
+    from pickloop.db import read_session
+    from pickloop.store import authenticate
+
+    with read_session(Context().engine) as s:
+        assert authenticate(session=s, name="admin", token=token).role == "admin"
+    rc, out, _ = run(capsys, "init", "--no-prompts")
+    assert rc == 0 and "first rater" not in out
