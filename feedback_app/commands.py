@@ -60,16 +60,14 @@ def _interrupt(signum, frame) -> None:  # noqa: ANN001
 
 def cmd_app(args: argparse.Namespace) -> int:
     from feedback_app.browser import streamlit_command
-    from feedback_app.ready_sets import ensure_initialized
+    from pickloop.bootstrap import describe, initialize_home
     from pickloop.context import Context
 
     ctx = Context()
     host = args.host or ctx.settings.app_host
     port = args.port or ctx.settings.app_port
     _check_address(host, port)
-    version, added = ensure_initialized(ctx)
-    print(f"data home {ctx.home.resolve()}; promoted model {version}"
-          + (f"; added {added} starter prompts" if added else ""))
+    print(describe(ctx, initialize_home(ctx)), flush=True)
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: binding {host}: raters on the network can reach the app; use HTTPS in front of it",
               file=sys.stderr)

@@ -15,21 +15,6 @@ from pickloop.schema import Candidate, Comparison
 from pickloop.store import add_prompts, ensure_base_version
 
 
-def ensure_initialized(ctx: Context, *, starter_prompts: int = 200) -> tuple[str, int]:
-    """What ``pickloop init`` does, when it has not been done: a promoted base version and, on the
-    embedded model, starter prompts if the pool is empty. Returns (version name, prompts added)."""
-    from pickloop.store import list_prompts
-
-    with write_session(ctx.engine) as s:
-        version = ensure_base_version(session=s, base_model=ctx.base_model)
-        added = 0
-        if ctx.base_model.startswith("embedded:") and not list_prompts(session=s):
-            from pickloop.shapes.world import prompt_pool
-
-            added = len(add_prompts(session=s, texts=prompt_pool("train", n=starter_prompts), pool="default"))
-        return version.name, added
-
-
 def make_ready_sets(*, ctx: Context, n: int, per_set: int | None = None, size: int = 128,
                     raters_wanted: int = 1, seed: int = 0) -> list[str]:
     """Write ``n`` ready sets of ``per_set`` candidates (default: settings.candidates_per_set) on

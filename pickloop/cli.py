@@ -32,25 +32,12 @@ def _ctx(args):  # noqa: ANN001, ANN202
 
 
 def cmd_init(args) -> None:  # noqa: ANN001
-    from pickloop.db import write_session
-    from pickloop.store import add_prompts, add_rater, ensure_base_version, list_raters
+    from pickloop.bootstrap import describe, initialize_home
 
     ctx = _ctx(args)
-    token = None
-    with write_session(ctx.engine) as s:
-        version = ensure_base_version(session=s, base_model=ctx.base_model)
-        if not args.no_admin and not list_raters(session=s):  # a fresh home: someone must be able to sign in
-            _, token = add_rater(session=s, name="admin", role="admin")
-        n = 0
-        if not args.no_prompts and ctx.base_model.startswith("embedded:"):
-            from pickloop.shapes.world import prompt_pool
-
-            n = len(add_prompts(session=s, texts=prompt_pool("train", n=args.starter_prompts), pool="default"))
-    print(f"data home {ctx.home.resolve()} ready; promoted model {version.name} ({version.base_model}); "
-          f"{n} starter prompts")
-    if token:
-        print(f"first rater 'admin' (admin role) created; sign in with token {token} (shown once; "
-              "add more with `pickloop raters add NAME`)")
+    ready = initialize_home(ctx, starter_prompts=args.starter_prompts, prompts=not args.no_prompts,
+                            first_admin=not args.no_admin)
+    print(describe(ctx, ready))
 
 
 def cmd_db_upgrade(args) -> None:  # noqa: ANN001
