@@ -1,6 +1,6 @@
 """``pickloop bench ddpo``: seconds per DDPO epoch (sampling and training apart) and peak memory.
 
-The lead wires ``register_bench(bench_sub)`` into the CLI. The configuration is printed first; the
+``finetune.commands.register`` adds it through ``register_bench(bench_sub)``. The configuration is printed first; the
 last line is ``epoch_s=<..> sample_s=<..> train_s=<..> peak_rss_mb=<..>``: means over the epochs, in
 seconds (sample_s: drawing, decoding and scoring the images; train_s: the PPO passes; epoch_s: both
 plus the drift guard's fixed-seed draws), and the process's peak resident memory (ru_maxrss) in MiB. ``--reference trl`` also

@@ -11,15 +11,11 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
-def clip_dir(tmp_path_factory):
-    """The embedded shapes CLIP folder; before it is shipped, a CLIPModel + CLIPProcessor folder of the
-    same architecture with random weights (seed 0), saved as pickloop.shapes saves its CLIP."""
+def clip_dir():
+    """The embedded shapes CLIP folder, shipped with the package (the reward model's default backbone)."""
     from pickloop.shapes.models import default_clip_dir
-    from tests.tiny_clip import write_random_shapes_clip
 
-    if (default_clip_dir() / "model.safetensors").is_file():
-        return str(default_clip_dir())
-    return write_random_shapes_clip(tmp_path_factory.mktemp("clip"))
+    return str(default_clip_dir())
 
 
 def object_area(image) -> float:
