@@ -78,12 +78,17 @@ def add_labelled_sets(ctx, *, n_sets: int = 3, per_set: int = 2, choice: str = "
     return ids
 
 
-@pytest.fixture
-def labelled(ctx, tiny_base, monkeypatch):
-    """A data home whose base model is the tiny pipeline, with 3 picked sets of 2 (3 pairs)."""
-    monkeypatch.setenv("PICKLOOP_BASE_MODEL", str(tiny_base))
+def labelled_home(base, monkeypatch):  # noqa: ANN001, ANN201 - pickloop.context.Context
+    """A data home whose base model is ``base``, with 3 picked train sets of 2 (3 pairs)."""
     from pickloop.context import Context
 
+    monkeypatch.setenv("PICKLOOP_BASE_MODEL", str(base))
     c = Context()
     add_labelled_sets(c, n_sets=3, split="train")
     return c
+
+
+@pytest.fixture
+def labelled(ctx, tiny_base, monkeypatch):
+    """A data home whose base model is the tiny pipeline, with 3 picked sets of 2 (3 pairs)."""
+    return labelled_home(tiny_base, monkeypatch)

@@ -33,14 +33,9 @@ def fast_base(tiny_base, tmp_path_factory):
 @pytest.fixture
 def labelled(ctx, fast_base, monkeypatch):
     """As conftest's ``labelled`` (3 picked train sets of 2), on the fast-sampling copy of the base."""
-    from pickloop.context import Context
+    from tests.finetune.conftest import labelled_home
 
-    from tests.finetune.conftest import add_labelled_sets
-
-    monkeypatch.setenv("PICKLOOP_BASE_MODEL", str(fast_base))
-    c = Context()
-    add_labelled_sets(c, n_sets=3, split="train")
-    return c
+    return labelled_home(fast_base, monkeypatch)
 
 
 @pytest.fixture(scope="module")
