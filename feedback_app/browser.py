@@ -19,18 +19,19 @@ from pickloop.errors import UserError
 APP_PATH = Path(__file__).with_name("app.py")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run", "--disable-sync"]
-# A set is "fully shown" when the caption names a new set, every candidate image has decoded, and
-# Streamlit has no stale (half-replaced) element left on the page.
+# A set is "fully shown" when the rating panel shows a new set and every one of its candidate images
+# has decoded (checked on each animation frame).
 SET_SHOWN_JS = """([oldKey, n]) => {
-  const cap = [...document.querySelectorAll('[data-testid="stCaptionContainer"]')]
-      .map(e => e.innerText.match(/^set ([0-9a-f]+) /)).find(m => m);
-  if (!cap || cap[1] === oldKey) return null;
-  const main = document.querySelector('[data-testid="stMain"]') || document;
-  if (main.querySelector('[data-stale="true"]')) return null;
-  const imgs = [...main.querySelectorAll('.pl-grid img')];
+  const set = document.querySelector('.pl-set:not([hidden])');
+  if (!set || set.dataset.key === oldKey) return null;
+  const imgs = [...set.querySelectorAll('img')];
   if (imgs.length !== n || !imgs.every(i => i.complete && i.naturalWidth > 0)) return null;
-  return cap[1];
+  return set.dataset.key;
 }"""
+# The "labels today" counter has reached n: the server has recorded n answers and shown so.
+LABELS_JS = """(n) => [...document.querySelectorAll('[data-testid="stMarkdownContainer"]')]
+  .some(e => { const m = e.innerText.match(/^(\\d+) labels today/); return m && Number(m[1]) >= n; })"""
+
 
 
 def free_port() -> int:
@@ -115,6 +116,16 @@ def wait_for_set(page, old_key: str | None, *, n: int, timeout_ms: float = 30_00
     """Wait until a set other than ``old_key`` is fully shown (all ``n`` images loaded); its key."""
     handle = page.wait_for_function(SET_SHOWN_JS, arg=[old_key or "", n], polling="raf", timeout=timeout_ms)
     return handle.json_value()
+
+
+def wait_for_labels(page, n: int, *, timeout_ms: float = 30_000) -> None:  # noqa: ANN001
+    """Wait until the page's "labels today" counter reads at least ``n`` (the answers are saved)."""
+    page.wait_for_function(LABELS_JS, arg=n, polling="raf", timeout=timeout_ms)
+
+
+def visible_set(page):  # noqa: ANN001, ANN201
+    """The rating panel's set on screen (a Playwright locator)."""
+    return page.locator(".pl-set:not([hidden])")
 
 
 def focus_page(page) -> None:  # noqa: ANN001

@@ -9,7 +9,6 @@ import base64
 import io
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import streamlit as st
 from PIL import Image, ImageDraw
@@ -27,9 +26,6 @@ IDENTITY = "identity"  # session_state key: logic.Identity of the signed-in rate
 CSS = """<style>
 [data-testid="stImage"] img { image-rendering: pixelated; border-radius: 4px; }
 [data-testid="stMainBlockContainer"] { padding-top: 2rem; }
-.pl-grid { display: flex; gap: 1rem; }
-.pl-grid img { flex: 1 1 0; min-width: 0; aspect-ratio: 1 / 1; object-fit: contain;
-               image-rendering: pixelated; border-radius: 4px; background: #eee; }
 </style>"""
 
 
@@ -60,22 +56,6 @@ PLACEHOLDER_PNG = _placeholder_png()  # the same for everyone: nothing per-user
 def image_data_uri(ctx: Context, sha256: str) -> str:
     """The image inline as a ``data:`` URL: it arrives with the page, no second request to wait for."""
     return "data:image/png;base64," + base64.b64encode(image_bytes(ctx, sha256)).decode("ascii")
-
-
-def candidate_grid(uris: list[str]) -> str:
-    """The candidates side by side, equal widths, as one HTML element (one message to the browser,
-    not one per image); ``uris`` are data: URLs in the order shown."""
-    imgs = "".join(f'<img src="{u}" alt="Candidate {i + 1}">' for i, u in enumerate(uris))
-    return f'<div class="pl-grid">{imgs}</div>'
-
-
-@st.cache_resource(show_spinner=False)
-def background() -> ThreadPoolExecutor:
-    """Threads that hand out and read the next set while a rater looks at the current one.
-
-    Shared plumbing only: each task's result goes to the future kept in its own session's state.
-    """
-    return ThreadPoolExecutor(max_workers=4, thread_name_prefix="pickloop-prefetch")
 
 
 def image_bytes(ctx: Context, sha256: str) -> bytes:

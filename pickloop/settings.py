@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     noise_memory: bool = Field(True, description="Reuse seeds that won for similar prompts.")
     noise_memory_share: float = Field(0.25, ge=0.0, le=1.0, description="Share of candidates drawn from winning seeds.")
     undo_seconds: float = Field(8.0, ge=0.0, description="How long a rater can undo the last pick, seconds.")
+    app_sets_ahead: int = Field(1, ge=1, le=4, description="Sets the rating page holds in the browser after the "
+                                "one on screen, so that an answer shows the next set at once.")
     app_host: str = Field("127.0.0.1", description="Address the rating app binds to.")
     app_port: int = Field(8501, ge=1, le=65535, description="Port of the rating app.")
     sqlite_busy_timeout_ms: int = Field(30000, ge=0, description="How long SQLite waits on a lock, ms.")

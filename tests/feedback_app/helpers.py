@@ -1,6 +1,7 @@
 """Helpers for the rating app tests: ready sets made directly (no generator), raters, row counts."""
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 
@@ -63,3 +64,43 @@ def judgements(ctx) -> list[Judgement]:  # noqa: ANN001
         for r in rows:
             s.expunge(r)
         return rows
+
+
+# ---------------------------------------------------------------- the rating panel, as the browser sees it
+
+def panel_data(at) -> dict | None:  # noqa: ANN001
+    """The data the rating panel component was given in the last run (None when it is not on the page)."""
+    found = [e for e in at.get("bidi_component") if e.proto.component_name == "pickloop.rating_panel"]
+    assert len(found) <= 1
+    return json.loads(found[0].proto.json) if found else None
+
+
+def shown_set(at) -> dict:  # noqa: ANN001
+    """The set the panel puts on screen: the first one the server sent."""
+    data = panel_data(at)
+    assert data and data["sets"], "no set on screen"
+    return data["sets"][0]
+
+
+def set_key(at) -> str:  # noqa: ANN001
+    return shown_set(at)["key"]
+
+
+def answer(at, choice: str, position: int | None = None, *, ms: int = 1500, run: bool = True):  # noqa: ANN001, ANN201
+    """Answer the set on screen as the panel's script does: add the answer to the outbox of answers
+    not yet acknowledged, and send the whole outbox as the component's state."""
+    shown = shown_set(at)
+    entry = {"token": shown["token"], "choice": choice, "ms": ms,
+             "winner_id": shown["candidates"][position]["id"] if choice == "pick" else None}
+    return send_outbox(at, [*pending_outbox(at), entry], run=run)
+
+
+def pending_outbox(at) -> list[dict]:  # noqa: ANN001
+    acked = set((panel_data(at) or {}).get("acked", []))
+    prev = at.session_state["rating_panel"]["outbox"] if "rating_panel" in at.session_state else []
+    return [e for e in prev if e["token"] not in acked]
+
+
+def send_outbox(at, outbox: list[dict], *, run: bool = True):  # noqa: ANN001, ANN201
+    at.session_state["rating_panel"] = {"outbox": outbox}
+    return at.run() if run else at

@@ -12,7 +12,7 @@ from pickloop.db import read_session
 from pickloop.schema import Candidate, Comparison
 from tests.feedback_app.helpers import judgements, make_sets
 
-IMAGES_JS = "() => [...document.querySelectorAll('.pl-grid img')].map(e => e.src)"
+IMAGES_JS = "() => [...document.querySelectorAll('.pl-set:not([hidden]) img')].map(e => e.src)"
 
 
 def shown_image_shas(page) -> list[str]:  # noqa: ANN001
@@ -23,21 +23,38 @@ def shown_image_shas(page) -> list[str]:  # noqa: ANN001
 @pytest.mark.browser
 @pytest.mark.slow
 def test_rate_five_sets_with_clicks_and_hotkeys(ctx, home, alice):
-    make_sets(ctx, 7)
-    # (how, what): click a candidate's button / press its number / press T for a tie.
-    actions = [("click", 2), ("key", 1), ("key", 4), ("click", 3), ("key", "T")]
+    make_sets(ctx, 8)
+    # (how, what): click a candidate's image / its Pick button / press its number / press T for a tie;
+    # "double" double-clicks an image: its second click must not answer the set that appears.
+    actions = [("click", 2), ("key", 1), ("double", 4), ("button", 3), ("key", "T")]
     seen: dict[str, tuple[str, int | str, list[str]]] = {}
     with browser.app_server(home=home) as url, browser.chromium_page() as page:
         browser.sign_in(page, url, name="alice", token=alice[1])
         key = browser.wait_for_set(page, None, n=4)
         for how, what in actions:
             seen[key] = (how, what, shown_image_shas(page))
+            shown = browser.visible_set(page)
             if how == "click":
-                page.locator(f".st-key-pick-{key}-{what - 1} button").click()
+                shown.locator(".pl-cand").nth(what - 1).click()
+            elif how == "double":
+                shown.locator(".pl-cand").nth(what - 1).dblclick()
+            elif how == "button":
+                shown.get_by_role("button", name=f"Pick {what}", exact=True).click()
             else:
                 browser.focus_page(page)
                 page.keyboard.press(str(what))
-            key = browser.wait_for_set(page, key, n=4)
+            last, key = key, browser.wait_for_set(page, key, n=4)
+        # U takes back the tie: the tied set comes back on screen, and is picked this time.
+        browser.wait_for_labels(page, 5)
+        browser.focus_page(page)
+        page.keyboard.press("U")
+        assert browser.wait_for_set(page, key, n=4) == last
+        assert shown_image_shas(page) == seen[last][2]
+        page.keyboard.press("2")
+        seen[last] = ("key", 2, seen[last][2])
+        browser.wait_for_set(page, last, n=4)
+        browser.wait_for_labels(page, 5)
+        page.wait_for_timeout(500)  # a late sixth answer (say, from the double click) would land now
         assert page.get_by_text("labels today").first.inner_text().startswith("5")
     rows = judgements(ctx)
     assert len(rows) == 5

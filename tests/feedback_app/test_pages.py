@@ -9,7 +9,8 @@ from streamlit.testing.v1 import AppTest
 
 from pickloop.db import read_session
 from pickloop.schema import Assignment, Judgement, Prompt
-from tests.feedback_app.helpers import APP_DIR, count, judgements, make_sets
+from tests.feedback_app.helpers import (APP_DIR, answer, count, judgements, make_sets, panel_data, send_outbox,
+                                        set_key, shown_set)
 
 TIMEOUT = 60
 
@@ -19,12 +20,6 @@ def app(ident=None, script: str = "app.py") -> AppTest:  # noqa: ANN001
     if ident is not None:
         at.session_state["identity"] = ident
     return at.run()
-
-
-def set_key(at: AppTest) -> str:
-    caps = [c.value for c in at.caption if c.value.startswith("set ")]
-    assert len(caps) == 1, [c.value for c in at.caption]
-    return caps[0].split()[1]
 
 
 def shown_order(ctx, key: str) -> list[int]:  # noqa: ANN001
@@ -47,9 +42,12 @@ def test_sign_in_with_token_then_rate(ctx, alice):
     assert not at.exception
     key = set_key(at)
     order = shown_order(ctx, key)
-    at.button(key=f"pick-{key}-2").click().run()
+    assert [c["id"] for c in shown_set(at)["candidates"]] == order  # the browser gets the recorded order
+    assert len(panel_data(at)["sets"]) == 2  # the next set is already in the browser
+    answer(at, "pick", 2, ms=2345)
     (j,) = judgements(ctx)
     assert (j.choice, j.winner_id, j.shown_order, j.rater_id) == ("pick", order[2], order, alice[0].rater_id)
+    assert j.time_ms == 2345
     assert set_key(at) != key and "**1** labels today" in [m.value for m in at.markdown]
 
 
@@ -60,19 +58,19 @@ def test_wrong_token_and_unauthenticated_requests_write_nothing(ctx, alice):
     at.text_input(key="signin_token").input(alice[1][:-1] + "x")
     at.button[0].click().run()
     assert "wrong token" in at.error[0].value
-    assert not [b for b in at.button if b.key and b.key.startswith("pick-")]
+    assert panel_data(at) is None
     for script in ("pages/rate.py", "pages/history.py", "pages/admin.py"):  # a page reached directly
         page = app(script=script)
         assert "sign in" in page.warning[0].value and not page.button
     assert count(ctx, Assignment) == 0 and count(ctx, Judgement) == 0
 
 
-@pytest.mark.parametrize("action,choice", [("tie", "tie"), ("none", "none"), ("skip", "skip")])
-def test_tie_none_good_and_skip(ctx, alice, action, choice):
+@pytest.mark.parametrize("choice", ["tie", "none", "skip"])
+def test_tie_none_good_and_skip(ctx, alice, choice):
     make_sets(ctx, 2)
     at = app(alice[0])
     key = set_key(at)
-    at.button(key=f"{action}-{key}").click().run()
+    answer(at, choice)
     (j,) = judgements(ctx)
     assert (j.choice, j.winner_id) == (choice, None)
     assert set_key(at) != key
@@ -82,11 +80,12 @@ def test_undo_takes_back_the_last_pick(ctx, alice):
     make_sets(ctx, 2)
     at = app(alice[0])
     key = set_key(at)
-    at.button(key=f"pick-{key}-0").click().run()
+    answer(at, "pick", 0)
     assert count(ctx, Judgement) == 1 and set_key(at) != key
     at.button(key="undo").click().run()
     assert count(ctx, Judgement) == 0 and set_key(at) == key  # the same set is back on screen
-    at.button(key=f"pick-{key}-3").click().run()
+    assert shown_set(at)["token"] not in panel_data(at)["acked"]  # as a new showing the browser will show
+    answer(at, "pick", 3)
     (j,) = judgements(ctx)
     assert j.winner_id == shown_order(ctx, key)[3]
 
@@ -94,12 +93,37 @@ def test_undo_takes_back_the_last_pick(ctx, alice):
 def test_replayed_click_writes_one_judgement(ctx, alice):
     make_sets(ctx, 3)
     at = app(alice[0])
-    key = set_key(at)
-    button = at.button(key=f"pick-{key}-1")
-    button.click().run()
-    button.click().run()  # the same click delivered again (double click, reconnect)
+    first = shown_set(at)
+    answer(at, "pick", 1)
+    outbox = at.session_state["rating_panel"]["outbox"]
+    send_outbox(at, outbox + outbox)  # the same answer delivered again (replayed state, reconnect)
     at.run()  # a plain rerun
-    assert len(judgements(ctx)) == 1
+    (j,) = judgements(ctx)
+    assert j.winner_id == first["candidates"][1]["id"]
+    # The browser's outbox keeps every answer the server has not acknowledged: two answers sent
+    # together (the rater answered the next set before the rerun) are both recorded, once each.
+    second = shown_set(at)
+    sets = panel_data(at)["sets"]
+    send_outbox(at, [*outbox, {"token": second["token"], "choice": "tie", "winner_id": None, "ms": 900},
+                     {"token": sets[1]["token"], "choice": "skip", "winner_id": None, "ms": 800}])
+    assert sorted(j.choice for j in judgements(ctx)) == ["pick", "skip", "tie"]
+
+
+def test_forged_answers_write_nothing(ctx, alice):
+    make_sets(ctx, 3)
+    at = app(alice[0])
+    shown = shown_set(at)
+    other = make_sets(ctx, 1)[0]
+    from pickloop.schema import Candidate
+
+    with read_session(ctx.engine) as s:
+        foreign = s.exec(select(Candidate.id).where(Candidate.comparison_id == other)).first()
+    send_outbox(at, [{"token": "not-a-token", "choice": "pick", "winner_id": 1, "ms": 5},
+                     {"token": shown["token"], "choice": "pick", "winner_id": foreign, "ms": 5},
+                     {"token": shown["token"], "choice": "vote-twice", "winner_id": None, "ms": 5},
+                     "garbage", {"choice": "tie"}])
+    assert not at.exception and count(ctx, Judgement) == 0
+    assert "one of the candidates shown" in at.error[0].value
 
 
 def test_two_tabs_write_one_judgement(ctx, alice):
@@ -107,8 +131,8 @@ def test_two_tabs_write_one_judgement(ctx, alice):
     tab1, tab2 = app(alice[0]), app(alice[0])
     key = set_key(tab1)
     assert set_key(tab2) == key  # a second tab shows the same set
-    tab1.button(key=f"pick-{key}-0").click().run()
-    tab2.button(key=f"pick-{key}-1").click().run()
+    answer(tab1, "pick", 0)
+    answer(tab2, "pick", 1)
     (j,) = judgements(ctx)
     assert j.winner_id == shown_order(ctx, key)[0]  # the first answer stands
     assert "already answered" in tab2.info[0].value and set_key(tab2) != key
@@ -118,7 +142,7 @@ def test_admin_page_refused_to_a_rater(ctx, alice, admin):
     make_sets(ctx, 2, raters_wanted=2)
     for ident in (alice[0], admin[0]):  # an overlap set answered by both: agreement has a figure
         rater = app(ident)
-        rater.button(key=f"pick-{set_key(rater)}-0").click().run()
+        answer(rater, "pick", 0)
     with pytest.raises(ValueError, match="Could not find a navigation page"):
         app(alice[0]).switch_page("pages/admin.py")  # not in a rater's navigation at all
     at = app(admin[0]).switch_page("pages/admin.py").run()
@@ -158,16 +182,16 @@ def test_missing_image_shows_a_placeholder(ctx, alice, caplog):
 
     from feedback_app.ui import PLACEHOLDER_PNG
 
-    (grid,) = [h.value for h in at.get("html") if 'class="pl-grid"' in h.value]
-    assert not at.exception and grid.count("<img ") == 4
-    assert grid.count("data:image/png;base64," + base64.b64encode(PLACEHOLDER_PNG).decode()) == 1
+    srcs = [c["src"] for c in shown_set(at)["candidates"]]
+    assert not at.exception and len(srcs) == 4
+    assert srcs.count("data:image/png;base64," + base64.b64encode(PLACEHOLDER_PNG).decode()) == 1
     assert any(sha[:16] in r.getMessage() for r in caplog.records)
 
 
 def test_history_shows_past_picks(ctx, alice):
     make_sets(ctx, 2)
     at = app(alice[0])
-    at.button(key=f"pick-{set_key(at)}-0").click().run()
+    answer(at, "pick", 0)
     page = app(alice[0], script="pages/history.py")
     assert not page.exception and "a test prompt number" in page.markdown[0].value
 
@@ -182,12 +206,12 @@ def test_an_oidc_identity_without_a_provider_login_is_signed_out(ctx):
         r = allow_oidc_rater(session=s, email="eve@example.org")
         ident = Identity(rater_id=r.id, name=r.name, role=r.role, kind=r.kind)
     at = app(ident)  # session state claims eve, but no OIDC provider vouches for her
-    assert not [b for b in at.button if b.key and b.key.startswith("pick-")]
+    assert panel_data(at) is None
     assert count(ctx, Assignment) == 0 and count(ctx, Judgement) == 0
 
 
 def test_last_set_answered_switches_to_waiting(ctx, alice):
     make_sets(ctx, 1)
     at = app(alice[0])
-    at.button(key=f"pick-{set_key(at)}-0").click().run()
+    answer(at, "pick", 0)
     assert count(ctx, Judgement) == 1 and "Drawing new candidates" in at.info[0].value

@@ -1,0 +1,168 @@
+"""The rating panel's server side: which sets the browser holds, and the answers it sends back.
+
+The panel (``static/rating_panel.js``, a Streamlit v2 component) keeps the set on screen and the
+next ones decoded in the page and swaps to the next set the moment a rater answers; the answer
+travels to the server afterwards. So the server hands out sets ahead (``depth`` in the browser at
+once) and trusts nothing from the browser but a token: an answer names the *showing* of a set it
+was sent (a token), and the server looks the set up in its own session state. Answers arrive as an
+outbox of every answer not yet acknowledged; each is recorded idempotently (the set's idempotency
+key), so a replayed outbox, a double click, a reconnect or a second tab never writes twice.
+
+Everything here is per browser session (kept in ``st.session_state`` by the page); no Streamlit calls,
+so tests drive it directly.
+"""
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from feedback_app.logic import SetView
+
+log = logging.getLogger("pickloop.app")
+
+JS = (Path(__file__).parent / "static" / "rating_panel.js").read_text(encoding="utf-8")
+CSS = """
+.pl-panel { width: 100%; }
+.pl-prompt { margin: 0 0 0.75rem 0; }
+.pl-grid { display: flex; gap: 1rem; }
+.pl-cand { flex: 1 1 0; min-width: 0; padding: 0; border: 3px solid transparent; border-radius: 6px;
+           background: #eee; cursor: pointer; }
+.pl-cand:hover { border-color: var(--st-primary-color, #ff4b4b); }
+.pl-cand img { display: block; width: 100%; aspect-ratio: 1 / 1; object-fit: contain;
+               image-rendering: pixelated; border-radius: 4px; }
+.pl-row { display: flex; gap: 0.5rem; margin-top: 0.6rem; }
+.pl-btn { flex: 1 1 0; padding: 0.45rem 0.75rem; border-radius: 0.5rem; cursor: pointer; font: inherit;
+          border: 1px solid rgba(49, 51, 63, 0.2); background: var(--st-background-color, #fff);
+          color: var(--st-text-color, #31333f); }
+.pl-btn:hover { border-color: var(--st-primary-color, #ff4b4b); }
+.pl-primary { background: var(--st-primary-color, #ff4b4b); border-color: var(--st-primary-color, #ff4b4b);
+              color: #fff; }
+.pl-caption { margin-top: 0.6rem; font-size: 0.875rem; opacity: 0.65; }
+.pl-waiting { opacity: 0.65; }
+"""
+CHOICES = ("pick", "tie", "none", "skip")
+MAX_OUTBOX = 64  # more unacknowledged answers than this is not a browser we wrote: ignore the rest
+ACK_KEEP = 64  # acknowledged tokens remembered (the browser drops them from its outbox)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One answer from the browser: a showing's token, the choice, the winner (picks) and the time taken."""
+
+    token: str
+    choice: str
+    winner_id: int | None
+    ms: int | None
+
+
+def parse_outbox(value: Any) -> list[Answer]:
+    """The well-formed answers in the component's state; anything else is dropped with a log line.
+
+    The browser is not trusted: a malformed entry never raises, it is simply not an answer.
+    """
+    outbox = value.get("outbox") if isinstance(value, dict) else None
+    if not isinstance(outbox, list):
+        return []
+    answers = []
+    for entry in outbox[:MAX_OUTBOX]:
+        try:
+            token, choice = str(entry["token"]), str(entry["choice"])
+            winner = entry.get("winner_id")
+            winner = None if winner is None else int(winner)
+            ms = entry.get("ms")
+            ms = None if ms is None else max(0, min(int(ms), 86_400_000))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            log.warning("ignored a malformed answer from the browser: %r", str(entry)[:200])
+            continue
+        if choice not in CHOICES:
+            log.warning("ignored an answer with unknown choice %r", choice[:20])
+            continue
+        answers.append(Answer(token=token, choice=choice, winner_id=winner, ms=ms))
+    return answers
+
+
+@dataclass
+class Panel:
+    """What one browser session's panel holds: the queue of sets sent ahead, by showing token."""
+
+    depth: int = 2
+    queue: list[SetView] = field(default_factory=list)  # queue[0] is on screen
+    tokens: dict[int, str] = field(default_factory=dict)  # comparison id -> token of its current showing
+    sent: dict[str, SetView] = field(default_factory=dict)  # token -> set, for every showing not answered
+    shows: dict[int, int] = field(default_factory=dict)  # comparison id -> times shown (undo shows again)
+    acked: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    uris: dict[str, str] = field(default_factory=dict)  # image sha256 -> data: URL, for the queue's images
+
+    def token(self, view: SetView) -> str:
+        if view.comparison_id not in self.tokens:
+            n = self.shows.get(view.comparison_id, 0)
+            self.shows[view.comparison_id] = n + 1
+            tok = f"{view.key}.{n}"
+            self.tokens[view.comparison_id] = tok
+            self.sent[tok] = view
+        return self.tokens[view.comparison_id]
+
+    def fill(self, next_set: Callable[[list[int]], SetView | None]) -> None:
+        """Hand out sets until ``depth`` are held; ``next_set(skip)`` gives a set not in ``skip`` or None."""
+        while len(self.queue) < self.depth:
+            view = next_set([v.comparison_id for v in self.queue])
+            if view is None or any(v.comparison_id == view.comparison_id for v in self.queue):
+                return
+            self.queue.append(view)
+            self.token(view)
+
+    def show_first(self, view: SetView) -> None:
+        """Put ``view`` on screen under a new token (undo): the browser shows it before what it held."""
+        self.drop(view.comparison_id)
+        self.queue.insert(0, view)
+        self.token(view)
+
+    def drop(self, comparison_id: int) -> None:
+        self.queue = [v for v in self.queue if v.comparison_id != comparison_id]
+        tok = self.tokens.pop(comparison_id, None)
+        if tok is not None:
+            self.sent.pop(tok, None)
+
+    def new_answers(self, value: Any) -> list[tuple[Answer, SetView | None]]:
+        """Answers in the component's state not yet handled, each with the set its token names
+        (None for a token this session never sent: it is acknowledged and otherwise ignored)."""
+        out = []
+        for a in parse_outbox(value):
+            if a.token in self.acked:
+                continue
+            view = self.sent.get(a.token)
+            if view is None:
+                log.warning("ignored an answer for a set this session did not send: %r", a.token[:40])
+            out.append((a, view))
+        return out
+
+    def acknowledge(self, answer: Answer, view: SetView | None) -> None:
+        """The answer is handled (recorded, refused or ignored): the set leaves the queue."""
+        self.acked[answer.token] = None
+        while len(self.acked) > ACK_KEEP:
+            self.acked.popitem(last=False)
+        if view is not None and self.tokens.get(view.comparison_id) == answer.token:
+            self.drop(view.comparison_id)
+
+    def data(self, image_uri: Callable[[str], str]) -> dict[str, Any]:
+        """The component's data: the queue with inline images (each read once), and the acknowledged tokens."""
+        shas = {c.image_sha256 for v in self.queue for c in v.candidates}
+        self.uris = {sha: self.uris.get(sha) or image_uri(sha) for sha in shas}
+        return {
+            "sets": [{"token": self.token(v), "key": v.key, "prompt": v.prompt,
+                      "candidates": [{"id": c.id, "src": self.uris[c.image_sha256]} for c in v.candidates]}
+                     for v in self.queue],
+            "acked": list(self.acked),
+        }
+
+
+def _define() -> Callable[..., Any]:
+    import streamlit as st
+
+    return st.components.v2.component("pickloop.rating_panel", js=JS, css=CSS, isolate_styles=False)
+
+
+mount = _define()  # defined once per process: ``mount(key=..., data=Panel.data(...), ...)``
