@@ -13,6 +13,8 @@ A worker makes one set in three steps, so that no transaction is held while the 
    worker still holds the claim. A failed draw flips it to ``failed``; a half-made set is never ready.
 
 A ``drawing`` claim older than ``stale_after_s`` (a worker that died) is taken over by the next worker.
+While a worker draws, a heartbeat thread renews its claim every third of ``stale_after_s``
+(``keep_claim``), so a slow draw (SDXL on a CPU) is never mistaken for a dead worker.
 
 Active learning (``settings.active_learning``): when a reward model is registered, each new set gets a
 ``priority`` = how little the model can tell its two best candidates apart (see ``set_priority``); the
@@ -20,8 +22,11 @@ rating app hands out the highest priority first. Without a reward model sets kee
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -33,6 +38,8 @@ from sqlmodel import Session, select
 
 from pickloop.errors import UserError
 from pickloop.schema import Candidate, Comparison, ModelVersion, Prompt, utcnow
+
+log = logging.getLogger("pickloop.queue")
 
 OPEN_STATUSES = ("drawing", "ready")  # sets that count toward the queue depth
 STALE_AFTER_S = 900.0  # a claim this old, seconds, belongs to a dead worker
@@ -189,9 +196,44 @@ def set_priority(reward_model, prompt: str, images: list, image_keys: list[str])
     return min(1.0, max(0.0, 1.0 - abs(u.p_best - 0.5) * 2.0))
 
 
-def draw_set(ctx, claim: Claim, n: int, *, worker_id: str, reward_model=None) -> bool:  # noqa: ANN001
+def renew_claim(*, session: Session, claim: Claim, worker_id: str) -> bool:
+    """Mark the claim as alive now; False when this worker no longer holds it."""
+    res = session.execute(update(Comparison).where(Comparison.id == claim.comparison_id,
+                                                   Comparison.claimed_by == worker_id,
+                                                   Comparison.status == "drawing").values(claimed_at=utcnow()))
+    return res.rowcount == 1
+
+
+@contextlib.contextmanager
+def keep_claim(ctx, claim: Claim, *, worker_id: str, every_s: float):  # noqa: ANN001, ANN201
+    """Renew ``claim`` every ``every_s`` seconds from a background thread while the block runs."""
+    from pickloop.db import write_session
+
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every_s):
+            try:
+                with write_session(ctx.engine) as s:
+                    if not renew_claim(session=s, claim=claim, worker_id=worker_id):
+                        return  # lost or finished: nothing left to keep
+            except Exception as e:  # noqa: BLE001 - a missed beat is retried; the draw goes on
+                log.warning("could not renew the claim on set %s: %s", claim.comparison_id, e)
+
+    thread = threading.Thread(target=beat, name=f"pickloop-claim-{claim.comparison_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def draw_set(ctx, claim: Claim, n: int, *, worker_id: str, reward_model=None,  # noqa: ANN001
+             stale_after_s: float = STALE_AFTER_S) -> bool:
     """Draw the candidates of a claimed set and store them; True when the set became ready.
-    With ``reward_model`` the set's priority is its uncertainty (``set_priority``), else None."""
+    With ``reward_model`` the set's priority is its uncertainty (``set_priority``), else None.
+    The claim is renewed every ``stale_after_s / 3`` while drawing."""
     from pickloop.db import read_session, write_session
 
     from generator.noise_memory import choose_seeds
@@ -199,16 +241,17 @@ def draw_set(ctx, claim: Claim, n: int, *, worker_id: str, reward_model=None) ->
     from generator.sampling import sample_candidates
 
     try:
-        pipe = load_pipeline(lora=claim.model_version_id, ctx=ctx)
-        with read_session(ctx.engine) as s:
-            seeds, remembered = choose_seeds(pipe, session=s, prompt=claim.prompt, n=n, settings=ctx.settings)
-        drawn = sample_candidates(pipe, claim.prompt, n, seeds=seeds)
-        rows = [dict(slot=slot, seed=seed, params=params, image_sha256=ctx.images.put(img),
-                     from_noise_memory=remembered[slot]) for slot, (img, seed, params) in enumerate(drawn)]
-        priority = None
-        if reward_model is not None:
-            priority = set_priority(reward_model, claim.prompt, [img for img, _, _ in drawn],
-                                    [r["image_sha256"] for r in rows])
+        with keep_claim(ctx, claim, worker_id=worker_id, every_s=stale_after_s / 3):
+            pipe = load_pipeline(lora=claim.model_version_id, ctx=ctx)
+            with read_session(ctx.engine) as s:
+                seeds, remembered = choose_seeds(pipe, session=s, prompt=claim.prompt, n=n, settings=ctx.settings)
+            drawn = sample_candidates(pipe, claim.prompt, n, seeds=seeds)
+            rows = [dict(slot=slot, seed=seed, params=params, image_sha256=ctx.images.put(img),
+                         from_noise_memory=remembered[slot]) for slot, (img, seed, params) in enumerate(drawn)]
+            priority = None
+            if reward_model is not None:
+                priority = set_priority(reward_model, claim.prompt, [img for img, _, _ in drawn],
+                                        [r["image_sha256"] for r in rows])
         with write_session(ctx.engine) as s:
             return finish_set(session=s, claim=claim, worker_id=worker_id, candidates=rows, priority=priority)
     except BaseException:
@@ -257,7 +300,8 @@ def fill_queue(*, ctx, pool: str = "default", depth: int | None = None, worker_i
                         fail_set(session=s, claim=claim, worker_id=worker_id)
                     raise
                 reward_loaded = True
-            if draw_set(ctx, claim, n, worker_id=worker_id, reward_model=reward_model):
+            if draw_set(ctx, claim, n, worker_id=worker_id, reward_model=reward_model,
+                        stale_after_s=stale_after_s):
                 made += 1
                 bar.update(1)
     return made

@@ -9,7 +9,7 @@ import pytest
 from sqlmodel import func, select
 
 from generator.pipeline import LORA_WEIGHT_NAME, file_sha256
-from generator.queue import fill_queue, queue_counts
+from generator.queue import claim_set, fill_queue, keep_claim, queue_counts
 from generator.sampling import redraw
 from pickloop.cli import main as cli_main
 from pickloop.db import read_session, write_session
@@ -104,6 +104,30 @@ def test_a_dead_workers_claim_is_taken_over(gen_ctx):  # noqa: ANN001
         assert s.get(Comparison, dead_id).status == "ready" and s.get(Comparison, dead_id).claimed_by == "w"
         assert s.get(Comparison, alive_id).status == "drawing"  # a live claim is left alone
         assert queue_counts(session=s) == {"drawing": 1, "ready": 3, "done": 0, "failed": 0}
+
+
+def test_a_slow_draw_keeps_its_claim_alive(gen_ctx):  # noqa: ANN001
+    import time
+
+    _setup(gen_ctx, PROMPTS[:1])
+    with write_session(gen_ctx.engine) as s:
+        vid = ensure_base_version(session=s, base_model=gen_ctx.base_model).id
+        claim = claim_set(session=s, pool="default", depth=1, version_id=vid, worker_id="slow")
+    stale = 0.6
+
+    def other_worker_claims():  # noqa: ANN202
+        with write_session(gen_ctx.engine) as s:
+            return claim_set(session=s, pool="default", depth=1, version_id=vid, worker_id="other",
+                             stale_after_s=stale)
+
+    with keep_claim(gen_ctx, claim, worker_id="slow", every_s=stale / 3):
+        time.sleep(3 * stale)  # a draw much longer than the stale limit
+        assert other_worker_claims() is None  # renewed: still "slow"'s claim, not taken over
+    time.sleep(2 * stale)  # the heartbeat has stopped (a dead worker): now it is taken over
+    taken = other_worker_claims()
+    assert taken is not None and taken.comparison_id == claim.comparison_id
+    with read_session(gen_ctx.engine) as s:
+        assert s.get(Comparison, claim.comparison_id).claimed_by == "other"
 
 
 def test_cli_generate_with_a_prompt_file(gen_ctx, tiny_sd_dir, tmp_path, monkeypatch, capsys):  # noqa: ANN001
