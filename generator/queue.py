@@ -18,7 +18,9 @@ While a worker draws, a heartbeat thread renews its claim every third of ``stale
 
 Active learning (``settings.active_learning``): when a reward model is registered, each new set gets a
 ``priority`` = how little the model can tell its two best candidates apart (see ``set_priority``); the
-rating app hands out the highest priority first. Without a reward model sets keep priority None.
+rating app hands out the highest priority first. Without a reward model sets keep priority None. The
+watching worker re-scores the sets already waiting when it starts and whenever a newer reward model is
+registered (``rescore_if_new_reward_model``).
 """
 from __future__ import annotations
 
@@ -192,8 +194,58 @@ def set_priority(reward_model, prompt: str, images: list, image_keys: list[str])
     tell them apart (a pick teaches it most); 0 = it is sure (or the set has fewer than two images)."""
     from reward.uncertainty import CandidateSet, set_uncertainty
 
-    u = set_uncertainty(reward_model, [CandidateSet(prompt, images, image_keys=image_keys)])[0]
-    return min(1.0, max(0.0, 1.0 - abs(u.p_best - 0.5) * 2.0))
+    return _priority(set_uncertainty(reward_model, [CandidateSet(prompt, images, image_keys=image_keys)])[0].p_best)
+
+
+def _priority(p_best: float) -> float:
+    return min(1.0, max(0.0, 1.0 - abs(p_best - 0.5) * 2.0))
+
+
+def latest_reward_model_id(ctx) -> int | None:  # noqa: ANN001
+    """The id of the newest registered reward model, or None."""
+    from pickloop.db import read_session
+    from pickloop.schema import RewardModelRow
+
+    with read_session(ctx.engine) as s:
+        return s.exec(select(func.max(RewardModelRow.id))).one()
+
+
+def rescore_ready_sets(*, ctx, reward_model, pool: str | None = None, batch: int = 32) -> int:  # noqa: ANN001
+    """Set every ready set's priority from ``reward_model`` (what a newer reward model is unsure about
+    differs from what the one that drew them was); returns how many sets were scored."""
+    from pickloop.db import read_session, write_session
+    from reward.uncertainty import order_comparisons
+
+    q = select(Comparison.id).where(Comparison.status == "ready").order_by(Comparison.id)
+    if pool is not None:
+        q = q.join(Prompt, Comparison.prompt_id == Prompt.id).where(Prompt.pool == pool)
+    with read_session(ctx.engine) as s:
+        ids = list(s.exec(q))
+    done = 0
+    for start in range(0, len(ids), batch):
+        scored = order_comparisons(ctx=ctx, model=reward_model, comparison_ids=ids[start:start + batch])
+        with write_session(ctx.engine) as s:
+            for u in scored:
+                s.execute(update(Comparison).where(Comparison.id == u.key, Comparison.status == "ready")
+                          .values(priority=_priority(u.p_best)))
+        done += len(scored)
+    return done
+
+
+def rescore_if_new_reward_model(ctx, scored_with: int | None, *, pool: str | None = None) -> int | None:  # noqa: ANN001
+    """With active learning on, re-score the ready sets once a reward model newer than ``scored_with``
+    (a registry id) is registered; returns the id the queue is now scored with."""
+    if not ctx.settings.active_learning:
+        return scored_with
+    latest = latest_reward_model_id(ctx)
+    if latest is None or latest == scored_with:
+        return scored_with
+    model = load_reward_model_for_queue(ctx)
+    if model is None:
+        return scored_with
+    n = rescore_ready_sets(ctx=ctx, reward_model=model, pool=pool)
+    log.info("re-scored %d ready sets with reward model %d", n, latest)
+    return latest
 
 
 def renew_claim(*, session: Session, claim: Claim, worker_id: str) -> bool:
@@ -311,11 +363,14 @@ def watch_queue(*, ctx, pool: str = "default", depth: int | None = None, n: int 
                 interval_s: float = 5.0, worker_id: str | None = None, progress: bool = False) -> None:
     """Keep the queue full forever: fill, then sleep ``interval_s`` seconds while it is full.
 
-    A new promoted version is picked up on the next round (each round reads it afresh).
+    A new promoted version is picked up on the next round (each round reads it afresh); with active
+    learning, the sets already waiting are re-scored at start and by each newly registered reward model.
     """
     worker_id = worker_id or default_worker_id()
+    scored_with = None  # the sets waiting now were scored by some earlier model, or none: score them first
     while True:
         try:
+            scored_with = rescore_if_new_reward_model(ctx, scored_with, pool=pool)
             made = fill_queue(ctx=ctx, pool=pool, depth=depth, worker_id=worker_id, progress=progress, n=n)
         except UserError as e:  # e.g. the model is not trained yet: say so and try again later
             print(f"pickloop generate: {e}", flush=True)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from sqlmodel import select
 
-from generator.queue import fill_queue
+from generator.queue import fill_queue, rescore_if_new_reward_model
 from pickloop.db import read_session, write_session
 from pickloop.schema import Comparison, RewardModelRow
 from pickloop.store import add_prompts, ensure_base_version
@@ -112,3 +112,29 @@ def test_next_set_for_orders_by_priority_nulls_last_pending_first(db_url, home):
             order.append(next_set_for(session=s, rater_id=bob.rater_id, settings=ctx.settings,
                                       skip=order).comparison_id)
     assert order == [ids[4], ids[3], ids[0], ids[2]]  # ids[1] is alice's; NULLs last, then oldest
+
+
+def test_waiting_sets_are_rescored_when_a_new_reward_model_arrives(home, tiny_sd_dir, reward_dir, tmp_path):  # noqa: ANN001
+    from reward.model import RewardModel
+    from reward.uncertainty import order_comparisons
+    from tests.tiny_clip import write_random_shapes_clip
+
+    ctx = _ctx(home, tiny_sd_dir, active_learning=True)
+    fill_queue(ctx=ctx, depth=1, n=3, worker_id="w", progress=False)  # no reward model yet: no priority
+    assert set(_priorities(ctx).values()) == {None}
+    assert rescore_if_new_reward_model(ctx, None) is None  # nothing registered: nothing to do
+    _register(ctx, reward_dir)
+    first = rescore_if_new_reward_model(ctx, None)
+    after_first = _priorities(ctx)
+    assert first is not None and all(p is not None for p in after_first.values())
+    assert rescore_if_new_reward_model(ctx, first) == first  # the same model: nothing re-scored
+    # A newer reward model (another random head and backbone) re-scores every waiting set with its own view.
+    clip = write_random_shapes_clip(tmp_path / "clip2", seed=7)
+    newer_dir = RewardModel.create(backbone=str(clip), head_width=0, seed=3).save(tmp_path / "rm2")
+    _register(ctx, newer_dir)
+    second = rescore_if_new_reward_model(ctx, first)
+    assert second is not None and second > first
+    after = _priorities(ctx)
+    expected = {u.key: 1.0 - abs(u.p_best - 0.5) * 2.0
+                for u in order_comparisons(ctx=ctx, model=RewardModel.load(newer_dir), comparison_ids=list(after))}
+    assert after == pytest.approx(expected, abs=1e-6) and after != after_first
