@@ -34,16 +34,15 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import func, update
+from sqlalchemy import and_, exists, func, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from pickloop.errors import UserError
-from pickloop.schema import Candidate, Comparison, ModelVersion, Prompt, utcnow
+from pickloop.schema import Candidate, Comparison, Judgement, ModelVersion, Prompt, utcnow
 
 log = logging.getLogger("pickloop.queue")
 
-OPEN_STATUSES = ("drawing", "ready")  # sets that count toward the queue depth
 STALE_AFTER_S = 900.0  # a claim this old, seconds, belongs to a dead worker
 
 
@@ -65,9 +64,13 @@ def overlap_wanted(key: str, overlap_share: float) -> int:
 
 
 def _open_count(prompt_id, version_id: int):  # noqa: ANN001, ANN202
+    """Sets of a prompt that count toward the queue depth: being drawn, or ready and not answered by anyone.
+    An overlap set answered once waits for its second rater without holding a place, so a lone rater is
+    never starved by sets only someone else can answer."""
+    answered = exists().where(Judgement.comparison_id == Comparison.id)
     return (select(func.count()).select_from(Comparison)
             .where(Comparison.prompt_id == prompt_id, Comparison.model_version_id == version_id,
-                   Comparison.status.in_(OPEN_STATUSES)))
+                   or_(Comparison.status == "drawing", and_(Comparison.status == "ready", ~answered))))
 
 
 def current_version(*, session: Session, base_model: str) -> ModelVersion:

@@ -106,6 +106,25 @@ def test_a_dead_workers_claim_is_taken_over(gen_ctx):  # noqa: ANN001
         assert queue_counts(session=s) == {"drawing": 1, "ready": 3, "done": 0, "failed": 0}
 
 
+def test_an_overlap_set_answered_once_no_longer_holds_a_place(gen_ctx):  # noqa: ANN001
+    from pickloop.store import add_rater, record_judgement
+
+    _setup(gen_ctx, PROMPTS[:1])
+    gen_ctx.settings.overlap_share = 1.0  # every set wants two raters
+    assert fill_queue(ctx=gen_ctx, depth=1, n=2, worker_id="w", progress=False) == 1
+    with write_session(gen_ctx.engine) as s:
+        comp = s.exec(select(Comparison)).one()
+        assert comp.raters_wanted == 2
+        rater, _ = add_rater(session=s, name="alone")
+        cands = candidates_of(session=s, comparison_id=comp.id)
+        record_judgement(session=s, comparison_id=comp.id, rater_id=rater.id, choice="pick",
+                         winner_id=cands[0].id, shown_order=[c.id for c in cands], idempotency_key="k1")
+    # The lone rater has answered it: a new set is drawn for them, the first still waits for a second rater.
+    assert fill_queue(ctx=gen_ctx, depth=1, n=2, worker_id="w", progress=False) == 1
+    with read_session(gen_ctx.engine) as s:
+        assert [c.status for c in s.exec(select(Comparison).order_by(Comparison.id))] == ["ready", "ready"]
+
+
 def test_a_slow_draw_keeps_its_claim_alive(gen_ctx):  # noqa: ANN001
     import time
 
