@@ -69,3 +69,36 @@ def test_rate_five_sets_with_clicks_and_hotkeys(ctx, home, alice):
         else:
             assert j.choice == "pick" and sha_of[j.winner_id] == shas[what - 1]
         assert j.rater_id == alice[0].rater_id and j.time_ms is not None
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_oidc_sign_in_needs_the_allow_list(ctx, home):
+    """st.login against a local OpenID Connect provider: a stranger writes nothing; once allowed, the
+    provider's email is the rater written to the store."""
+    from feedback_app.logic import allow_oidc_rater
+    from pickloop.db import write_session
+    from pickloop.schema import Assignment, Judgement
+    from tests.feedback_app.helpers import count
+    from tests.feedback_app.oidc_provider import oidc_provider, write_secrets
+
+    make_sets(ctx, 2)
+    port = browser.free_port()
+    with oidc_provider() as idp:
+        write_secrets(home, provider=idp, app_port=port)
+        with browser.app_server(home=home, port=port) as url, browser.chromium_page() as page:
+            page.goto(url)
+            page.get_by_role("button", name="Sign in").click()
+            page.get_by_text("is not on this project's list of raters").wait_for()
+            assert idp.logins == 1 and "eve@example.org" in page.inner_text("body")
+            assert count(ctx, Assignment) == 0 and count(ctx, Judgement) == 0
+            with write_session(ctx.engine) as s:
+                eve = allow_oidc_rater(session=s, email="eve@example.org")
+                eve_id = eve.id
+            page.reload()  # still logged in at the provider: now on the list, straight to rating
+            browser.wait_for_set(page, None, n=4)
+            browser.focus_page(page)
+            page.keyboard.press("1")
+            browser.wait_for_labels(page, 1)
+    (j,) = judgements(ctx)
+    assert j.rater_id == eve_id and j.choice == "pick"
