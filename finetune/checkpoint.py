@@ -215,6 +215,11 @@ def prune_checkpoints(root: Path | str, *, keep: int = 1) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
+def checkpoint_extra(path: Path | str) -> dict[str, Any]:
+    """The trainer's ``extra`` of a checkpoint (config hash, parent...), read before anything is restored."""
+    return json.loads((Path(path) / STATE_JSON).read_text()).get("extra", {})
+
+
 def load_checkpoint(path: Path | str, *, unet: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
                     lr_scheduler: Any = None, restore_rng_state: bool = True) -> Resumed:
     """Restore LoRA weights, optimizer, scheduler and RNG from a verified checkpoint folder."""

@@ -20,6 +20,7 @@ import torch
 from finetune.ddpo import DDPOState, train_ddpo
 from finetune.ddpo_config import DDPOConfig
 from finetune.ddpo_rewards import RewardFn, make_reward
+from finetune.lora import ParentLora, start_lora
 from pickloop.errors import UserError
 
 
@@ -94,15 +95,16 @@ def _write_lora(unet, out: Path, metadata: dict[str, Any]) -> str:  # noqa: ANN0
     return sha
 
 
-def _resume_state(pipe, work_dir: Path | None, config: DDPOConfig) -> DDPOState | None:  # noqa: ANN001
+def _resume_state(pipe, work_dir: Path | None, config: DDPOConfig,  # noqa: ANN001
+                  parent: ParentLora | None = None) -> DDPOState | None:
     """The DDPOState of the newest complete checkpoint in ``work_dir`` (LoRA loaded into pipe.unet)."""
     from finetune import checkpoint as ckpt
-    from finetune.lora import add_lora, lora_parameters, lora_tensors
+    from finetune.lora import lora_parameters, lora_tensors
 
     latest = ckpt.latest_complete_checkpoint(work_dir) if work_dir else None
     if latest is None:
         return None
-    add_lora(pipe.unet, rank=config.lora_rank)
+    start_lora(pipe.unet, rank=config.lora_rank, parent=parent)  # the adapter's shape; weights from the checkpoint
     opt = torch.optim.AdamW(lora_parameters(pipe.unet), lr=config.lr, weight_decay=config.weight_decay)
     resumed = ckpt.load_checkpoint(latest, unet=pipe.unet, optimizer=opt)
     extra = resumed.extra
@@ -115,8 +117,12 @@ def _resume_state(pipe, work_dir: Path | None, config: DDPOConfig) -> DDPOState 
 def run_ddpo(ctx: Any, config: DDPOConfig, *, out_dir: Path | str, work_dir: Path | str | None = None,
              upto: int | None = None, base: str | None = None, resume: bool = True,
              on_step: Callable[[int, dict], None] | None = None, prompts: Sequence[str] | None = None,
-             reward_fn: RewardFn | None = None, progress: bool = True) -> DDPOResult:
+             reward_fn: RewardFn | None = None, progress: bool = True,
+             parent: ParentLora | None = None) -> DDPOResult:
     """DDPO on the data home's prompts against ``config.reward``; LoRA to ``out_dir``, checkpoints in ``work_dir``.
+
+    ``parent``: the promoted LoRA the run continues from (its LoRA is the starting point; None: a fresh
+    LoRA on the base, see ``finetune.lora.start_lora``).
 
     ``upto`` (the data snapshot) is recorded in the LoRA's metadata. ``on_step(epoch, row)`` runs on the
     main process after each epoch (heartbeats). Works as one process or under ``accelerate launch``.
@@ -132,7 +138,9 @@ def run_ddpo(ctx: Any, config: DDPOConfig, *, out_dir: Path | str, work_dir: Pat
     drift = _drift_prompts(ctx, prompts, config.drift_prompts)
     reward_fn = reward_fn or make_reward(config.reward, path=config.reward_path, ctx=ctx)
     work = Path(work_dir) if work_dir else None
-    state = _resume_state(pipe, work, config) if resume else None
+    state = _resume_state(pipe, work, config, parent) if resume else None
+    if state is None and parent is not None:
+        start_lora(pipe.unet, rank=config.lora_rank, parent=parent)
 
     def after_epoch(st: DDPOState, unet, optimizer) -> None:  # noqa: ANN001
         if accelerator.is_main_process:
@@ -153,6 +161,7 @@ def run_ddpo(ctx: Any, config: DDPOConfig, *, out_dir: Path | str, work_dir: Pat
     if accelerator.is_main_process:
         sha = _write_lora(pipe.unet, Path(out_dir), {"method": "ddpo", "config": config.to_dict(),
                                                      "config_hash": config.config_hash(), "data_snapshot": upto,
+                                                     "parent": parent.describe() if parent else None,
                                                      "metrics": {k: v for k, v in metrics.items() if k != "history"}})
     accelerator.wait_for_everyone()
     return DDPOResult(Path(out_dir), sha, len(history), metrics)

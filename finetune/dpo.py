@@ -3,12 +3,22 @@ with a LoRA on the U-Net, trained on the raters' picks.
 
 For a pair (winner x_w, loser x_l) of one prompt c, one noise eps and one timestep t shared by both:
     err(x)     = mean over latent dims of ||target - unet_theta(x_t, t, c)||^2
-    ref_err(x) = the same with the adapters disabled (the base U-Net; no second copy in memory)
+    ref_err(x) = the same under the reference model: the parent (see below)
     d          = (err(x_w) - ref_err(x_w)) - (err(x_l) - ref_err(x_l))
     loss       = -log sigmoid(-beta/2 * d), averaged over pairs with weights w (human picks 1,
                  pairs ranked by the reward model ``ai_feedback_weight``; see finetune/dpo_ai_feedback.py)
 where target is eps or v as the scheduler predicts. Logged: loss, implicit_acc (share of pairs with
 -beta/2 * d > 0), gap_w = err_w - ref_err_w and gap_l = err_l - ref_err_l.
+
+A run continues from its parent, the promoted version (``parent``, a ``finetune.lora.ParentLora``):
+the trainable LoRA starts as a copy of the parent's and the reference model is the parent itself, a
+second, frozen adapter loaded from the parent's file (``finetune.lora.start_lora``/``reference_model``;
+one U-Net in memory, two small adapters). So each version is its parent plus what the newer labels
+teach, the KL anchor of the DPO objective is the model the labels were drawn from, and the saved LoRA
+is the whole model, loadable alone. By default (``since_parent``) a stacked run trains on the labels
+newer than the parent's data snapshot only: the parent has already learned the older ones, and training
+on them again would count them once more every round. When the parent is the base (no LoRA), the
+LoRA starts at zero and the reference is the base U-Net with the adapters disabled, as in the paper.
 
 Data order is a pure function of (seed, step): global sample p = step * G + slot (G = batch x
 accumulation x processes) is pair perm_e[p mod n] of epoch e = p // n, and its noise and timestep come
@@ -65,6 +75,8 @@ class DPOConfig:
     ai_feedback_candidates: int = field(default=4, metadata={"help": "images per AI-feedback set (2-16)"})
     ai_feedback_weight: float = field(default=0.5, metadata={
         "help": "loss weight of an AI pair relative to a human pair"})
+    since_parent: bool = field(default=True, metadata={
+        "help": "continuing from a parent LoRA: train on labels newer than its data snapshot only"})
 
     def __post_init__(self) -> None:
         self.targets = tuple(self.targets)
@@ -90,6 +102,7 @@ class DPOConfig:
     def config_hash(self) -> str:
         # With AI feedback off its settings change nothing, so they stay out and older hashes still hold.
         skip = self._NOT_HASHED + (self._AI_FEEDBACK if self.ai_feedback_sets == 0 else ())
+        skip += ("since_parent",) if self.since_parent else ()  # the default: older hashes still hold
         data = {k: v for k, v in asdict(self).items() if k not in skip}
         return hashlib.sha256(json.dumps({"method": "dpo", **data}, sort_keys=True, default=list)
                               .encode()).hexdigest()[:16]
@@ -139,8 +152,8 @@ def dpo_loss(unet: torch.nn.Module, noise_scheduler: Any, lat_w: torch.Tensor, l
     noisy = noise_scheduler.add_noise(x0, eps, t)
     target = fm.diffusion_target(noise_scheduler, x0, eps, t).float()
     kwargs = fm.repeat_conditioning(cond, 2)
-    with torch.no_grad(), lora_io.adapters_disabled(unet) as base:  # reference first: adapters back on after
-        ref = base(noisy, t, **kwargs).sample.float()
+    with torch.no_grad(), lora_io.reference_model(unet) as reference:  # trainable adapter active again after
+        ref = reference(noisy, t, **kwargs).sample.float()
         ref_err = (ref - target).pow(2).mean(dim=(1, 2, 3))
     pred = unet(noisy, t, **kwargs).sample.float()
     err = (pred - target).pow(2).mean(dim=(1, 2, 3))
@@ -189,8 +202,11 @@ def noise_and_timesteps(positions: Sequence[int], seed: int, shape: tuple[int, .
 def train_dpo(cfg: DPOConfig, *, base: str, pairs: Sequence[PairSpec], load_image: Callable[[str], Any],
               out_dir: Path | str, work_dir: Path | str | None = None, resume: bool = True,
               on_step: Callable[[int, dict[str, float]], None] | None = None,
-              metadata: dict[str, Any] | None = None) -> DPOResult:
+              metadata: dict[str, Any] | None = None, parent: lora_io.ParentLora | None = None) -> DPOResult:
     """Train a Diffusion-DPO LoRA on ``pairs`` and write it to ``out_dir``; checkpoints in ``work_dir``.
+
+    ``parent``: the LoRA to continue from and to use as the reference (None: the base; see the module
+    docstring). A checkpoint records its parent; resuming it under another parent is a UserError.
 
     Works as one process or under ``accelerate launch`` (DDP; only the main process writes files).
     ``on_step(step, metrics)`` runs on the main process after each optimizer step (heartbeats).
@@ -210,7 +226,8 @@ def train_dpo(cfg: DPOConfig, *, base: str, pairs: Sequence[PairSpec], load_imag
     acc.print(f"dpo: {acc.num_processes} process(es), {acc.distributed_type.value}, device {acc.device}")
     torch.manual_seed(cfg.seed)
     m = fm.load_train_models(base, device=acc.device, resolution=cfg.resolution)
-    lora_io.add_lora(m.unet, rank=cfg.rank, alpha=cfg.alpha, targets=cfg.targets)
+    lora_io.start_lora(m.unet, rank=cfg.rank, alpha=cfg.alpha, targets=cfg.targets, parent=parent, reference=True)
+    parent_sha = parent.sha256 if parent else None
     if cfg.gradient_checkpointing:
         m.unet.enable_gradient_checkpointing()
     m.unet.train()
@@ -219,6 +236,10 @@ def train_dpo(cfg: DPOConfig, *, base: str, pairs: Sequence[PairSpec], load_imag
     start = 0
     latest = ckpt.latest_complete_checkpoint(work_dir) if (work_dir and resume) else None
     if latest is not None:
+        was = ckpt.checkpoint_extra(latest).get("parent_sha256")
+        if was != parent_sha:
+            raise UserError(f"checkpoint {latest} continues from parent LoRA {was or 'none (the base)'}, "
+                            f"not {parent_sha or 'none (the base)'}; use a fresh work folder")
         start = ckpt.load_checkpoint(latest, unet=m.unet, optimizer=opt, lr_scheduler=sched).step
         acc.print(f"resuming from {latest.name}: step {start}, skipping {start} steps of data")
     if cfg.cache_latents:  # encode every image once, before the loop (the VAE never runs per step)
@@ -271,7 +292,8 @@ def train_dpo(cfg: DPOConfig, *, base: str, pairs: Sequence[PairSpec], load_imag
             if acc.is_main_process:
                 ckpt.save_checkpoint(work_dir, step=done, unet=unet, optimizer=opt.optimizer if hasattr(opt, "optimizer") else opt,
                                      lr_scheduler=sched, data_position=done * per_step, sdxl=m.sdxl,
-                                     keep=cfg.keep_checkpoints, extra={"config_hash": cfg.config_hash()})
+                                     keep=cfg.keep_checkpoints,
+                                     extra={"config_hash": cfg.config_hash(), "parent_sha256": parent_sha})
             acc.wait_for_everyone()
     elapsed = time.perf_counter() - t0
     summary = _summarise(history, cfg.steps - start, elapsed, len(pairs))
@@ -279,7 +301,8 @@ def train_dpo(cfg: DPOConfig, *, base: str, pairs: Sequence[PairSpec], load_imag
     sha = ""
     if acc.is_main_process:
         sha = _write_final(m, out, {"method": "dpo", "config": asdict(cfg), "config_hash": cfg.config_hash(),
-                                    "metrics": summary, **(metadata or {})})
+                                    "parent": parent.describe() if parent else None, "metrics": summary,
+                                    **(metadata or {})})
     acc.wait_for_everyone()
     return DPOResult(lora_dir=out, lora_sha256=sha, steps=cfg.steps, metrics=summary)
 
@@ -311,8 +334,10 @@ def _write_final(m: fm.TrainModels, out: Path, metadata: dict[str, Any]) -> str:
 
 # ---------------------------------------------------------------- from the store
 
-def store_pairs(ctx: Any, *, upto: int | None = None, split: str | None = "train") -> list[PairSpec]:
-    """Human picks from the store as pairs (winner vs each other candidate; ties, none-good, skips dropped).
+def store_pairs(ctx: Any, *, upto: int | None = None, after: int | None = None,
+                split: str | None = "train") -> list[PairSpec]:
+    """Human picks from the store as pairs (winner vs each other candidate; ties, none-good, skips dropped),
+    from judgements with ``after`` < id <= ``upto`` (None: no bound).
 
     Held-out prompts are left out by default: the promotion gate judges on them.
     """
@@ -321,13 +346,17 @@ def store_pairs(ctx: Any, *, upto: int | None = None, split: str | None = "train
 
     with read_session(ctx.engine) as s:
         raw = preference_pairs(session=s, upto_id=upto, include_ties=False, split=split)
-        return [PairSpec(p.prompt, p.a.image_sha256, p.b.image_sha256) for p in raw if p.label == 1.0]
+        return [PairSpec(p.prompt, p.a.image_sha256, p.b.image_sha256) for p in raw
+                if p.label == 1.0 and (after is None or p.judgement_id > after)]
 
 
 def run_dpo(ctx: Any, cfg: DPOConfig, *, out_dir: Path | str, work_dir: Path | str | None = None,
             upto: int | None = None, base: str | None = None, resume: bool = True,
-            on_step: Callable[[int, dict[str, float]], None] | None = None) -> DPOResult:
-    """Diffusion-DPO on the store's picks up to judgement ``upto``, on the settings' base model.
+            on_step: Callable[[int, dict[str, float]], None] | None = None,
+            parent: lora_io.ParentLora | None = None) -> DPOResult:
+    """Diffusion-DPO on the store's picks up to judgement ``upto``, on the settings' base model,
+    continuing from ``parent`` (None: from the base). With ``cfg.since_parent`` a stacked run takes
+    only the picks newer than the parent's data snapshot.
 
     With ``cfg.ai_feedback_sets`` > 0 the latest reward model also ranks that many freshly drawn
     candidate sets, whose best-vs-worst pairs join the human ones at weight ``cfg.ai_feedback_weight``.
@@ -335,16 +364,17 @@ def run_dpo(ctx: Any, cfg: DPOConfig, *, out_dir: Path | str, work_dir: Path | s
     from pickloop.context import resolve_model_ref
 
     base_path = resolve_model_ref(base or ctx.base_model)
-    pairs = store_pairs(ctx, upto=upto)
+    after = parent.data_snapshot if (parent is not None and cfg.since_parent) else None
+    pairs = store_pairs(ctx, upto=upto, after=after)
     human = len(pairs)
-    metadata: dict[str, Any] = {"data_snapshot": upto}
+    metadata: dict[str, Any] = {"data_snapshot": upto, "labels_after": after}
     if cfg.ai_feedback_sets > 0:
         from finetune.dpo_ai_feedback import ai_feedback_pairs
 
         ai, metadata["ai_feedback"] = ai_feedback_pairs(ctx, cfg, base=base_path)
         pairs = pairs + ai
     result = train_dpo(cfg, base=base_path, pairs=pairs, load_image=ctx.images.open, out_dir=out_dir,
-                       work_dir=work_dir, resume=resume, on_step=on_step, metadata=metadata)
+                       work_dir=work_dir, resume=resume, on_step=on_step, metadata=metadata, parent=parent)
     result.metrics.update(human_pairs=float(human), ai_pairs=float(len(pairs) - human))
     return result
 

@@ -5,15 +5,20 @@
 1. takes an OS lock (``fcntl.flock`` on ``<home>/locks/finetune.lock``, non-blocking); a second
    concurrent call prints one line and exits ``EXIT_BUSY`` (75, EX_TEMPFAIL) at once;
 2. counts judgements newer than the last finished run of this method; fewer than N: exit 0, no-op;
-3. keys the run by method + data snapshot (highest judgement id) + config hash (``Job.run_key`` is
-   unique): a run already done is a no-op; a running row with a fresh heartbeat (another machine on the
+3. keys the run by method + data snapshot (highest judgement id) + config hash + the parent LoRA's
+   sha256 (``Job.run_key`` is unique): a run already done is a no-op; a running row with a fresh heartbeat (another machine on the
    same PostgreSQL) is busy; a running row with a stale heartbeat (``settings.finetune_stale_seconds``)
    or a failed one is taken over and resumes from its checkpoints;
 4. trains with a heartbeat thread, registers a candidate ModelVersion and marks the job done in one
    transaction; an exception marks it failed with the error.
 
+Each run continues from its parent, the version promoted when the run is keyed: the trainer starts from
+the parent's LoRA (``finetune.lora.start_lora``; from a fresh LoRA when the parent is the base) and the
+new version is registered as that parent's child, even if another version was promoted meanwhile.
+
 Trainer contract for other methods (``finetune.ddpo``): ``run_ddpo(ctx, config, *, out_dir, work_dir,
-upto, on_step) -> result`` with ``result.lora_sha256`` and ``result.metrics``; ``config.config_hash()``.
+upto, on_step, parent) -> result`` with ``result.lora_sha256`` and ``result.metrics``;
+``config.config_hash()``.
 """
 from __future__ import annotations
 
@@ -197,9 +202,13 @@ def run_finetune_job(ctx: Any, *, method: str = "dpo", min_new_labels: int = 1,
 
 
 def _run_locked(ctx: Any, method: str, kind: str, config: Any, min_new_labels: int) -> JobOutcome:
-    from pickloop.db import read_session
-    from pickloop.store import data_snapshot
+    from pickloop.db import read_session, write_session
+    from finetune.lora import parent_lora
+    from pickloop.store import data_snapshot, ensure_base_version, promoted_version
 
+    with write_session(ctx.engine) as s:
+        parent_row = promoted_version(session=s) or ensure_base_version(session=s, base_model=ctx.base_model)
+        parent_id, parent = parent_row.id, parent_lora(parent_row)
     with read_session(ctx.engine) as s:
         snapshot = data_snapshot(session=s)
         new, last = labels_since_last_run(s, kind)
@@ -207,7 +216,7 @@ def _run_locked(ctx: Any, method: str, kind: str, config: Any, min_new_labels: i
         return JobOutcome("nothing-new", f"{new} new labels since the last {method} run (snapshot {last}); "
                                          f"need {min_new_labels}: nothing to do")
     chash = config.config_hash()
-    run_key = f"{kind}:{snapshot}:{chash}"
+    run_key = f"{kind}:{snapshot}:{chash}" + (f":from-{parent.sha256[:16]}" if parent else "")
     state, job = claim_job(ctx, kind=kind, run_key=run_key, snapshot=snapshot, config_hash=chash, owner=owner_id())
     if state == "already-done":
         return JobOutcome("already-done", f"run {run_key} already done ({(job.output or {}).get('version')}); "
@@ -217,31 +226,27 @@ def _run_locked(ctx: Any, method: str, kind: str, config: Any, min_new_labels: i
                           EXIT_BUSY)
     if state == "taken-over":
         print(f"taking over stale run {run_key} from {job.output.get('taken_over_from')}")
-    return _train_and_register(ctx, method, config, job, snapshot)
+    return _train_and_register(ctx, method, config, job, snapshot, parent_id, parent)
 
 
-def _train_and_register(ctx: Any, method: str, config: Any, job: Any, snapshot: int) -> JobOutcome:
+def _train_and_register(ctx: Any, method: str, config: Any, job: Any, snapshot: int, parent_id: int,
+                        parent: Any) -> JobOutcome:
     from pickloop.db import write_session
     from pickloop.schema import Job, utcnow
-    from pickloop.store import ensure_base_version
 
     from finetune.registry import register_version
 
-    name = _safe_name(f"{method}-s{snapshot}-{job.config_hash[:8]}")
+    name = _safe_name(f"{method}-s{snapshot}-{job.config_hash[:8]}" + (f"-p{parent_id}" if parent else ""))
     out_dir = ctx.settings.lora_dir / name
     work_dir = ctx.home / "runs" / _safe_name(job.run_key)
     interval = max(1.0, min(30.0, ctx.settings.finetune_stale_seconds / 5))
     try:
         with Heartbeat(ctx, job.id, interval) as hb:
             result = _trainer(method)(ctx, config, out_dir=out_dir, work_dir=work_dir, upto=snapshot,
-                                      on_step=lambda step, metrics: None)
+                                      on_step=lambda step, metrics: None, parent=parent)
             hb.beat()
         with write_session(ctx.engine) as s:
-            parent = ensure_base_version(session=s, base_model=ctx.base_model)
-            from pickloop.store import promoted_version
-
-            parent = promoted_version(session=s) or parent
-            version = register_version(session=s, base_model=ctx.base_model, parent_id=parent.id, method=method,
+            version = register_version(session=s, base_model=ctx.base_model, parent_id=parent_id, method=method,
                                        lora_dir=out_dir, lora_sha256=result.lora_sha256, data_snapshot=snapshot,
                                        config_hash=job.config_hash, metrics=dict(result.metrics), name=name)
             row = s.get(Job, job.id)

@@ -18,7 +18,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -31,15 +33,19 @@ KOHYA_WEIGHT_NAME = "lora_kohya.safetensors"
 MANIFEST_NAME = "manifest.json"
 DEFAULT_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
 ADAPTER_NAME = "default"
+REFERENCE_ADAPTER = "reference"  # the frozen parent in a Diffusion-DPO run that continues from it
 
 
 # ---------------------------------------------------------------- adding and reading adapters
 
 def add_lora(unet: torch.nn.Module, *, rank: int = 8, alpha: float | None = None,
-             targets: Sequence[str] = DEFAULT_TARGETS, dropout: float = 0.0) -> Any:
+             targets: Sequence[str] = DEFAULT_TARGETS, dropout: float = 0.0,
+             adapter_name: str = ADAPTER_NAME) -> Any:
     """Freeze ``unet`` and add a peft LoRA adapter (``lora_B`` starts at zero, so the output is unchanged).
 
-    ``alpha`` defaults to ``rank`` (scale alpha/rank = 1), which kohya tools assume. Returns the LoraConfig.
+    ``alpha`` defaults to ``rank`` (scale alpha/rank = 1), which kohya tools assume. Only the adapter
+    named ``ADAPTER_NAME`` is trainable and active; another name (the frozen DPO reference, see
+    :func:`start_lora`) is added frozen and inactive. Returns the LoraConfig.
     """
     from peft import LoraConfig
 
@@ -49,15 +55,28 @@ def add_lora(unet: torch.nn.Module, *, rank: int = 8, alpha: float | None = None
                         lora_dropout=float(dropout), init_lora_weights="gaussian",
                         target_modules=list(targets))
     unet.requires_grad_(False)
-    unet.add_adapter(config, adapter_name=ADAPTER_NAME)
-    for name, p in unet.named_parameters():
-        p.requires_grad_("lora_" in name)
+    with warnings.catch_warnings():  # peft warns on a second adapter; here it is the frozen reference, on purpose
+        warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+        unet.add_adapter(config, adapter_name=adapter_name)  # diffusers makes the new adapter the active one
+    if adapter_name != ADAPTER_NAME and ADAPTER_NAME in unet.peft_config:
+        unet.set_adapter(ADAPTER_NAME)
+    _train_only_default(unet)
     return config
 
 
+def _train_only_default(unet: torch.nn.Module) -> None:
+    for name, p in unet.named_parameters():
+        p.requires_grad_(_is_default_lora(name))
+
+
+def _is_default_lora(name: str) -> bool:
+    return "lora_" in name and f".{ADAPTER_NAME}." in name
+
+
 def lora_named_parameters(unet: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
-    """The LoRA parameters by their module-path names (peft's, with the adapter name)."""
-    return {n: p for n, p in unet.named_parameters() if "lora_" in n}
+    """The trainable adapter's parameters by their module-path names (peft's, with the adapter name);
+    a frozen reference adapter's are left out."""
+    return {n: p for n, p in unet.named_parameters() if _is_default_lora(n)}
 
 
 def lora_parameters(unet: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -96,6 +115,70 @@ def adapters_disabled(unet: torch.nn.Module) -> Iterator[torch.nn.Module]:
         yield model
     finally:
         model.enable_adapters()
+
+
+@contextmanager
+def reference_model(unet: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """The Diffusion-DPO reference model: the frozen parent adapter when the run continues from a parent
+    (:func:`start_lora` with ``reference=True``), else the base U-Net (adapters disabled). No copy of
+    the U-Net either way; the trainable adapter is active again after."""
+    model = getattr(unet, "module", unet)  # DDP wrapper -> the model
+    if REFERENCE_ADAPTER not in (getattr(model, "peft_config", None) or {}):
+        with adapters_disabled(model) as base:
+            yield base
+        return
+    model.set_adapter(REFERENCE_ADAPTER)
+    try:
+        yield model
+    finally:
+        model.set_adapter(ADAPTER_NAME)  # peft: the active adapter trainable, the reference frozen again
+
+
+# ---------------------------------------------------------------- continuing from a parent
+
+@dataclass(frozen=True)
+class ParentLora:
+    """The LoRA of the promoted version a run continues from. Everywhere a parent is optional, None
+    means the parent is the base model itself: the run starts from a fresh adapter."""
+
+    name: str
+    lora_dir: str
+    sha256: str | None = None
+    data_snapshot: int | None = None  # highest judgement id the parent was trained on
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "sha256": self.sha256, "data_snapshot": self.data_snapshot}
+
+
+def parent_lora(version: Any) -> ParentLora | None:
+    """The ParentLora of a model-version row; None when it has no LoRA (the base)."""
+    if version is None or not version.lora_path:
+        return None
+    return ParentLora(version.name, str(version.lora_path), version.lora_sha256, version.data_snapshot)
+
+
+def start_lora(unet: torch.nn.Module, *, rank: int = 8, alpha: float | None = None,
+               targets: Sequence[str] = DEFAULT_TARGETS, parent: ParentLora | None = None,
+               reference: bool = False) -> dict[str, Any]:
+    """Add the trainable adapter a fine-tuning run starts from; returns its peft config as a dict.
+
+    Without a parent: a fresh adapter of ``rank``/``alpha``/``targets`` whose ``lora_B`` is zero, so the
+    run starts at the base model. With one: the adapter takes the parent's rank, alpha and targets from
+    its file header (they win over the arguments; a differing rank is reported) and the parent's
+    weights, verified by sha256, so the run starts at the parent and the LoRA it saves is the whole
+    model (parent plus what this run learned), loadable alone anywhere. ``reference=True`` also loads
+    the parent into a second, frozen adapter (``REFERENCE_ADAPTER``) that :func:`reference_model`
+    switches to: Diffusion-DPO then measures the policy against its parent, not the base.
+    """
+    if parent is None:
+        add_lora(unet, rank=rank, alpha=alpha, targets=targets)
+        return adapter_config(unet)
+    config = load_lora_into(unet, parent.lora_dir, expected_sha256=parent.sha256)
+    if int(config["r"]) != int(rank):
+        print(f"starting from {parent.name}: keeping its LoRA rank {config['r']} (the settings ask for {rank})")
+    if reference:
+        load_lora_into(unet, parent.lora_dir, expected_sha256=parent.sha256, adapter_name=REFERENCE_ADAPTER)
+    return adapter_config(unet)
 
 
 # ---------------------------------------------------------------- saving
@@ -275,22 +358,27 @@ def load_lora_state(folder: Path | str, *, weight_name: str = LORA_WEIGHT_NAME,
     return tensors, config
 
 
-def load_lora_into(unet: torch.nn.Module, folder: Path | str, **kwargs: Any) -> dict[str, Any]:
-    """Verify a saved LoRA and put its weights into ``unet``'s adapter (added first when absent)."""
+def load_lora_into(unet: torch.nn.Module, folder: Path | str, *, adapter_name: str = ADAPTER_NAME,
+                   **kwargs: Any) -> dict[str, Any]:
+    """Verify a saved LoRA and put its weights into ``unet``'s adapter ``adapter_name`` (added first,
+    from the file's rank/alpha/targets, when absent). Every tensor of that adapter must be in the file."""
     from peft.utils import set_peft_model_state_dict
 
     tensors, config = load_lora_state(folder, **kwargs)
-    if not getattr(unet, "peft_config", None):
+    if adapter_name not in (getattr(unet, "peft_config", None) or {}):
         if not config:
             raise UserError(f"LoRA in {folder} carries no adapter metadata; cannot rebuild its rank/alpha")
         add_lora(unet, rank=int(config["r"]), alpha=float(config["lora_alpha"]),
-                 targets=config.get("target_modules") or DEFAULT_TARGETS)
+                 targets=config.get("target_modules") or DEFAULT_TARGETS, adapter_name=adapter_name)
     state = peft_keys({k.removeprefix("unet."): v for k, v in tensors.items()})
-    result = set_peft_model_state_dict(unet, state, adapter_name=ADAPTER_NAME)
+    result = set_peft_model_state_dict(unet, state, adapter_name=adapter_name)
     unexpected = getattr(result, "unexpected_keys", None) or []
     if unexpected:
         raise UserError(f"LoRA in {folder} does not fit this U-Net: unexpected key {unexpected[0]}")
-    return config
+    wanted = sum(1 for n, _ in unet.named_parameters() if "lora_" in n and f".{adapter_name}." in n)
+    if len(state) != wanted:
+        raise UserError(f"LoRA in {folder} does not fit this U-Net: {len(state)} tensors for an adapter of {wanted}")
+    return config or adapter_config(unet)
 
 
 def export_lora(folder: Path | str, out: Path | str, *, fmt: str = "diffusers") -> Path:
