@@ -3,9 +3,17 @@
 Gate (on held-out prompts, fixed seeds): the new version's images and its parent's, drawn from the
 same seeds, are scored by a reward model (any callable ``(prompts, images) -> scores``); the win rate
 of the new version (ties count half) must reach ``settings.promote_min_win_rate``. In the shapes world
-the judge's prompt-following accuracy (``pickloop.shapes.judge.follow_accuracy``, "overall") must also
-not fall by more than ``settings.promote_max_follow_drop`` (2 points). A version that fails stays a
-candidate with the reason recorded.
+the judge's prompt-following accuracy (``pickloop.shapes.judge.follows``, every fixed attribute right)
+must also not fall by more than ``settings.promote_max_follow_drop`` (2 points) beyond its noise.
+
+The follow check is paired: both versions draw every (prompt, seed), so only the images where the two
+disagree carry information. With b images the parent follows and the new version does not, c the other
+way round and n images, the drop is (b - c) / n and its standard error sqrt(b + c) / n (McNemar). The
+gate refuses when drop > max_drop + follow_noise_z * standard error: on a few dozen images one or two
+images flipping by chance is already 2-3 points, which refused versions that did not follow worse. A
+version close to its parent (few flips) gets almost no allowance; a clearly worse one (e.g. 10 points
+over 150 images) is refused whatever its noise. ``follow_noise_z=0`` gives the plain 2-point rule.
+A version that fails stays a candidate with the reason recorded.
 """
 from __future__ import annotations
 
@@ -19,6 +27,7 @@ from pickloop.errors import UserError
 
 Scorer = Callable[[Sequence[str], Sequence[Any]], Sequence[float]]
 DEFAULT_GATE_SEEDS = (1234, 5678)
+FOLLOW_NOISE_Z = 1.0  # standard errors of the paired follow drop forgiven beyond max_follow_drop
 
 
 def register_version(*, session: Any, base_model: str, parent_id: int | None, method: str, lora_dir: Path | str,
@@ -62,6 +71,7 @@ class GateResult:
     n_images: int
     follow_new: float | None = None
     follow_parent: float | None = None
+    follow_drop_se: float | None = None  # standard error of the paired drop (see the module docstring)
     reason: str | None = None
 
     def as_metrics(self) -> dict[str, Any]:
@@ -76,8 +86,21 @@ def win_rate(new_scores: Sequence[float], parent_scores: Sequence[float]) -> flo
     return sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in pairs) / len(pairs)
 
 
+def paired_follow(prompts: Sequence[str], new_images: Sequence[Any],
+                  parent_images: Sequence[Any]) -> tuple[float, float, float]:
+    """(follow rate of the new images, of the parent's, standard error of the paired drop)."""
+    from pickloop.shapes.judge import follows
+
+    new = [all(follows(p, im).values()) for p, im in zip(prompts, new_images)]
+    old = [all(follows(p, im).values()) for p, im in zip(prompts, parent_images)]
+    n = len(new)
+    flips = sum(a != b for a, b in zip(new, old))
+    return sum(new) / n, sum(old) / n, flips ** 0.5 / n
+
+
 def judge_gate(prompts: Sequence[str], new_images: Sequence[Any], parent_images: Sequence[Any], scorer: Scorer, *,
-               min_win_rate: float, max_follow_drop: float | None) -> GateResult:
+               min_win_rate: float, max_follow_drop: float | None,
+               follow_noise_z: float = FOLLOW_NOISE_Z) -> GateResult:
     """Apply the gate to images already drawn (same prompt and seed at each index)."""
     rate = win_rate(list(scorer(prompts, new_images)), list(scorer(prompts, parent_images)))
     result = GateResult(passed=True, win_rate=rate, n_images=len(prompts))
@@ -85,13 +108,12 @@ def judge_gate(prompts: Sequence[str], new_images: Sequence[Any], parent_images:
     if rate < min_win_rate:
         reasons.append(f"win rate {rate:.3f} against parent below {min_win_rate:.3f}")
     if max_follow_drop is not None:
-        from pickloop.shapes.judge import follow_accuracy
-
-        result.follow_new = follow_accuracy(prompts, new_images)["overall"]
-        result.follow_parent = follow_accuracy(prompts, parent_images)["overall"]
-        if result.follow_new < result.follow_parent - max_follow_drop - 1e-12:
+        result.follow_new, result.follow_parent, se = paired_follow(prompts, new_images, parent_images)
+        result.follow_drop_se = se
+        allowed = max_follow_drop + follow_noise_z * se
+        if result.follow_new < result.follow_parent - allowed - 1e-12:
             reasons.append(f"prompt-following fell from {result.follow_parent:.3f} to {result.follow_new:.3f} "
-                           f"(more than {max_follow_drop:.2f})")
+                           f"(more than {max_follow_drop:.2f} + {follow_noise_z:g} x {se:.3f} noise)")
     if reasons:
         result.passed, result.reason = False, "; ".join(reasons)
     return result
@@ -163,7 +185,7 @@ def is_shapes_world(base_model: str) -> bool:
 
 def gate_and_promote(ctx: Any, ref: str | int, *, scorer: Scorer | None = None, prompts: Sequence[str] | None = None,
                      seeds: Sequence[int] = DEFAULT_GATE_SEEDS, force: bool = False,
-                     shapes: bool | None = None) -> GateResult | None:
+                     shapes: bool | None = None, follow_noise_z: float = FOLLOW_NOISE_Z) -> GateResult | None:
     """Run the gate for version ``ref`` against its parent; promote it when it passes (or ``force``).
 
     Returns the gate result (None when forced). A failed version stays a candidate with ``reason`` set.
@@ -196,7 +218,8 @@ def gate_and_promote(ctx: Any, ref: str | int, *, scorer: Scorer | None = None, 
     shapes = is_shapes_world(version.base_model) if shapes is None else shapes
     result = judge_gate(all_prompts, new_imgs, old_imgs, scorer or resolve_scorer(ctx),
                         min_win_rate=st.promote_min_win_rate,
-                        max_follow_drop=st.promote_max_follow_drop if shapes else None)
+                        max_follow_drop=st.promote_max_follow_drop if shapes else None,
+                        follow_noise_z=follow_noise_z)
     with write_session(ctx.engine) as s:
         row = s.get(ModelVersion, version.id)
         row.metrics = {**row.metrics, **result.as_metrics()}

@@ -20,7 +20,7 @@ class LoopConfig:
     train_prompts: int = field(default=60, metadata={"help": "prompts in the loop's training pool"})
     eval_prompts: int = field(default=24, metadata={"help": "held-out prompts for the win rate (or all there are)"})
     eval_seeds: int = field(default=8, metadata={"help": "fixed seeds per held-out prompt"})
-    gate_seeds: int = field(default=4, metadata={"help": "fixed seeds per held-out prompt for the gate (other seeds)"})
+    gate_seeds: int = field(default=8, metadata={"help": "fixed seeds per held-out prompt for the gate (other seeds)"})
     rater_temperature: float = field(default=0.05, metadata={"help": "Bradley-Terry noise of the rater"})
     rater_tie_margin: float = field(default=0.02, metadata={"help": "rater says tie below this score gap"})
     dpo_steps: int = field(default=800, metadata={"help": "DPO optimiser steps per round"})

@@ -49,6 +49,39 @@ def test_gate_fails_when_prompt_following_drops():
     assert ok.passed and ok.follow_new == ok.follow_parent
 
 
+def _followed_renders(n: int) -> tuple[list[str], list[Image.Image]]:
+    import random
+
+    from pickloop.shapes.judge import follows
+
+    prompts, images = [], []
+    for i, p in enumerate(prompt_pool("heldout", n=400)):
+        img = render(scene_from_prompt(p, random.Random(i)))
+        if len(parse_prompt(p)["objects"]) == 1 and all(follows(p, img).values()):
+            prompts.append(p)
+            images.append(img)
+            if len(prompts) == n:
+                return prompts, images
+    raise AssertionError("too few rendered prompts the judge reads right")
+
+
+def test_follow_check_forgives_a_flip_or_two_but_not_a_clear_drop():
+    prompts, good = _followed_renders(40)
+    blank = Image.new("RGB", (64, 64), (128, 128, 128))
+    tie = lambda ps, ims: [0.0] * len(ims)  # noqa: E731
+
+    def gate(broken: int, z: float):
+        new = [blank if i < broken else im for i, im in enumerate(good)]
+        return judge_gate(prompts, new, good, tie, min_win_rate=0.5, max_follow_drop=0.02, follow_noise_z=z)
+
+    one = gate(1, 1.0)  # 2.5 points on 40 images: one image, within its noise
+    assert one.passed and one.follow_new == pytest.approx(0.975) and one.follow_drop_se == pytest.approx(1 / 40)
+    assert not gate(1, 0.0).passed  # the plain 2-point rule refuses it
+    clear = gate(4, 1.0)  # 10 points: refused whatever the noise
+    assert not clear.passed and "prompt-following fell" in clear.reason and "noise" in clear.reason
+    assert not gate(40, 1.0).passed
+
+
 def test_failed_gate_keeps_candidate_with_reason_then_passes(labelled, candidate, monkeypatch):
     prompts = ["a red circle on a blue background"]
     monkeypatch.setenv("PICKLOOP_PROMOTE_MIN_WIN_RATE", "0.9")
