@@ -95,6 +95,8 @@ class Panel:
     shows: dict[int, int] = field(default_factory=dict)  # comparison id -> times shown (undo shows again)
     acked: OrderedDict[str, None] = field(default_factory=OrderedDict)
     uris: dict[str, str] = field(default_factory=dict)  # image sha256 -> data: URL, for the queue's images
+    imaged: set[str] = field(default_factory=set)  # tokens whose images went to the browser already
+    need_seen: str | None = None  # the last request of the browser for images again (see ``handle_need``)
 
     def token(self, view: SetView) -> str:
         if view.comparison_id not in self.tokens:
@@ -147,16 +149,34 @@ class Panel:
         if view is not None and self.tokens.get(view.comparison_id) == answer.token:
             self.drop(view.comparison_id)
 
+    def handle_need(self, value: Any) -> None:
+        """The browser asks for the images of some sets again (a new page, say, after visiting another
+        one): ``{"need": {"id": <new each time>, "tokens": [...]}}`` in the component's state."""
+        need = value.get("need") if isinstance(value, dict) else None
+        if not isinstance(need, dict) or need.get("id") == self.need_seen:
+            return
+        self.need_seen = str(need.get("id"))
+        tokens = need.get("tokens")
+        self.imaged -= {str(t) for t in tokens} if isinstance(tokens, list) else set(self.imaged)
+
     def data(self, image_uri: Callable[[str], str]) -> dict[str, Any]:
-        """The component's data: the queue with inline images (each read once), and the acknowledged tokens."""
-        shas = {c.image_sha256 for v in self.queue for c in v.candidates}
-        self.uris = {sha: self.uris.get(sha) or image_uri(sha) for sha in shas}
-        return {
-            "sets": [{"token": self.token(v), "key": v.key, "prompt": v.prompt,
-                      "candidates": [{"id": c.id, "src": self.uris[c.image_sha256]} for c in v.candidates]}
-                     for v in self.queue],
-            "acked": list(self.acked),
-        }
+        """The component's data: the queue, the acknowledged tokens, and inline images (each read
+        once) for the sets whose images the browser does not hold yet; it keeps the others by token."""
+        sets = []
+        for v in self.queue:
+            tok = self.token(v)
+            send = tok not in self.imaged
+            cands = []
+            for c in v.candidates:
+                if send and c.image_sha256 not in self.uris:
+                    self.uris[c.image_sha256] = image_uri(c.image_sha256)
+                cands.append({"id": c.id, "src": self.uris[c.image_sha256]} if send else {"id": c.id})
+            sets.append({"token": tok, "key": v.key, "prompt": v.prompt, "candidates": cands})
+        live = {self.token(v) for v in self.queue}
+        self.imaged = (self.imaged & live) | live
+        held = {c.image_sha256 for v in self.queue for c in v.candidates}
+        self.uris = {sha: uri for sha, uri in self.uris.items() if sha in held}
+        return {"sets": sets, "acked": list(self.acked)}
 
 
 def _define() -> Callable[..., Any]:

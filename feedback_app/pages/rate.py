@@ -31,6 +31,7 @@ def next_set(skip: list[int]) -> logic.SetView | None:
 
 def refresh(p: Panel) -> None:
     """Record the answers the browser sent (each once), then hand out sets until the panel is full."""
+    p.handle_need(state.get(PANEL_KEY))
     for answer, view in p.new_answers(state.get(PANEL_KEY)):
         me = ui.identity()  # the rater always comes from the signed-in identity, never from the browser
         if view is not None and me is not None:
@@ -96,7 +97,8 @@ def rating_view() -> None:
     if notice:
         getattr(top, notice[0])(notice[1])
     rating_panel.mount(key=PANEL_KEY, data=p.data(lambda sha: ui.image_data_uri(ctx, sha)),
-                       default={"outbox": []}, on_outbox_change=lambda: None)
+                       default={"outbox": [], "need": None}, on_outbox_change=lambda: None,
+                       on_need_change=lambda: None)
 
 
 st.html(ui.CSS)

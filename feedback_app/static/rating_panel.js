@@ -1,10 +1,12 @@
 // The rating panel: the set on screen plus the next one(s), already decoded in the page, so that a
 // pick swaps to the next set at once, without waiting for the server.
 //
-// Data from Python: {sets: [{token, key, prompt, candidates: [{id, src}]}], acked: [token]}; sets[0]
+// Data from Python: {sets: [{token, key, prompt, candidates: [{id, src?}]}], acked: [token]}; sets[0]
 // is the set the server wants on screen, the rest come after it. A token names one showing of a
-// set (an undone set comes back under a new token).
-// State to Python: {outbox: [{token, choice, winner_id, ms}]}: every answer not yet acknowledged.
+// set (an undone set comes back under a new token). Images (src, data: URLs) come once per token;
+// the panel keeps them, and asks again ({need}) when it holds none for a set (a fresh mount).
+// State to Python: {outbox: [{token, choice, winner_id, ms}], need: {id, tokens}}; the outbox holds
+// every answer not yet acknowledged.
 // Sending the whole outbox each time means an answer is never lost when two come faster than
 // the server reruns; the server records each one idempotently and acknowledges it in `acked`.
 //
@@ -38,6 +40,7 @@ function answer(panel, set, choice, winnerId) {
 }
 
 function build(panel, set) {
+  const srcs = panel.srcs.get(set.token);
   const node = make("div", "pl-set");
   node.hidden = true;
   node.dataset.key = set.key;
@@ -48,7 +51,7 @@ function build(panel, set) {
   set.candidates.forEach((c, i) => {
     const img = new Image();
     img.alt = `Candidate ${i + 1}`;
-    img.src = c.src;
+    img.src = srcs[i];
     if (img.decode) img.decode().catch(() => {}); // decoded while hidden: shown without a flash
     const cell = button("", "pl-cand", `Pick ${i + 1} (key ${i + 1})`, () => answer(panel, set, "pick", c.id));
     cell.appendChild(img);
@@ -68,7 +71,12 @@ function build(panel, set) {
 
 // Put the first set not yet answered here on screen; keep the others built and hidden.
 function show(panel) {
-  const queue = panel.sets.filter((s) => !panel.answered.has(s.token));
+  const queue = [];
+  for (const s of panel.sets) {
+    if (panel.answered.has(s.token)) continue;
+    if (!panel.srcs.has(s.token)) break; // its images are on their way: nothing after it either
+    queue.push(s);
+  }
   const live = new Set(queue.map((s) => s.token));
   for (const [token, node] of panel.nodes) {
     if (!live.has(token)) { node.remove(); panel.nodes.delete(token); }
@@ -113,8 +121,8 @@ export default function (component) {
     const waiting = make("p", "pl-waiting", "Loading the next set…");
     root.appendChild(waiting);
     parentElement.appendChild(root);
-    panel = { root, waiting, nodes: new Map(), answered: new Set(), outbox: [], sets: [], shown: null,
-              shownAt: 0, current: null };
+    panel = { root, waiting, nodes: new Map(), srcs: new Map(), answered: new Set(), outbox: [], sets: [],
+              shown: null, shownAt: 0, current: null, asked: "" };
     parentElement.__pickloopPanel = panel;
   }
   panel.setStateValue = setStateValue;
@@ -126,6 +134,16 @@ export default function (component) {
   const acked = new Set((data && data.acked) || []);
   panel.outbox = panel.outbox.filter((a) => !acked.has(a.token));
   panel.sets = (data && data.sets) || [];
+  const tokens = new Set(panel.sets.map((s) => s.token));
+  for (const token of [...panel.srcs.keys()]) if (!tokens.has(token)) panel.srcs.delete(token);
+  for (const s of panel.sets) {
+    if (s.candidates.every((c) => c.src)) panel.srcs.set(s.token, s.candidates.map((c) => c.src));
+  }
+  const missing = panel.sets.filter((s) => !panel.srcs.has(s.token)).map((s) => s.token);
+  if (missing.length && missing.join() !== panel.asked) {
+    panel.asked = missing.join();
+    setStateValue("need", { id: `${Date.now()}-${Math.random()}`, tokens: missing });
+  }
   const known = new Set([...panel.sets.map((s) => s.token), ...panel.outbox.map((a) => a.token)]);
   for (const token of [...panel.answered]) if (!known.has(token)) panel.answered.delete(token);
   show(panel);

@@ -52,8 +52,13 @@ def test_rate_five_sets_with_clicks_and_hotkeys(ctx, home, alice):
         assert shown_image_shas(page) == seen[last][2]
         page.keyboard.press("2")
         seen[last] = ("key", 2, seen[last][2])
-        browser.wait_for_set(page, last, n=4)
+        key = browser.wait_for_set(page, last, n=4)
         browser.wait_for_labels(page, 5)
+        # To another page and back: the new panel has no images and asks for them again.
+        page.get_by_role("link", name="History").click()
+        page.locator(".pl-set").first.wait_for(state="detached")
+        page.get_by_role("link", name="Rate").click()
+        assert browser.wait_for_set(page, None, n=4) == key
         page.wait_for_timeout(500)  # a late sixth answer (say, from the double click) would land now
         assert page.get_by_text("labels today").first.inner_text().startswith("5")
     rows = judgements(ctx)

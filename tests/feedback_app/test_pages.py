@@ -109,6 +109,25 @@ def test_replayed_click_writes_one_judgement(ctx, alice):
     assert sorted(j.choice for j in judgements(ctx)) == ["pick", "skip", "tie"]
 
 
+def test_images_go_to_the_browser_once_per_set_and_again_on_request(ctx, alice):
+    make_sets(ctx, 4)
+    at = app(alice[0])
+    first = panel_data(at)["sets"]
+    assert all("src" in c for s in first for c in s["candidates"])  # a fresh panel gets every image
+    answer(at, "pick", 0)
+    now = panel_data(at)["sets"]
+    assert now[0]["token"] == first[1]["token"] and not any("src" in c for c in now[0]["candidates"])
+    assert all("src" in c for c in now[1]["candidates"])  # only the set new to the browser carries images
+    # A panel mounted afresh (the rater came back from another page) holds no images and asks again.
+    at.session_state["rating_panel"] = {**at.session_state["rating_panel"],
+                                        "need": {"id": "n1", "tokens": [now[0]["token"]]}}
+    again = panel_data(at.run())["sets"]
+    assert [s["token"] for s in again] == [s["token"] for s in now]
+    assert all("src" in c for c in again[0]["candidates"])
+    at.run()  # the same request seen twice is answered once
+    assert not any("src" in c for s in panel_data(at)["sets"] for c in s["candidates"])
+
+
 def test_forged_answers_write_nothing(ctx, alice):
     make_sets(ctx, 3)
     at = app(alice[0])
