@@ -79,7 +79,8 @@ def _finetune(ctx: Context, method: str, cfg: LoopConfig, gate_prompts: list[str
     from finetune.jobs import run_finetune_job
     from finetune.registry import gate_and_promote
 
-    overrides = {"steps": cfg.dpo_steps} if method == "dpo" else {"epochs": cfg.ddpo_epochs}
+    overrides = ({"steps": cfg.dpo_steps, "lr": cfg.dpo_lr, "beta": cfg.dpo_beta} if method == "dpo"
+                 else {"epochs": cfg.ddpo_epochs})
     try:
         outcome = run_finetune_job(ctx, method=method, min_new_labels=1, overrides=overrides)
     except UserError as e:  # e.g. no usable pairs yet: the round goes on without a new version

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from sqlmodel import select
@@ -164,3 +165,30 @@ def test_job_continues_from_the_promoted_version(labelled, monkeypatch):
     out = subprocess.run([sys.executable, "-c", LOAD_IN_PLAIN_DIFFUSERS, str(labelled.base_model), child.lora_path],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_ddpo_starts_and_resumes_from_the_parent(home, tiny_base, monkeypatch, tmp_path):
+    from finetune.ddpo import run_ddpo
+    from finetune.ddpo_config import DDPOConfig
+    from pickloop.context import Context
+
+    monkeypatch.setenv("PICKLOOP_BASE_MODEL", str(tiny_base))
+    ctx = Context()
+    spec, parent_tensors = _random_lora(tiny_base, tmp_path / "parent", rank=2, alpha=2.0)
+    brightness = lambda prompts, images: torch.tensor(  # noqa: E731
+        [float(np.asarray(im.convert("L"), dtype=np.float32).mean()) for im in images])
+
+    def run(epochs: int, name: str):
+        cfg = DDPOConfig(epochs=epochs, sample_batch_size=2, sample_batches_per_epoch=1, train_batch_size=2, steps=2,
+                         timestep_fraction=0.5, drift_prompts=0, lr=1e-9, lora_rank=4)
+        return run_ddpo(ctx, cfg, out_dir=tmp_path / name, work_dir=tmp_path / f"work-{name}", upto=1,
+                        prompts=["a red circle", "a blue square"], reward_fn=brightness, progress=False, parent=spec)
+
+    run(1, "split")
+    resumed = run(2, "split")  # resumes at epoch 1 from the checkpoint of a parent-shaped adapter
+    got, config = lora_io.load_lora_state(resumed.lora_dir, expected_sha256=resumed.lora_sha256)
+    assert config["r"] == 2 and resumed.epochs == 2
+    start = lora_io.peft_keys({k.removeprefix("unet."): v for k, v in got.items()})
+    want = {k.replace(f".{lora_io.ADAPTER_NAME}.", "."): v for k, v in parent_tensors.items()}
+    assert start.keys() == want.keys()
+    assert max(float((start[k] - want[k]).abs().max()) for k in start) < 1e-6  # lr 1e-9: still the parent
