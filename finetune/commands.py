@@ -130,5 +130,7 @@ def register(sub, bench_sub) -> None:  # noqa: ANN001
     q.add_argument("--base", default=None, help="pipeline folder (default: the embedded shapes model)")
     q.set_defaults(func=cmd_bench_dpo)
     from finetune.ddpo_commands import register_bench
+    from finetune.scale_bench import register as register_scale_bench
 
     register_bench(bench_sub)
+    register_scale_bench(bench_sub)
