@@ -56,7 +56,7 @@ def build_unet(arch: str, *, device: Any = "cpu", dtype: Any = None) -> Any:
             unet = UNet2DConditionModel(**ARCHS[arch])
     else:
         raise UserError(f"unknown architecture {arch!r}: sd15, sdxl or shapes")
-    return unet.to(dtype=dtype) if dtype is not None else unet
+    return unet.to(dtype=dtype) if dtype not in (None, torch.float32) else unet
 
 
 def conditioning(unet: Any, batch: int, *, device: Any, dtype: Any) -> dict[str, Any]:
