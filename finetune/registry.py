@@ -2,7 +2,11 @@
 
 Gate (on held-out prompts, fixed seeds): the new version's images and its parent's, drawn from the
 same seeds, are scored by a reward model (any callable ``(prompts, images) -> scores``); the win rate
-of the new version (ties count half) must reach ``settings.promote_min_win_rate``. In the shapes world
+of the new version (ties count half) must reach ``settings.promote_min_win_rate`` by at least
+``win_noise_z`` standard errors of itself (std of the per-image outcomes 1 / 0.5 / 0 over sqrt(n)):
+a version the reward model cannot tell from its parent (0.53 on 152 images, say) is not worth
+swapping in, and a promotion on such noise once replaced a better parent with a worse child. A
+version that wins clearly (0.6+) passes; ``win_noise_z=0`` gives the plain threshold. In the shapes world
 the judge's prompt-following accuracy (``pickloop.shapes.judge.follows``, every fixed attribute right)
 must also not fall by more than ``settings.promote_max_follow_drop`` (2 points) beyond its noise.
 
@@ -28,6 +32,7 @@ from pickloop.errors import UserError
 Scorer = Callable[[Sequence[str], Sequence[Any]], Sequence[float]]
 DEFAULT_GATE_SEEDS = (1234, 5678)
 FOLLOW_NOISE_Z = 1.0  # standard errors of the paired follow drop forgiven beyond max_follow_drop
+WIN_NOISE_Z = 1.0  # standard errors by which the win rate must clear its threshold
 
 
 def register_version(*, session: Any, base_model: str, parent_id: int | None, method: str, lora_dir: Path | str,
@@ -69,6 +74,7 @@ class GateResult:
     passed: bool
     win_rate: float
     n_images: int
+    win_rate_se: float | None = None
     follow_new: float | None = None
     follow_parent: float | None = None
     follow_drop_se: float | None = None  # standard error of the paired drop (see the module docstring)
@@ -78,12 +84,18 @@ class GateResult:
         return {f"gate_{k}": v for k, v in asdict(self).items()}
 
 
-def win_rate(new_scores: Sequence[float], parent_scores: Sequence[float]) -> float:
-    """Share of seeds where the new image scores higher (ties count half)."""
+def win_outcomes(new_scores: Sequence[float], parent_scores: Sequence[float]) -> list[float]:
+    """Per seed: 1 where the new image scores higher, 0.5 for a tie, 0 where the parent's does."""
     pairs = list(zip(map(float, new_scores), map(float, parent_scores)))
     if not pairs:
         raise UserError("no images to compare for the promotion gate")
-    return sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in pairs) / len(pairs)
+    return [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in pairs]
+
+
+def win_rate(new_scores: Sequence[float], parent_scores: Sequence[float]) -> float:
+    """Share of seeds where the new image scores higher (ties count half)."""
+    outcomes = win_outcomes(new_scores, parent_scores)
+    return sum(outcomes) / len(outcomes)
 
 
 def paired_follow(prompts: Sequence[str], new_images: Sequence[Any],
@@ -100,13 +112,17 @@ def paired_follow(prompts: Sequence[str], new_images: Sequence[Any],
 
 def judge_gate(prompts: Sequence[str], new_images: Sequence[Any], parent_images: Sequence[Any], scorer: Scorer, *,
                min_win_rate: float, max_follow_drop: float | None,
-               follow_noise_z: float = FOLLOW_NOISE_Z) -> GateResult:
+               follow_noise_z: float = FOLLOW_NOISE_Z, win_noise_z: float = WIN_NOISE_Z) -> GateResult:
     """Apply the gate to images already drawn (same prompt and seed at each index)."""
-    rate = win_rate(list(scorer(prompts, new_images)), list(scorer(prompts, parent_images)))
-    result = GateResult(passed=True, win_rate=rate, n_images=len(prompts))
+    outcomes = win_outcomes(list(scorer(prompts, new_images)), list(scorer(prompts, parent_images)))
+    n = len(outcomes)
+    rate = sum(outcomes) / n
+    se = (sum((x - rate) ** 2 for x in outcomes) / max(n - 1, 1)) ** 0.5 / n ** 0.5
+    result = GateResult(passed=True, win_rate=rate, n_images=len(prompts), win_rate_se=se)
     reasons = []
-    if rate < min_win_rate:
-        reasons.append(f"win rate {rate:.3f} against parent below {min_win_rate:.3f}")
+    if rate - win_noise_z * se < min_win_rate - 1e-12:
+        reasons.append(f"win rate {rate:.3f} against parent below {min_win_rate:.3f}"
+                       + (f" + {win_noise_z:g} x {se:.3f} noise" if win_noise_z and se else ""))
     if max_follow_drop is not None:
         result.follow_new, result.follow_parent, se = paired_follow(prompts, new_images, parent_images)
         result.follow_drop_se = se
@@ -185,7 +201,8 @@ def is_shapes_world(base_model: str) -> bool:
 
 def gate_and_promote(ctx: Any, ref: str | int, *, scorer: Scorer | None = None, prompts: Sequence[str] | None = None,
                      seeds: Sequence[int] = DEFAULT_GATE_SEEDS, force: bool = False,
-                     shapes: bool | None = None, follow_noise_z: float = FOLLOW_NOISE_Z) -> GateResult | None:
+                     shapes: bool | None = None, follow_noise_z: float = FOLLOW_NOISE_Z,
+                     win_noise_z: float = WIN_NOISE_Z) -> GateResult | None:
     """Run the gate for version ``ref`` against its parent; promote it when it passes (or ``force``).
 
     Returns the gate result (None when forced). A failed version stays a candidate with ``reason`` set.
@@ -219,7 +236,7 @@ def gate_and_promote(ctx: Any, ref: str | int, *, scorer: Scorer | None = None, 
     result = judge_gate(all_prompts, new_imgs, old_imgs, scorer or resolve_scorer(ctx),
                         min_win_rate=st.promote_min_win_rate,
                         max_follow_drop=st.promote_max_follow_drop if shapes else None,
-                        follow_noise_z=follow_noise_z)
+                        follow_noise_z=follow_noise_z, win_noise_z=win_noise_z)
     with write_session(ctx.engine) as s:
         row = s.get(ModelVersion, version.id)
         row.metrics = {**row.metrics, **result.as_metrics()}

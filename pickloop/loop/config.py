@@ -24,7 +24,7 @@ class LoopConfig:
     rater_temperature: float = field(default=0.05, metadata={"help": "Bradley-Terry noise of the rater"})
     rater_tie_margin: float = field(default=0.02, metadata={"help": "rater says tie below this score gap"})
     dpo_steps: int = field(default=800, metadata={"help": "DPO optimiser steps per round"})
-    dpo_lr: float = field(default=1e-4, metadata={"help": "DPO learning rate"})
+    dpo_lr: float = field(default=3e-4, metadata={"help": "DPO learning rate"})
     dpo_beta: float = field(default=2500.0, metadata={"help": "DPO KL strength beta"})
     ddpo_epochs: int = field(default=4, metadata={"help": "DDPO epochs per round"})
     gate_win_rate: float = field(default=0.5, metadata={"help": "reward-model win rate vs parent to promote"})

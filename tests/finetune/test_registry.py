@@ -82,6 +82,26 @@ def test_follow_check_forgives_a_flip_or_two_but_not_a_clear_drop():
     assert not gate(40, 1.0).passed
 
 
+def test_win_rate_must_clear_its_noise():
+    prompts, good = _followed_renders(40)
+    scores = lambda wins: (lambda ps, ims: [1.0 if i < wins else 0.0 for i in range(len(ims))])  # noqa: E731
+    parent = lambda ps, ims: [0.5] * len(ims)  # noqa: E731
+
+    def gate(wins: int, z: float = 1.0):
+        new_scorer, calls = scores(wins), []
+
+        def scorer(ps, ims):  # first call scores the new images, second the parent's
+            calls.append(1)
+            return new_scorer(ps, ims) if len(calls) == 1 else parent(ps, ims)
+        return judge_gate(prompts, good, good, scorer, min_win_rate=0.5, max_follow_drop=None, win_noise_z=z)
+
+    noise = gate(22)  # 0.55 on 40 images: about half a standard error above 0.5
+    assert not noise.passed and noise.win_rate == pytest.approx(0.55) and "noise" in noise.reason
+    assert gate(22, z=0.0).passed  # the plain threshold lets it through
+    assert gate(30).passed  # 0.75: clearly better
+    assert not gate(10).passed  # clearly worse
+
+
 def test_failed_gate_keeps_candidate_with_reason_then_passes(labelled, candidate, monkeypatch):
     prompts = ["a red circle on a blue background"]
     monkeypatch.setenv("PICKLOOP_PROMOTE_MIN_WIN_RATE", "0.9")
