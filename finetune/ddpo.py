@@ -27,7 +27,8 @@ from finetune.ddpo_config import DDPOConfig
 from finetune.ddpo_guard import DriftGuard, DriftLimits
 from finetune.ddpo_rewards import RewardFn
 from finetune.ddpo_sampler import (Trajectories, decode_images, make_ddim_scheduler, policy_log_prob,
-                                   sample_trajectories, to_pil)
+                                   sample_trajectories, step_std, to_pil)
+from pickloop.errors import UserError
 
 
 class PerPromptStatTracker:
@@ -89,9 +90,19 @@ class DDPOState:
     stopped: str | None = None
 
 
-def _epoch_prompts(pool: Sequence[str], n: int, seed: int, epoch: int, batch: int, rank: int) -> list[str]:
-    rng = random.Random(f"ddpo-{seed}-{epoch}-{batch}-{rank}")
-    return [rng.choice(pool) for _ in range(n)]
+def _epoch_prompts(pool: Sequence[str], n: int, seed: int, epoch: int, rank: int, per_prompt: int = 1) -> list[str]:
+    """An epoch's ``n`` prompts on one process: ``per_prompt`` copies in a row of each drawn prompt.
+
+    Prompts are drawn without replacement (a fresh shuffle of the pool, and another when it runs out), so
+    an epoch covers as many distinct prompts as it has groups; the last group may be cut short.
+    """
+    rng = random.Random(f"ddpo-{seed}-{epoch}-{rank}")
+    drawn: list[str] = []
+    while len(drawn) < -(-n // per_prompt):
+        order = list(pool)
+        rng.shuffle(order)
+        drawn.extend(order)
+    return [p for p in drawn[:-(-n // per_prompt)] for _ in range(per_prompt)][:n]
 
 
 def sample_epoch(pipe, unet, scheduler, pool, reward_fn: RewardFn, config: DDPOConfig, epoch: int,  # noqa: ANN001
@@ -99,8 +110,11 @@ def sample_epoch(pipe, unet, scheduler, pool, reward_fn: RewardFn, config: DDPOC
     """Draw this epoch's trajectories and their rewards (B_total,) on this process."""
     unet.eval()
     parts, rewards = [], []
+    size = config.sample_batch_size
+    epoch_prompts = _epoch_prompts(pool, size * config.sample_batches_per_epoch, config.seed, epoch,
+                                   accelerator.process_index, config.images_per_prompt)
     for b in range(config.sample_batches_per_epoch):
-        prompts = _epoch_prompts(pool, config.sample_batch_size, config.seed, epoch, b, accelerator.process_index)
+        prompts = epoch_prompts[b * size:(b + 1) * size]
         gen = torch.Generator(device=accelerator.device).manual_seed(
             ((config.seed * 100_003 + epoch) * 1_009 + b) * 64 + accelerator.process_index)
         traj = sample_trajectories(pipe, unet, scheduler, prompts, steps=config.steps, guidance=config.guidance,
@@ -123,20 +137,29 @@ def gathered_advantages(prompts: list[str], rewards: torch.Tensor, tracker: PerP
     return adv[accelerator.process_index * n:(accelerator.process_index + 1) * n]
 
 
+def trainable_steps(scheduler, timesteps: torch.Tensor, config: DDPOConfig) -> torch.Tensor:  # noqa: ANN001
+    """Indices of a trajectory's steps (timesteps (T,)) whose sigma_t reaches ``config.min_step_std``."""
+    keep = step_std(scheduler, timesteps.cpu(), config.eta) >= config.min_step_std
+    if not keep.any():
+        raise UserError(f"no DDIM step has sigma_t >= min_step_std {config.min_step_std}: lower it")
+    return torch.nonzero(keep).flatten()
+
+
 def train_epoch(unet, scheduler, traj: Trajectories, advantages: torch.Tensor, config: DDPOConfig,  # noqa: ANN001
                 optimizer, params, accelerator, epoch: int) -> dict[str, float]:  # noqa: ANN001
     """PPO inner epochs over the stored steps; returns loss, approx_kl, clipfrac, first_ratio_dev."""
     unet.train()
     device = accelerator.device
     adv = advantages.clamp(-config.adv_clip, config.adv_clip).to(device)
-    n, steps = traj.timesteps.shape
-    n_t = max(1, math.ceil(config.timestep_fraction * steps))
+    n = traj.timesteps.shape[0]
+    steps = trainable_steps(scheduler, traj.timesteps[0], config)
+    n_t = max(1, math.ceil(config.timestep_fraction * len(steps)))
     g = torch.Generator().manual_seed(config.seed * 7919 + epoch)
     stats: dict[str, list[float]] = defaultdict(list)
     first_ratio_dev = None
     for _ in range(config.inner_epochs):
         order = torch.randperm(n, generator=g)
-        time_perm = torch.stack([torch.randperm(steps, generator=g) for _ in range(n)])  # per-sample step order
+        time_perm = torch.stack([steps[torch.randperm(len(steps), generator=g)] for _ in range(n)])  # per-sample order
         batches = order.split(config.train_batch_size)
         for bi, idx in enumerate(batches):
             rows = torch.arange(len(idx))

@@ -29,6 +29,9 @@ class DDPOConfig:
     epochs: int = _f(10, "sampling+training rounds (epochs)")
     sample_batch_size: int = _f(8, "images drawn per sampling batch, per process")
     sample_batches_per_epoch: int = _f(2, "sampling batches per epoch, per process")
+    images_per_prompt: int = _f(1, "images of each drawn prompt in a sampling batch (a group whose rewards the "
+                                   "stat tracker compares once stat_min_count is reached); 1 = every image "
+                                   "draws its own prompt")
     steps: int = _f(10, "DDIM denoising steps per image (SD 1.5: 50)")
     guidance: float = _f(5.0, "classifier-free guidance scale")
     eta: float = _f(1.0, "DDIM noise weight in (0, 1]; 1 gives each step a full Gaussian policy")
@@ -42,6 +45,8 @@ class DDPOConfig:
     inner_epochs: int = _f(1, "passes of PPO over each epoch's samples")
     grad_accum_batches: int = _f(1, "training batches per optimizer step (gradients always sum over timesteps)")
     timestep_fraction: float = _f(1.0, "share of each trajectory's steps trained on, in (0, 1]")
+    min_step_std: float = _f(0.0, "train only on steps whose DDIM noise std sigma_t is at least this (0: all "
+                                  "steps); a last step of tiny sigma dominates the gradient with noise")
     max_grad_norm: float = _f(1.0, "gradient norm clip")
     lora_rank: int = _f(4, "LoRA rank on the U-Net attention projections (alpha = rank)")
     seed: int = _f(0, "seed of prompts, noise and LoRA init")
@@ -61,7 +66,8 @@ class DDPOConfig:
     drift_action: str = _f("rollback", "when drift crosses a limit: rollback (to the last good LoRA) or stop")
 
     def __post_init__(self) -> None:
-        positive = ("epochs", "sample_batch_size", "sample_batches_per_epoch", "steps", "train_batch_size",
+        positive = ("epochs", "sample_batch_size", "sample_batches_per_epoch", "images_per_prompt", "steps",
+                    "train_batch_size",
                     "inner_epochs", "grad_accum_batches", "lora_rank", "stat_buffer", "stat_min_count")
         for name in positive:
             if int(getattr(self, name)) < 1:
@@ -75,6 +81,8 @@ class DDPOConfig:
         for name in ("lr", "clip_range", "adv_clip", "max_grad_norm"):
             if not getattr(self, name) > 0:
                 raise UserError(f"ddpo {name} must be > 0, not {getattr(self, name)}")
+        if self.min_step_std < 0:
+            raise UserError(f"ddpo min_step_std must be >= 0, not {self.min_step_std}")
         if self.guidance < 1:
             raise UserError(f"ddpo guidance must be >= 1, not {self.guidance}")
         if self.stat_min_count > self.stat_buffer:

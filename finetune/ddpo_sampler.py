@@ -42,6 +42,13 @@ def _alpha_products(scheduler: DDIMScheduler, t: torch.Tensor, device: torch.dev
     return a_t.view(-1, 1, 1, 1), a_prev.view(-1, 1, 1, 1)
 
 
+def step_std(scheduler: DDIMScheduler, t: torch.Tensor, eta: float = 1.0) -> torch.Tensor:
+    """sigma_t(eta) of the DDIM step from each timestep in ``t`` (after ``set_timesteps``), shape like ``t``."""
+    t = torch.as_tensor(t, dtype=torch.long)
+    a_t, a_prev = _alpha_products(scheduler, t.reshape(-1), t.device)
+    return (eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)) ** 0.5).reshape(t.shape)
+
+
 def _predicted_x0_and_eps(scheduler: DDIMScheduler, model_output: torch.Tensor, sample: torch.Tensor,
                           a_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(x0_hat, eps_hat) from the U-Net output for the scheduler's prediction type (DDIM eq. 12)."""

@@ -85,6 +85,29 @@ def test_step_log_prob_accepts_one_timestep_per_sample():
         ddim_step_log_prob(sched, out, ts, x, prev_sample=prev, eta=0.0)
 
 
+@pytest.mark.parametrize("schedule", [SHAPES_SCHEDULE, SD15_SCHEDULE], ids=["v-zero-snr-trailing", "sd15-eps"])
+def test_step_std_is_the_noise_scale_of_ddim_steps_and_picks_the_trainable_steps(schedule):
+    from finetune.ddpo import trainable_steps
+    from finetune.ddpo_sampler import step_std
+
+    sched = DDIMScheduler(**schedule)
+    sched.set_timesteps(10)
+    g = torch.Generator().manual_seed(2)
+    out, x = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    stds = step_std(sched, sched.timesteps, eta=1.0)
+    for t, std in zip(sched.timesteps, stds):
+        zero = sched.step(out, t, x, eta=1.0, variance_noise=torch.zeros_like(x)).prev_sample
+        one = sched.step(out, t, x, eta=1.0, variance_noise=torch.ones_like(x)).prev_sample
+        torch.testing.assert_close((one - zero).mean(), std, rtol=1e-4, atol=1e-5)
+    assert torch.all(stds[:-1] > stds[1:]) and stds[-1] < 0.05  # falling; the last step adds almost no noise
+    torch.testing.assert_close(step_std(sched, sched.timesteps, eta=0.5), 0.5 * stds)
+    assert trainable_steps(sched, sched.timesteps, DDPOConfig(min_step_std=0.0)).tolist() == list(range(10))
+    between = float(stds[-2] + stds[-1]) / 2
+    assert trainable_steps(sched, sched.timesteps, DDPOConfig(min_step_std=between)).tolist() == list(range(9))
+    with pytest.raises(UserError, match="min_step_std"):
+        trainable_steps(sched, sched.timesteps, DDPOConfig(min_step_std=2.0))
+
+
 def test_first_ppo_ratio_on_fresh_trajectories_is_exactly_one(pipe):
     add_lora(pipe.unet, rank=4)
     with torch.no_grad():  # a LoRA that does something, so the check covers the adapter path
@@ -157,6 +180,9 @@ def test_config_and_reward_registry_reject_mistakes():
         DDPOConfig(stat_min_count=40, stat_buffer=32)
     with pytest.raises(UserError):
         DDPOConfig.from_dict({"lerning_rate": 1.0})
+    for bad in ({"images_per_prompt": 0}, {"min_step_std": -0.1}):
+        with pytest.raises(UserError):
+            DDPOConfig(**bad)
     with pytest.raises(UserError):
         make_reward("aesthetics")
     assert DDPOConfig().config_hash() != DDPOConfig(lr=1e-3).config_hash()
