@@ -26,7 +26,7 @@ class LoopConfig:
     dpo_steps: int = field(default=800, metadata={"help": "DPO optimiser steps per round"})
     dpo_lr: float = field(default=3e-4, metadata={"help": "DPO learning rate"})
     dpo_beta: float = field(default=2500.0, metadata={"help": "DPO KL strength beta"})
-    ddpo_epochs: int = field(default=4, metadata={"help": "DDPO epochs per round"})
+    ddpo_epochs: int = field(default=8, metadata={"help": "DDPO epochs per round (other settings: DDPOConfig)"})
     gate_win_rate: float = field(default=0.5, metadata={"help": "reward-model win rate vs parent to promote"})
     seed: int = field(default=0, metadata={"help": "seed of the rater, prompts and evaluation"})
 
