@@ -1,6 +1,7 @@
 """``pickloop bench ddpo``: seconds per DDPO epoch (sampling and training apart) and peak memory.
 
-``finetune.commands.register`` adds it through ``register_bench(bench_sub)``. The configuration is printed first; the
+``finetune.commands.register`` adds it, and ``pickloop bench ddpo-curve`` (``finetune.ddpo_curve``), through
+``register_bench(bench_sub)``. The configuration is printed first; the
 last line is ``epoch_s=<..> sample_s=<..> train_s=<..> peak_rss_mb=<..>``: means over the epochs, in
 seconds (sample_s: drawing, decoding and scoring the images; train_s: the PPO passes; epoch_s: both
 plus the drift guard's fixed-seed draws), and the process's peak resident memory (ru_maxrss) in MiB. ``--reference trl`` also
@@ -38,6 +39,9 @@ def register_bench(bench_sub) -> None:  # noqa: ANN001 - argparse subparsers of 
     q.add_argument("--steps", type=int, default=10, help="DDIM steps per image")
     q.add_argument("--drift-prompts", type=int, default=4, help="held-out prompts of the drift guard (0: off)")
     q.set_defaults(func=cmd_bench_ddpo)
+    from finetune.ddpo_curve import register_curve_bench
+
+    register_curve_bench(bench_sub)
 
 
 def _base_folder(ref: str | None) -> str:

@@ -12,7 +12,7 @@ U-Net is what the PPO ratio compares between sampling and training.
 Shapes: latents (B, C, H, W); a trajectory of T steps stores latents (B, T, C, H, W),
 next latents (B, T, C, H, W), timesteps (B, T) and log-probabilities (B, T). Log-probabilities are
 the MEAN over the C*H*W latent entries of the per-entry Normal log-density (as ddpo-pytorch does),
-so that the PPO clip range (1e-4 by default) does not depend on the latent size.
+so that the PPO clip range (1e-4 for SD 1.5) does not depend on the latent size.
 """
 from __future__ import annotations
 
