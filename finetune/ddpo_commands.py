@@ -60,10 +60,12 @@ def _base_folder(ref: str | None) -> str:
 def bench_config(args: argparse.Namespace):  # noqa: ANN201 - DDPOConfig
     from finetune.ddpo_config import DDPOConfig
 
+    # TRL's DDPOTrainer draws every image's prompt on its own and trains on every step: so do we beside it.
+    as_trl = dict(images_per_prompt=1, min_step_std=0.0) if getattr(args, "reference", "none") == "trl" else {}
     return DDPOConfig(epochs=args.epochs, sample_batch_size=args.sample_batch_size,
                       sample_batches_per_epoch=args.batches, train_batch_size=args.train_batch_size,
                       steps=args.steps, reward=args.reward, drift_prompts=args.drift_prompts,
-                      drift_max_pixel=None, drift_max_follow_drop=None)
+                      drift_max_pixel=None, drift_max_follow_drop=None, **as_trl)
 
 
 def _run_trl(base: str, prompts: list[str], config) -> dict | None:  # noqa: ANN001
@@ -106,8 +108,9 @@ def cmd_bench_ddpo(args: argparse.Namespace) -> int:
     prompts = prompt_pool("train", n=64)
     drift = prompt_pool("heldout", n=config.drift_prompts) if config.drift_prompts else []
     print(f"ddpo bench on {base}: {config.epochs} epochs x {config.sample_batches_per_epoch} batches x "
-          f"{config.sample_batch_size} images, {config.steps} DDIM steps, guidance {config.guidance}, train batch "
-          f"{config.train_batch_size}, LoRA rank {config.lora_rank}, reward {config.reward}, "
+          f"{config.sample_batch_size} images ({config.images_per_prompt} per prompt), {config.steps} DDIM steps, "
+          f"guidance {config.guidance}, train batch {config.train_batch_size} x {config.inner_epochs} inner epochs, "
+          f"steps with sigma >= {config.min_step_std}, LoRA rank {config.lora_rank}, reward {config.reward}, "
           f"{len(drift)} drift prompts, {torch.get_num_threads()} thread(s), device "
           f"{'cuda' if torch.cuda.is_available() else 'cpu'}", flush=True)
     pipe = load_pipeline(base)
