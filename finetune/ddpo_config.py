@@ -2,13 +2,13 @@
 
 Defaults are for the embedded shapes model on a CPU (10 DDIM steps score as well as 50 there): 32 images
 an epoch as 8 prompts x 4, each group normalised by its own prompt's rewards; lr 3e-3, clip_range 0.05 and
-2 inner epochs, so that a reward model trained on 200 simulated picks rises within ~12 epochs (a few CPU
-minutes, ``pickloop bench ddpo-curve``); the last DDIM step (sigma_t ~0.03) is left out of training, as
-its tiny noise scale makes its gradient ~30x the others' while it barely changes the image. Recommended
-for Stable Diffusion 1.5 (Black et al. 2023; see README): steps 50, guidance 5, sample_batch_size 8 x
-sample_batches_per_epoch 4 per GPU, images_per_prompt 1, lr 3e-4, clip_range 1e-4, adv_clip 5, lora_rank
-4, inner_epochs 1, timestep_fraction 1.0, min_step_std 0, stat_buffer 32 / stat_min_count 16; fits in
-under 10 GB with LoRA.
+2 inner epochs, so that the score of a reward model trained on 200 simulated picks rises within ~12 epochs
+(a few CPU minutes, ``pickloop bench ddpo-curve``); the last DDIM step (sigma_t ~0.03) is left out of
+training, as its log-probability gradient scales with 1/sigma_t (10-30x the other steps') while its noise
+barely changes the image. Recommended for Stable Diffusion 1.5 (Black et al. 2023; see README): steps 50,
+guidance 5, sample_batch_size 8 x sample_batches_per_epoch 4 per GPU, images_per_prompt 1, lr 3e-4,
+clip_range 1e-4, adv_clip 5, lora_rank 4, inner_epochs 1, timestep_fraction 1.0, min_step_std 0,
+stat_buffer 32 / stat_min_count 16; fits in under 10 GB with LoRA.
 """
 from __future__ import annotations
 
