@@ -6,10 +6,11 @@ picks -> DDPO (the job entry point of ``pickloop finetune run --method ddpo``, D
 ``--config``) fine-tunes a LoRA against it. Each epoch prints the mean reward-model score of its samples
 and the rater's hidden taste of the same images (the oracle, never trained against); a PNG plots both.
 The last line is ``reward_first=<..> reward_last=<..> rise=<..> slope=<..> noise=<..> taste_first=<..>
-taste_last=<..> drift=<..> epochs=<..> wall_s=<..>``: first/last are means over the first/last quarter
-of the epochs, rise = last - first, slope the least-squares gain per epoch, noise the standard deviation
-of the per-epoch means about that line, taste_* the same quarters of the oracle's score, drift the last
-epoch's fixed-seed pixel drift from the base (0..1).
+taste_last=<..> drift=<..> follow_drop=<..> epochs=<..> wall_s=<..>``: first/last are means over the
+first/last quarter of the epochs, rise = last - first, slope the least-squares gain per epoch, noise the
+standard deviation of the per-epoch means about that line, taste_* the same quarters of the oracle's score, drift and
+follow_drop the last epoch's fixed-seed pixel drift from the base (0..1) and drop of the judge's
+prompt-following on held-out prompts. The drift guard measures only, unless ``--config`` sets its limits.
 """
 from __future__ import annotations
 
@@ -140,7 +141,8 @@ def run_curve(folder: Path, config, *, taste: str, labels: int, candidates: int,
         n = config.sample_batch_size * config.sample_batches_per_epoch
         row = {"epoch": epoch, "reward_mean": h["reward_mean"], "reward_sem": h["reward_std"] / np.sqrt(n),
                "taste_mean": float(np.mean(seen)), "drift_pixel": h.get("drift_pixel"),
-               "drift_follow": h.get("drift_follow"), "epoch_s": h["epoch_s"], "guard": h.get("guard")}
+               "drift_follow": h.get("drift_follow"), "follow_drop": h.get("drift_follow_drop"),
+               "epoch_s": h["epoch_s"], "guard": h.get("guard")}
         seen.clear()
         rows.append(row)
         drift = "" if row["drift_pixel"] is None else f" drift {row['drift_pixel']:.3f}"
@@ -192,7 +194,8 @@ def cmd_bench_ddpo_curve(args: argparse.Namespace) -> int:
     from pickloop.settings import get_settings
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    overrides = _json_object(args.config)
+    # The drift guard measures but does not stop the run unless --config sets its limits: the curve is the point.
+    overrides = {"drift_max_pixel": None, "drift_max_follow_drop": None, **_json_object(args.config)}
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
     config = DDPOConfig.from_dict(overrides)
@@ -204,7 +207,9 @@ def cmd_bench_ddpo_curve(args: argparse.Namespace) -> int:
     print(f"ddpo curve: taste {args.taste}, {args.labels} labels of {args.candidates} candidates on {args.prompts} "
           f"prompts; DDPO {config.epochs} epochs x {config.sample_batches_per_epoch * config.sample_batch_size} "
           f"images, {config.steps} steps, lr {config.lr}, clip_range {config.clip_range}, inner_epochs "
-          f"{config.inner_epochs}, timestep_fraction {config.timestep_fraction}", flush=True)
+          f"{config.inner_epochs}, timestep_fraction {config.timestep_fraction}; drift guard "
+          f"{'measuring only' if config.drift_max_pixel is None and config.drift_max_follow_drop is None else 'on'}",
+          flush=True)
     t0 = time.perf_counter()
     folder = Path(args.home) if args.home else Path(tempfile.mkdtemp(prefix="pickloop-ddpo-curve-"))
     try:
@@ -223,9 +228,9 @@ def cmd_bench_ddpo_curve(args: argparse.Namespace) -> int:
     for key in ("reward_mean", "taste_mean"):
         print(f"{key.split('_')[0]}s=" + ",".join(f"{r[key]:.4f}" for r in rows))
     print(f"plot: {plot.resolve()}")
-    drift = rows[-1]["drift_pixel"]
+    last = {k: "n/a" if rows[-1][k] is None else f"{rows[-1][k]:.4f}" for k in ("drift_pixel", "follow_drop")}
     print(f"reward_first={fig['first']:.4f} reward_last={fig['last']:.4f} rise={fig['rise']:.4f} "
           f"slope={fig['slope']:.4f} noise={fig['noise']:.4f} taste_first={taste['first']:.4f} "
-          f"taste_last={taste['last']:.4f} drift={'n/a' if drift is None else f'{drift:.4f}'} epochs={len(rows)} "
-          f"wall_s={wall:.1f}")
+          f"taste_last={taste['last']:.4f} drift={last['drift_pixel']} follow_drop={last['follow_drop']} "
+          f"epochs={len(rows)} wall_s={wall:.1f}")
     return 0
