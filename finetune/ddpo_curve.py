@@ -203,7 +203,8 @@ def cmd_bench_ddpo_curve(args: argparse.Namespace) -> int:
         raise UserError("need --labels >= 2, --candidates 2-4 and --prompts >= 2")
     if args.home and Path(args.home).exists() and any(Path(args.home).iterdir()):
         raise UserError(f"{args.home} is not empty: --home needs a new or empty folder")
-    plot = Path(args.plot) if args.plot else get_settings().reports_dir / f"ddpo-curve-{time.strftime('%Y%m%d-%H%M%S')}.png"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    plot = Path(args.plot) if args.plot else get_settings().reports_dir / f"ddpo-curve-{stamp}.png"
     print(f"ddpo curve: taste {args.taste}, {args.labels} labels of {args.candidates} candidates on {args.prompts} "
           f"prompts; DDPO {config.epochs} epochs x {config.sample_batches_per_epoch * config.sample_batch_size} "
           f"images, {config.steps} steps, lr {config.lr}, clip_range {config.clip_range}, inner_epochs "
