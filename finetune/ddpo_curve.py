@@ -6,11 +6,13 @@ picks -> DDPO (the job entry point of ``pickloop finetune run --method ddpo``, D
 ``--config``) fine-tunes a LoRA against it. Each epoch prints the mean reward-model score of its samples
 and the rater's hidden taste of the same images (the oracle, never trained against); a PNG plots both.
 The last line is ``reward_first=<..> reward_last=<..> rise=<..> slope=<..> noise=<..> taste_first=<..>
-taste_last=<..> drift=<..> follow_drop=<..> epochs=<..> wall_s=<..>``: first/last are means over the
-first/last quarter of the epochs, rise = last - first, slope the least-squares gain per epoch, noise the
-standard deviation of the per-epoch means about that line, taste_* the same quarters of the oracle's score, drift and
-follow_drop the last epoch's fixed-seed pixel drift from the base (0..1) and drop of the judge's
-prompt-following on held-out prompts. The drift guard measures only, unless ``--config`` sets its limits.
+taste_last=<..> drift=<..> follow_drop=<..> reward_acc=<..> epochs=<..> wall_s=<..>``: first/last are means
+over the first/last quarter of the epochs, rise = last - first, slope the least-squares gain per epoch, noise
+the standard deviation of the per-epoch means about that line, taste_* the same quarters of the oracle's
+score, drift and follow_drop the last epoch's fixed-seed pixel drift from the base (0..1) and drop of the
+judge's prompt-following on held-out prompts, reward_acc the reward model's held-out pairwise accuracy (a weak
+reward model is easy to hack: the taste then falls while the reward is pushed up, or the images simply
+degrade). The drift guard measures only, unless ``--config`` sets its limits.
 """
 from __future__ import annotations
 
@@ -214,7 +216,7 @@ def cmd_bench_ddpo_curve(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     folder = Path(args.home) if args.home else Path(tempfile.mkdtemp(prefix="pickloop-ddpo-curve-"))
     try:
-        rows, _ = run_curve(folder, config, taste=args.taste, labels=args.labels, candidates=args.candidates,
+        rows, rmetrics = run_curve(folder, config, taste=args.taste, labels=args.labels, candidates=args.candidates,
                             prompts=args.prompts, progress=not args.quiet)
     finally:
         if not args.home:
@@ -233,5 +235,5 @@ def cmd_bench_ddpo_curve(args: argparse.Namespace) -> int:
     print(f"reward_first={fig['first']:.4f} reward_last={fig['last']:.4f} rise={fig['rise']:.4f} "
           f"slope={fig['slope']:.4f} noise={fig['noise']:.4f} taste_first={taste['first']:.4f} "
           f"taste_last={taste['last']:.4f} drift={last['drift_pixel']} follow_drop={last['follow_drop']} "
-          f"epochs={len(rows)} wall_s={wall:.1f}")
+          f"reward_acc={rmetrics.get('heldout_acc', float('nan')):.4f} epochs={len(rows)} wall_s={wall:.1f}")
     return 0

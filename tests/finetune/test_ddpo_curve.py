@@ -63,7 +63,8 @@ def test_bench_ddpo_curve_rates_trains_a_reward_model_and_plots(home, tmp_path, 
     assert args.func(args) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert re.fullmatch(r"reward_first=-?[\d.]+ reward_last=-?[\d.]+ rise=-?[\d.]+ slope=-?[\d.]+ noise=[\d.]+ "
-                        r"taste_first=[\d.]+ taste_last=[\d.]+ drift=[\d.]+ follow_drop=-?[\d.]+ epochs=2 "
+                        r"taste_first=[\d.]+ taste_last=[\d.]+ drift=[\d.]+ follow_drop=-?[\d.]+ "
+                        r"reward_acc=(nan|[\d.]+) epochs=2 "
                         r"wall_s=[\d.]+", out[-1]), out[-1]
     assert sum(line.startswith("epoch ") for line in out) == 2
     rewards = next(line for line in out if line.startswith("rewards="))
