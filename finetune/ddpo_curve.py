@@ -66,7 +66,7 @@ def rated_home(folder: Path, *, taste: str, labels: int, candidates: int, prompt
     folder.mkdir(parents=True, exist_ok=True)
     ctx = Context(settings=get_settings(home=folder, database_url=f"sqlite:///{(folder / 'pickloop.db').resolve()}",
                                         image_store_url=str((folder / "images").resolve()),
-                                        base_model=EMBEDDED_MODEL, overlap_share=0.0))
+                                        base_model=EMBEDDED_MODEL, overlap_share=0.0, sampling_seed=seed))
     texts = open_prompts(prompts, heldout=False, open_attributes=OPEN_ATTRIBUTES, seed=seed)
     with write_session(ctx.engine) as s:
         ensure_base_version(session=s, base_model=ctx.base_model)

@@ -84,17 +84,29 @@ def pick_memory_seeds(pipe, prompt: str, winners: list[Winner], k: int) -> list[
     return list(dict.fromkeys(w.seed for w in ranked))[:k]
 
 
+def seed_source(*, session: Session, prompt: str, sampling_seed: int | None) -> random.Random:
+    """Where a new set's seeds come from: the OS's randomness, or with ``sampling_seed`` (benchmarks) a
+    generator seeded by it, the prompt and how many images the prompt has already, so that a run
+    repeats exactly, whichever worker draws which set."""
+    if sampling_seed is None:
+        return random.SystemRandom()
+    drawn = session.exec(select(func.count()).select_from(Candidate).join(Prompt, Candidate.prompt_id == Prompt.id)
+                         .where(Prompt.text == prompt)).one()
+    return random.Random(f"{int(sampling_seed)}|{prompt}|{int(drawn)}")
+
+
 def choose_seeds(pipe, *, session: Session, prompt: str, n: int, settings) -> tuple[list[int], list[bool]]:  # noqa: ANN001
     """Seeds for a new set of ``n`` and, per slot, whether it came from noise memory (slots shuffled)."""
     from generator.sampling import fresh_seeds
 
+    rng = seed_source(session=session, prompt=prompt, sampling_seed=getattr(settings, "sampling_seed", None))
     k = memory_count(n, settings.noise_memory_share, settings.noise_memory)
     info = getattr(pipe, "pickloop_info", None)
     remembered = pick_memory_seeds(pipe, prompt, winning_seeds(session=session, base_model=getattr(
         info, "model", None)), k) if k else []
-    fresh = [s for s in fresh_seeds(n + len(remembered)) if s not in remembered][: n - len(remembered)]
+    fresh = [s for s in fresh_seeds(n + len(remembered), rng) if s not in remembered][: n - len(remembered)]
     slots = [(s, True) for s in remembered] + [(s, False) for s in fresh]
-    random.SystemRandom().shuffle(slots)  # a memory seed must not always sit in the first position
+    rng.shuffle(slots)  # a memory seed must not always sit in the first position
     return [s for s, _ in slots], [m for _, m in slots]
 
 

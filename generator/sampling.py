@@ -20,8 +20,8 @@ FALLBACK_GUIDANCE = 7.5
 SEED_LIMIT = 2**31  # seeds in [0, 2^31): portable as a JSON number and a database integer
 
 
-def fresh_seeds(n: int) -> list[int]:
-    rng = random.SystemRandom()
+def fresh_seeds(n: int, rng: random.Random | None = None) -> list[int]:
+    rng = rng or random.SystemRandom()
     return [rng.randrange(SEED_LIMIT) for _ in range(n)]
 
 

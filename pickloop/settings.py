@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     overlap_share: float = Field(0.1, ge=0.0, le=1.0, description="Share of sets shown to two raters (agreement).")
     noise_memory: bool = Field(True, description="Reuse seeds that won for similar prompts.")
     noise_memory_share: float = Field(0.25, ge=0.0, le=1.0, description="Share of candidates drawn from winning seeds.")
+    sampling_seed: int | None = Field(None, description="Seed of the candidates' seeds (benchmarks, to make a "
+                                      "run repeatable); unset, every image gets a fresh random seed.")
     undo_seconds: float = Field(8.0, ge=0.0, description="How long a rater can undo the last pick, seconds.")
     app_sets_ahead: int = Field(1, ge=1, le=4, description="Sets the rating page holds in the browser after the "
                                 "one on screen, so that an answer shows the next set at once.")

@@ -106,6 +106,24 @@ def test_a_dead_workers_claim_is_taken_over(gen_ctx):  # noqa: ANN001
         assert queue_counts(session=s) == {"drawing": 1, "ready": 3, "done": 0, "failed": 0}
 
 
+def test_a_sampling_seed_makes_the_candidates_repeat(home, tiny_sd_dir):  # noqa: ANN001
+    from pickloop.context import Context
+    from pickloop.settings import get_settings
+
+    def seeds(folder, **kw):  # noqa: ANN001, ANN003, ANN202
+        ctx = Context(settings=get_settings(home=folder, base_model=str(tiny_sd_dir), noise_memory=False, **kw))
+        _setup(ctx, PROMPTS[:2])
+        fill_queue(ctx=ctx, depth=2, n=3, worker_id="w", progress=False)
+        with read_session(ctx.engine) as s:
+            return [c.seed for c in s.exec(select(Candidate).order_by(Candidate.id))]
+
+    a = seeds(home / "a", sampling_seed=7)
+    assert len(a) == 12 and len(set(a)) == 12  # every image its own seed
+    assert seeds(home / "b", sampling_seed=7) == a  # the same run again: the same images
+    assert seeds(home / "c", sampling_seed=8) != a
+    assert seeds(home / "d") != seeds(home / "e")  # unset: fresh randomness every time
+
+
 def test_an_overlap_set_answered_once_no_longer_holds_a_place(gen_ctx):  # noqa: ANN001
     from pickloop.store import add_rater, record_judgement
 
