@@ -371,7 +371,7 @@ def run_dpo(ctx: Any, cfg: DPOConfig, *, out_dir: Path | str, work_dir: Path | s
     if cfg.ai_feedback_sets > 0:
         from finetune.dpo_ai_feedback import ai_feedback_pairs
 
-        ai, metadata["ai_feedback"] = ai_feedback_pairs(ctx, cfg, base=base_path)
+        ai, metadata["ai_feedback"] = ai_feedback_pairs(ctx, cfg, base=base_path, parent=parent)
         pairs = pairs + ai
     result = train_dpo(cfg, base=base_path, pairs=pairs, load_image=ctx.images.open, out_dir=out_dir,
                        work_dir=work_dir, resume=resume, on_step=on_step, metadata=metadata, parent=parent)

@@ -1,6 +1,7 @@
-"""AI feedback for Diffusion-DPO: the reward model ranks extra candidate sets drawn by the base model,
-and each set's best image against its worst becomes a training pair beside the human picks (the
-"AI feedback" variant of preference tuning, cf. RLAIF, Lee et al. 2023), at its own loss weight.
+"""AI feedback for Diffusion-DPO: the reward model ranks extra candidate sets drawn by the model the run
+starts at (the parent version, or the base), and each set's best image against its worst becomes a
+training pair beside the human picks (the "AI feedback" variant of preference tuning, cf. RLAIF,
+Lee et al. 2023), at its own loss weight.
 
 The sets are a pure function of (store prompts, config seed): the prompts are chosen from the
 store's training split and every image's seed is drawn from a generator seeded by ``cfg.seed``, so
@@ -54,9 +55,10 @@ def _latest_reward_model(ctx: Any) -> tuple[Any, int]:
     return load_latest(ctx=ctx), int(row_id)
 
 
-def ai_feedback_pairs(ctx: Any, cfg: Any, *, base: str) -> tuple[list[Any], dict[str, Any]]:
-    """Draw ``cfg.ai_feedback_sets`` sets of ``cfg.ai_feedback_candidates`` images with the base
-    pipeline ``base``, store them, rank each set by the latest reward model, and return
+def ai_feedback_pairs(ctx: Any, cfg: Any, *, base: str, parent: Any = None) -> tuple[list[Any], dict[str, Any]]:
+    """Draw ``cfg.ai_feedback_sets`` sets of ``cfg.ai_feedback_candidates`` images with the pipeline
+    ``base`` plus the parent's LoRA (``parent``, a ``finetune.lora.ParentLora``; None: the base alone,
+    so the pairs come from the policy the run starts at), store them, rank each set by the latest reward model, and return
     (best-vs-worst PairSpecs of weight ``cfg.ai_feedback_weight``, a summary for the run's metadata).
 
     A set whose best and worst score the same (or are the same image) gives no pair.
@@ -69,7 +71,7 @@ def ai_feedback_pairs(ctx: Any, cfg: Any, *, base: str) -> tuple[list[Any], dict
 
     reward_model, reward_id = _latest_reward_model(ctx)  # fail before the minutes of drawing
     plan = plan_sets(_training_prompts(ctx), cfg.ai_feedback_sets, cfg.ai_feedback_candidates, cfg.seed)
-    pipe = load_pipeline(model=base, ctx=ctx)
+    pipe = load_pipeline(model=base, lora=parent.lora_dir if parent is not None else None, ctx=ctx)
     pairs: list[PairSpec] = []
     margins: list[float] = []
     for prompt, seeds in tqdm(plan, desc="dpo ai feedback", unit="set"):
@@ -81,7 +83,8 @@ def ai_feedback_pairs(ctx: Any, cfg: Any, *, base: str) -> tuple[list[Any], dict
         if scores[best] > scores[worst] and keys[best] != keys[worst]:
             pairs.append(PairSpec(prompt, keys[best], keys[worst], weight=float(cfg.ai_feedback_weight)))
             margins.append(scores[best] - scores[worst])
-    summary = {"reward_model_id": reward_id, "sets": len(plan), "pairs": len(pairs),
+    summary = {"reward_model_id": reward_id, "drawn_by": parent.name if parent is not None else "base",
+               "sets": len(plan), "pairs": len(pairs),
                "weight": float(cfg.ai_feedback_weight),
                "mean_margin": sum(margins) / len(margins) if margins else 0.0}
     return pairs, summary

@@ -201,6 +201,18 @@ def run_finetune_job(ctx: Any, *, method: str = "dpo", min_new_labels: int = 1,
         return _run_locked(ctx, method, kind, config, min_new_labels)
 
 
+def _reward_model_used(ctx: Any, method: str, config: Any) -> int | None:
+    """The registry id of the reward model a run will read (the newest one), or None when it reads none:
+    DPO with AI-feedback pairs, DDPO rewarded by the registry's newest reward model."""
+    uses = (getattr(config, "ai_feedback_sets", 0) > 0 if method == "dpo" else
+            getattr(config, "reward", None) == "reward-model" and not getattr(config, "reward_path", None))
+    if not uses:
+        return None
+    from generator.queue import latest_reward_model_id
+
+    return latest_reward_model_id(ctx)
+
+
 def _run_locked(ctx: Any, method: str, kind: str, config: Any, min_new_labels: int) -> JobOutcome:
     from pickloop.db import read_session, write_session
     from finetune.lora import parent_lora
@@ -217,6 +229,9 @@ def _run_locked(ctx: Any, method: str, kind: str, config: Any, min_new_labels: i
                                          f"need {min_new_labels}: nothing to do")
     chash = config.config_hash()
     run_key = f"{kind}:{snapshot}:{chash}" + (f":from-{parent.sha256[:16]}" if parent else "")
+    reward_id = _reward_model_used(ctx, method, config)
+    if reward_id is not None:  # a newer reward model makes it a different run
+        run_key += f":rm-{reward_id}"
     state, job = claim_job(ctx, kind=kind, run_key=run_key, snapshot=snapshot, config_hash=chash, owner=owner_id())
     if state == "already-done":
         return JobOutcome("already-done", f"run {run_key} already done ({(job.output or {}).get('version')}); "
@@ -226,17 +241,18 @@ def _run_locked(ctx: Any, method: str, kind: str, config: Any, min_new_labels: i
                           EXIT_BUSY)
     if state == "taken-over":
         print(f"taking over stale run {run_key} from {job.output.get('taken_over_from')}")
-    return _train_and_register(ctx, method, config, job, snapshot, parent_id, parent)
+    return _train_and_register(ctx, method, config, job, snapshot, parent_id, parent, reward_id)
 
 
 def _train_and_register(ctx: Any, method: str, config: Any, job: Any, snapshot: int, parent_id: int,
-                        parent: Any) -> JobOutcome:
+                        parent: Any, reward_id: int | None = None) -> JobOutcome:
     from pickloop.db import write_session
     from pickloop.schema import Job, utcnow
 
     from finetune.registry import register_version
 
-    name = _safe_name(f"{method}-s{snapshot}-{job.config_hash[:8]}" + (f"-p{parent_id}" if parent else ""))
+    name = _safe_name(f"{method}-s{snapshot}-{job.config_hash[:8]}" + (f"-p{parent_id}" if parent else "")
+                      + (f"-rm{reward_id}" if reward_id is not None else ""))
     out_dir = ctx.settings.lora_dir / name
     work_dir = ctx.home / "runs" / _safe_name(job.run_key)
     interval = max(1.0, min(30.0, ctx.settings.finetune_stale_seconds / 5))

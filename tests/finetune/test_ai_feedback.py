@@ -121,6 +121,37 @@ def test_ai_sets_are_reproducible_ranked_and_stored(labelled, tiny_clip, fast_ba
     assert {p.winner for p in other} != {p.winner for p in first}, "the seed does not pick the draws"
 
 
+def test_ai_sets_come_from_the_parent_the_run_starts_at(labelled, tiny_clip, fast_base, tmp_path):
+    from finetune.lora import ParentLora, file_sha256
+    from tests.generator.tiny_models import make_lora
+
+    register_reward_model(labelled, tiny_clip)
+    lora_dir = make_lora(fast_base, tmp_path / "parent")
+    parent = ParentLora(name="v2", lora_dir=str(lora_dir),
+                        sha256=file_sha256(lora_dir / lora_io.LORA_WEIGHT_NAME))
+    cfg = DPOConfig(**RUN, **AI)
+    from_base, s_base = ai_feedback_pairs(labelled, cfg, base=str(fast_base))
+    from_parent, s_parent = ai_feedback_pairs(labelled, cfg, base=str(fast_base), parent=parent)
+    assert (s_base["drawn_by"], s_parent["drawn_by"]) == ("base", "v2")
+    images = lambda pairs: {p.winner for p in pairs} | {p.loser for p in pairs}  # noqa: E731
+    assert from_parent and not images(from_parent) & images(from_base)  # same seeds, other model: other images
+
+
+def test_a_newer_reward_model_makes_a_new_run(labelled, tiny_clip, capsys):
+    import json
+
+    from pickloop.cli import main
+
+    register_reward_model(labelled, tiny_clip)
+    args = ["finetune", "run", "--min-new-labels", "0", "--config", json.dumps({**RUN, **AI})]
+    assert main(args) == 0 and "registered as a candidate" in capsys.readouterr().out
+    assert main(args) == 0 and "already done" in capsys.readouterr().out  # same labels, same reward model
+    rid = register_reward_model(labelled, tiny_clip)
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "registered as a candidate" in out and f"-rm{rid}" in out
+
+
 def test_missing_reward_model_is_one_clear_error(labelled, tmp_path):
     with pytest.raises(UserError, match="needs a trained reward model: run `pickloop reward train`") as err:
         run_dpo(labelled, DPOConfig(**RUN, **AI), out_dir=tmp_path / "x")
