@@ -113,8 +113,10 @@ def run_loop(*, ctx: Context, config: LoopConfig, progress: bool = True, log=pri
     from reward.train import train_reward
 
     t0 = time.perf_counter()
-    # One simulated rater: no overlap sets (they would wait for a second rater); the loop's own gate threshold.
-    ctx = Context(settings=ctx.settings.model_copy(update={"overlap_share": 0.0,
+    # One simulated rater: no overlap sets (they would wait for a second rater); the loop's own gate threshold;
+    # candidate seeds from the loop's seed (unless the settings name one), so a run's labels repeat.
+    seed = ctx.settings.sampling_seed if ctx.settings.sampling_seed is not None else config.seed
+    ctx = Context(settings=ctx.settings.model_copy(update={"overlap_share": 0.0, "sampling_seed": seed,
                                                            "promote_min_win_rate": config.gate_win_rate}))
     taste = load_taste(config.taste)
     rater = SimulatedRater(config.taste, temperature=config.rater_temperature, tie_margin=config.rater_tie_margin,
