@@ -8,8 +8,8 @@ was sent (a token), and the server looks the set up in its own session state. An
 outbox of every answer not yet acknowledged; each is recorded idempotently (the set's idempotency
 key), so a replayed outbox, a double click, a reconnect or a second tab never writes twice.
 
-Everything here is per browser session (kept in ``st.session_state`` by the page); no Streamlit calls,
-so tests drive it directly.
+``Panel`` is per browser session (kept in ``st.session_state`` by the page) and makes no Streamlit
+calls, so tests drive it directly; ``mount`` is the component itself, defined once per process.
 """
 from __future__ import annotations
 

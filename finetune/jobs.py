@@ -208,9 +208,11 @@ def _reward_model_used(ctx: Any, method: str, config: Any) -> int | None:
             getattr(config, "reward", None) == "reward-model" and not getattr(config, "reward_path", None))
     if not uses:
         return None
-    from generator.queue import latest_reward_model_id
+    from pickloop.db import read_session
+    from reward.registry import latest_reward_model_id
 
-    return latest_reward_model_id(ctx)
+    with read_session(ctx.engine) as s:
+        return latest_reward_model_id(session=s)
 
 
 def _run_locked(ctx: Any, method: str, kind: str, config: Any, min_new_labels: int) -> JobOutcome:

@@ -60,7 +60,7 @@ def build_unet(arch: str, *, device: Any = "cpu", dtype: Any = None) -> Any:
 
 
 def conditioning(unet: Any, batch: int, *, device: Any, dtype: Any) -> dict[str, Any]:
-    """Random text conditioning of the shapes ``unet`` expects (SDXL: pooled embeddings and time ids)."""
+    """Random text conditioning in the tensor shapes ``unet`` expects (SDXL: also pooled embeddings and time ids)."""
     import torch
 
     cfg = unet.config

@@ -204,15 +204,6 @@ def _priority(p_best: float) -> float:
     return min(1.0, max(0.0, 1.0 - abs(p_best - 0.5) * 2.0))
 
 
-def latest_reward_model_id(ctx) -> int | None:  # noqa: ANN001
-    """The id of the newest registered reward model, or None."""
-    from pickloop.db import read_session
-    from pickloop.schema import RewardModelRow
-
-    with read_session(ctx.engine) as s:
-        return s.exec(select(func.max(RewardModelRow.id))).one()
-
-
 def rescore_ready_sets(*, ctx, reward_model, pool: str | None = None, batch: int = 32) -> int:  # noqa: ANN001
     """Set every ready set's priority from ``reward_model`` (what a newer reward model is unsure about
     differs from what the one that drew them was); returns how many sets were scored."""
@@ -238,9 +229,13 @@ def rescore_ready_sets(*, ctx, reward_model, pool: str | None = None, batch: int
 def rescore_if_new_reward_model(ctx, scored_with: int | None, *, pool: str | None = None) -> int | None:  # noqa: ANN001
     """With active learning on, re-score the ready sets once a reward model newer than ``scored_with``
     (a registry id) is registered; returns the id the queue is now scored with."""
+    from pickloop.db import read_session
+    from reward.registry import latest_reward_model_id
+
     if not ctx.settings.active_learning:
         return scored_with
-    latest = latest_reward_model_id(ctx)
+    with read_session(ctx.engine) as s:
+        latest = latest_reward_model_id(session=s)
     if latest is None or latest == scored_with:
         return scored_with
     model = load_reward_model_for_queue(ctx)

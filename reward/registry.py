@@ -35,6 +35,14 @@ def find_reward_model(*, session, ref: str | int = "latest"):  # noqa: ANN001, A
     raise UserError(f"no reward model {ref!r} in the registry (use an id or latest)")
 
 
+def latest_reward_model_id(*, session) -> int | None:  # noqa: ANN001
+    """The registry id of the newest reward model, or None when none is registered."""
+    try:
+        return int(find_reward_model(session=session).id)
+    except UserError:
+        return None
+
+
 def resolve_reward_path(*, ctx, ref: str = "latest") -> Path:  # noqa: ANN001
     """A saved reward model folder: an existing folder path as given, else a registry id or ``latest``."""
     from pickloop.db import read_session

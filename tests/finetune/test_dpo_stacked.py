@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from sqlmodel import select
 
 from finetune import lora as lora_io
 from finetune import models as fm
@@ -143,7 +142,7 @@ print(pipe.get_active_adapters())
 def test_job_continues_from_the_promoted_version(labelled, monkeypatch):
     from finetune.jobs import run_finetune_job
     from pickloop.db import read_session
-    from pickloop.schema import Job, ModelVersion
+    from pickloop.schema import Job
     from pickloop.store import find_version, promote
     from pickloop.db import write_session
     from tests.finetune.conftest import add_labelled_sets
