@@ -97,7 +97,9 @@ def ddim_step_log_prob(scheduler: DDIMScheduler, model_output: torch.Tensor, t: 
     # sigma_t(eta) of DDIM eq. 16, as DDIMScheduler._get_variance computes it.
     variance = (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)
     std = eta * variance ** 0.5
-    mean = a_prev ** 0.5 * x0 + (1 - a_prev - std ** 2) ** 0.5 * eps
+    # Where alpha_bar_t = 0 (zero terminal SNR) 1 - a_prev - std^2 is 0 in exact arithmetic, and rounding can
+    # make it a hair negative (on a GPU, say): its square root would turn the whole trajectory into NaN.
+    mean = a_prev ** 0.5 * x0 + (1 - a_prev - std ** 2).clamp(min=0) ** 0.5 * eps
     if prev_sample is None:
         noise = randn_tensor(model_output.shape, generator=generator, device=device, dtype=model_output.dtype)
         prev_sample = mean + std * noise

@@ -85,6 +85,24 @@ def test_step_log_prob_accepts_one_timestep_per_sample():
         ddim_step_log_prob(sched, out, ts, x, prev_sample=prev, eta=0.0)
 
 
+def test_zero_snr_first_step_stays_finite_when_rounding_goes_below_zero():
+    # With alpha_bar_t = 0 the step's sigma_t^2 equals 1 - alpha_bar_prev, so the direction term's
+    # 1 - alpha_bar_prev - sigma_t^2 is 0 in exact arithmetic; for this alpha_bar_prev float32 rounding
+    # makes it negative (as a GPU's kernels may for the shapes schedule).
+    sched = DDIMScheduler(**SHAPES_SCHEDULE)
+    sched.set_timesteps(10)
+    t = sched.timesteps[0]
+    prev_t = int(t) - sched.config.num_train_timesteps // sched.num_inference_steps
+    assert float(sched.alphas_cumprod[t]) == 0.0
+    sched.alphas_cumprod[prev_t] = 0.49625658988952637
+    a_prev = sched.alphas_cumprod[prev_t]
+    assert 1 - a_prev - ((1 - a_prev) ** 0.5) ** 2 < 0
+    g = torch.Generator().manual_seed(3)
+    out, x = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    prev, logp = ddim_step_log_prob(sched, out, t, x, generator=g)
+    assert torch.isfinite(prev).all() and torch.isfinite(logp).all()
+
+
 @pytest.mark.parametrize("schedule", [SHAPES_SCHEDULE, SD15_SCHEDULE], ids=["v-zero-snr-trailing", "sd15-eps"])
 def test_step_std_is_the_noise_scale_of_ddim_steps_and_picks_the_trainable_steps(schedule):
     from finetune.ddpo import trainable_steps
