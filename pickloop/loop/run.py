@@ -79,7 +79,9 @@ def _finetune(ctx: Context, method: str, cfg: LoopConfig, gate_prompts: list[str
     from finetune.jobs import run_finetune_job
     from finetune.registry import gate_and_promote
 
-    overrides = ({"steps": cfg.dpo_steps, "lr": cfg.dpo_lr, "beta": cfg.dpo_beta} if method == "dpo"
+    overrides = ({"steps": cfg.dpo_steps, "lr": cfg.dpo_lr, "beta": cfg.dpo_beta,
+                  "ai_feedback_sets": cfg.dpo_ai_feedback_sets, "ai_feedback_candidates": cfg.dpo_ai_feedback_candidates,
+                  "ai_feedback_weight": cfg.dpo_ai_feedback_weight} if method == "dpo"
                  else {"epochs": cfg.ddpo_epochs})
     try:
         outcome = run_finetune_job(ctx, method=method, min_new_labels=1, overrides=overrides)

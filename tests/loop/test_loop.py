@@ -35,7 +35,7 @@ def test_two_round_loop_leaves_every_stage_behind(ctx, tmp_path):
                      "def bright(image):\n"
                      "    return float(np.asarray(image.convert('L'), dtype=float).mean())\n")
     config = LoopConfig(taste=f"{taste}:bright", rater_tie_margin=0.0, labels=16, rounds=2, candidates=3, train_prompts=8, eval_prompts=3,
-                        eval_seeds=1, gate_seeds=1, dpo_steps=6, gate_win_rate=0.0)
+                        eval_seeds=1, gate_seeds=1, dpo_steps=6, gate_win_rate=0.0, dpo_ai_feedback_sets=2)
     result = run_loop(ctx=ctx, config=config, progress=False, log=lambda *_: None)
     assert [r["round"] for r in result.rounds] == [1, 2]
     with read_session(ctx.engine) as s:
@@ -46,6 +46,8 @@ def test_two_round_loop_leaves_every_stage_behind(ctx, tmp_path):
     tuned = [v for v in versions if v.method == "dpo"]
     assert len(tuned) == 2 and all(v.lora_sha256 and v.data_snapshot for v in tuned)
     assert all(v.status in ("promoted", "retired") or v.reason for v in tuned)  # the gate spoke on each
+    # each round's DPO also trained on sets the round's reward model ranked
+    assert [v.metrics["ai_pairs"] for v in tuned] == [2, 2] and all(v.name.endswith(("-rm1", "-rm2")) for v in tuned)
     report = write_report(result, tmp_path / "report")
     for name in ("report.md", "curves.png", "grid.png", "figures.json"):
         assert (tmp_path / "report" / name).stat().st_size > 0
