@@ -7,7 +7,7 @@ from typing import Callable, Sequence
 
 from PIL import Image
 
-from pickloop.shapes.judge import follow_accuracy
+from pickloop.shapes.judge import follow_accuracy, follows
 from pickloop.shapes.world import caption, is_heldout, sample_scene
 from pickloop.store import prompt_split
 
@@ -65,6 +65,32 @@ def oracle_win_rate(taste: Taste, new: FixedSeedImages, base: FixedSeedImages) -
 def follow_rate(images: FixedSeedImages) -> float:
     """The judge's prompt-following accuracy (share of images right on every attribute their prompt fixes)."""
     return follow_accuracy(images.prompts, images.images)["overall"]
+
+
+def follow_detail(taste: Taste, new: FixedSeedImages, base: FixedSeedImages) -> dict:
+    """Where the new version follows prompts better or worse than the base, and where it wins.
+
+    ``by_attribute``: {attribute: [base, new]} share of images right on that attribute (over the prompts
+    that fix it); ``by_prompt``: [prompt, win rate, follow base, follow new] for each held-out prompt,
+    the prompts whose following fell most first. The overall rate can rise while some prompts lose an
+    attribute; this is what shows it.
+    """
+    assert new.prompts == base.prompts and new.seeds == base.seeds
+    attrs: dict[str, list[list[bool]]] = {}
+    per_prompt: dict[str, list[list[float]]] = {}
+    for p, a, b in zip(new.prompts, new.images, base.images):
+        fb, fa = follows(p, b), follows(p, a)
+        for attr in fb:
+            attrs.setdefault(attr, [[], []])
+            attrs[attr][0].append(fb[attr])
+            attrs[attr][1].append(fa[attr])
+        sa, sb = taste(a, p), taste(b, p)
+        per_prompt.setdefault(p, []).append([1.0 if sa > sb else 0.5 if sa == sb else 0.0,
+                                             float(all(fb.values())), float(all(fa.values()))])
+    by_attribute = {k: [sum(v[0]) / len(v[0]), sum(v[1]) / len(v[1])] for k, v in attrs.items()}
+    by_prompt = [[p] + [sum(col) / len(rows) for col in zip(*rows)] for p, rows in per_prompt.items()]
+    by_prompt.sort(key=lambda r: (r[3] - r[2], r[1]))
+    return {"by_attribute": by_attribute, "by_prompt": by_prompt}
 
 
 def mean_taste(taste: Taste, images: FixedSeedImages) -> float:

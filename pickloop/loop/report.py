@@ -74,6 +74,22 @@ def write_report(result, folder: Path) -> Path:  # noqa: ANN001 - pickloop.loop.
         lines.append(f"| {r['round']} | {r['labels']} | {acc} | {r['version']} | {r['win_rate']:.3f} | "
                      f"{r['follow_base']:.3f} | {r['follow_final']:.3f} | {ft} |")
     lines += ["", "Base (left) and promoted version (right), same prompts and seeds:", "", "![grid](grid.png)", ""]
+    lines += _detail_lines(result.rounds[-1].get("detail")) if result.rounds else []
     path = folder / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _detail_lines(detail: dict | None) -> list[str]:
+    """The final round's prompt following by attribute and, per held-out prompt, win rate and following."""
+    if not detail:
+        return []
+    lines = ["## Final version in detail", "", "Prompt following by attribute (share of images right):", "",
+             "| attribute | base | promoted |", "| --- | --- | --- |"]
+    lines += [f"| {k} | {b:.3f} | {a:.3f} |" for k, (b, a) in detail["by_attribute"].items()]
+    worse = sum(1 for r in detail["by_prompt"] if r[3] < r[2])
+    lines += ["", f"Per held-out prompt, those followed worse than by the base first ({worse} of "
+              f"{len(detail['by_prompt'])}):", "",
+              "| prompt | win rate | follow base | follow promoted |", "| --- | --- | --- | --- |"]
+    lines += [f"| {p} | {w:.3f} | {b:.3f} | {a:.3f} |" for p, w, b, a in detail["by_prompt"]]
+    return lines + [""]

@@ -18,7 +18,8 @@ from pickloop.context import Context
 from pickloop.db import read_session, write_session
 from pickloop.errors import UserError
 from pickloop.loop.config import LoopConfig
-from pickloop.loop.evaluate import FixedSeedImages, draw_fixed, follow_rate, mean_taste, open_prompts, oracle_win_rate
+from pickloop.loop.evaluate import (FixedSeedImages, draw_fixed, follow_detail, follow_rate, mean_taste, open_prompts,
+                                    oracle_win_rate)
 from pickloop.schema import Comparison, Prompt, Rater
 from pickloop.shapes.tastes import SimulatedRater, load_taste
 from pickloop.store import add_prompts, candidates_of, ensure_base_version, promoted_version, record_judgement
@@ -105,7 +106,8 @@ def _measure(ctx: Context, cfg: LoopConfig, taste, eval_prompts: list[str], base
     now = draw_fixed(pipe, eval_prompts, cfg.eval_seeds, seed=cfg.seed)
     return {"version": current.name, "win_rate": oracle_win_rate(taste, now, base),
             "follow_base": follow_rate(base), "follow_final": follow_rate(now),
-            "taste_base": mean_taste(taste, base), "taste_final": mean_taste(taste, now), "_images": now}
+            "taste_base": mean_taste(taste, base), "taste_final": mean_taste(taste, now),
+            "detail": follow_detail(taste, now, base), "_images": now}
 
 
 def run_loop(*, ctx: Context, config: LoopConfig, progress: bool = True, log=print) -> LoopResult:  # noqa: ANN001

@@ -53,7 +53,17 @@ def test_two_round_loop_leaves_every_stage_behind(ctx, tmp_path):
         assert (tmp_path / "report" / name).stat().st_size > 0
     figures = json.loads((tmp_path / "report" / "figures.json").read_text())
     assert 0.0 <= figures["summary"]["win_rate"] <= 1.0 and figures["summary"]["labels"] == 16
-    assert "oracle win rate" in report.read_text()
+    text = report.read_text()
+    assert "oracle win rate" in text
+    # the final round in detail: following per attribute, and win rate and following per held-out prompt
+    detail = result.rounds[-1]["detail"]
+    assert set(detail["by_attribute"]) and all(0 <= x <= 1 for pair in detail["by_attribute"].values() for x in pair)
+    assert sorted(r[0] for r in detail["by_prompt"]) == sorted(set(result.base.prompts))
+    drops = [r[3] - r[2] for r in detail["by_prompt"]]
+    assert drops == sorted(drops)  # worst-followed first
+    assert all(f"| {r[0]} |" in text for r in detail["by_prompt"])
+    mean_win = sum(r[1] for r in detail["by_prompt"]) / len(detail["by_prompt"])
+    assert abs(mean_win - result.rounds[-1]["win_rate"]) < 1e-9  # one seed each here: the same average
     from pickloop.context import resolve_model_ref
 
     out = subprocess.run([sys.executable, "-c", LOAD_IN_PLAIN_DIFFUSERS, resolve_model_ref(None), tuned[-1].lora_path],
