@@ -8,7 +8,7 @@ from dataclasses import fields
 from pickloop.loop.config import METHODS, LoopConfig
 
 DEMO = dict(taste="large", labels=80, rounds=2, method="dpo", train_prompts=20, eval_prompts=8, eval_seeds=4, gate_seeds=2,
-            dpo_steps=300)
+            dpo_steps=300, dpo_ai_feedback_sets=0)
 
 
 def _add_config_args(p: argparse.ArgumentParser, defaults: dict) -> None:

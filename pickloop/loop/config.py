@@ -26,7 +26,7 @@ class LoopConfig:
     dpo_steps: int = field(default=800, metadata={"help": "DPO optimiser steps per round"})
     dpo_lr: float = field(default=3e-4, metadata={"help": "DPO learning rate"})
     dpo_beta: float = field(default=2500.0, metadata={"help": "DPO KL strength beta"})
-    dpo_ai_feedback_sets: int = field(default=0, metadata={
+    dpo_ai_feedback_sets: int = field(default=300, metadata={
         "help": "extra candidate sets the reward model ranks for DPO each round (best vs worst); 0 = off"})
     dpo_ai_feedback_candidates: int = field(default=4, metadata={"help": "images per AI-feedback set (2-16)"})
     dpo_ai_feedback_weight: float = field(default=0.5, metadata={"help": "loss weight of an AI-ranked pair"})
@@ -44,6 +44,8 @@ class LoopConfig:
         bad = set(self.open_attributes) - {"color", "size", "shape", "position", "background"}
         if bad:
             raise UserError(f"unknown attribute(s) to leave open: {', '.join(sorted(bad))}")
+        if self.dpo_ai_feedback_sets < 0 or not 2 <= self.dpo_ai_feedback_candidates <= 16:
+            raise UserError("--dpo-ai-feedback-sets must be >= 0 and --dpo-ai-feedback-candidates 2-16")
         if self.eval_prompts < 1 or self.eval_seeds < 1:
             raise UserError("need at least one held-out prompt and one seed")
 

@@ -79,3 +79,7 @@ def test_bad_loop_settings_are_one_line():
         LoopConfig(open_attributes=("colour",))
     with pytest.raises(UserError, match="2-4"):
         LoopConfig(candidates=5)
+    with pytest.raises(UserError, match="ai-feedback"):
+        LoopConfig(dpo_ai_feedback_sets=-1)
+    with pytest.raises(UserError, match="ai-feedback"):
+        LoopConfig(dpo_ai_feedback_candidates=1)
