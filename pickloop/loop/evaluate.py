@@ -55,11 +55,13 @@ def draw_fixed(pipe, prompts: Sequence[str], seeds_per_prompt: int, *, seed: int
 def oracle_win_rate(taste: Taste, new: FixedSeedImages, base: FixedSeedImages) -> float:
     """Share of (prompt, seed) where the taste scores the new image above the base's; equal counts half."""
     assert new.prompts == base.prompts and new.seeds == base.seeds
-    wins = 0.0
-    for p, a, b in zip(new.prompts, new.images, base.images):
-        sa, sb = taste(a, p), taste(b, p)
-        wins += 1.0 if sa > sb else 0.5 if sa == sb else 0.0
-    return wins / len(new.prompts)
+    return sum(_win(taste, p, a, b) for p, a, b in zip(new.prompts, new.images, base.images)) / len(new.prompts)
+
+
+def _win(taste: Taste, prompt: str, new: Image.Image, base: Image.Image) -> float:
+    """1 if the taste scores ``new`` above ``base``, 0.5 if equal, else 0."""
+    sa, sb = taste(new, prompt), taste(base, prompt)
+    return 1.0 if sa > sb else 0.5 if sa == sb else 0.0
 
 
 def follow_rate(images: FixedSeedImages) -> float:
@@ -84,9 +86,7 @@ def follow_detail(taste: Taste, new: FixedSeedImages, base: FixedSeedImages) -> 
             attrs.setdefault(attr, [[], []])
             attrs[attr][0].append(fb[attr])
             attrs[attr][1].append(fa[attr])
-        sa, sb = taste(a, p), taste(b, p)
-        per_prompt.setdefault(p, []).append([1.0 if sa > sb else 0.5 if sa == sb else 0.0,
-                                             float(all(fb.values())), float(all(fa.values()))])
+        per_prompt.setdefault(p, []).append([_win(taste, p, a, b), float(all(fb.values())), float(all(fa.values()))])
     by_attribute = {k: [sum(v[0]) / len(v[0]), sum(v[1]) / len(v[1])] for k, v in attrs.items()}
     by_prompt = [[p] + [sum(col) / len(rows) for col in zip(*rows)] for p, rows in per_prompt.items()]
     by_prompt.sort(key=lambda r: (r[3] - r[2], r[1]))
