@@ -13,8 +13,9 @@ parent and the best that passes is promoted before the next stage starts from it
 2. **Stage 1, Diffusion-DPO** on the human picks since the parent; with a trusted reward model, also on
    the best-vs-worst pairs of ``AI_SETS`` sets of ``AI_CANDIDATES`` images drawn by the parent and ranked
    by the reward model, at full weight (sharper pairs than 4-image sets at half weight: in the loop those
-   lifted ``contrast`` from 0.71 to 0.81 and changed nothing for ``warm``). Both variants are trained when
-   the model is trusted (``settings.auto_dpo_variants``), and the gate picks the one with the higher win rate.
+   lifted ``contrast`` from 0.71 to 0.81). With ``settings.auto_dpo_variants`` naming both ``dpo`` and
+   ``dpo+ai`` (default: ``dpo+ai`` alone, to keep a round short) both are trained and the gate picks the
+   one with the higher win rate.
 3. **Stage 2, DDPO** against the same (trusted) reward model, starting from stage 1's winner (or the
    parent when stage 1 was refused): in the loop it lifted ``large`` from 0.72 to 0.85 where DPO alone
    could not, and where it hacks the reward model (off-prompt images) the gate's follow check refuses it.
@@ -111,6 +112,8 @@ def plan_candidates(trust: Trust, *, dpo: dict[str, Any] | None = None, ddpo: di
     if not trust.trusted:
         return [[Candidate("dpo", "dpo", "dpo", {**dpo, "ai_feedback_sets": 0})]]
     ai = {"ai_feedback_sets": AI_SETS, "ai_feedback_candidates": AI_CANDIDATES, "ai_feedback_weight": AI_WEIGHT}
+    if dpo.get("ai_feedback_sets") == 0:  # the operator turned AI-ranked pairs off: dpo+ai would be dpo again
+        variants = ("dpo",)
     first = [Candidate("dpo", v, "dpo", {**dpo, "ai_feedback_sets": 0} if v == "dpo" else {**ai, **dpo})
              for v in variants]
     return [first, [Candidate("ddpo", "ddpo", "ddpo", ddpo)]]

@@ -44,7 +44,7 @@ class Settings(BaseSettings):
                                         "rankings (AI-ranked pairs, DDPO, the gate's win rate) only when its "
                                         "cross-validated accuracy on the human labels reaches this.")
     reward_trust_min_pairs: int = Field(100, ge=1, description="...and it was validated on at least this many pairs.")
-    auto_dpo_variants: tuple[str, ...] = Field(("dpo", "dpo+ai"), description="The Diffusion-DPO candidates "
+    auto_dpo_variants: tuple[str, ...] = Field(("dpo+ai",), description="The Diffusion-DPO candidates "
                                                "`finetune run --method auto` trains when the reward model is trusted "
                                                "(dpo: human picks only; dpo+ai: also AI-ranked pairs); the gate "
                                                "promotes the better.")

@@ -30,8 +30,8 @@ class LoopConfig:
     dpo_ai_feedback_sets: int = field(default=300, metadata={
         "help": "extra candidate sets the reward model ranks for DPO each round (best vs worst); 0 = off; "
                 "with --method auto the run decides"})
-    dpo_ai_feedback_candidates: int = field(default=4, metadata={"help": "images per AI-feedback set (2-16)"})
-    dpo_ai_feedback_weight: float = field(default=0.5, metadata={"help": "loss weight of an AI-ranked pair"})
+    dpo_ai_feedback_candidates: int = field(default=8, metadata={"help": "images per AI-feedback set (2-16)"})
+    dpo_ai_feedback_weight: float = field(default=1.0, metadata={"help": "loss weight of an AI-ranked pair"})
     ddpo_epochs: int = field(default=8, metadata={"help": "DDPO epochs per round (other settings: DDPOConfig)"})
     gate_win_rate: float = field(default=0.5, metadata={"help": "reward-model win rate vs parent to promote"})
     seed: int = field(default=0, metadata={"help": "seed of the rater, prompts and evaluation"})

@@ -79,7 +79,9 @@ def _finetune_auto(ctx: Context, cfg: LoopConfig, gate_prompts: list[str], log) 
     """The production default (``finetune run --method auto``): the run decides what to train from its data."""
     from finetune.auto import run_auto
 
-    outcome = run_auto(ctx, min_new_labels=1, dpo={"steps": cfg.dpo_steps, "lr": cfg.dpo_lr, "beta": cfg.dpo_beta},
+    dpo = {"steps": cfg.dpo_steps, "lr": cfg.dpo_lr, "beta": cfg.dpo_beta, "ai_feedback_sets": cfg.dpo_ai_feedback_sets,
+           "ai_feedback_candidates": cfg.dpo_ai_feedback_candidates, "ai_feedback_weight": cfg.dpo_ai_feedback_weight}
+    outcome = run_auto(ctx, min_new_labels=1, dpo=dpo,
                        ddpo={"epochs": cfg.ddpo_epochs}, gate_prompts=gate_prompts, gate_seeds=_gate_seeds(cfg),
                        log=lambda line: log(f"  {line}"))
     steps = [{"method": c.name, "stage": c.stage, "status": c.status, "version": c.version, "gate": c.gate,

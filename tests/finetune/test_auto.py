@@ -89,6 +89,7 @@ def test_untrusted_run_trains_human_dpo_only_and_says_so_once(labelled, tiny_cli
 @pytest.mark.slow
 def test_trusted_run_promotes_the_better_dpo_then_stacks_ddpo_on_it(labelled, tiny_clip, monkeypatch):
     monkeypatch.setenv("PICKLOOP_PROMOTE_MIN_WIN_RATE", "0")  # a random reward model: let every gate pass
+    monkeypatch.setenv("PICKLOOP_AUTO_DPO_VARIANTS", '["dpo", "dpo+ai"]')  # both DPO candidates
     from pickloop.context import Context
 
     ctx = Context()
