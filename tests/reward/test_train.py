@@ -19,7 +19,7 @@ def test_short_training_on_simulated_labels_beats_chance(clip_dir, make_pairs):
     from reward.data import split_indices
 
     pairs = make_pairs(24, 6, seed=0)
-    config = RewardConfig(backbone=clip_dir, **FAST)
+    config = RewardConfig(backbone=clip_dir, include_ties=True, **FAST)  # held-out figures count tie pairs
     model, m = train_on_pairs(pairs, config=config, progress=False)
     assert m["train_prompts"] + m["heldout_prompts"] == 24 and m["heldout_pairs"] > 20
     _, held_idx = split_indices([p.prompt for p in pairs], config.heldout_share)
@@ -73,7 +73,8 @@ def test_train_from_store_registers_snapshot_and_cli_reports(home, ctx, clip_dir
     assert row.data_snapshot == max(ids) and row.backbone == clip_dir
     assert row.path.endswith(f"reward/{row.id}") and len(row.sha256) == 64
     metrics = json.loads((home / "reward" / str(row.id) / "metrics.json").read_text())
-    assert metrics["labels"] == 78 and metrics["data_snapshot"] == max(ids)
+    picks = sum(isinstance(choice, int) for _, _, choice in sets)  # ties are left out by default
+    assert 0 < picks < 78 and metrics["labels"] == picks and metrics["data_snapshot"] == max(ids)
     assert row.metrics["heldout_acc"] == metrics["heldout_acc"] > 0.6
 
     png = tmp_path / "curve.png"
