@@ -80,7 +80,7 @@ def file_lock(path: Path) -> Iterator[bool]:
 def method_config(method: str, overrides: dict[str, Any] | None = None) -> Any:
     """The typed config of ``method`` with ``overrides`` (a dict of fields)."""
     if method == "dpo":
-        from finetune.dpo import DPOConfig
+        from finetune.dpo_config import DPOConfig
 
         return DPOConfig.from_dict(overrides or {})
     if method == "ddpo":

@@ -25,6 +25,19 @@ COMMAND_MODULES = (
 EXIT_USER_ERROR = 2
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An argument mistake is one line on stderr and exit 2 (argparse's default adds the usage block).
+    Sub-parsers inherit the class, so every command behaves the same."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+
+def one_line(text: str) -> str:
+    """``text`` with its line breaks folded, so an error never spans lines."""
+    return " ".join(str(text).split())
+
+
 def _ctx(args):  # noqa: ANN001, ANN202
     from pickloop.context import Context
 
@@ -41,9 +54,10 @@ def cmd_init(args) -> None:  # noqa: ANN001
 
 
 def cmd_db_upgrade(args) -> None:  # noqa: ANN001
-    from pickloop.db import make_engine, upgrade
+    from pickloop.db import check_revision, make_engine, upgrade
     from pickloop.settings import get_settings
 
+    check_revision(args.revision)  # before the database file is made
     s = get_settings()
     s.home.mkdir(parents=True, exist_ok=True)
     upgrade(make_engine(s.db_url), args.revision)
@@ -103,8 +117,9 @@ def cmd_raters_list(args) -> None:  # noqa: ANN001
 
 def cmd_export(args) -> None:  # noqa: ANN001
     from pickloop.db import read_session
-    from pickloop.exchange import export_parquet
+    from pickloop.exchange import check_export_path, export_parquet
 
+    check_export_path(args.out)  # before the data home is touched
     ctx = _ctx(args)
     with read_session(ctx.engine) as s:
         n = export_parquet(session=s, images=ctx.images, path=args.out)
@@ -124,7 +139,7 @@ def cmd_import(args) -> None:  # noqa: ANN001
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pickloop", description="Rate images, learn a reward, fine-tune a LoRA, repeat.")
+    p = OneLineParser(prog="pickloop", description="Rate images, learn a reward, fine-tune a LoRA, repeat.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     q = sub.add_parser("init", help="create the data home, migrate the database, add starter prompts")
@@ -183,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rc = args.func(args)  # a handler may return a distinct exit code (e.g. "another run holds the lock")
     except UserError as e:
-        print(f"pickloop: error: {e}", file=sys.stderr)
+        print(f"pickloop: error: {one_line(e)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("pickloop: interrupted", file=sys.stderr)

@@ -83,14 +83,29 @@ def export_parquet(*, session: Session, images: ImageStore, path: str | Path) ->
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    path = check_export_path(path)
     rows = export_rows(session=session, images=images)
     if not rows:
         raise UserError("no judgements to export yet")
-    path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    pq.write_table(pa.Table.from_pylist(rows), tmp)
-    tmp.replace(path)  # a half-written export is never left under the requested name
+    try:
+        pq.write_table(pa.Table.from_pylist(rows), tmp)
+        tmp.replace(path)  # a half-written export is never left under the requested name
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
     return len(rows)
+
+
+def check_export_path(path: str | Path) -> Path:
+    """``path`` if a file can be written there: not a folder, in a folder that exists."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; give a file name such as {path / 'labels.parquet'}")
+    if not path.parent.is_dir():
+        raise UserError(f"cannot write {path}: folder {path.parent} does not exist")
+    return path
 
 
 def _version_named(session: Session, name: str) -> ModelVersion:
