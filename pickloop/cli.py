@@ -9,7 +9,7 @@ import importlib
 import sys
 from pathlib import Path
 
-from pickloop.errors import UserError
+from pickloop.errors import UserError, one_line
 
 # Modules that add commands; each has register(sub, bench_sub). Imports inside handlers stay lazy so
 # that `pickloop --help` does not load torch.
@@ -31,11 +31,6 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
-
-
-def one_line(text: str) -> str:
-    """``text`` with its line breaks folded, so an error never spans lines."""
-    return " ".join(str(text).split())
 
 
 def _ctx(args):  # noqa: ANN001, ANN202
