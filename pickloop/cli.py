@@ -61,7 +61,7 @@ def cmd_db_upgrade(args) -> None:  # noqa: ANN001
 
 def cmd_prompts_add(args) -> None:  # noqa: ANN001
     from pickloop.db import write_session
-    from pickloop.store import add_prompts, list_prompts
+    from pickloop.store import add_prompts, list_prompts, validate_prompt
 
     texts = list(args.text)
     if args.file:
@@ -72,6 +72,7 @@ def cmd_prompts_add(args) -> None:  # noqa: ANN001
         texts += [line.rstrip("\r") for line in raw.split("\n") if line.strip()]
     if not texts:
         raise UserError("give prompt text or --file FILE (one prompt per line)")
+    texts = [validate_prompt(t) for t in texts]  # before the data home is touched
     ctx = _ctx(args)
     with write_session(ctx.engine) as s:
         before = {p.id for p in list_prompts(session=s, active=None)}

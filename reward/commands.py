@@ -88,17 +88,18 @@ def cmd_eval(args) -> None:  # noqa: ANN001
 
 
 def cmd_score(args) -> None:  # noqa: ANN001
+    from pickloop.images import decode_image, read_user_image_bytes
+
+    # Check every image before torch and the model load, so a typo fails fast with one line.
+    images = [decode_image(read_user_image_bytes(p, base=Path.cwd()), what=f"image file {p}").convert("RGB")
+              for p in args.images]
     import torch
 
     from pickloop.context import Context
-    from pickloop.images import decode_image, read_user_image_bytes
     from reward.model import RewardModel
     from reward.registry import resolve_reward_path
 
     torch.set_num_threads(args.threads)
-    # Check every image before loading the model, so a typo fails fast with one line.
-    images = [decode_image(read_user_image_bytes(p, base=Path.cwd()), what=f"image file {p}").convert("RGB")
-              for p in args.images]
     model = RewardModel.load(resolve_reward_path(ctx=Context(), ref=args.model))
     for p, r in zip(args.images, model.score(args.prompt, images).tolist()):
         print(f"{r:.4f}\t{p}")
