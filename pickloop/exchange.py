@@ -9,7 +9,8 @@ A judgement over n candidates becomes several rows sharing ``ranking_id``: a pic
 each other candidate, a tie every pair (0.5/0.5), "none good" and "skip" one unlabelled row per other
 candidate (``has_label`` false). Columns starting ``pl_`` carry what Pick-a-Pic has no place for (the set,
 slots, seeds, choice, order shown, time taken, idempotency key), so export then import gives back the same
-judgements. Files without them (public Pick-a-Pic data) import as one two-image set per row.
+judgements. Files without them (public Pick-a-Pic data) import as one two-image set per row. Every row
+is checked (``pickloop.exchange_rows``) before anything is written: a bad one is one line naming it.
 """
 from __future__ import annotations
 
