@@ -4,7 +4,8 @@
 one ``UserError`` naming the file, the row (counting from 1) and the column. A row with a ``pl_key`` is in
 pickloop's own layout and must carry every ``pl_*`` column; its image ids are the sha256 of the image
 bytes beside them (as ``pickloop export`` writes them), so a damaged image or a made-up id (``../../x``,
-a sha256 of no image in the file) is refused. Other rows are public Pick-a-Pic data: image ids are any
+a sha256 of no image in the file) is refused. Every image must decode (``pickloop.images.decode_image``),
+so no image is written before a later one is found unreadable. Other rows are public Pick-a-Pic data: image ids are any
 short text, used only to pair each image with its bytes.
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pickloop.errors import UserError
-from pickloop.images import SHA256_RE
+from pickloop.images import SHA256_RE, decode_image
 from pickloop.schema import CHOICES
 from pickloop.store import validate_prompt
 
@@ -175,6 +176,21 @@ PICKLOOP: dict[str, Callable[[Any], Any]] = {
 }
 
 
+def _check_images(row: dict, readable: set[str]) -> tuple[str, str] | None:
+    """(column, why) when an image of the row does not decode, or None. ``readable`` holds the sha256 of
+    bytes already decoded, so an image repeated over a set's rows is decoded once."""
+    for k in (0, 1):
+        sha = hashlib.sha256(row[f"jpg_{k}"]).hexdigest()
+        if sha in readable:
+            continue
+        try:
+            decode_image(row[f"jpg_{k}"], what="the image")
+        except UserError as e:
+            return f"jpg_{k}", str(e)
+        readable.add(sha)
+    return None
+
+
 def _check_pickloop_row(row: dict) -> tuple[str, str] | None:
     """(column, why) for the first way a pickloop-layout row contradicts itself, or None."""
     for k in (0, 1):
@@ -190,7 +206,7 @@ def _check_pickloop_row(row: dict) -> tuple[str, str] | None:
 
 def parse_rows(rows: list[dict], path: str | Path) -> list[dict]:
     """The rows checked and parsed (see module docstring), or a UserError naming row and column."""
-    out = []
+    out, readable = [], set()
     for i, raw in enumerate(rows, start=1):
         checks = {**COMMON, **PICKLOOP} if raw.get("pl_key") is not None else COMMON
         row = dict(raw)
@@ -199,7 +215,7 @@ def parse_rows(rows: list[dict], path: str | Path) -> list[dict]:
                 row[col] = check(raw.get(col))
             except BadValue as e:
                 raise UserError(f"{path}: row {i}, column {col}: {e}; nothing was imported") from None
-        bad = _check_pickloop_row(row) if raw.get("pl_key") is not None else None
+        bad = (_check_pickloop_row(row) if raw.get("pl_key") is not None else None) or _check_images(row, readable)
         if bad:
             raise UserError(f"{path}: row {i}, column {bad[0]}: {bad[1]}; nothing was imported")
         out.append(row)

@@ -66,6 +66,13 @@ def _set(col, value, rows=(0,)):  # noqa: ANN001, ANN202
     return change
 
 
+def _both(col_a, value_a, col_b, value_b):  # noqa: ANN001, ANN202
+    """A change of two columns of the first row."""
+    def change(table: list[dict]) -> None:
+        table[0][col_a], table[0][col_b] = value_a, value_b
+    return change
+
+
 def _candidates(edit):  # noqa: ANN001, ANN202
     """A change to the first row's pl_candidates JSON."""
     def change(table: list[dict]) -> None:
@@ -96,6 +103,9 @@ CORPUS = [
     ("candidate params not an object", _candidates(lambda c: c[0].update(params=[1])), 1, "pl_candidates"),
     ("image id is a path", _set("image_0_uid", "../../../../etc/passwd"), 1, "image_0_uid"),
     ("image bytes swapped for another image", _set("jpg_0", _png((1, 2, 3))), 1, "jpg_0"),
+    ("image bytes are not an image", _set("jpg_1", b"GIF89a not really", (1,)), 2, "jpg_1"),
+    ("image bytes are not an image but match their id",
+     _both("jpg_1", b"\x89PNG garbage", "image_1_uid", hashlib.sha256(b"\x89PNG garbage").hexdigest()), 1, "jpg_1"),
     ("label is 2", _set("label_0", 2.0, (1,)), 2, "label_0"),
     ("label is NaN", _set("label_1", float("nan"), (1,)), 2, "label_1"),
     ("choice unknown", _set("pl_choice", "maybe"), 1, "pl_choice"),
@@ -178,3 +188,14 @@ def test_public_file_with_sha256_image_ids_and_null_user_imports_once(home, tmp_
     assert "pickapic:2:u0:u1" in keys and all(len(k) <= 128 for k in keys)
     assert sum(k.startswith("pickapic-sha256:") for k in keys) == 2
     assert names == ["7", "bob", "unknown"]
+
+
+def test_public_file_with_an_unreadable_image_writes_no_image(home, tmp_path, capsys):
+    rows = _public_rows([("a", "b"), ("c", "d")], ["x", "y"])
+    rows[1]["jpg_1"] = b"\xff\xd8\xff not a jpeg"
+    f = tmp_path / "pub.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), f)
+    assert main(["import", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "row 2, column jpg_1: the image is not a readable image" in err, err
+    assert not list((home / "images").rglob("*.png"))  # the first row's good images were not written either
