@@ -130,12 +130,28 @@ def _state(ctx: Context) -> tuple:
     return counts, sorted(p.name for p in (ctx.home / "images").rglob("*") if p.is_file())
 
 
-@pytest.fixture
-def store_with_labels(home, good_rows, tmp_path, capsys):  # noqa: ANN001
-    """A data home holding the good file's labels, imported through the command line."""
-    good = tmp_path / "good.parquet"
+def _use_home(mp: pytest.MonkeyPatch, home) -> None:  # noqa: ANN001
+    mp.setenv("PICKLOOP_HOME", str(home))
+    mp.delenv("PICKLOOP_DATABASE_URL", raising=False)
+    mp.delenv("PICKLOOP_CONFIG", raising=False)
+
+
+@pytest.fixture(scope="module")
+def labelled_home(good_rows, tmp_path_factory):  # noqa: ANN001
+    """A data home holding the good file's labels, imported through the command line. Shared by the
+    corpus: each case checks that its refused import left the home exactly as it found it."""
+    home = tmp_path_factory.mktemp("store") / "home"
+    good = home.parent / "good.parquet"
     pq.write_table(pa.Table.from_pylist(good_rows), good)
-    assert main(["import", str(good)]) == 0
+    with pytest.MonkeyPatch.context() as mp:
+        _use_home(mp, home)
+        assert main(["import", str(good)]) == 0
+    return home
+
+
+@pytest.fixture
+def store_with_labels(labelled_home, monkeypatch, capsys):  # noqa: ANN001
+    _use_home(monkeypatch, labelled_home)
     capsys.readouterr()
     return Context()
 
