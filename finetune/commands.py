@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from pickloop.typed_config import int_list
+from pickloop.typed_config import int_list, non_negative_int
 
 
 def _ctx():  # noqa: ANN202
@@ -117,7 +117,7 @@ def register(sub, bench_sub) -> None:  # noqa: ANN001
     q.add_argument("--method", choices=["auto", "dpo", "ddpo"], default="auto",
                    help="auto (default): trust check, DPO candidates then DDPO, each gated, the best promoted "
                         "(see finetune/auto.py); dpo or ddpo: one run of that method, left as a candidate")
-    q.add_argument("--min-new-labels", type=int, default=1,
+    q.add_argument("--min-new-labels", type=non_negative_int, default=1,
                    help="do nothing (exit 0) when fewer judgements arrived since the last run")
     q.add_argument("--config", default="{}", help='JSON object of config fields, e.g. \'{"steps": 500}\'; '
                    'with --method auto one object per method: \'{"dpo": {"steps": 500}}\'')

@@ -14,7 +14,7 @@ import math
 import types
 import typing
 from functools import lru_cache
-from typing import Any
+from typing import Any, Callable
 
 from pickloop.errors import UserError
 
@@ -89,17 +89,25 @@ def check_field_types(obj: Any, section: str) -> None:
 
 # ---------------------------------------------------------------- argparse types: refused while parsing
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (``--threads 0`` is refused as the arguments are read)."""
-    import argparse
+def int_at_least(lo: int) -> Callable[[str], int]:
+    """argparse type: a whole number >= ``lo`` (``--threads 0`` is refused as the arguments are read)."""
+    def parse(text: str) -> int:
+        import argparse
 
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, not {value}")
-    return value
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {lo}, not {text!r}") from None
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {lo}, not {value}")
+        return value
+
+    parse.__name__ = f"int_at_least_{lo}"
+    return parse
+
+
+positive_int = int_at_least(1)
+non_negative_int = int_at_least(0)
 
 
 def int_list(text: str) -> list[int]:
