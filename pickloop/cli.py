@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from pickloop.errors import UserError, one_line
+from pickloop.typed_config import non_negative_int
 
 # Modules that add commands; each has register(sub, bench_sub). Imports inside handlers stay lazy so
 # that `pickloop --help` does not load torch.
@@ -140,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("init", help="create the data home, migrate the database, add starter prompts")
     q.add_argument("--no-prompts", action="store_true", help="do not add the starter prompt pool")
-    q.add_argument("--starter-prompts", type=int, default=200, help="how many starter prompts (embedded model)")
+    q.add_argument("--starter-prompts", type=non_negative_int, default=200, help="how many starter prompts (embedded model)")
     q.add_argument("--no-admin", action="store_true", help="do not create the first admin rater on a fresh home")
     q.set_defaults(func=cmd_init)
 

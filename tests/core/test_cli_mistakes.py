@@ -126,6 +126,7 @@ MISTAKES = [
     (["prompts", "list"], "under-file", "is a file"),
     (["prompts", "list"], "/dev/null", "is not a folder"),
     (["reward", "train", "--threads", "0"], "fresh", "whole number >= 1"),
+    (["init", "--starter-prompts", "-5"], "fresh", "whole number >= 0"),
     (["reward", "train", "--lr", "fast"], "fresh", "invalid float value"),
     (["reward", "score", "--prompt", "a red circle", "nosuch.png"], "fresh", "nosuch.png"),
     (["db", "upgrade", "nosuchrev"], "fresh", "no migration 'nosuchrev'"),
