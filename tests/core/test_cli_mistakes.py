@@ -93,7 +93,7 @@ def test_every_command_with_wrong_arguments_is_one_line(tmp_path):
     results = _run_all([{"argv": a, "home": str(home)} for a in argvs], tmp_path)
     for argv, result in zip(argvs, results):
         _assert_one_line(result, argv)
-    assert not home.exists()  # nothing written to the data home
+    assert not home.exists() and list(tmp_path.iterdir()) == []  # nothing written, in the data home or beside it
 
 
 # (argv, the data home to use: "fresh" (must stay unwritten), "file" (a file) or "under-file", words in the line)
