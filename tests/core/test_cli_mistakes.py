@@ -1,7 +1,8 @@
 """Every user mistake on the command line is one line on stderr and exit 2, before any model loads.
 
 1. Every ``pickloop`` command, found by walking the argparse tree, is run with wrong arguments (an
-   unknown option, a value its type refuses, a value outside its choices, a missing subcommand):
+   unknown option, a value its type refuses, a value outside its choices, a required argument or
+   subcommand left out):
    one line, exit 2, no traceback, nothing written to the data home, no torch imported.
 2. The mistakes users actually made (issue 16's list: bad config types and values, seeds, scorers,
    export paths, data homes, revisions, tastes, prompts) the same way.
@@ -66,12 +67,14 @@ def wrong_argvs() -> list[list[str]]:
             out += [list(prefix), list(prefix) + ["no-such-command"]]
             continue
         out.append(list(prefix) + ["--no-such-option"])
+        if any(a.required for a in parser._actions):
+            out.append(list(prefix))  # a required argument left out
         for a in parser._actions:
             if not a.option_strings or a.nargs == 0:
                 continue
             flag = a.option_strings[-1]
-            if a.type is not None and _refuses(a.type, "abc"):
-                out.append(list(prefix) + [flag, "abc"])
+            if a.type is not None:
+                out += [list(prefix) + [flag, v] for v in ("abc", "0", "-1") if _refuses(a.type, v)]
             if a.choices is not None:
                 out.append(list(prefix) + [flag, "no-such-choice"])
     return out
