@@ -4,9 +4,9 @@
 one ``UserError`` naming the file, the row (counting from 1) and the column. A row with a ``pl_key`` is in
 pickloop's own layout and must carry every ``pl_*`` column; its image ids are the sha256 of the image
 bytes beside them (as ``pickloop export`` writes them), so a damaged image or a made-up id (``../../x``,
-a sha256 of no image in the file) is refused. Every image must decode (``pickloop.images.decode_image``),
-so no image is written before a later one is found unreadable. Other rows are public Pick-a-Pic data: image ids are any
-short text, used only to pair each image with its bytes.
+a sha256 of no image in the file) is refused. Other rows are public Pick-a-Pic data: image ids are any
+short text, used only to pair each image with its bytes. Every image must decode
+(``pickloop.images.decode_image``), so no image is written before a later one is found unreadable.
 """
 from __future__ import annotations
 
