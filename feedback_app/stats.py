@@ -210,6 +210,12 @@ def label_rows(*, session: Session) -> list[dict]:
     return rows
 
 
+def csv_text(text: str) -> str:
+    """``text`` for a CSV cell a spreadsheet opens: a leading ``= + - @`` (or tab, CR) would start a formula
+    (``=HYPERLINK(...)``), so such text gets a leading apostrophe, which spreadsheets show as text."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
 def export_labels(*, session: Session, fmt: str, images=None) -> tuple[bytes, str, str]:  # noqa: ANN001
     """The labels as (data, file name, MIME type) in ``fmt``: pickapic-parquet, csv or json."""
     if fmt == "pickapic-parquet":
@@ -231,6 +237,7 @@ def export_labels(*, session: Session, fmt: str, images=None) -> tuple[bytes, st
         w.writeheader()
         for r in rows:
             shown = r.pop("shown")
+            r.update({k: csv_text(r[k]) for k in ("rater", "set_key", "prompt")})
             w.writerow({**r, "shown_candidate_ids": " ".join(str(c["candidate_id"]) for c in shown),
                         "shown_image_sha256s": " ".join(c["image_sha256"] for c in shown),
                         "shown_seeds": " ".join(str(c["seed"]) for c in shown)})

@@ -129,7 +129,7 @@ def run_auto(ctx: Any, *, min_new_labels: int = 1, dpo: dict[str, Any] | None = 
              ddpo: dict[str, Any] | None = None, gate_prompts: Sequence[str] | None = None,
              gate_seeds: Sequence[int] | None = None, log: Callable[[str], None] = print) -> AutoOutcome:
     """One ``--method auto`` run: trust check, then each stage's candidates trained, gated, the best promoted."""
-    from finetune.jobs import method_config, run_finetune_job
+    from finetune.jobs import busy_outcome, lock_taken, method_config, run_finetune_job
     from finetune.registry import DEFAULT_GATE_SEEDS, gate_and_promote, promote_version
 
     from pickloop.db import read_session
@@ -138,6 +138,11 @@ def run_auto(ctx: Any, *, min_new_labels: int = 1, dpo: dict[str, Any] | None = 
 
     method_config("dpo", dpo or {})  # a bad override is one line before any model loads
     method_config("ddpo", ddpo or {})
+    if lock_taken(ctx):  # another run is training: say so before torch loads
+        busy = busy_outcome(ctx)
+        log(busy.message)
+        return AutoOutcome(Trust(False, None, None, 0, "not checked: another run holds the lock"), [], [],
+                           busy.exit_code)
     with read_session(ctx.engine) as s:
         new, last = labels_since_last_run(s, "finetune-dpo")
     trust = reward_trust(ctx)

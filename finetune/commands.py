@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+from pickloop.typed_config import int_list, non_negative_int
+
 
 def _ctx():  # noqa: ANN202
     from pickloop.context import Context
@@ -68,8 +70,8 @@ def cmd_models_promote(args) -> int:  # noqa: ANN001
     ctx = _ctx()
     scorer = None if args.force else resolve_scorer(ctx, args.scorer)
     prompts = [p for p in (args.prompts or "").split("|") if p.strip()] or None
-    seeds = [int(s) for s in args.seeds.split(",")]
-    result = gate_and_promote(ctx, args.version, scorer=scorer, prompts=prompts, seeds=seeds, force=args.force)
+    result = gate_and_promote(ctx, args.version, scorer=scorer, prompts=prompts, seeds=args.seeds,
+                              force=args.force)
     if result is None:
         print(f"promoted {args.version} (forced, gate skipped)")
         return 0
@@ -115,7 +117,7 @@ def register(sub, bench_sub) -> None:  # noqa: ANN001
     q.add_argument("--method", choices=["auto", "dpo", "ddpo"], default="auto",
                    help="auto (default): trust check, DPO candidates then DDPO, each gated, the best promoted "
                         "(see finetune/auto.py); dpo or ddpo: one run of that method, left as a candidate")
-    q.add_argument("--min-new-labels", type=int, default=1,
+    q.add_argument("--min-new-labels", type=non_negative_int, default=1,
                    help="do nothing (exit 0) when fewer judgements arrived since the last run")
     q.add_argument("--config", default="{}", help='JSON object of config fields, e.g. \'{"steps": 500}\'; '
                    'with --method auto one object per method: \'{"dpo": {"steps": 500}}\'')
@@ -130,7 +132,7 @@ def register(sub, bench_sub) -> None:  # noqa: ANN001
     q.add_argument("--scorer", default="reward",
                    help="reward (newest reward model) or MODULE:FUNC / FILE.py:FUNC taking (prompts, images)")
     q.add_argument("--prompts", help="held-out prompts separated by '|' (default: the heldout split)")
-    q.add_argument("--seeds", default="1234,5678", help="comma-separated fixed seeds per prompt")
+    q.add_argument("--seeds", type=int_list, default="1234,5678", help="comma-separated fixed seeds per prompt")
     q.set_defaults(func=cmd_models_promote)
     q = mo.add_parser("export", help="export a version's LoRA (verified) for other tools")
     q.add_argument("version", help="version id or name")

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from pickloop.errors import UserError
+from pickloop.typed_config import check_field_types
 
 DRIFT_ACTIONS = ("rollback", "stop")
 
@@ -72,11 +73,12 @@ class DDPOConfig:
     drift_action: str = _f("rollback", "when drift crosses a limit: rollback (to the last good LoRA) or stop")
 
     def __post_init__(self) -> None:
+        check_field_types(self, "ddpo")
         positive = ("epochs", "sample_batch_size", "sample_batches_per_epoch", "images_per_prompt", "steps",
                     "train_batch_size",
                     "inner_epochs", "grad_accum_batches", "lora_rank", "stat_buffer", "stat_min_count")
         for name in positive:
-            if int(getattr(self, name)) < 1:
+            if getattr(self, name) < 1:
                 raise UserError(f"ddpo {name} must be >= 1, not {getattr(self, name)}")
         if self.drift_prompts < 0:
             raise UserError(f"ddpo drift_prompts must be >= 0, not {self.drift_prompts}")

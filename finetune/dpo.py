@@ -28,12 +28,11 @@ N processes give the same update as one process with N times the accumulation.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -43,77 +42,8 @@ import torch.nn.functional as F
 from finetune import checkpoint as ckpt
 from finetune import lora as lora_io
 from finetune import models as fm
+from finetune.dpo_config import DPOConfig
 from pickloop.errors import UserError
-
-
-@dataclass
-class DPOConfig:
-    """Diffusion-DPO settings. Defaults work on the embedded shapes model; for SD 1.5 use beta 2500,
-    lr 1e-5, rank 8; for SDXL beta 5000 (see README)."""
-
-    rank: int = field(default=8, metadata={"help": "LoRA rank"})
-    alpha: float | None = field(default=None, metadata={"help": "LoRA alpha; None = rank (scale 1)"})
-    targets: tuple[str, ...] = field(default=lora_io.DEFAULT_TARGETS, metadata={"help": "attention modules"})
-    lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate"})
-    beta: float = field(default=2500.0, metadata={"help": "DPO KL strength (2500 SD1.5, 5000 SDXL)"})
-    steps: int = field(default=200, metadata={"help": "optimizer steps"})
-    batch_size: int = field(default=4, metadata={"help": "pairs per micro-batch per process"})
-    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
-    warmup_steps: int = field(default=0, metadata={"help": "linear LR warm-up, steps"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (L2); 0 = off"})
-    mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16 (accelerate autocast)"})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute U-Net activations"})
-    seed: int = field(default=0, metadata={"help": "seed of init, data order, noise and timesteps"})
-    checkpoint_every: int = field(default=50, metadata={"help": "checkpoint every N steps; 0 = never"})
-    keep_checkpoints: int = field(default=1, metadata={"help": "complete checkpoints kept"})
-    cache_latents: bool = field(default=True, metadata={"help": "encode each image once (False: every step)"})
-    resolution: int | None = field(default=None, metadata={"help": "training size, pixels; None = model's"})
-    log_every: int = field(default=10, metadata={"help": "print metrics every N steps"})
-    ai_feedback_sets: int = field(default=0, metadata={
-        "help": "extra candidate sets ranked by the reward model; 0 = off"})
-    ai_feedback_candidates: int = field(default=4, metadata={"help": "images per AI-feedback set (2-16)"})
-    ai_feedback_weight: float = field(default=0.5, metadata={
-        "help": "loss weight of an AI pair relative to a human pair"})
-    since_parent: bool = field(default=True, metadata={
-        "help": "continuing from a parent LoRA: train on labels newer than its data snapshot only"})
-
-    def __post_init__(self) -> None:
-        self.targets = tuple(self.targets)
-        if self.rank < 1 or self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
-            raise UserError("rank, steps, batch_size and grad_accum must be >= 1")
-        if not (self.lr > 0 and self.beta > 0):
-            raise UserError("lr and beta must be > 0")
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise UserError(f"mixed_precision must be no, fp16 or bf16, not {self.mixed_precision!r}")
-        if self.checkpoint_every < 0 or self.keep_checkpoints < 1:
-            raise UserError("checkpoint_every must be >= 0 and keep_checkpoints >= 1")
-        if self.ai_feedback_sets < 0:
-            raise UserError(f"ai_feedback_sets must be >= 0 (0 = off), not {self.ai_feedback_sets}")
-        if not 2 <= self.ai_feedback_candidates <= 16:
-            raise UserError(f"ai_feedback_candidates must be 2-16, not {self.ai_feedback_candidates}")
-        if not (math.isfinite(self.ai_feedback_weight) and self.ai_feedback_weight >= 0):
-            raise UserError(f"ai_feedback_weight must be a finite number >= 0, not {self.ai_feedback_weight}")
-
-    # Fields that do not change the trained weights stay out of the hash (a rerun is still a no-op).
-    _NOT_HASHED = ("checkpoint_every", "keep_checkpoints", "cache_latents", "log_every")
-    _AI_FEEDBACK = ("ai_feedback_sets", "ai_feedback_candidates", "ai_feedback_weight")
-
-    def config_hash(self) -> str:
-        # With AI feedback off its settings change nothing, so they stay out and older hashes still hold.
-        skip = self._NOT_HASHED + (self._AI_FEEDBACK if self.ai_feedback_sets == 0 else ())
-        skip += ("since_parent",) if self.since_parent else ()  # the default: older hashes still hold
-        data = {k: v for k, v in asdict(self).items() if k not in skip}
-        return hashlib.sha256(json.dumps({"method": "dpo", **data}, sort_keys=True, default=list)
-                              .encode()).hexdigest()[:16]
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "DPOConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise UserError(f"unknown DPO setting(s): {', '.join(sorted(unknown))}")
-        return cls(**data)
 
 
 @dataclass(frozen=True)

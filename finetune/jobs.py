@@ -80,7 +80,7 @@ def file_lock(path: Path) -> Iterator[bool]:
 def method_config(method: str, overrides: dict[str, Any] | None = None) -> Any:
     """The typed config of ``method`` with ``overrides`` (a dict of fields)."""
     if method == "dpo":
-        from finetune.dpo import DPOConfig
+        from finetune.dpo_config import DPOConfig
 
         return DPOConfig.from_dict(overrides or {})
     if method == "ddpo":
@@ -194,11 +194,25 @@ def run_finetune_job(ctx: Any, *, method: str = "dpo", min_new_labels: int = 1,
         raise UserError("--min-new-labels must be >= 0")
     config = method_config(method, overrides)
     kind = f"finetune-{method}"
-    with file_lock(ctx.home / "locks" / "finetune.lock") as held:
+    with file_lock(lock_path(ctx)) as held:
         if not held:
-            return JobOutcome("busy", f"another fine-tuning run holds {ctx.home / 'locks' / 'finetune.lock'}; "
-                                      "exiting", EXIT_BUSY)
+            return busy_outcome(ctx)
         return _run_locked(ctx, method, kind, config, min_new_labels)
+
+
+def lock_path(ctx: Any) -> Path:
+    return ctx.home / "locks" / "finetune.lock"
+
+
+def busy_outcome(ctx: Any) -> JobOutcome:
+    return JobOutcome("busy", f"another fine-tuning run holds {lock_path(ctx)}; exiting", EXIT_BUSY)
+
+
+def lock_taken(ctx: Any) -> bool:
+    """Whether another run holds the lock now: lets a caller that would read the database and import torch
+    before its first ``run_finetune_job`` exit at once instead (that call still takes the lock itself)."""
+    with file_lock(lock_path(ctx)) as held:
+        return not held
 
 
 def _reward_model_used(ctx: Any, method: str, config: Any) -> int | None:

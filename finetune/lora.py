@@ -26,12 +26,12 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
+from finetune.dpo_config import DEFAULT_TARGETS
 from pickloop.errors import UserError
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 KOHYA_WEIGHT_NAME = "lora_kohya.safetensors"
 MANIFEST_NAME = "manifest.json"
-DEFAULT_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
 ADAPTER_NAME = "default"
 REFERENCE_ADAPTER = "reference"  # the frozen parent in a Diffusion-DPO run that continues from it
 

@@ -207,14 +207,17 @@ def resolve_scorer(ctx: Any, spec: str = "reward") -> Scorer:
     if ":" not in spec:
         raise UserError(f"scorer must be 'reward' or MODULE:FUNC / FILE.py:FUNC, not {spec!r}")
     mod_name, func = spec.rsplit(":", 1)
-    if mod_name.endswith(".py"):
-        if not Path(mod_name).is_file():
-            raise UserError(f"scorer file {mod_name} not found")
-        spec_obj = importlib.util.spec_from_file_location("pickloop_user_scorer", mod_name)
-        module = importlib.util.module_from_spec(spec_obj)
-        spec_obj.loader.exec_module(module)  # type: ignore[union-attr]
-    else:
-        module = importlib.import_module(mod_name)
+    if mod_name.endswith(".py") and not Path(mod_name).is_file():
+        raise UserError(f"scorer file {mod_name} not found")
+    try:
+        if mod_name.endswith(".py"):
+            spec_obj = importlib.util.spec_from_file_location("pickloop_user_scorer", mod_name)
+            module = importlib.util.module_from_spec(spec_obj)
+            spec_obj.loader.exec_module(module)  # type: ignore[union-attr]
+        else:
+            module = importlib.import_module(mod_name)
+    except Exception as e:  # noqa: BLE001 - the user's module may fail to import in any way
+        raise UserError(f"scorer {spec}: cannot import {mod_name}: {type(e).__name__}: {e}") from None
     if not callable(getattr(module, func, None)):
         raise UserError(f"scorer {spec} is not a callable")
     return getattr(module, func)

@@ -18,6 +18,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from pickloop.typed_config import positive_int
+
 ARCHS: dict[str, dict[str, Any]] = {
     # runwayml/stable-diffusion-v1-5 unet/config.json: 859,520,964 parameters
     "sd15": dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
@@ -208,7 +210,7 @@ def register(bench_sub: Any) -> None:
     q.add_argument("--rank", type=int, default=8, help="LoRA rank")
     q.add_argument("--steps", type=int, default=3, help="timed steps of each kind (after one warm-up)")
     q.add_argument("--gradient-checkpointing", action="store_true")
-    q.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    q.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
     q.set_defaults(func=_cmd)
 
 

@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from pickloop.errors import UserError
+from pickloop.typed_config import positive_int
 
 BENCH_PROMPTS = ("a large red circle on a blue background", "a small green square on a white background",
                  "a yellow triangle in the top left", "a blue circle and a red square")
@@ -157,5 +158,5 @@ def register(sub, bench_sub) -> None:  # noqa: ANN001
     q.add_argument("--n", type=int, default=4, help="images per prompt (the batch)")
     q.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's defaults)")
     q.add_argument("--repeats", type=int, default=2, help="timed rounds of each way")
-    q.add_argument("--threads", type=int, default=None, help="torch threads (default: as set)")
+    q.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: as set)")
     q.set_defaults(func=cmd_bench_generate)

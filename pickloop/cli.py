@@ -9,7 +9,8 @@ import importlib
 import sys
 from pathlib import Path
 
-from pickloop.errors import UserError
+from pickloop.errors import UserError, one_line
+from pickloop.typed_config import non_negative_int
 
 # Modules that add commands; each has register(sub, bench_sub). Imports inside handlers stay lazy so
 # that `pickloop --help` does not load torch.
@@ -23,6 +24,14 @@ COMMAND_MODULES = (
 )
 
 EXIT_USER_ERROR = 2
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument mistake is one line on stderr and exit 2 (argparse's default adds the usage block).
+    Sub-parsers inherit the class, so every command behaves the same."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
 
 
 def _ctx(args):  # noqa: ANN001, ANN202
@@ -41,9 +50,10 @@ def cmd_init(args) -> None:  # noqa: ANN001
 
 
 def cmd_db_upgrade(args) -> None:  # noqa: ANN001
-    from pickloop.db import make_engine, upgrade
+    from pickloop.db import check_revision, make_engine, upgrade
     from pickloop.settings import get_settings
 
+    check_revision(args.revision)  # before the database file is made
     s = get_settings()
     s.home.mkdir(parents=True, exist_ok=True)
     upgrade(make_engine(s.db_url), args.revision)
@@ -52,7 +62,7 @@ def cmd_db_upgrade(args) -> None:  # noqa: ANN001
 
 def cmd_prompts_add(args) -> None:  # noqa: ANN001
     from pickloop.db import write_session
-    from pickloop.store import add_prompts, list_prompts
+    from pickloop.store import add_prompts, list_prompts, validate_prompt
 
     texts = list(args.text)
     if args.file:
@@ -63,6 +73,7 @@ def cmd_prompts_add(args) -> None:  # noqa: ANN001
         texts += [line.rstrip("\r") for line in raw.split("\n") if line.strip()]
     if not texts:
         raise UserError("give prompt text or --file FILE (one prompt per line)")
+    texts = [validate_prompt(t) for t in texts]  # before the data home is touched
     ctx = _ctx(args)
     with write_session(ctx.engine) as s:
         before = {p.id for p in list_prompts(session=s, active=None)}
@@ -103,8 +114,9 @@ def cmd_raters_list(args) -> None:  # noqa: ANN001
 
 def cmd_export(args) -> None:  # noqa: ANN001
     from pickloop.db import read_session
-    from pickloop.exchange import export_parquet
+    from pickloop.exchange import check_export_path, export_parquet
 
+    check_export_path(args.out)  # before the data home is touched
     ctx = _ctx(args)
     with read_session(ctx.engine) as s:
         n = export_parquet(session=s, images=ctx.images, path=args.out)
@@ -124,12 +136,12 @@ def cmd_import(args) -> None:  # noqa: ANN001
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pickloop", description="Rate images, learn a reward, fine-tune a LoRA, repeat.")
+    p = OneLineParser(prog="pickloop", description="Rate images, learn a reward, fine-tune a LoRA, repeat.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     q = sub.add_parser("init", help="create the data home, migrate the database, add starter prompts")
     q.add_argument("--no-prompts", action="store_true", help="do not add the starter prompt pool")
-    q.add_argument("--starter-prompts", type=int, default=200, help="how many starter prompts (embedded model)")
+    q.add_argument("--starter-prompts", type=non_negative_int, default=200, help="how many starter prompts (embedded model)")
     q.add_argument("--no-admin", action="store_true", help="do not create the first admin rater on a fresh home")
     q.set_defaults(func=cmd_init)
 
@@ -183,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rc = args.func(args)  # a handler may return a distinct exit code (e.g. "another run holds the lock")
     except UserError as e:
-        print(f"pickloop: error: {e}", file=sys.stderr)
+        print(f"pickloop: error: {one_line(e)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("pickloop: interrupted", file=sys.stderr)

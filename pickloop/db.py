@@ -112,13 +112,24 @@ def check_reachable(engine: Engine) -> None:
         raise _unreachable(engine, e) from None
 
 
-def alembic_config(engine: Engine):
+def alembic_config(engine: Engine | None):
     from alembic.config import Config
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.attributes["engine"] = engine
     return cfg
+
+
+def check_revision(revision: str) -> None:
+    """A UserError unless ``revision`` names a migration (or head/base); reads no database."""
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    try:
+        ScriptDirectory.from_config(alembic_config(None)).get_revisions(revision)
+    except (CommandError, KeyError, ValueError) as e:
+        raise UserError(f"no migration {revision!r}: {str(e).splitlines()[0] if str(e) else 'unknown'}") from None
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:

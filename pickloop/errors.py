@@ -3,3 +3,8 @@
 
 class UserError(Exception):
     """A mistake or bad input the user can fix; the CLI prints it as one line and exits 2."""
+
+
+def one_line(text: object) -> str:
+    """``text`` (or an exception's message) with its line breaks folded: an error never spans lines."""
+    return " ".join(str(text).split())

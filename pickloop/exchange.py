@@ -9,7 +9,8 @@ A judgement over n candidates becomes several rows sharing ``ranking_id``: a pic
 each other candidate, a tie every pair (0.5/0.5), "none good" and "skip" one unlabelled row per other
 candidate (``has_label`` false). Columns starting ``pl_`` carry what Pick-a-Pic has no place for (the set,
 slots, seeds, choice, order shown, time taken, idempotency key), so export then import gives back the same
-judgements. Files without them (public Pick-a-Pic data) import as one two-image set per row.
+judgements. Files without them (public Pick-a-Pic data) import as one two-image set per row. Every row
+is checked (``pickloop.exchange_rows``) before anything is written: a bad one is one line naming it.
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from pathlib import Path
 
 from sqlmodel import Session, select
 
-from pickloop.errors import UserError
+from pickloop.errors import UserError, one_line
+from pickloop.exchange_rows import parse_rows
 from pickloop.images import ImageStore
 from pickloop.schema import Candidate, Comparison, Judgement, ModelVersion, Prompt, Rater
 from pickloop.store import add_prompts, candidates_of, record_judgement
@@ -83,27 +85,41 @@ def export_parquet(*, session: Session, images: ImageStore, path: str | Path) ->
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    path = check_export_path(path)
     rows = export_rows(session=session, images=images)
     if not rows:
         raise UserError("no judgements to export yet")
-    path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    pq.write_table(pa.Table.from_pylist(rows), tmp)
-    tmp.replace(path)  # a half-written export is never left under the requested name
+    try:
+        pq.write_table(pa.Table.from_pylist(rows), tmp)
+        tmp.replace(path)  # a half-written export is never left under the requested name
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
     return len(rows)
+
+
+def check_export_path(path: str | Path) -> Path:
+    """``path`` if a file can be written there: not a folder, in a folder that exists."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; give a file name such as {path / 'labels.parquet'}")
+    if not path.parent.is_dir():
+        raise UserError(f"cannot write {path}: folder {path.parent} does not exist")
+    return path
 
 
 def _version_named(session: Session, name: str) -> ModelVersion:
     v = session.exec(select(ModelVersion).where(ModelVersion.name == name)).first()
     if v is None:
-        v = ModelVersion(name=name[:128], base_model=f"imported:{name}"[:512], method="imported", status="retired")
+        v = ModelVersion(name=name, base_model=f"imported:{name}", method="imported", status="retired")
         session.add(v)
         session.flush()
     return v
 
 
 def _rater_named(session: Session, name: str) -> Rater:
-    name = (str(name) or "unknown")[:64]
     r = session.exec(select(Rater).where(Rater.name == name)).first()
     if r is None:  # imported raters cannot sign in: their token hash matches no token
         r = Rater(name=name, token_hash="!imported", role="rater", kind="imported")
@@ -112,68 +128,80 @@ def _rater_named(session: Session, name: str) -> Rater:
     return r
 
 
+def public_key(ranking_id: str | int, uid0: str, uid1: str) -> str:
+    """The idempotency key of a public Pick-a-Pic row: ``pickapic:<ranking_id>:<uid0>:<uid1>`` when that
+    fits the 128-character limit (as before, so re-imports stay no-ops), else its sha256 (two 64-hex
+    image ids make it 139 characters)."""
+    key = f"pickapic:{ranking_id}:{uid0}:{uid1}"
+    return key if len(key) <= 128 else "pickapic-sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
 def _import_set(session: Session, images: ImageStore, rows: list[dict]) -> bool:
-    """One judgement from its rows; returns True when it was new."""
+    """One judgement from its checked rows (``exchange_rows.parse_rows``); returns True when it was new."""
     first = rows[0]
+    own = first.get("pl_key") is not None  # pickloop's own layout
     prompt = add_prompts(session=session, texts=[first["caption"]])[0]
-    key = first.get("pl_key") or f"pickapic:{first['ranking_id']}:{first['image_0_uid']}:{first['image_1_uid']}"
+    key = first["pl_key"] if own else public_key(first["ranking_id"], first["image_0_uid"], first["image_1_uid"])
     if session.exec(select(Judgement).where(Judgement.idempotency_key == key)).first() is not None:
         return False
     data = {}
     for r in rows:
         data[r["image_0_uid"]], data[r["image_1_uid"]] = r["jpg_0"], r["jpg_1"]
-    if first.get("pl_candidates"):
-        specs = json.loads(first["pl_candidates"])
+    if own:
+        specs = first["pl_candidates"]
     else:
         specs = [{"slot": 0, "seed": -1, "params": {}, "sha": first["image_0_uid"], "model": first["model_0"]},
                  {"slot": 1, "seed": -1, "params": {}, "sha": first["image_1_uid"], "model": first["model_1"]}]
-    set_key = first.get("pl_set_key") or hashlib.sha256(key.encode()).hexdigest()[:32]
+    set_key = first["pl_set_key"] if own else hashlib.sha256(key.encode()).hexdigest()[:32]
     comp = session.exec(select(Comparison).where(Comparison.key == set_key)).first()
     if comp is None:
         comp = Comparison(key=set_key, prompt_id=prompt.id, status="ready", source="import",
                           model_version_id=_version_named(session, specs[0]["model"]).id,
-                          raters_wanted=int(first.get("pl_raters_wanted") or 1))
+                          raters_wanted=first["pl_raters_wanted"])
         session.add(comp)
         session.flush()
-        for sp in specs:
-            sha = images.put(data[sp["sha"]]) if sp["sha"] in data else sp["sha"]
+        for sp in specs:  # every image comes from the file's bytes (checked: each is there)
             session.add(Candidate(comparison_id=comp.id, slot=sp["slot"], prompt_id=prompt.id,
                                   model_version_id=_version_named(session, sp["model"]).id, seed=sp["seed"],
-                                  params=sp["params"], image_sha256=sha,
-                                  from_noise_memory=bool(sp.get("noise_memory", False))))
+                                  params=sp["params"], image_sha256=images.put(data[sp["sha"]]),
+                                  from_noise_memory=sp.get("noise_memory", False)))
         session.flush()
     by_slot = {c.slot: c.id for c in candidates_of(session=session, comparison_id=comp.id)}
-    if first.get("pl_choice"):
-        choice, winner_slot = first["pl_choice"], first["pl_winner_slot"]
-        shown = [by_slot[s] for s in json.loads(first["pl_shown_slots"])]
+    if own:
+        choice, winner_slot, shown_slots = first["pl_choice"], first["pl_winner_slot"], first["pl_shown_slots"]
     else:
         choice = "skip" if not first["has_label"] else ("tie" if first["label_0"] == 0.5 else "pick")
-        winner_slot = 0 if first["label_0"] == 1.0 else 1
-        shown = [by_slot[0], by_slot[1]]
-    time_ms = first.get("pl_time_ms")
+        winner_slot, shown_slots = (0 if first["label_0"] == 1.0 else 1), [0, 1]
+    if sorted(shown_slots) != sorted(by_slot):
+        raise UserError(f"judgement {key[:40]} names slots {sorted(shown_slots)} but its set {set_key} "
+                        f"already holds slots {sorted(by_slot)}; nothing was imported")
     _, created = record_judgement(
         session=session, comparison_id=comp.id, rater_id=_rater_named(session, first["user_id"]).id,
-        choice=choice, winner_id=by_slot.get(winner_slot) if choice == "pick" else None, shown_order=shown,
-        idempotency_key=key, time_ms=None if time_ms is None or time_ms < 0 else int(time_ms))
+        choice=choice, winner_id=by_slot.get(winner_slot) if choice == "pick" else None,
+        shown_order=[by_slot[s] for s in shown_slots], idempotency_key=key,
+        time_ms=first.get("pl_time_ms") if own else None)
     return created
 
 
 def import_parquet(*, session: Session, images: ImageStore, path: str | Path) -> tuple[int, int]:
-    """Read Pick-a-Pic rows from ``path`` into the store; returns (judgements added, already present)."""
+    """Read Pick-a-Pic rows from ``path`` into the store; returns (judgements added, already present).
+
+    Every row is checked first (``exchange_rows``): a bad one is one UserError naming its row and column,
+    raised before any image or row is written."""
     import pyarrow.parquet as pq
 
     try:
         table = pq.read_table(path)
     except (OSError, ValueError) as e:
-        raise UserError(f"cannot read parquet file {path}: {e}") from None
+        raise UserError(f"cannot read parquet file {path}: {one_line(e)}") from None
     missing = [c for c in ("caption", "jpg_0", "jpg_1", "image_0_uid", "image_1_uid", "label_0", "label_1",
                            "model_0", "model_1", "ranking_id", "user_id") if c not in table.column_names]
     if missing:
         raise UserError(f"{path} lacks Pick-a-Pic columns: {', '.join(missing)}")
     groups: dict[str, list[dict]] = defaultdict(list)
-    for row in table.to_pylist():
-        row.setdefault("has_label", True)
-        gid = row.get("pl_key") or f"{row['ranking_id']}:{row['image_0_uid']}:{row['image_1_uid']}"
+    for row in parse_rows(table.to_pylist(), path):
+        gid = row["pl_key"] if row.get("pl_key") is not None else \
+            public_key(row["ranking_id"], row["image_0_uid"], row["image_1_uid"])
         groups[gid].append(row)
     added = sum(_import_set(session, images, rows) for rows in groups.values())
     return added, len(groups) - added

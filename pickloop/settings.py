@@ -60,7 +60,16 @@ class Settings(BaseSettings):
     @field_validator("home", mode="before")
     @classmethod
     def _expand(cls, v: Any) -> Any:
-        return Path(os.path.expanduser(str(v))) if v is not None else v
+        if v is None:
+            return v
+        home = Path(os.path.expanduser(str(v)))
+        for p in (home, *home.absolute().parents):  # the nearest part that exists must be a folder
+            if p.exists():
+                if not p.is_dir():
+                    raise ValueError(f"{home} is not a folder ({p} is a file)" if p != home
+                                     else f"{home} is not a folder")
+                break
+        return home
 
     @property
     def db_url(self) -> str:
@@ -107,5 +116,6 @@ def get_settings(**overrides: Any) -> Settings:
         errors = getattr(e, "errors", None)
         if callable(errors):
             first = errors()[0]
-            raise UserError(f"bad setting {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+            msg = first["msg"].removeprefix("Value error, ")
+            raise UserError(f"bad setting {'.'.join(map(str, first['loc']))}: {msg}") from None
         raise

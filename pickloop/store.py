@@ -42,11 +42,13 @@ def validate_prompt(text: str) -> str:
         raise UserError("a prompt must be text")
     if "\x00" in text:
         raise UserError("prompt contains a NUL character; remove it")
+    if any(unicodedata.category(c) == "Cs" for c in text):  # how Python holds a byte that is not UTF-8
+        raise UserError("prompt is not valid UTF-8 text")
     bad = [c for c in text if unicodedata.category(c) == "Cc" and c not in "\t"]
     if bad:
         raise UserError(f"prompt contains control character {bad[0]!r}; remove it")
-    if not text.strip():
-        raise UserError("prompt is empty")
+    if not "".join(c for c in text if unicodedata.category(c) != "Cf").strip():
+        raise UserError("prompt is empty (only spaces or invisible characters)")
     if len(text) > MAX_PROMPT_CHARS:
         raise UserError(f"prompt is {len(text)} characters; the limit is {MAX_PROMPT_CHARS}")
     return text
@@ -190,6 +192,14 @@ def _insert_ignore(session: Session, model, values: dict) -> bool:  # noqa: ANN0
     return session.execute(stmt).first() is not None
 
 
+def _lock_comparison(session: Session, comparison_id: int) -> Comparison | None:
+    """The set's row, locked until the transaction ends (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite's
+    BEGIN IMMEDIATE already serialises writers). Two raters answering one overlap set at once thus count
+    answers one after the other, and the second count sees the first answer."""
+    return session.exec(select(Comparison).where(Comparison.id == comparison_id).with_for_update()
+                        .execution_options(populate_existing=True)).first()
+
+
 def record_judgement(*, session: Session, comparison_id: int, rater_id: int, choice: str,
                      winner_id: int | None, shown_order: Sequence[int], idempotency_key: str,
                      time_ms: int | None = None) -> tuple[Judgement, bool]:
@@ -206,7 +216,7 @@ def record_judgement(*, session: Session, comparison_id: int, rater_id: int, cho
     rater = session.get(Rater, rater_id)
     if rater is None or not rater.active:
         raise UserError(f"unknown rater id {rater_id}")
-    comp = session.get(Comparison, comparison_id)
+    comp = _lock_comparison(session, comparison_id)
     if comp is None or comp.status not in ("ready", "done"):
         raise UserError(f"set {comparison_id} is not ready to be judged")
     ids = [c.id for c in candidates_of(session=session, comparison_id=comparison_id)]
@@ -241,7 +251,7 @@ def undo_judgement(*, session: Session, judgement_id: int, rater_id: int, within
         return False
     if row.created_at < utcnow() - timedelta(seconds=within_s):
         return False
-    comp = session.get(Comparison, row.comparison_id)
+    comp = _lock_comparison(session, row.comparison_id)
     session.delete(row)
     if comp is not None and comp.status == "done":
         comp.status = "ready"

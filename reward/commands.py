@@ -5,6 +5,8 @@ import argparse
 from dataclasses import MISSING, fields
 from pathlib import Path
 
+from pickloop.typed_config import positive_int
+
 
 def _add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:  # noqa: ANN001
     """One --flag per dataclass field, with the field's help text; defaults stay in the dataclass."""
@@ -86,17 +88,18 @@ def cmd_eval(args) -> None:  # noqa: ANN001
 
 
 def cmd_score(args) -> None:  # noqa: ANN001
+    from pickloop.images import decode_image, read_user_image_bytes
+
+    # Check every image before torch and the model load, so a typo fails fast with one line.
+    images = [decode_image(read_user_image_bytes(p, base=Path.cwd()), what=f"image file {p}").convert("RGB")
+              for p in args.images]
     import torch
 
     from pickloop.context import Context
-    from pickloop.images import decode_image, read_user_image_bytes
     from reward.model import RewardModel
     from reward.registry import resolve_reward_path
 
     torch.set_num_threads(args.threads)
-    # Check every image before loading the model, so a typo fails fast with one line.
-    images = [decode_image(read_user_image_bytes(p, base=Path.cwd()), what=f"image file {p}").convert("RGB")
-              for p in args.images]
     model = RewardModel.load(resolve_reward_path(ctx=Context(), ref=args.model))
     for p, r in zip(args.images, model.score(args.prompt, images).tolist()):
         print(f"{r:.4f}\t{p}")
@@ -134,21 +137,21 @@ def register(sub, bench_sub) -> None:  # noqa: ANN001
     rw = sub.add_parser("reward", help="the preference reward model").add_subparsers(dest="reward_cmd", required=True)
     q = rw.add_parser("train", help="train on every label so far; saves and registers the model")
     _add_dataclass_flags(q, RewardConfig)
-    q.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    q.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
     q.set_defaults(func=cmd_train)
 
     q = rw.add_parser("eval", help="held-out accuracy, log loss, calibration error and a learning-curve PNG")
     q.add_argument("--model", default="latest", help="registry id, saved folder, or latest")
     q.add_argument("--png", help="where to save the learning curve (default: reports dir)")
     q.add_argument("--no-curve", action="store_true", help="skip the learning curve")
-    q.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    q.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
     q.set_defaults(func=cmd_eval)
 
     q = rw.add_parser("score", help="score image files for a prompt (higher = preferred)")
     q.add_argument("--prompt", required=True, help="the prompt the images were drawn for")
     q.add_argument("images", nargs="+", metavar="IMAGE", help="image files, relative to the current folder")
     q.add_argument("--model", default="latest", help="registry id, saved folder, or latest")
-    q.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    q.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
     q.set_defaults(func=cmd_score)
 
     q = bench_sub.add_parser("reward", help="learn a simulated rater's hidden taste; held-out accuracy")
@@ -160,5 +163,5 @@ def register(sub, bench_sub) -> None:  # noqa: ANN001
     q.add_argument("--off-prompt-share", type=float, default=0.0, help="share of candidates breaking the prompt")
     q.add_argument("--backbone", default="embedded:shapes-clip", help="CLIPModel folder or hub id")
     q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    q.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
     q.set_defaults(func=cmd_bench)

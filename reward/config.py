@@ -6,6 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from pickloop.errors import UserError
+from pickloop.typed_config import check_field_types
 
 
 @dataclass
@@ -33,6 +34,7 @@ class RewardConfig:
         "help": "folds of prompts for the cross-validated accuracy that says how far to trust the model (0 = off)"})
 
     def __post_init__(self) -> None:
+        check_field_types(self, "reward")
         checks = [
             (self.lr > 0 and self.lora_lr > 0, "learning rates must be > 0"),
             (self.epochs >= 1, "epochs must be >= 1"),

@@ -30,13 +30,13 @@ def _config(args) -> LoopConfig:  # noqa: ANN001
 
 
 def _run(args, *, demo: bool) -> None:  # noqa: ANN001
+    config = _config(args)  # a bad setting or taste is refused before torch and the models load
+
     from pickloop.context import Context
     from pickloop.loop.report import write_report
     from pickloop.loop.run import run_loop
-
     from pickloop.settings import get_settings
 
-    config = _config(args)
     home = get_settings()
     stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{config.taste.replace('/', '_').replace(':', '_')}"
     if args.in_place:

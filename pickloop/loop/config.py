@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from pickloop.errors import UserError
+from pickloop.typed_config import check_field_types
 
 METHODS = ("auto", "dpo", "ddpo", "both")
 
@@ -37,6 +38,7 @@ class LoopConfig:
     seed: int = field(default=0, metadata={"help": "seed of the rater, prompts and evaluation"})
 
     def __post_init__(self) -> None:
+        check_field_types(self, "loop")
         if self.method not in METHODS:
             raise UserError(f"--method must be one of {', '.join(METHODS)}, not {self.method!r}")
         if self.rounds < 1 or self.labels < self.rounds:
@@ -50,6 +52,12 @@ class LoopConfig:
             raise UserError("--dpo-ai-feedback-sets must be >= 0 and --dpo-ai-feedback-candidates 2-16")
         if self.eval_prompts < 1 or self.eval_seeds < 1:
             raise UserError("need at least one held-out prompt and one seed")
+        from pickloop.shapes.tastes import load_taste
+
+        try:  # an unknown taste or a missing FILE.py is refused before any model loads
+            load_taste(self.taste)
+        except Exception as e:  # noqa: BLE001 - a user's taste file may raise anything while loading
+            raise UserError(f"--taste {self.taste}: {e}") from None
 
     @property
     def labels_per_round(self) -> int:
