@@ -10,7 +10,8 @@
    same PostgreSQL) is busy; a running row with a stale heartbeat (``settings.finetune_stale_seconds``)
    or a failed one is taken over and resumes from its checkpoints;
 4. trains with a heartbeat thread, registers a candidate ModelVersion and marks the job done in one
-   transaction; an exception marks it failed with the error.
+   transaction; an exception marks it failed with the error. The LoRA lands by rename
+   (``finetune.lora.save_lora_atomic``); temporary folders a killed run left in ``loras/`` go first.
 
 Each run continues from its parent, the version promoted when the run is keyed: the trainer starts from
 the parent's LoRA (``finetune.lora.start_lora``; from a fresh LoRA when the parent is the base) and the
@@ -217,9 +218,10 @@ def _reward_model_used(ctx: Any, method: str, config: Any) -> int | None:
 
 def _run_locked(ctx: Any, method: str, kind: str, config: Any, min_new_labels: int) -> JobOutcome:
     from pickloop.db import read_session, write_session
-    from finetune.lora import parent_lora
+    from finetune.lora import parent_lora, remove_stale_temporaries
     from pickloop.store import data_snapshot, ensure_base_version, promoted_version
 
+    remove_stale_temporaries(ctx.settings.lora_dir)  # what a run killed mid-write left behind
     with write_session(ctx.engine) as s:
         parent_row = promoted_version(session=s) or ensure_base_version(session=s, base_model=ctx.base_model)
         parent_id, parent = parent_row.id, parent_lora(parent_row)

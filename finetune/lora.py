@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,10 +27,11 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from pickloop.errors import UserError
-from pickloop.lora_files import (LORA_WEIGHT_NAME, MANIFEST_NAME, check_fits, file_sha256, parse_safetensors,
-                                 read_manifest, read_verified, verify_lora)
+from pickloop.integrity import file_sha256, parse_safetensors, read_verified
+from pickloop.lora_files import LORA_WEIGHT_NAME, MANIFEST_NAME, check_fits, read_manifest, verify_lora
 
 KOHYA_WEIGHT_NAME = "lora_kohya.safetensors"
+TMP_PREFIX = ".tmp-"  # a folder being written; renamed into place when complete
 DEFAULT_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
 ADAPTER_NAME = "default"
 REFERENCE_ADAPTER = "reference"  # the frozen parent in a Diffusion-DPO run that continues from it
@@ -262,6 +264,69 @@ def save_lora(unet: torch.nn.Module, out_dir: Path | str, *, metadata: dict[str,
         _fsync_file(out / name)
     manifest = write_manifest(out, files, {"adapter": cfg, "sdxl": sdxl, **(metadata or {})})
     return manifest["files"][LORA_WEIGHT_NAME]
+
+
+def save_lora_atomic(unet: torch.nn.Module, out_dir: Path | str, *, metadata: dict[str, Any] | None = None,
+                     sdxl: bool = False) -> str:
+    """:func:`save_lora` into a temporary folder beside ``out_dir``, then renamed into place; returns the
+    sha256. A kill at any moment leaves the old folder or the new one, never a half-written one under the
+    name; a temporary folder a killed writer left behind is removed here (see :func:`remove_stale_temporaries`)."""
+    import shutil
+
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out.parent)
+    tmp = out.parent / f"{TMP_PREFIX}{out.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    sha = save_lora(unet, tmp, metadata=metadata, sdxl=sdxl)
+    old = out.parent / f"{TMP_PREFIX}{out.name}-{os.getpid()}-old"
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    _fsync_dir(out.parent)
+    shutil.rmtree(old, ignore_errors=True)
+    return sha
+
+
+def remove_stale_temporaries(folder: Path | str) -> list[Path]:
+    """Remove ``.tmp-<name>-<pid>[-old]`` entries under ``folder`` whose writing process is gone (killed
+    mid-write); returns what was removed. A live writer's temporary folder is left alone."""
+    import shutil
+
+    removed = []
+    for p in Path(folder).glob(f"{TMP_PREFIX}*"):
+        m = re.search(r"-(\d+)(?:-old)?$", p.name)
+        if m is not None and _pid_alive(int(m.group(1))) and int(m.group(1)) != os.getpid():
+            continue
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on a folder
+    finally:
+        os.close(fd)
 
 
 # ---------------------------------------------------------------- verifying and loading

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from pickloop.errors import UserError
-from pickloop.lora_files import LORA_WEIGHT_NAME, file_sha256, load_into_pipeline
+from pickloop.integrity import file_sha256
+from pickloop.lora_files import LORA_WEIGHT_NAME, load_into_pipeline
 
 __all__ = ["LORA_WEIGHT_NAME", "PipelineInfo", "clear_cache", "file_sha256", "load_lora", "load_pipeline"]
 

@@ -112,6 +112,20 @@ def _rater_named(session: Session, name: str) -> Rater:
     return r
 
 
+def _row_images(rows: list[dict], *, pickloop_layout: bool) -> dict:
+    """image id -> bytes of a set's rows. In pickloop's own layout an image id is the sha256 of the PNG
+    bytes beside it: bytes that do not hash to it (corrupted, or another picture swapped in) are refused."""
+    data = {}
+    for r in rows:
+        for col, uid in (("jpg_0", "image_0_uid"), ("jpg_1", "image_1_uid")):
+            blob = r[col]
+            if pickloop_layout and isinstance(blob, (bytes, bytearray)) and hashlib.sha256(blob).hexdigest() != r[uid]:
+                raise UserError(f"row of ranking_id {r.get('ranking_id')}: {col} does not match its {uid} "
+                                f"{str(r[uid])[:16]}… (corrupted or replaced image); nothing imported")
+            data[r[uid]] = blob
+    return data
+
+
 def _import_set(session: Session, images: ImageStore, rows: list[dict]) -> bool:
     """One judgement from its rows; returns True when it was new."""
     first = rows[0]
@@ -119,9 +133,7 @@ def _import_set(session: Session, images: ImageStore, rows: list[dict]) -> bool:
     key = first.get("pl_key") or f"pickapic:{first['ranking_id']}:{first['image_0_uid']}:{first['image_1_uid']}"
     if session.exec(select(Judgement).where(Judgement.idempotency_key == key)).first() is not None:
         return False
-    data = {}
-    for r in rows:
-        data[r["image_0_uid"]], data[r["image_1_uid"]] = r["jpg_0"], r["jpg_1"]
+    data = _row_images(rows, pickloop_layout=bool(first.get("pl_candidates")))
     if first.get("pl_candidates"):
         specs = json.loads(first["pl_candidates"])
     else:
@@ -175,5 +187,8 @@ def import_parquet(*, session: Session, images: ImageStore, path: str | Path) ->
         row.setdefault("has_label", True)
         gid = row.get("pl_key") or f"{row['ranking_id']}:{row['image_0_uid']}:{row['image_1_uid']}"
         groups[gid].append(row)
-    added = sum(_import_set(session, images, rows) for rows in groups.values())
+    try:
+        added = sum(_import_set(session, images, rows) for rows in groups.values())
+    except UserError as e:  # the file is named once, whatever row was refused
+        raise UserError(e if str(path) in str(e) else f"{path}: {e}") from None
     return added, len(groups) - added

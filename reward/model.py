@@ -30,6 +30,7 @@ from PIL import Image
 from torch import nn
 
 from pickloop.errors import UserError
+from pickloop.integrity import file_sha256, parse_safetensors, read_verified
 
 FORMAT = "pickloop-reward/1"
 WEIGHTS_FILE = "model.safetensors"
@@ -106,13 +107,7 @@ def image_key(image: Image.Image) -> str:
 
 def _weights_sha256(folder: str) -> str:
     path = Path(folder) / "model.safetensors"
-    if not path.is_file():
-        return ""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_sha256(path) if path.is_file() else ""
 
 
 def load_backbone(ref: str):  # noqa: ANN201 - (CLIPModel, tokenizer, image processor, resolved folder)
@@ -309,16 +304,19 @@ class RewardModel(nn.Module):
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "RewardModel":
-        """A saved model; one clear UserError when the folder is missing or not a reward model."""
-        from safetensors.torch import load_file
-
+    def load(cls, path: str | Path, expected_sha256: str | None = None) -> "RewardModel":
+        """A saved model; one clear UserError when the folder is missing or not a reward model, or when its
+        weights do not match ``expected_sha256`` (what the registry recorded) or hold non-finite values."""
         path = Path(path)
         try:
             raw = json.loads((path / "config.json").read_text())
-            tensors = load_file(str(path / WEIGHTS_FILE))
         except (OSError, ValueError) as e:
             raise UserError(f"not a saved reward model: {path} ({type(e).__name__})") from None
+        if not isinstance(raw, dict):
+            raise UserError(f"not a saved reward model: {path} (config.json is not an object)")
+        data = read_verified(path / WEIGHTS_FILE, expected_sha256, what="reward model file",
+                             source="the reward-model registry")
+        tensors, _ = parse_safetensors(data, path / WEIGHTS_FILE, what="reward model file")
         if raw.get("format") != FORMAT:
             raise UserError(f"not a saved reward model: {path} (format {raw.get('format')!r})")
         cfg = RewardModelConfig(**{f.name: raw[f.name] for f in fields(RewardModelConfig) if f.name in raw})
