@@ -231,6 +231,10 @@ def _run_locked(ctx: Any, method: str, kind: str, config: Any, min_new_labels: i
     if new < min_new_labels:
         return JobOutcome("nothing-new", f"{new} new labels since the last {method} run (snapshot {last}); "
                                          f"need {min_new_labels}: nothing to do")
+    if parent is not None:  # a damaged parent LoRA is one line now, before any model loads or a run is claimed
+        from pickloop.lora_files import verify_lora
+
+        verify_lora(parent.lora_dir, expected_sha256=parent.sha256)
     chash = config.config_hash()
     run_key = f"{kind}:{snapshot}:{chash}" + (f":from-{parent.sha256[:16]}" if parent else "")
     reward_id = _reward_model_used(ctx, method, config)

@@ -141,12 +141,13 @@ def draw_images(base: str, lora_dir: str | None, lora_sha256: str | None, prompt
     import torch
     from diffusers import DiffusionPipeline
 
-    from pickloop.lora_files import load_into_pipeline
+    from pickloop.lora_files import load_into_pipeline, verify_lora
 
+    lora = verify_lora(lora_dir, expected_sha256=lora_sha256) if lora_dir else None
     pipe = DiffusionPipeline.from_pretrained(base, safety_checker=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
-    if lora_dir:
-        load_into_pipeline(pipe, lora_dir, adapter_name="gate", expected_sha256=lora_sha256)
+    if lora is not None:
+        load_into_pipeline(pipe, lora, adapter_name="gate")
     out = []
     for start in range(0, len(prompts), 8):
         ps, ss = list(prompts[start:start + 8]), seeds[start:start + 8]

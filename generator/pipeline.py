@@ -20,7 +20,7 @@ from typing import Any
 
 from pickloop.errors import UserError
 from pickloop.integrity import file_sha256
-from pickloop.lora_files import LORA_WEIGHT_NAME, load_into_pipeline
+from pickloop.lora_files import LORA_WEIGHT_NAME, load_into_pipeline, verify_lora
 
 __all__ = ["LORA_WEIGHT_NAME", "PipelineInfo", "clear_cache", "file_sha256", "load_lora", "load_pipeline"]
 
@@ -130,12 +130,15 @@ def load_pipeline(model: str | None = None, lora: str | int | None = None, devic
     with _CACHE_LOCK:
         if key in _CACHE:
             return _CACHE[key]
+        # the LoRA is checked before the model loads: a damaged file is one line, at once
+        verified = verify_lora(lora_dir, expected_sha256=lora_sha256) if lora_dir is not None else None
         pipe = _from_pretrained(model, model_path, torch_dtype).to(device)
         info = PipelineInfo(model=model, model_path=model_path, defaults=_read_defaults(model_path))
         if version is not None:
             info.model_version_id, info.model_version_name = version.id, version.name
         if lora_dir is not None:
-            info.lora_path, info.lora_sha256 = lora_dir, load_lora(pipe, lora_dir, lora_sha256)
+            load_into_pipeline(pipe, verified, adapter_name=ADAPTER_NAME)
+            info.lora_path, info.lora_sha256 = lora_dir, verified.sha256
         pipe.set_progress_bar_config(disable=True)
         pipe.pickloop_info = info
         _CACHE[key] = pipe
@@ -194,5 +197,6 @@ def load_lora(pipe, folder: str | Path, expected_sha256: str | None = None) -> s
     this base model layer by layer, and what lands in the pipeline must be exactly what was verified.
     Anything else is one UserError line naming the file.
     """
-    folder = Path(folder).expanduser()
-    return load_into_pipeline(pipe, folder, adapter_name=ADAPTER_NAME, expected_sha256=expected_sha256).sha256
+    lora = verify_lora(Path(folder).expanduser(), expected_sha256=expected_sha256)
+    load_into_pipeline(pipe, lora, adapter_name=ADAPTER_NAME)
+    return lora.sha256

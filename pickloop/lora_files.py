@@ -261,12 +261,10 @@ def _check_landed(pipe: Any, lora: VerifiedLora, adapter: str, model_name: str) 
                             f"in base model {model_name} (made for another base?)")
 
 
-def load_into_pipeline(pipe: Any, folder: Path | str, *, adapter_name: str, expected_sha256: str | None = None,
-                       require_manifest: bool = False) -> VerifiedLora:
-    """Verify ``folder``'s LoRA (see :func:`verify_lora`), check it fits ``pipe``, load it as adapter
-    ``adapter_name`` through diffusers (which reads rank and alpha from the header), and check that what
-    landed is exactly what was verified. Returns the verified LoRA."""
-    lora = verify_lora(folder, expected_sha256=expected_sha256, require_manifest=require_manifest)
+def load_into_pipeline(pipe: Any, lora: VerifiedLora, *, adapter_name: str) -> None:
+    """Load a LoRA verified by :func:`verify_lora` into a diffusers pipeline as adapter ``adapter_name``:
+    it must fit the pipeline layer by layer (:func:`check_fits`) before diffusers (which reads rank and
+    alpha from the header) loads it, and what lands must be exactly the verified tensors."""
     name = getattr(pipe, "name_or_path", None) or "?"
     components = {c: getattr(pipe, c) for _, c in COMPONENT_PREFIXES if getattr(pipe, c, None) is not None}
     check_fits(lora, components, name)
@@ -279,4 +277,3 @@ def load_into_pipeline(pipe: Any, folder: Path | str, *, adapter_name: str, expe
         raise UserError(f"LoRA {lora.path} does not fit base model {name} (made for another base?): "
                         f"{why[:300]}") from None
     _check_landed(pipe, lora, adapter_name, name)
-    return lora
