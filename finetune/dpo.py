@@ -353,6 +353,7 @@ def run_dpo(ctx: Any, cfg: DPOConfig, *, out_dir: Path | str, work_dir: Path | s
     base_path = resolve_model_ref(base or ctx.base_model)
     after = parent.data_snapshot if (parent is not None and cfg.since_parent) else None
     pairs = store_pairs(ctx, upto=upto, after=after)
+    ctx.images.verify(k for p in pairs for k in (p.winner, p.loser))  # a damaged image: one line, before any model
     human = len(pairs)
     metadata: dict[str, Any] = {"data_snapshot": upto, "labels_after": after}
     if cfg.ai_feedback_sets > 0:

@@ -32,19 +32,29 @@ MAX_IMAGE_PIXELS = 4096 * 4096  # width x height; 16 SDXL images' worth, and 48 
 
 def decode_image(data: bytes, *, what: str = "image") -> Image.Image:
     """Decode and fully load ``data``; empty, truncated, oversized or non-image bytes are one clear error."""
+    img = open_image_header(data, what=what)
+    try:
+        img.load()  # decode every byte now: a truncated file fails here, not later
+    except (OSError, SyntaxError, ValueError) as e:
+        raise UserError(f"{what} is not a readable image: {e}") from None
+    return img
+
+
+def open_image_header(data: bytes, *, what: str = "image") -> Image.Image:
+    """``data`` opened but not decoded (PIL reads the header only), refused when it is empty, not an
+    image, or has more than ``MAX_IMAGE_PIXELS`` pixels."""
     if not data:
         raise UserError(f"{what} is empty (0 bytes)")
     try:
         with warnings.catch_warnings():  # PIL's own bomb warning; our limit below is lower and an error
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))  # reads the header only
+            img = Image.open(io.BytesIO(data))
         width, height = img.size
         if width * height > MAX_IMAGE_PIXELS:
-            raise UserError(f"{what} claims {width}x{height} pixels, more than the {MAX_IMAGE_PIXELS:,} allowed "
-                            "(a decompression bomb?); refusing to decode it")
-        img.load()  # decode every byte now: a truncated file fails here, not later
-    except Image.DecompressionBombError as e:
-        raise UserError(f"{what} is too large to decode (a decompression bomb?): {e}") from None
+            raise Image.DecompressionBombError(f"{width}x{height} pixels")
+    except Image.DecompressionBombError as e:  # ours above, or PIL's own (beyond twice its default limit)
+        raise UserError(f"{what} has more than the {MAX_IMAGE_PIXELS:,} pixels allowed, refused before decoding "
+                        f"(a decompression bomb?): {str(e).split(', could be')[0]}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise UserError(f"{what} is not a readable image: {e}") from None
     return img
@@ -107,7 +117,13 @@ class ImageStore:
         return data
 
     def open(self, sha256: str) -> Image.Image:
-        return decode_image(self.read_bytes(sha256), what=f"image {sha256[:12]}…").convert("RGB")
+        return decode_image(self.read_bytes(sha256), what=f"image file {self.path(sha256)}").convert("RGB")
+
+    def verify(self, sha256s) -> None:  # noqa: ANN001 - any iterable of ids
+        """Read each image once and check it against its name and the pixel limit, without decoding it:
+        what a long job runs before it loads any model, so that a bad file is one line at once."""
+        for sha in dict.fromkeys(sha256s):
+            open_image_header(self.read_bytes(sha), what=f"image file {self.path(sha)}")
 
     def exists(self, sha256: str) -> bool:
         return self.fs.exists(self.path(sha256))

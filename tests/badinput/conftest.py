@@ -29,6 +29,15 @@ def shapes_unet():
     return UNet2DConditionModel.from_pretrained(default_pipeline_dir(), subfolder="unet", use_safetensors=True)
 
 
+@pytest.fixture
+def labelled(ctx):
+    """A data home on the shipped shapes model with 3 picked train sets of 2 images (3 pairs)."""
+    from tests.finetune.conftest import add_labelled_sets
+
+    add_labelled_sets(ctx, n_sets=3, split="train")
+    return ctx
+
+
 @pytest.fixture(autouse=True)
 def _fresh_pipeline_cache():
     from generator.pipeline import clear_cache
