@@ -28,7 +28,8 @@ import torch
 
 from pickloop.errors import UserError
 from pickloop.integrity import file_sha256, parse_safetensors, read_verified
-from pickloop.lora_files import LORA_WEIGHT_NAME, MANIFEST_NAME, check_fits, read_manifest, verify_lora
+from pickloop.lora_files import LORA_WEIGHT_NAME, MANIFEST_NAME, check_fits, verify_lora
+from pickloop.lora_files import read_manifest  # noqa: F401 - part of this module's API (checkpoints, tests)
 
 KOHYA_WEIGHT_NAME = "lora_kohya.safetensors"
 TMP_PREFIX = ".tmp-"  # a folder being written; renamed into place when complete

@@ -52,12 +52,14 @@ def cmd_eval(args) -> None:  # noqa: ANN001
     from pickloop.errors import UserError
     from reward.data import featurize, pairs_from_store, split_indices
     from reward.evaluate import evaluate_model, learning_curve, save_learning_curve
-    from reward.registry import load_reward_model
+    from reward.model import RewardModel
+    from reward.registry import resolve_reward_model
     from reward.train import RewardConfig
 
     torch.set_num_threads(args.threads)
     ctx = Context()
-    model = load_reward_model(ctx=ctx, ref=args.model)
+    path, sha = resolve_reward_model(ctx=ctx, ref=args.model)
+    model = RewardModel.load(path, expected_sha256=sha)
     config = RewardConfig(**model.metrics.get("config", {})) if model.metrics.get("config") else RewardConfig()
     pairs = pairs_from_store(ctx=ctx)
     if not pairs:
