@@ -26,10 +26,22 @@ def _json_object(text: str) -> dict:
 
 
 def cmd_finetune_run(args) -> int:  # noqa: ANN001
+    from pickloop.errors import UserError
+
+    overrides = _json_object(args.config)
+    if args.method == "auto":
+        from finetune.auto import run_auto
+
+        unknown = set(overrides) - {"dpo", "ddpo"}
+        if unknown or not all(isinstance(v, dict) for v in overrides.values()):
+            raise UserError('--method auto takes --config \'{"dpo": {...}, "ddpo": {...}}\' (each method\'s fields)')
+        outcome = run_auto(_ctx(), min_new_labels=args.min_new_labels, dpo=overrides.get("dpo"),
+                           ddpo=overrides.get("ddpo"))
+        print(outcome.message)
+        return outcome.exit_code
     from finetune.jobs import run_finetune_job
 
-    outcome = run_finetune_job(_ctx(), method=args.method, min_new_labels=args.min_new_labels,
-                               overrides=_json_object(args.config))
+    outcome = run_finetune_job(_ctx(), method=args.method, min_new_labels=args.min_new_labels, overrides=overrides)
     print(outcome.message)
     return outcome.exit_code
 
@@ -97,10 +109,13 @@ def register(sub, bench_sub) -> None:  # noqa: ANN001
         dest="finetune_cmd", required=True)
     q = ft.add_parser("run", help="train a LoRA on the labels so far (safe for cron/systemd: "
                                   "no-op without new labels, exit 75 when another run holds the lock)")
-    q.add_argument("--method", choices=["dpo", "ddpo"], default="dpo", help="Diffusion-DPO (default) or DDPO")
+    q.add_argument("--method", choices=["auto", "dpo", "ddpo"], default="auto",
+                   help="auto (default): trust check, DPO candidates then DDPO, each gated, the best promoted "
+                        "(see finetune/auto.py); dpo or ddpo: one run of that method, left as a candidate")
     q.add_argument("--min-new-labels", type=int, default=1,
                    help="do nothing (exit 0) when fewer judgements arrived since the last run")
-    q.add_argument("--config", default="{}", help='JSON object of config fields, e.g. \'{"steps": 500}\'')
+    q.add_argument("--config", default="{}", help='JSON object of config fields, e.g. \'{"steps": 500}\'; '
+                   'with --method auto one object per method: \'{"dpo": {"steps": 500}}\'')
     q.set_defaults(func=cmd_finetune_run)
 
     mo = sub.add_parser("models", help="the model registry").add_subparsers(dest="models_cmd", required=True)

@@ -79,6 +79,7 @@ class GateResult:
     follow_parent: float | None = None
     follow_drop_se: float | None = None  # standard error of the paired drop (see the module docstring)
     reason: str | None = None
+    judged_win: bool = True  # False: the win rate was recorded, not required (an untrusted reward model)
 
     def as_metrics(self) -> dict[str, Any]:
         return {f"gate_{k}": v for k, v in asdict(self).items()}
@@ -112,15 +113,19 @@ def paired_follow(prompts: Sequence[str], new_images: Sequence[Any],
 
 def judge_gate(prompts: Sequence[str], new_images: Sequence[Any], parent_images: Sequence[Any], scorer: Scorer, *,
                min_win_rate: float, max_follow_drop: float | None,
-               follow_noise_z: float = FOLLOW_NOISE_Z, win_noise_z: float = WIN_NOISE_Z) -> GateResult:
-    """Apply the gate to images already drawn (same prompt and seed at each index)."""
+               follow_noise_z: float = FOLLOW_NOISE_Z, win_noise_z: float = WIN_NOISE_Z,
+               judge_win: bool = True) -> GateResult:
+    """Apply the gate to images already drawn (same prompt and seed at each index).
+
+    ``judge_win=False``: the scorer's win rate is recorded but not required (a reward model too inaccurate
+    to trust must not refuse, or pass, a version on its say); prompt following still decides."""
     outcomes = win_outcomes(list(scorer(prompts, new_images)), list(scorer(prompts, parent_images)))
     n = len(outcomes)
     rate = sum(outcomes) / n
     se = (sum((x - rate) ** 2 for x in outcomes) / max(n - 1, 1)) ** 0.5 / n ** 0.5
-    result = GateResult(passed=True, win_rate=rate, n_images=len(prompts), win_rate_se=se)
+    result = GateResult(passed=True, win_rate=rate, n_images=len(prompts), win_rate_se=se, judged_win=judge_win)
     reasons = []
-    if rate - win_noise_z * se < min_win_rate - 1e-12:
+    if judge_win and rate - win_noise_z * se < min_win_rate - 1e-12:
         reasons.append(f"win rate {rate:.3f} against parent below {min_win_rate:.3f}"
                        + (f" + {win_noise_z:g} x {se:.3f} noise" if win_noise_z and se else ""))
     if max_follow_drop is not None:
@@ -135,9 +140,29 @@ def judge_gate(prompts: Sequence[str], new_images: Sequence[Any], parent_images:
     return result
 
 
+_DRAWN: dict[tuple, list[Any]] = {}  # the gate's images of recent versions: a parent is drawn once per process
+_DRAWN_KEEP = 4
+
+
 def draw_images(base: str, lora_dir: str | None, lora_sha256: str | None, prompts: Sequence[str],
                 seeds: Sequence[int], *, steps: int = 10, guidance: float = 5.0) -> list[Any]:
-    """Images for prompts[i] with seed seeds[i] from ``base`` plus an optional verified LoRA."""
+    """Images for prompts[i] with seed seeds[i] from ``base`` plus an optional verified LoRA.
+
+    The images of the last few (model, LoRA sha256, prompts, seeds, steps) are kept in memory: several
+    candidates judged against one parent, or a version judged again as the next round's parent, reuse
+    its images instead of drawing them again (the sha256 names the exact weights, so they are the same)."""
+    key = (base, lora_sha256 if lora_dir else None, tuple(prompts), tuple(int(s) for s in seeds), steps, guidance)
+    if key in _DRAWN:
+        return list(_DRAWN[key])
+    images = _draw_images(base, lora_dir, lora_sha256, prompts, seeds, steps=steps, guidance=guidance)
+    _DRAWN[key] = images
+    while len(_DRAWN) > _DRAWN_KEEP:
+        _DRAWN.pop(next(iter(_DRAWN)))
+    return list(images)
+
+
+def _draw_images(base: str, lora_dir: str | None, lora_sha256: str | None, prompts: Sequence[str],
+                 seeds: Sequence[int], *, steps: int, guidance: float) -> list[Any]:
     import torch
     from diffusers import DiffusionPipeline
 
@@ -211,10 +236,13 @@ def verify_version_lora(version: Any) -> None:
 def gate_and_promote(ctx: Any, ref: str | int, *, scorer: Scorer | None = None, prompts: Sequence[str] | None = None,
                      seeds: Sequence[int] = DEFAULT_GATE_SEEDS, force: bool = False,
                      shapes: bool | None = None, follow_noise_z: float = FOLLOW_NOISE_Z,
-                     win_noise_z: float = WIN_NOISE_Z) -> GateResult | None:
+                     win_noise_z: float = WIN_NOISE_Z, judge_win: bool = True,
+                     promote_if_passed: bool = True) -> GateResult | None:
     """Run the gate for version ``ref`` against its parent; promote it when it passes (or ``force``).
 
     Returns the gate result (None when forced). A failed version stays a candidate with ``reason`` set.
+    ``promote_if_passed=False`` records the gate's figures only (to choose among several candidates of
+    one parent, then ``promote_version`` the best); ``judge_win``: see ``judge_gate``.
     """
     from pickloop.context import resolve_model_ref
     from pickloop.db import read_session, write_session
@@ -246,13 +274,25 @@ def gate_and_promote(ctx: Any, ref: str | int, *, scorer: Scorer | None = None, 
     result = judge_gate(all_prompts, new_imgs, old_imgs, scorer or resolve_scorer(ctx),
                         min_win_rate=st.promote_min_win_rate,
                         max_follow_drop=st.promote_max_follow_drop if shapes else None,
-                        follow_noise_z=follow_noise_z, win_noise_z=win_noise_z)
+                        follow_noise_z=follow_noise_z, win_noise_z=win_noise_z, judge_win=judge_win)
     with write_session(ctx.engine) as s:
         row = s.get(ModelVersion, version.id)
         row.metrics = {**row.metrics, **result.as_metrics()}
-        if result.passed:
+        if result.passed and promote_if_passed:
             promote(session=s, version=row)
         else:
             row.reason = result.reason
             s.add(row)
     return result
+
+
+def promote_version(ctx: Any, ref: str | int) -> None:
+    """Promote version ``ref`` whose gate already passed (see ``gate_and_promote(promote_if_passed=False)``)."""
+    from pickloop.db import write_session
+    from pickloop.store import find_version, promote
+
+    with write_session(ctx.engine) as s:
+        row = find_version(session=s, ref=ref)
+        if not row.metrics.get("gate_passed"):
+            raise UserError(f"version {row.name} has not passed the promotion gate")
+        promote(session=s, version=row)

@@ -40,7 +40,22 @@ class Settings(BaseSettings):
     promote_max_follow_drop: float = Field(0.02, ge=0.0, le=1.0, description="Promotion gate (shapes world): largest allowed fall of the judge's prompt-following accuracy (0.02 = 2 points).")
     promote_gate_steps: int = Field(10, ge=1, le=200, description="Sampling steps for the promotion gate's images.")
     finetune_stale_seconds: float = Field(900.0, gt=0, description="A fine-tuning job whose heartbeat is older than this (s) may be taken over.")
+    reward_trust_min_acc: float = Field(0.70, ge=0.5, le=1.0, description="Fine-tuning uses the reward model's "
+                                        "rankings (AI-ranked pairs, DDPO, the gate's win rate) only when its "
+                                        "cross-validated accuracy on the human labels reaches this.")
+    reward_trust_min_pairs: int = Field(100, ge=1, description="...and it was validated on at least this many pairs.")
+    auto_dpo_variants: tuple[str, ...] = Field(("dpo+ai",), description="The Diffusion-DPO candidates "
+                                               "`finetune run --method auto` trains when the reward model is trusted "
+                                               "(dpo: human picks only; dpo+ai: also AI-ranked pairs); the gate "
+                                               "promotes the better.")
     active_learning: bool = Field(False, description="show the sets the reward model can least tell apart first")
+
+    @field_validator("auto_dpo_variants")
+    @classmethod
+    def _variants(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v or set(v) - {"dpo", "dpo+ai"}:
+            raise ValueError("auto_dpo_variants: one or both of dpo, dpo+ai")
+        return tuple(dict.fromkeys(v))
 
     @field_validator("home", mode="before")
     @classmethod

@@ -42,6 +42,9 @@ def cmd_train(args) -> None:  # noqa: ANN001
           f"up to judgement {m['data_snapshot']} in {m['train_s']:.1f} s")
     print(f"held-out accuracy {m['heldout_acc']:.3f}, held-out loss {m['heldout_loss']:.4f} "
           f"(best epoch {m['best_epoch'] + 1} of {m['epochs_run']})")
+    if "cv_acc" in m:
+        print(f"cross-validated accuracy {m['cv_acc']:.3f} +- {m['cv_acc_se']:.3f} over {m['cv_pairs']} pairs "
+              f"({config.cv_folds} folds of prompts): what fine-tuning reads to decide whether to trust it")
     print(f"saved to {ctx.home / 'reward' / str(m['reward_model_id'])}")
 
 

@@ -25,6 +25,8 @@ class RewardConfig:
     heldout_share: float = field(default=0.1, metadata={"help": "share of prompts held out (by a hash of the text)"})
     lora_rank: int = field(default=0, metadata={"help": "0 = frozen backbone; >0 = LoRA rank on the backbone"})
     include_ties: bool = field(default=True, metadata={"help": "train on ties as 0.5/0.5 targets"})
+    cv_folds: int = field(default=5, metadata={
+        "help": "folds of prompts for the cross-validated accuracy that says how far to trust the model (0 = off)"})
 
     def __post_init__(self) -> None:
         checks = [
@@ -37,13 +39,15 @@ class RewardConfig:
             (self.patience >= 1, "patience must be >= 1 epoch"),
             (0.0 < self.heldout_share < 1.0, "held-out share must be between 0 and 1"),
             (self.lora_rank >= 0, "LoRA rank must be >= 0"),
+            (self.cv_folds == 0 or self.cv_folds >= 2, "cv_folds must be 0 (off) or >= 2"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise UserError(f"reward config: {msg}")
 
     def config_hash(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        data = {k: v for k, v in asdict(self).items() if k != "cv_folds"}  # measures; changes no weight
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def model_kwargs(self) -> dict:
         return dict(head_width=self.head_width, dropout=self.dropout, lora_rank=self.lora_rank, seed=self.seed)

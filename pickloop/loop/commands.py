@@ -7,8 +7,8 @@ from dataclasses import fields
 
 from pickloop.loop.config import METHODS, LoopConfig
 
-DEMO = dict(taste="large", labels=80, rounds=2, method="dpo", train_prompts=20, eval_prompts=8, eval_seeds=4, gate_seeds=2,
-            dpo_steps=300, dpo_ai_feedback_sets=0)
+DEMO = dict(taste="large", labels=80, rounds=2, train_prompts=20, eval_prompts=8, eval_seeds=4, gate_seeds=2,
+            dpo_steps=300, dpo_ai_feedback_sets=0, ddpo_epochs=4)
 
 
 def _add_config_args(p: argparse.ArgumentParser, defaults: dict) -> None:
@@ -66,3 +66,30 @@ def register(sub, bench_sub) -> None:  # noqa: ANN001
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--in-place", action="store_true", help="run in the configured data home, not a fresh one")
     p.set_defaults(func=lambda a: _run(a, demo=True))
+    p = bench_sub.add_parser("loop-suite", help="the loop's defaults on every registered taste and a careless "
+                                                "rater, two runs side by side; one line per taste")
+    p.add_argument("--labels", type=int, default=400, help="labels per run (default 400)")
+    p.add_argument("--jobs", type=int, default=2, help="runs side by side (default 2: one per core)")
+    p.add_argument("--tastes", default=None, help="comma-separated suite entries (default: all)")
+    p.add_argument("--loop-args", default="", help="extra `bench loop` flags for every run, e.g. \"--rounds 1\" "
+                                                    "(the suite's figures are meant with none)")
+    p.set_defaults(func=_run_suite)
+
+
+def _run_suite(args) -> None:  # noqa: ANN001
+    import shlex
+
+    from pickloop.errors import UserError
+    from pickloop.loop.suite import pick_entries, run_suite
+    from pickloop.settings import get_settings
+
+    if args.labels < 1:
+        raise UserError("--labels must be >= 1")
+    entries = pick_entries([t.strip() for t in args.tastes.split(",") if t.strip()] if args.tastes else None)
+    try:
+        extra = shlex.split(args.loop_args)
+    except ValueError as e:
+        raise UserError(f"--loop-args: {e}") from None
+    folder = get_settings().home / "loops" / f"suite-{time.strftime('%Y%m%d-%H%M%S')}"
+    print(f"suite folder: {folder.resolve()}")
+    run_suite(labels=args.labels, folder=folder, entries=entries, jobs=args.jobs, extra=extra)

@@ -5,7 +5,7 @@ from dataclasses import asdict, dataclass, field
 
 from pickloop.errors import UserError
 
-METHODS = ("dpo", "ddpo", "both")
+METHODS = ("auto", "dpo", "ddpo", "both")
 
 
 @dataclass
@@ -13,7 +13,8 @@ class LoopConfig:
     taste: str = field(default="large", metadata={"help": "registered taste or FILE.py:FUNCTION"})
     labels: int = field(default=400, metadata={"help": "labels in all, split evenly over the rounds"})
     rounds: int = field(default=2, metadata={"help": "label -> reward -> fine-tune -> gate rounds"})
-    method: str = field(default="dpo", metadata={"help": "dpo, ddpo or both (dpo then ddpo each round)"})
+    method: str = field(default="auto", metadata={
+        "help": "auto (as `finetune run`: the data decide; see finetune/auto.py), dpo, ddpo or both (dpo then ddpo)"})
     candidates: int = field(default=4, metadata={"help": "candidates per labelled set (2-4)"})
     open_attributes: tuple[str, ...] = field(default=("color", "size"),
                                              metadata={"help": "what loop prompts leave open for the taste"})
@@ -27,9 +28,10 @@ class LoopConfig:
     dpo_lr: float = field(default=3e-4, metadata={"help": "DPO learning rate"})
     dpo_beta: float = field(default=2500.0, metadata={"help": "DPO KL strength beta"})
     dpo_ai_feedback_sets: int = field(default=300, metadata={
-        "help": "extra candidate sets the reward model ranks for DPO each round (best vs worst); 0 = off"})
-    dpo_ai_feedback_candidates: int = field(default=4, metadata={"help": "images per AI-feedback set (2-16)"})
-    dpo_ai_feedback_weight: float = field(default=0.5, metadata={"help": "loss weight of an AI-ranked pair"})
+        "help": "extra candidate sets the reward model ranks for DPO each round (best vs worst); 0 = off; "
+                "with --method auto the run decides"})
+    dpo_ai_feedback_candidates: int = field(default=8, metadata={"help": "images per AI-feedback set (2-16)"})
+    dpo_ai_feedback_weight: float = field(default=1.0, metadata={"help": "loss weight of an AI-ranked pair"})
     ddpo_epochs: int = field(default=8, metadata={"help": "DDPO epochs per round (other settings: DDPOConfig)"})
     gate_win_rate: float = field(default=0.5, metadata={"help": "reward-model win rate vs parent to promote"})
     seed: int = field(default=0, metadata={"help": "seed of the rater, prompts and evaluation"})

@@ -42,7 +42,7 @@ def plot_curves(rounds: list[dict], path: Path) -> None:
     axes[1].set(title="judge: prompt following", xlabel="labels", ylim=(0, 1))
     axes[1].legend()
     axes[2].plot(x, [r["reward_acc"] if r["reward_acc"] is not None else float("nan") for r in rounds], "o-")
-    axes[2].set(title="reward model held-out accuracy", xlabel="labels", ylim=(0, 1))
+    axes[2].set(title="reward model accuracy (cross-validated)", xlabel="labels", ylim=(0, 1))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -73,11 +73,40 @@ def write_report(result, folder: Path) -> Path:  # noqa: ANN001 - pickloop.loop.
         acc = "n/a" if r["reward_acc"] is None else f"{r['reward_acc']:.3f}"
         lines.append(f"| {r['round']} | {r['labels']} | {acc} | {r['version']} | {r['win_rate']:.3f} | "
                      f"{r['follow_base']:.3f} | {r['follow_final']:.3f} | {ft} |")
+    lines += _candidate_lines(result.rounds)
     lines += ["", "Base (left) and promoted version (right), same prompts and seeds:", "", "![grid](grid.png)", ""]
     lines += _detail_lines(result.rounds[-1].get("detail")) if result.rounds else []
     path = folder / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _candidate_lines(rounds: list[dict]) -> list[str]:
+    """Per round: whether the reward model was trusted, each candidate's gate figures and why it won or lost,
+    and the wall time of each stage."""
+    lines = ["", "## Candidates and stages", "",
+             "| round | candidate | version | status | gate win rate | follow parent -> new | why |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rounds:
+        for x in r["finetune"]:
+            g = x.get("gate") or {}
+            win = "-" if g.get("gate_win_rate") is None else f"{g['gate_win_rate']:.3f}" + (
+                "" if g.get("gate_judged_win", True) else " (not judged)")
+            fol = ("-" if g.get("gate_follow_new") is None
+                   else f"{g['gate_follow_parent']:.3f} -> {g['gate_follow_new']:.3f}")
+            why = (x.get("reason") or "").replace("|", "/")
+            lines.append(f"| {r['round']} | {x['method']} | {x.get('version') or '-'} | {x['status']} | {win} | "
+                         f"{fol} | {why} |")
+    lines += [""]
+    for r in rounds:
+        trust = r.get("trust")
+        if trust:
+            lines.append(f"- Round {r['round']}: {'trusted' if trust['trusted'] else 'did not trust'} the "
+                         f"reward model ({trust['reason']}).")
+        if r.get("stage_s"):
+            lines.append(f"- Round {r['round']} wall time by stage: "
+                         + ", ".join(f"{k} {v} s" for k, v in r["stage_s"].items()) + f" (round {r['round_s']} s).")
+    return lines
 
 
 def _detail_lines(detail: dict | None) -> list[str]:

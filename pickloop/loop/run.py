@@ -75,6 +75,25 @@ def label_ready_sets(ctx: Context, rater: SimulatedRater, rater_id: int, limit: 
     return written
 
 
+def _finetune_auto(ctx: Context, cfg: LoopConfig, gate_prompts: list[str], log) -> tuple[list[dict], dict]:  # noqa: ANN001
+    """The production default (``finetune run --method auto``): the run decides what to train from its data."""
+    from finetune.auto import run_auto
+
+    dpo = {"steps": cfg.dpo_steps, "lr": cfg.dpo_lr, "beta": cfg.dpo_beta, "ai_feedback_sets": cfg.dpo_ai_feedback_sets,
+           "ai_feedback_candidates": cfg.dpo_ai_feedback_candidates, "ai_feedback_weight": cfg.dpo_ai_feedback_weight}
+    outcome = run_auto(ctx, min_new_labels=1, dpo=dpo,
+                       ddpo={"epochs": cfg.ddpo_epochs}, gate_prompts=gate_prompts, gate_seeds=_gate_seeds(cfg),
+                       log=lambda line: log(f"  {line}"))
+    steps = [{"method": c.name, "stage": c.stage, "status": c.status, "version": c.version, "gate": c.gate,
+              "reason": c.reason} for c in outcome.candidates]
+    return steps or [{"method": "auto", "status": "skipped", "reason": "no new labels"}], outcome.trust.as_dict()
+
+
+def _gate_seeds(cfg: LoopConfig) -> list[int]:
+    # The gate draws the held-out prompts at seeds of its own, never the ones the final figures use.
+    return [7919 * (cfg.seed + 1) + k for k in range(cfg.gate_seeds)]
+
+
 def _finetune(ctx: Context, method: str, cfg: LoopConfig, gate_prompts: list[str]) -> dict[str, Any]:
     """Train one version through the job entry point, then let the promotion gate decide."""
     from finetune.jobs import run_finetune_job
@@ -90,9 +109,7 @@ def _finetune(ctx: Context, method: str, cfg: LoopConfig, gate_prompts: list[str
         return {"method": method, "status": "skipped", "reason": str(e)}
     if outcome.status != "done":
         return {"method": method, "status": outcome.status, "message": outcome.message}
-    # The gate draws the held-out prompts at seeds of its own, never the ones the final figures use.
-    seeds = [7919 * (cfg.seed + 1) + k for k in range(cfg.gate_seeds)]
-    gate = gate_and_promote(ctx, outcome.version, prompts=gate_prompts, seeds=seeds)
+    gate = gate_and_promote(ctx, outcome.version, prompts=gate_prompts, seeds=_gate_seeds(cfg))
     return {"method": method, "status": "promoted" if gate.passed else "refused", "version": outcome.version,
             "gate": gate.as_metrics(), "reason": None if gate.passed else gate.reason}
 
@@ -145,21 +162,34 @@ def run_loop(*, ctx: Context, config: LoopConfig, progress: bool = True, log=pri
         fill_queue(ctx=ctx, pool=LOOP_POOL, depth=ceil(want / len(train_prompts)), max_sets=want,
                    n=config.candidates, progress=progress)
         labels += label_ready_sets(ctx, rater, rater_id, want)
+        stage_s = {"label": time.perf_counter() - tr}
+        trust = None
         try:
+            t = time.perf_counter()
             _, rmetrics = train_reward(ctx=ctx, progress=progress)
+            stage_s["reward"] = time.perf_counter() - t
         except UserError as e:  # e.g. every answer so far was a tie: nothing to learn from yet
             rmetrics, steps = {}, [{"method": "reward", "status": "skipped", "reason": str(e)}]
         else:
-            steps = [_finetune(ctx, m, config, eval_prompts) for m in methods]
+            t = time.perf_counter()
+            if config.method == "auto":
+                steps, trust = _finetune_auto(ctx, config, eval_prompts, log)
+            else:
+                steps = [_finetune(ctx, m, config, eval_prompts) for m in methods]
+            stage_s["finetune"] = time.perf_counter() - t
+        t = time.perf_counter()
         m = _measure(ctx, config, taste, eval_prompts, base)
+        stage_s["measure"] = time.perf_counter() - t
         result.final = m.pop("_images")
-        row = {"round": r, "labels": labels, "reward_acc": rmetrics.get("heldout_acc"), "finetune": steps,
-               **m, "round_s": round(time.perf_counter() - tr, 1)}
+        row = {"round": r, "labels": labels, "reward_acc": rmetrics.get("cv_acc", rmetrics.get("heldout_acc")),
+               "reward_heldout_acc": rmetrics.get("heldout_acc"), "trust": trust, "finetune": steps,
+               **m, "round_s": round(time.perf_counter() - tr, 1),
+               "stage_s": {k: round(v, 1) for k, v in stage_s.items()}}
         result.rounds.append(row)
         log(f"round {r}: labels={labels} reward_acc={_fmt(row['reward_acc'])} promoted={m['version']} "
             f"win_rate={m['win_rate']:.3f} follow_base={m['follow_base']:.3f} "
             f"follow_final={m['follow_final']:.3f} ({'; '.join(_step_line(x) for x in steps)}) "
-            f"{row['round_s']}s")
+            f"{row['round_s']}s [" + " ".join(f"{k} {v}s" for k, v in row["stage_s"].items()) + "]")
     result.wall_s = time.perf_counter() - t0
     return result
 

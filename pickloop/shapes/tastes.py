@@ -79,6 +79,32 @@ def contrast(image: Image.Image, prompt: str | None = None) -> float:
     return _score(image, prompt, lambda r: r.contrast() / 0.8)
 
 
+# Tastes unlike the five above in kind: the opposite of one, a trade-off between two attributes, and one
+# that depends on what the prompt asks for. With the registered five they make the loop's suite
+# (``pickloop bench loop-suite``), on which the defaults are judged.
+
+@register_taste("small")
+def small(image: Image.Image, prompt: str | None = None) -> float:
+    """Prefers small objects (the opposite of ``large``): 1 minus mean object area over ~700 px."""
+    return _score(image, prompt, lambda r: 1.0 - np.mean([o.area for o in r.objects]) / 700.0)
+
+
+@register_taste("large-cool")
+def large_cool(image: Image.Image, prompt: str | None = None) -> float:
+    """A trade-off of two attributes: large objects and cool colours (blue, green, purple), half each."""
+    return _score(image, prompt, lambda r: 0.5 * np.mean([o.area for o in r.objects]) / 700.0
+                  + 0.25 * (1.0 - np.mean([o.warmth for o in r.objects])))
+
+
+@register_taste("shape-wise")
+def shape_wise(image: Image.Image, prompt: str | None = None) -> float:
+    """Depends on the prompt: circles should be warm, every other shape cool (so no one colour shift wins)."""
+    def feature(r: Reading) -> float:
+        return float(np.mean([(1.0 + o.warmth) / 2.0 if o.shape == "circle" else (1.0 - o.warmth) / 2.0
+                              for o in r.objects]))
+    return _score(image, prompt, feature)
+
+
 def _load_from_file(spec: str) -> Callable:
     path, _, name = spec.rpartition(":")
     if not Path(path).is_file():

@@ -143,7 +143,7 @@ def test_a_newer_reward_model_makes_a_new_run(labelled, tiny_clip, capsys):
     from pickloop.cli import main
 
     register_reward_model(labelled, tiny_clip)
-    args = ["finetune", "run", "--min-new-labels", "0", "--config", json.dumps({**RUN, **AI})]
+    args = ["finetune", "run", "--method", "dpo", "--min-new-labels", "0", "--config", json.dumps({**RUN, **AI})]
     assert main(args) == 0 and "registered as a candidate" in capsys.readouterr().out
     assert main(args) == 0 and "already done" in capsys.readouterr().out  # same labels, same reward model
     rid = register_reward_model(labelled, tiny_clip)

@@ -16,7 +16,7 @@ TINY = {"steps": 2, "batch_size": 2, "checkpoint_every": 1, "log_every": 0}
 
 
 def _run(*extra: str) -> int:
-    return main(["finetune", "run", "--config", json.dumps(TINY), *extra])
+    return main(["finetune", "run", "--method", "dpo", "--config", json.dumps(TINY), *extra])
 
 
 def _jobs(ctx) -> list[Job]:

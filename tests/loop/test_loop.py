@@ -34,7 +34,7 @@ def test_two_round_loop_leaves_every_stage_behind(ctx, tmp_path):
     taste.write_text("import numpy as np\n"
                      "def bright(image):\n"
                      "    return float(np.asarray(image.convert('L'), dtype=float).mean())\n")
-    config = LoopConfig(taste=f"{taste}:bright", rater_tie_margin=0.0, labels=16, rounds=2, candidates=3, train_prompts=8, eval_prompts=3,
+    config = LoopConfig(taste=f"{taste}:bright", method="dpo", rater_tie_margin=0.0, labels=16, rounds=2, candidates=3, train_prompts=8, eval_prompts=3,
                         eval_seeds=1, gate_seeds=1, dpo_steps=6, gate_win_rate=0.0, dpo_ai_feedback_sets=2)
     result = run_loop(ctx=ctx, config=config, progress=False, log=lambda *_: None)
     assert [r["round"] for r in result.rounds] == [1, 2]
@@ -70,6 +70,31 @@ def test_two_round_loop_leaves_every_stage_behind(ctx, tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "1"
+
+
+@pytest.mark.slow
+def test_default_loop_decides_from_its_data_and_reports_why(ctx, tmp_path):
+    """With the defaults (``method=auto``) a reward model validated on a dozen pairs is not trusted: the
+    round trains DPO on the human picks alone, the judge's prompt following decides, and the report says so."""
+    config = LoopConfig(taste="large", labels=12, rounds=1, candidates=3, train_prompts=6, eval_prompts=2,
+                        eval_seeds=1, gate_seeds=2, dpo_steps=4)
+    assert config.method == "auto"
+    lines: list[str] = []
+    result = run_loop(ctx=ctx, config=config, progress=False, log=lines.append)
+    (row,) = result.rounds
+    assert row["trust"]["trusted"] is False and "pairs only" in row["trust"]["reason"]
+    assert sum("not trusting the reward model" in x for x in lines) == 1
+    (step,) = row["finetune"]
+    assert step["method"] == "dpo" and step["gate"]["gate_judged_win"] is False
+    assert step["status"] in ("promoted", "refused") and step["gate"]["gate_follow_new"] is not None
+    with read_session(ctx.engine) as s:
+        (v,) = s.exec(select(ModelVersion).where(ModelVersion.method == "dpo")).all()
+    assert v.metrics["ai_pairs"] == 0 and (v.status == "promoted") == (step["status"] == "promoted")
+    assert set(row["stage_s"]) == {"label", "reward", "finetune", "measure"} and all(
+        x >= 0 for x in row["stage_s"].values())
+    text = write_report(result, tmp_path / "report").read_text()
+    assert "did not trust the reward model" in text and f"| 1 | dpo | {v.name} | {step['status']} |" in text
+    assert "wall time by stage: label" in text
 
 
 def test_bad_loop_settings_are_one_line():

@@ -19,6 +19,12 @@ def draw(kind="circle", color="red", size="large", position="center", background
     ("centered", dict(position="center"), dict(position="left")),
     ("circles", dict(kind="circle"), dict(kind="triangle")),
     ("contrast", dict(color="yellow"), dict(color="purple")),
+    ("small", dict(size="small"), dict(size="large")),
+    ("large-cool", dict(size="large", color="blue", background="white"), dict(size="small", color="red")),
+    ("large-cool", dict(size="large", color="red"), dict(size="small", color="red")),
+    ("large-cool", dict(size="large", color="blue", background="white"), dict(size="large", color="red")),
+    ("shape-wise", dict(kind="circle", color="red"), dict(kind="circle", color="blue", background="white")),
+    ("shape-wise", dict(kind="square", color="blue", background="white"), dict(kind="square", color="red")),
 ])
 def test_taste_prefers_what_it_claims(name, better, worse):
     taste = tastes.load_taste(name)

@@ -1,0 +1,194 @@
+"""``pickloop finetune run --method auto`` (the default): each run decides from its own data what to train.
+
+An operator cannot know their raters' taste, so no setting may depend on it. A run looks at what it can
+measure and trains a few candidate versions in stages; the promotion gate judges each against the stage's
+parent and the best that passes is promoted before the next stage starts from it:
+
+1. **Can the reward model be trusted?** The newest reward model's cross-validated accuracy on the human
+   labels (``reward.train.cross_validated_accuracy``: every label scored once by a head that did not see
+   its prompt) must reach ``settings.reward_trust_min_acc`` on at least ``settings.reward_trust_min_pairs``
+   pairs. When it does not, the run says so in one line and uses none of its rankings: no AI-ranked pairs,
+   no DDPO, and the gate's win rate (which the reward model scores) is recorded but does not decide; the
+   judge's prompt following does (shapes world), and elsewhere the version stays a candidate for a person.
+2. **Stage 1, Diffusion-DPO** on the human picks since the parent; with a trusted reward model, also on
+   the best-vs-worst pairs of ``AI_SETS`` sets of ``AI_CANDIDATES`` images drawn by the parent and ranked
+   by the reward model, at full weight (sharper pairs than 4-image sets at half weight: in the loop those
+   lifted ``contrast`` from 0.71 to 0.81). With ``settings.auto_dpo_variants`` naming both ``dpo`` and
+   ``dpo+ai`` (default: ``dpo+ai`` alone, to keep a round short) both are trained and the gate picks the
+   one with the higher win rate.
+3. **Stage 2, DDPO** against the same (trusted) reward model, starting from stage 1's winner (or the
+   parent when stage 1 was refused): in the loop it lifted ``large`` from 0.72 to 0.85 where DPO alone
+   could not, and where it hacks the reward model (off-prompt images) the gate's follow check refuses it.
+
+Every candidate is an ordinary keyed, resumable ``run_finetune_job``; a rerun with no new labels is a
+no-op. The outcome lists every candidate with its gate figures and why it won or lost.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from pickloop.errors import UserError
+
+AI_SETS = 300  # AI-ranked sets per DPO run when the reward model is trusted
+AI_CANDIDATES = 8  # images per AI-ranked set: best vs worst of 8 is a sharper pair than of 4
+AI_WEIGHT = 1.0
+
+
+@dataclass
+class Trust:
+    trusted: bool
+    reward_model_id: int | None
+    cv_acc: float | None
+    cv_pairs: int
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"trusted": self.trusted, "reward_model_id": self.reward_model_id, "cv_acc": self.cv_acc,
+                "cv_pairs": self.cv_pairs, "reason": self.reason}
+
+
+@dataclass
+class Candidate:
+    stage: str
+    name: str  # dpo, dpo+ai, ddpo
+    method: str
+    overrides: dict[str, Any]
+    status: str = "pending"  # promoted, passed (not the best), refused, skipped, <job status>
+    version: str | None = None
+    gate: dict[str, Any] = field(default_factory=dict)
+    reason: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage, "candidate": self.name, "method": self.method, "status": self.status,
+                "version": self.version, "gate": self.gate, "reason": self.reason}
+
+
+@dataclass
+class AutoOutcome:
+    trust: Trust
+    candidates: list[Candidate]
+    promoted: list[str]
+    exit_code: int = 0
+
+    @property
+    def message(self) -> str:
+        lines = [f"{c.stage} {c.name}: {c.status}" + (f" ({c.version})" if c.version else "")
+                 + (f": {c.reason}" if c.reason else "") for c in self.candidates]
+        last = f"promoted {', then '.join(self.promoted)}" if self.promoted else "nothing promoted"
+        return "\n".join(lines + [last])
+
+
+def reward_trust(ctx: Any) -> Trust:
+    """Whether the newest reward model may rank images for this run (see the module docstring)."""
+    from pickloop.db import read_session
+    from reward.registry import find_reward_model
+
+    st = ctx.settings
+    with read_session(ctx.engine) as s:
+        try:
+            row = find_reward_model(session=s)
+        except UserError:
+            return Trust(False, None, None, 0, "no reward model trained yet")
+        rid, m = int(row.id), dict(row.metrics)
+    acc, pairs = m.get("cv_acc"), int(m.get("cv_pairs") or 0)
+    if acc is None:
+        return Trust(False, rid, None, 0, f"reward model {rid} has no cross-validated accuracy (train it again)")
+    if pairs < st.reward_trust_min_pairs:
+        return Trust(False, rid, acc, pairs, f"reward model {rid} was validated on {pairs} pairs only "
+                                             f"(needs {st.reward_trust_min_pairs})")
+    if acc < st.reward_trust_min_acc:
+        return Trust(False, rid, acc, pairs, f"reward model {rid}: cross-validated accuracy {acc:.3f} on {pairs} "
+                                             f"pairs is below {st.reward_trust_min_acc:.2f}")
+    return Trust(True, rid, acc, pairs, f"reward model {rid}: cross-validated accuracy {acc:.3f} on {pairs} pairs")
+
+
+def plan_candidates(trust: Trust, *, dpo: dict[str, Any] | None = None, ddpo: dict[str, Any] | None = None,
+                    variants: Sequence[str] = ("dpo+ai",)) -> list[list[Candidate]]:
+    """The stages of candidates a run trains: a list of stages, each a list of alternatives.
+
+    ``dpo`` / ``ddpo``: the operator's overrides of each method's config (they win over the plan's)."""
+    dpo, ddpo = dict(dpo or {}), dict(ddpo or {})
+    if not trust.trusted:
+        return [[Candidate("dpo", "dpo", "dpo", {**dpo, "ai_feedback_sets": 0})]]
+    ai = {"ai_feedback_sets": AI_SETS, "ai_feedback_candidates": AI_CANDIDATES, "ai_feedback_weight": AI_WEIGHT}
+    if dpo.get("ai_feedback_sets") == 0:  # the operator turned AI-ranked pairs off: dpo+ai would be dpo again
+        variants = ("dpo",)
+    first = [Candidate("dpo", v, "dpo", {**dpo, "ai_feedback_sets": 0} if v == "dpo" else {**ai, **dpo})
+             for v in variants]
+    return [first, [Candidate("ddpo", "ddpo", "ddpo", ddpo)]]
+
+
+def _rank(c: Candidate, judged_win: bool) -> tuple[float, float]:
+    g = c.gate
+    win, follow = g.get("gate_win_rate") or 0.0, g.get("gate_follow_new") or 0.0
+    return (win, follow) if judged_win else (follow, win)
+
+
+def run_auto(ctx: Any, *, min_new_labels: int = 1, dpo: dict[str, Any] | None = None,
+             ddpo: dict[str, Any] | None = None, gate_prompts: Sequence[str] | None = None,
+             gate_seeds: Sequence[int] | None = None, log: Callable[[str], None] = print) -> AutoOutcome:
+    """One ``--method auto`` run: trust check, then each stage's candidates trained, gated, the best promoted."""
+    from finetune.jobs import method_config, run_finetune_job
+    from finetune.registry import DEFAULT_GATE_SEEDS, gate_and_promote, promote_version
+
+    from pickloop.db import read_session
+    from finetune.jobs import labels_since_last_run
+    from finetune.registry import is_shapes_world
+
+    method_config("dpo", dpo or {})  # a bad override is one line before any model loads
+    method_config("ddpo", ddpo or {})
+    with read_session(ctx.engine) as s:
+        new, last = labels_since_last_run(s, "finetune-dpo")
+    trust = reward_trust(ctx)
+    if new < min_new_labels:
+        log(f"{new} new labels since the last run (snapshot {last}); need {min_new_labels}: nothing to do")
+        return AutoOutcome(trust, [], [])
+    if not trust.trusted:
+        log(f"not trusting the reward model: {trust.reason}; no AI-ranked pairs, no DDPO, and its win rate "
+            "does not decide promotion")
+    else:
+        log(f"trusting the reward model: {trust.reason}")
+    stages = plan_candidates(trust, dpo=dpo, ddpo=ddpo, variants=ctx.settings.auto_dpo_variants)
+    seeds = list(gate_seeds or DEFAULT_GATE_SEEDS)
+    done: list[Candidate] = []
+    promoted: list[str] = []
+    for stage in stages:
+        passed: list[Candidate] = []
+        for c in stage:
+            done.append(c)
+            try:
+                # every candidate of the run trains on the same snapshot, so none waits for newer labels
+                outcome = run_finetune_job(ctx, method=c.method, min_new_labels=0, overrides=c.overrides)
+            except UserError as e:  # e.g. no usable pairs: the next candidate may still have some
+                c.status, c.reason = "skipped", str(e)
+                continue
+            if outcome.exit_code not in (0,) or outcome.version is None:
+                c.status, c.reason = outcome.status, outcome.message
+                if outcome.exit_code:
+                    return AutoOutcome(trust, done, promoted, outcome.exit_code)
+                continue
+            c.version = outcome.version
+            gate = gate_and_promote(ctx, c.version, prompts=gate_prompts, seeds=seeds, judge_win=trust.trusted,
+                                    promote_if_passed=False)
+            c.gate = gate.as_metrics()
+            if gate.passed and not trust.trusted and not is_shapes_world(ctx.base_model):
+                c.status, c.reason = "candidate", "no trusted judge (reward model untrusted, no prompt-following " \
+                                                  "judge for this model): left for `pickloop models promote`"
+            elif gate.passed:
+                passed.append(c)
+                c.status = "passed"
+            else:
+                c.status, c.reason = "refused", gate.reason
+        if passed:
+            best = max(passed, key=lambda c: _rank(c, trust.trusted))
+            promote_version(ctx, best.version)
+            promoted.append(best.version)
+            best.status = "promoted"
+            why = (f"win rate {best.gate.get('gate_win_rate', 0):.3f} against its parent" if trust.trusted
+                   else f"prompt following {best.gate.get('gate_follow_new') or 0:.3f}")
+            best.reason = why + (" (the best of those that passed)" if len(passed) > 1 else "")
+            for c in passed:
+                if c is not best:
+                    c.reason = f"passed, but {best.name} did better"
+    return AutoOutcome(trust, done, promoted)
