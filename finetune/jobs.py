@@ -202,6 +202,22 @@ def run_finetune_job(ctx: Any, *, method: str = "dpo", min_new_labels: int = 1,
         return _run_locked(ctx, method, kind, config, min_new_labels)
 
 
+def prepare_home(ctx: Any) -> None:
+    """Before a run: remove the temporary folders a run killed mid-write left in ``loras/``, and check
+    that the promoted version's LoRA (the next run's parent) is the file the registry recorded (one
+    line, before any model loads)."""
+    from finetune.lora import remove_stale_temporaries
+    from finetune.registry import verify_version_lora
+    from pickloop.db import read_session
+    from pickloop.store import promoted_version
+
+    remove_stale_temporaries(ctx.settings.lora_dir)
+    with read_session(ctx.engine) as s:
+        parent = promoted_version(session=s)
+    if parent is not None:
+        verify_version_lora(parent)
+
+
 def _reward_model_used(ctx: Any, method: str, config: Any) -> int | None:
     """The registry id of the reward model a run will read (the newest one), or None when it reads none:
     DPO with AI-feedback pairs, DDPO rewarded by the registry's newest reward model."""
@@ -218,10 +234,10 @@ def _reward_model_used(ctx: Any, method: str, config: Any) -> int | None:
 
 def _run_locked(ctx: Any, method: str, kind: str, config: Any, min_new_labels: int) -> JobOutcome:
     from pickloop.db import read_session, write_session
-    from finetune.lora import parent_lora, remove_stale_temporaries
+    from finetune.lora import parent_lora
     from pickloop.store import data_snapshot, ensure_base_version, promoted_version
 
-    remove_stale_temporaries(ctx.settings.lora_dir)  # what a run killed mid-write left behind
+    prepare_home(ctx)
     with write_session(ctx.engine) as s:
         parent_row = promoted_version(session=s) or ensure_base_version(session=s, base_model=ctx.base_model)
         parent_id, parent = parent_row.id, parent_lora(parent_row)
@@ -231,10 +247,6 @@ def _run_locked(ctx: Any, method: str, kind: str, config: Any, min_new_labels: i
     if new < min_new_labels:
         return JobOutcome("nothing-new", f"{new} new labels since the last {method} run (snapshot {last}); "
                                          f"need {min_new_labels}: nothing to do")
-    if parent is not None:  # a damaged parent LoRA is one line now, before any model loads or a run is claimed
-        from pickloop.lora_files import verify_lora
-
-        verify_lora(parent.lora_dir, expected_sha256=parent.sha256)
     chash = config.config_hash()
     run_key = f"{kind}:{snapshot}:{chash}" + (f":from-{parent.sha256[:16]}" if parent else "")
     reward_id = _reward_model_used(ctx, method, config)

@@ -295,4 +295,5 @@ def promote_version(ctx: Any, ref: str | int) -> None:
         row = find_version(session=s, ref=ref)
         if not row.metrics.get("gate_passed"):
             raise UserError(f"version {row.name} has not passed the promotion gate")
+        verify_version_lora(row)  # still the file the gate judged
         promote(session=s, version=row)

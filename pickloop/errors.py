@@ -1,5 +1,10 @@
-"""The one exception type that means "the user did something we can explain in one line"."""
+"""The exception types that mean "the user did something we can explain in one line"."""
 
 
 class UserError(Exception):
     """A mistake or bad input the user can fix; the CLI prints it as one line and exits 2."""
+
+
+class DamagedFileError(UserError):
+    """A file that is not what was recorded when it was written (sha256 mismatch, truncated, non-finite
+    weights, a decompression bomb...). Never skipped over: a run that meets one stops with its line."""

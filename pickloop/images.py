@@ -23,7 +23,7 @@ from pathlib import Path
 import fsspec
 from PIL import Image, UnidentifiedImageError
 
-from pickloop.errors import UserError
+from pickloop.errors import DamagedFileError, UserError
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 MAX_IMAGE_BYTES = 50 * 1024 * 1024
@@ -36,7 +36,7 @@ def decode_image(data: bytes, *, what: str = "image") -> Image.Image:
     try:
         img.load()  # decode every byte now: a truncated file fails here, not later
     except (OSError, SyntaxError, ValueError) as e:
-        raise UserError(f"{what} is not a readable image: {e}") from None
+        raise DamagedFileError(f"{what} is not a readable image: {e}") from None
     return img
 
 
@@ -44,7 +44,7 @@ def open_image_header(data: bytes, *, what: str = "image") -> Image.Image:
     """``data`` opened but not decoded (PIL reads the header only), refused when it is empty, not an
     image, or has more than ``MAX_IMAGE_PIXELS`` pixels."""
     if not data:
-        raise UserError(f"{what} is empty (0 bytes)")
+        raise DamagedFileError(f"{what} is empty (0 bytes)")
     try:
         with warnings.catch_warnings():  # PIL's own bomb warning; our limit below is lower and an error
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -53,10 +53,10 @@ def open_image_header(data: bytes, *, what: str = "image") -> Image.Image:
         if width * height > MAX_IMAGE_PIXELS:
             raise Image.DecompressionBombError(f"{width}x{height} pixels")
     except Image.DecompressionBombError as e:  # ours above, or PIL's own (beyond twice its default limit)
-        raise UserError(f"{what} has more than the {MAX_IMAGE_PIXELS:,} pixels allowed, refused before decoding "
+        raise DamagedFileError(f"{what} has more than the {MAX_IMAGE_PIXELS:,} pixels allowed, refused before decoding "
                         f"(a decompression bomb?): {str(e).split(', could be')[0]}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise UserError(f"{what} is not a readable image: {e}") from None
+        raise DamagedFileError(f"{what} is not a readable image: {e}") from None
     return img
 
 
@@ -110,9 +110,9 @@ class ImageStore:
             with self.fs.open(target, "rb") as f:
                 data = f.read()
         except FileNotFoundError:
-            raise UserError(f"image {sha256[:12]}… is not in the store") from None
+            raise DamagedFileError(f"image {sha256[:12]}… is not in the store (file {target} missing)") from None
         if hashlib.sha256(data).hexdigest() != sha256:
-            raise UserError(f"image file {target} does not match the sha256 it is stored under (corrupted or "
+            raise DamagedFileError(f"image file {target} does not match the sha256 it is stored under (corrupted or "
                             "replaced); refusing to use it")
         return data
 

@@ -10,7 +10,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from pickloop.errors import UserError
+from pickloop.errors import DamagedFileError
 
 
 def sha256_hex(data: bytes) -> str:
@@ -32,13 +32,13 @@ def read_verified(path: Path | str, expected_sha256: str | None, *, what: str = 
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise UserError(f"{what} {path} does not exist") from None
+        raise DamagedFileError(f"{what} {path} does not exist") from None
     except OSError as e:
-        raise UserError(f"{what} {path} cannot be read: {e.strerror or e}") from None
+        raise DamagedFileError(f"{what} {path} cannot be read: {e.strerror or e}") from None
     if expected_sha256 is not None:
         sha = sha256_hex(data)
         if sha != expected_sha256:
-            raise UserError(f"{what} {path} is corrupted: its sha256 {sha[:12]}... does not match the "
+            raise DamagedFileError(f"{what} {path} is corrupted: its sha256 {sha[:12]}... does not match the "
                             f"{expected_sha256[:12]}... recorded in {source} (truncated or modified; "
                             "re-export or retrain it)")
     return data
@@ -56,8 +56,8 @@ def parse_safetensors(data: bytes, path: Path | str, *, what: str = "safetensors
     n = int.from_bytes(data[:8], "little") if len(data) >= 8 else 0
     if len(data) < 9 or data[8:9] != b"{" or n > len(data) - 8:
         if data[:1] == b"\x80" or data[:2] == b"PK":  # pickle protocol 2+ / a torch zip archive
-            raise UserError(f"{what} {path} is a pickle/torch archive renamed to .safetensors; refusing to load it")
-        raise UserError(f"{what} {path} is corrupt or not safetensors (truncated or corrupted header)")
+            raise DamagedFileError(f"{what} {path} is a pickle/torch archive renamed to .safetensors; refusing to load it")
+        raise DamagedFileError(f"{what} {path} is corrupt or not safetensors (truncated or corrupted header)")
     try:
         header = json.loads(data[8:8 + n])
         meta = header.get("__metadata__") or {}
@@ -66,8 +66,8 @@ def parse_safetensors(data: bytes, path: Path | str, *, what: str = "safetensors
         tensors = load_tensors(data)
     except Exception as e:  # safetensors raises its own error types for a bad header or a short file
         why = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(f"{what} {path} is corrupt or not safetensors (truncated or corrupted): {why[:200]}") from None
+        raise DamagedFileError(f"{what} {path} is corrupt or not safetensors (truncated or corrupted): {why[:200]}") from None
     bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
-        raise UserError(f"{what} {path} holds non-finite values (NaN or inf) in {bad[0]}: corrupted")
+        raise DamagedFileError(f"{what} {path} holds non-finite values (NaN or inf) in {bad[0]}: corrupted")
     return tensors, {str(k): str(v) for k, v in meta.items()}

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pickloop.errors import UserError
+from pickloop.errors import DamagedFileError
 from pickloop.integrity import parse_safetensors, read_verified, sha256_hex
 
 __all__ = ["LORA_WEIGHT_NAME", "MANIFEST_NAME", "VerifiedLora", "check_fits", "load_into_pipeline", "read_manifest",
@@ -56,14 +56,14 @@ def read_manifest(folder: Path | str) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise UserError(f"LoRA manifest {path} is unreadable: {e}") from None
+        raise DamagedFileError(f"LoRA manifest {path} is unreadable: {e}") from None
     if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
-        raise UserError(f"LoRA manifest {path} is malformed (no 'files' mapping)")
+        raise DamagedFileError(f"LoRA manifest {path} is malformed (no 'files' mapping)")
     bad = [n for n, s in data["files"].items() if not isinstance(s, str) or not _SHA256.match(s)]
     if bad:
-        raise UserError(f"LoRA manifest {path} is malformed: the sha256 of {str(bad[0])[:80]!r} is not 64 hex digits")
+        raise DamagedFileError(f"LoRA manifest {path} is malformed: the sha256 of {str(bad[0])[:80]!r} is not 64 hex digits")
     if not isinstance(data.get("metadata", {}), dict):
-        raise UserError(f"LoRA manifest {path} is malformed ('metadata' is not an object)")
+        raise DamagedFileError(f"LoRA manifest {path} is malformed ('metadata' is not an object)")
     return data
 
 
@@ -115,7 +115,7 @@ def _adapter_config(header: dict[str, str], path: Path) -> dict[str, Any]:
         if "r" in config and (not isinstance(config["r"], int) or config["r"] < 1):
             raise ValueError
     except (ValueError, TypeError):
-        raise UserError(f"LoRA file {path} has a malformed adapter-metadata header ({ADAPTER_METADATA_KEY} "
+        raise DamagedFileError(f"LoRA file {path} has a malformed adapter-metadata header ({ADAPTER_METADATA_KEY} "
                         "is not a valid peft config): corrupted") from None
     return config
 
@@ -124,7 +124,7 @@ def _check_structure(tensors: dict[str, Any], config: dict[str, Any], path: Path
     """Every key is a LoRA matrix (or an alpha), every A has its B, and the rank matches the header."""
     odd = [k for k in tensors if not _is_matrix(k) and not any(m in k for m in _NOT_MATRIX_OK)]
     if odd:
-        raise UserError(f"LoRA file {path}: key {odd[0]!r} is not a LoRA weight (renamed or foreign; "
+        raise DamagedFileError(f"LoRA file {path}: key {odd[0]!r} is not a LoRA weight (renamed or foreign; "
                         f"{len(odd)} such key(s))")
     halves: dict[tuple[str, str], dict[str, Any]] = {}
     for key, t in tensors.items():
@@ -135,14 +135,14 @@ def _check_structure(tensors: dict[str, Any], config: dict[str, Any], path: Path
     for (comp, layer), ab in halves.items():
         if set(ab) != {"A", "B"}:
             key = next(iter(ab.values()))[0]
-            raise UserError(f"LoRA file {path}: {key} has no matching {'up/B' if 'A' in ab else 'down/A'} "
+            raise DamagedFileError(f"LoRA file {path}: {key} has no matching {'up/B' if 'A' in ab else 'down/A'} "
                             "matrix (a renamed or missing key)")
         (ka, a), (_, b) = ab["A"], ab["B"]
         if a.dim() < 2 or b.dim() < 2 or a.shape[0] != b.shape[1]:
-            raise UserError(f"LoRA file {path}: {ka} has shape {tuple(a.shape)} but its up/B matrix "
+            raise DamagedFileError(f"LoRA file {path}: {ka} has shape {tuple(a.shape)} but its up/B matrix "
                             f"{tuple(b.shape)}: the ranks differ")
         if comp == "unet" and uniform is not None and a.shape[0] != uniform:
-            raise UserError(f"LoRA file {path}: {ka} has rank {a.shape[0]} but the file's header says rank "
+            raise DamagedFileError(f"LoRA file {path}: {ka} has rank {a.shape[0]} but the file's header says rank "
                             f"{uniform} (wrong rank)")
 
 
@@ -158,25 +158,25 @@ def verify_lora(folder: Path | str, *, expected_sha256: str | None = None, weigh
         folder, weight_name = folder.parent, folder.name
     path = folder / weight_name
     if path.suffix != ".safetensors":
-        raise UserError(f"refusing to load {path}: only .safetensors LoRA files are loaded (never pickle)")
+        raise DamagedFileError(f"refusing to load {path}: only .safetensors LoRA files are loaded (never pickle)")
     if not folder.is_dir():
-        raise UserError(f"LoRA folder not found: {folder}")
+        raise DamagedFileError(f"LoRA folder not found: {folder}")
     if not path.is_file():
-        raise UserError(f"LoRA folder {folder} has no {weight_name}")
+        raise DamagedFileError(f"LoRA folder {folder} has no {weight_name}")
     manifest = read_manifest(folder)
     if manifest is None and require_manifest:
-        raise UserError(f"LoRA folder {folder} has no {MANIFEST_NAME} to check {weight_name} against")
+        raise DamagedFileError(f"LoRA folder {folder} has no {MANIFEST_NAME} to check {weight_name} against")
     recorded = manifest["files"].get(weight_name) if manifest is not None else None
     if manifest is not None and recorded is None:
-        raise UserError(f"LoRA manifest {folder / MANIFEST_NAME} records no sha256 for {weight_name}")
+        raise DamagedFileError(f"LoRA manifest {folder / MANIFEST_NAME} records no sha256 for {weight_name}")
     if expected_sha256 is not None and recorded is not None and recorded != expected_sha256:
-        raise UserError(f"LoRA manifest {folder / MANIFEST_NAME} records sha256 {recorded[:12]}... for {weight_name} "
+        raise DamagedFileError(f"LoRA manifest {folder / MANIFEST_NAME} records sha256 {recorded[:12]}... for {weight_name} "
                         f"but the registry {expected_sha256[:12]}...: the folder was modified or replaced")
     data = read_verified(path, expected_sha256 or recorded, what="LoRA file",
                          source="the model registry" if expected_sha256 else str(folder / MANIFEST_NAME))
     tensors, header = parse_safetensors(data, path, what="LoRA file")
     if not tensors:
-        raise UserError(f"LoRA file {path} holds no LoRA weights")
+        raise DamagedFileError(f"LoRA file {path} holds no LoRA weights")
     config = _adapter_config(header, path)
     _check_structure(tensors, config, path)
     return VerifiedLora(path, sha256_hex(data), data, tensors, header, config)
@@ -214,7 +214,7 @@ def check_fits(lora: VerifiedLora, components: dict[str, Any], model_name: str) 
             misfits.append(f"{key} has shape {tuple(t.shape)}; the layer's {'input' if which == 'A' else 'output'} "
                            f"size is {want} (size mismatch)")
     if misfits:
-        raise UserError(f"LoRA {lora.path} does not fit base model {model_name}: {len(misfits)} of {total} "
+        raise DamagedFileError(f"LoRA {lora.path} does not fit base model {model_name}: {len(misfits)} of {total} "
                         f"weights do not fit, e.g. {misfits[0]} (made for another base?)")
 
 
@@ -252,12 +252,12 @@ def _check_landed(pipe: Any, lora: VerifiedLora, adapter: str, model_name: str) 
         layer = getattr(pipe, where[0]).get_submodule(where[1])
         param = getattr(layer, "lora_A" if where[2] == "A" else "lora_B")[adapter].weight
         if not torch.equal(param.detach().cpu(), t.to(param.dtype)):
-            raise UserError(f"LoRA file {lora.path} changed while it was being loaded ({key} differs from the "
+            raise DamagedFileError(f"LoRA file {lora.path} changed while it was being loaded ({key} differs from the "
                             "verified file); load it again")
     loaded = _lora_layers(pipe, expected, adapter)
     for comp, n in expected.items():
         if loaded.get(comp, 0) != n:
-            raise UserError(f"LoRA {lora.path}: {n - loaded.get(comp, 0)} of {n} weights for {comp} found no layer "
+            raise DamagedFileError(f"LoRA {lora.path}: {n - loaded.get(comp, 0)} of {n} weights for {comp} found no layer "
                             f"in base model {model_name} (made for another base?)")
 
 
@@ -274,6 +274,6 @@ def load_into_pipeline(pipe: Any, lora: VerifiedLora, *, adapter_name: str) -> N
     except (RuntimeError, ValueError, KeyError) as e:  # what check_fits cannot foresee (kohya keys)
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
         why = next((ln for ln in lines if "mismatch" in ln), lines[-1])
-        raise UserError(f"LoRA {lora.path} does not fit base model {name} (made for another base?): "
+        raise DamagedFileError(f"LoRA {lora.path} does not fit base model {name} (made for another base?): "
                         f"{why[:300]}") from None
     _check_landed(pipe, lora, adapter_name, name)

@@ -80,8 +80,9 @@ def test_bomb_in_import(bomb, ctx, tmp_path, capsys):
     assert _judgements(ctx) == 0
 
 
+@pytest.mark.parametrize("method", ["auto", "dpo"])
 @pytest.mark.parametrize("bad", ["bomb", "swapped"])
-def test_finetune_run_refuses_bad_store_image(bad, bomb, labelled, capsys):
+def test_finetune_run_refuses_bad_store_image(bad, method, bomb, labelled, capsys):
     cand = _first_candidate(labelled)
     if bad == "bomb":  # stored under its own sha256, as an import before the pixel limit would have left it
         sha = plant_in_store(labelled.images, bomb)
@@ -91,7 +92,8 @@ def test_finetune_run_refuses_bad_store_image(bad, bomb, labelled, capsys):
             s.add(row)
     else:  # another valid picture under the candidate's name
         sha = plant_in_store(labelled.images, _other_png(), cand.image_sha256)
-    assert main(["finetune", "run", "--config", '{"steps": 1}']) == 2
+    config = '{"dpo": {"steps": 1}}' if method == "auto" else '{"steps": 1}'
+    assert main(["finetune", "run", "--method", method, "--config", config]) == 2
     _one_error_line(capsys, sha[:12] if bad == "bomb" else labelled.images.path(sha))
     assert not list(labelled.settings.lora_dir.glob("*"))  # nothing trained, nothing half-written
 

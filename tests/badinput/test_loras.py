@@ -72,7 +72,8 @@ def test_good_lora_serves_trains_promotes_and_exports(good_lora, ctx, tmp_path, 
         assert find_version(session=s, ref="latest").name == "v1"
 
 
-def test_damaged_promoted_version_stops_finetune_run_before_any_model_loads(good_lora, ctx, tmp_path, capsys):
+@pytest.mark.parametrize("method", ["auto", "dpo", "ddpo"])
+def test_damaged_promoted_version_stops_finetune_run_before_any_model_loads(method, good_lora, ctx, tmp_path, capsys):
     folder, recorded = damaged_copy(*good_lora, "flipped-bit", tmp_path / "flipped")
     register_lora(ctx, folder, recorded)
     with write_session(ctx.engine) as s:  # promoted before the damage happened
@@ -80,7 +81,7 @@ def test_damaged_promoted_version_stops_finetune_run_before_any_model_loads(good
     from tests.finetune.conftest import add_labelled_sets
 
     add_labelled_sets(ctx, n_sets=1)
-    assert main(["finetune", "run"]) == 2
+    assert main(["finetune", "run", "--method", method]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is corrupted" in err[0] and str(folder) in err[0]
     from sqlmodel import select
