@@ -290,21 +290,25 @@ def save_lora_atomic(unet: torch.nn.Module, out_dir: Path | str, *, metadata: di
 
 
 def remove_stale_temporaries(folder: Path | str) -> list[Path]:
-    """Remove ``.tmp-<name>-<pid>[-old]`` entries under ``folder`` whose writing process is gone (killed
-    mid-write); returns what was removed. A live writer's temporary folder is left alone."""
+    """Clean up after writers of :func:`save_lora_atomic` that were killed: a ``.tmp-<name>-<pid>`` folder
+    whose process is gone is removed, and a ``.tmp-<name>-<pid>-old`` one (the previous ``<name>``, moved
+    aside just before the kill) goes back to ``<name>`` when nothing took its place. A live writer's
+    folders are left alone. Returns the paths removed or moved back."""
     import shutil
 
-    removed = []
-    for p in Path(folder).glob(f"{TMP_PREFIX}*"):
-        m = re.search(r"-(\d+)(?:-old)?$", p.name)
-        if m is not None and _pid_alive(int(m.group(1))) and int(m.group(1)) != os.getpid():
+    done = []
+    for p in sorted(Path(folder).glob(f"{TMP_PREFIX}*")):
+        m = re.match(rf"^{re.escape(TMP_PREFIX)}(.+)-(\d+)(-old)?$", p.name)
+        if m is not None and int(m.group(2)) != os.getpid() and _pid_alive(int(m.group(2))):
             continue
-        if p.is_dir():
+        if m is not None and m.group(3) and not (p.parent / m.group(1)).exists():
+            os.replace(p, p.parent / m.group(1))
+        elif p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
         else:
             p.unlink(missing_ok=True)
-        removed.append(p)
-    return removed
+        done.append(p)
+    return done
 
 
 def _pid_alive(pid: int) -> bool:

@@ -24,9 +24,13 @@ def _dead_pid() -> int:
 
 def test_killed_final_write_leaves_nothing_at_the_next_run(ctx, capsys):
     loras = ctx.settings.lora_dir
-    killed = loras / f".tmp-dpo-s3-abc-{_dead_pid()}"  # what a run killed inside save_lora leaves
+    dead = _dead_pid()
+    killed = loras / f".tmp-dpo-s3-abc-{dead}"  # what a run killed inside save_lora leaves
     killed.mkdir(parents=True)
     (killed / lora_io.LORA_WEIGHT_NAME).write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")
+    moved_aside = loras / f".tmp-dpo-s2-xyz-{dead}-old"  # killed between moving the old folder aside and
+    moved_aside.mkdir()  # renaming the new one in: the old one comes back
+    (moved_aside / "manifest.json").write_text("{}")
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         writing = loras / f".tmp-dpo-s4-def-{live.pid}"  # another process still writing: left alone
@@ -34,6 +38,7 @@ def test_killed_final_write_leaves_nothing_at_the_next_run(ctx, capsys):
         assert main(["finetune", "run", "--min-new-labels", "5"]) == 0  # nothing to train; the sweep still runs
         assert "nothing to do" in capsys.readouterr().out
         assert not killed.exists() and writing.exists()
+        assert not moved_aside.exists() and (loras / "dpo-s2-xyz" / "manifest.json").is_file()
     finally:
         live.kill()
         live.wait()

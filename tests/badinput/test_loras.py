@@ -30,13 +30,14 @@ def test_damaged_lora_never_serves(damage, good_lora, ctx, tmp_path, caplog, cap
 
 
 @pytest.mark.parametrize("damage", sorted(ALL_DAMAGES))
-def test_damaged_parent_lora_never_trains(damage, good_lora, shapes_unet, tmp_path):
+def test_damaged_parent_lora_never_trains(damage, good_lora, shapes_unet, tmp_path, caplog, capfd):
     folder, recorded = damaged_copy(*good_lora, damage, tmp_path / damage)
     parent = lora_io.ParentLora("v1", str(folder), recorded)
     with pytest.raises(UserError, match=ALL_DAMAGES[damage][1]) as e:
         lora_io.start_lora(shapes_unet, parent=parent, reference=True)
     one_line_naming(str(e.value), folder)
     assert not getattr(shapes_unet, "peft_config", None)  # refused before anything was added to the U-Net
+    assert "mismatch" not in caplog.text + capfd.readouterr().err
 
 
 @pytest.mark.parametrize("damage", sorted(LORA_DAMAGES))
