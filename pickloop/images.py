@@ -54,7 +54,7 @@ def open_image_header(data: bytes, *, what: str = "image") -> Image.Image:
             raise Image.DecompressionBombError(f"{width}x{height} pixels")
     except Image.DecompressionBombError as e:  # ours above, or PIL's own (beyond twice its default limit)
         raise DamagedFileError(f"{what} has more than the {MAX_IMAGE_PIXELS:,} pixels allowed, refused before decoding "
-                        f"(a decompression bomb?): {str(e).split(', could be')[0]}") from None
+                               f"(a decompression bomb?): {str(e).split(', could be')[0]}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DamagedFileError(f"{what} is not a readable image: {e}") from None
     return img
@@ -113,7 +113,7 @@ class ImageStore:
             raise DamagedFileError(f"image {sha256[:12]}… is not in the store (file {target} missing)") from None
         if hashlib.sha256(data).hexdigest() != sha256:
             raise DamagedFileError(f"image file {target} does not match the sha256 it is stored under (corrupted or "
-                            "replaced); refusing to use it")
+                                   "replaced); refusing to use it")
         return data
 
     def open(self, sha256: str) -> Image.Image:

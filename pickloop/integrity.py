@@ -39,8 +39,8 @@ def read_verified(path: Path | str, expected_sha256: str | None, *, what: str = 
         sha = sha256_hex(data)
         if sha != expected_sha256:
             raise DamagedFileError(f"{what} {path} is corrupted: its sha256 {sha[:12]}... does not match the "
-                            f"{expected_sha256[:12]}... recorded in {source} (truncated or modified; "
-                            "re-export or retrain it)")
+                                   f"{expected_sha256[:12]}... recorded in {source} (truncated or modified; "
+                                   "re-export or retrain it)")
     return data
 
 
@@ -56,7 +56,8 @@ def parse_safetensors(data: bytes, path: Path | str, *, what: str = "safetensors
     n = int.from_bytes(data[:8], "little") if len(data) >= 8 else 0
     if len(data) < 9 or data[8:9] != b"{" or n > len(data) - 8:
         if data[:1] == b"\x80" or data[:2] == b"PK":  # pickle protocol 2+ / a torch zip archive
-            raise DamagedFileError(f"{what} {path} is a pickle/torch archive renamed to .safetensors; refusing to load it")
+            raise DamagedFileError(f"{what} {path} is a pickle/torch archive renamed to .safetensors; "
+                                   "refusing to load it")
         raise DamagedFileError(f"{what} {path} is corrupt or not safetensors (truncated or corrupted header)")
     try:
         header = json.loads(data[8:8 + n])
@@ -66,7 +67,8 @@ def parse_safetensors(data: bytes, path: Path | str, *, what: str = "safetensors
         tensors = load_tensors(data)
     except Exception as e:  # safetensors raises its own error types for a bad header or a short file
         why = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise DamagedFileError(f"{what} {path} is corrupt or not safetensors (truncated or corrupted): {why[:200]}") from None
+        raise DamagedFileError(f"{what} {path} is corrupt or not safetensors (truncated or corrupted): "
+                               f"{why[:200]}") from None
     bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise DamagedFileError(f"{what} {path} holds non-finite values (NaN or inf) in {bad[0]}: corrupted")

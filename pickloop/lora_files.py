@@ -61,7 +61,8 @@ def read_manifest(folder: Path | str) -> dict[str, Any] | None:
         raise DamagedFileError(f"LoRA manifest {path} is malformed (no 'files' mapping)")
     bad = [n for n, s in data["files"].items() if not isinstance(s, str) or not _SHA256.match(s)]
     if bad:
-        raise DamagedFileError(f"LoRA manifest {path} is malformed: the sha256 of {str(bad[0])[:80]!r} is not 64 hex digits")
+        raise DamagedFileError(f"LoRA manifest {path} is malformed: the sha256 of {str(bad[0])[:80]!r} "
+                               "is not 64 hex digits")
     if not isinstance(data.get("metadata", {}), dict):
         raise DamagedFileError(f"LoRA manifest {path} is malformed ('metadata' is not an object)")
     return data
@@ -116,7 +117,7 @@ def _adapter_config(header: dict[str, str], path: Path) -> dict[str, Any]:
             raise ValueError
     except (ValueError, TypeError):
         raise DamagedFileError(f"LoRA file {path} has a malformed adapter-metadata header ({ADAPTER_METADATA_KEY} "
-                        "is not a valid peft config): corrupted") from None
+                               "is not a valid peft config): corrupted") from None
     return config
 
 
@@ -125,7 +126,7 @@ def _check_structure(tensors: dict[str, Any], config: dict[str, Any], path: Path
     odd = [k for k in tensors if not _is_matrix(k) and not any(m in k for m in _NOT_MATRIX_OK)]
     if odd:
         raise DamagedFileError(f"LoRA file {path}: key {odd[0]!r} is not a LoRA weight (renamed or foreign; "
-                        f"{len(odd)} such key(s))")
+                               f"{len(odd)} such key(s))")
     halves: dict[tuple[str, str], dict[str, Any]] = {}
     for key, t in tensors.items():
         where = matrix_pair(key)
@@ -136,14 +137,14 @@ def _check_structure(tensors: dict[str, Any], config: dict[str, Any], path: Path
         if set(ab) != {"A", "B"}:
             key = next(iter(ab.values()))[0]
             raise DamagedFileError(f"LoRA file {path}: {key} has no matching {'up/B' if 'A' in ab else 'down/A'} "
-                            "matrix (a renamed or missing key)")
+                                   "matrix (a renamed or missing key)")
         (ka, a), (_, b) = ab["A"], ab["B"]
         if a.dim() < 2 or b.dim() < 2 or a.shape[0] != b.shape[1]:
             raise DamagedFileError(f"LoRA file {path}: {ka} has shape {tuple(a.shape)} but its up/B matrix "
-                            f"{tuple(b.shape)}: the ranks differ")
+                                   f"{tuple(b.shape)}: the ranks differ")
         if comp == "unet" and uniform is not None and a.shape[0] != uniform:
             raise DamagedFileError(f"LoRA file {path}: {ka} has rank {a.shape[0]} but the file's header says rank "
-                            f"{uniform} (wrong rank)")
+                                   f"{uniform} (wrong rank)")
 
 
 def verify_lora(folder: Path | str, *, expected_sha256: str | None = None, weight_name: str = LORA_WEIGHT_NAME,
@@ -170,8 +171,9 @@ def verify_lora(folder: Path | str, *, expected_sha256: str | None = None, weigh
     if manifest is not None and recorded is None:
         raise DamagedFileError(f"LoRA manifest {folder / MANIFEST_NAME} records no sha256 for {weight_name}")
     if expected_sha256 is not None and recorded is not None and recorded != expected_sha256:
-        raise DamagedFileError(f"LoRA manifest {folder / MANIFEST_NAME} records sha256 {recorded[:12]}... for {weight_name} "
-                        f"but the registry {expected_sha256[:12]}...: the folder was modified or replaced")
+        raise DamagedFileError(f"LoRA manifest {folder / MANIFEST_NAME} records sha256 {recorded[:12]}... for "
+                               f"{weight_name} but the registry {expected_sha256[:12]}...: the folder was modified "
+                               "or replaced")
     data = read_verified(path, expected_sha256 or recorded, what="LoRA file",
                          source="the model registry" if expected_sha256 else str(folder / MANIFEST_NAME))
     tensors, header = parse_safetensors(data, path, what="LoRA file")
@@ -215,7 +217,7 @@ def check_fits(lora: VerifiedLora, components: dict[str, Any], model_name: str) 
                            f"size is {want} (size mismatch)")
     if misfits:
         raise DamagedFileError(f"LoRA {lora.path} does not fit base model {model_name}: {len(misfits)} of {total} "
-                        f"weights do not fit, e.g. {misfits[0]} (made for another base?)")
+                               f"weights do not fit, e.g. {misfits[0]} (made for another base?)")
 
 
 def _lora_layers(pipe: Any, components: Any, adapter: str) -> dict[str, int]:
@@ -253,12 +255,12 @@ def _check_landed(pipe: Any, lora: VerifiedLora, adapter: str, model_name: str) 
         param = getattr(layer, "lora_A" if where[2] == "A" else "lora_B")[adapter].weight
         if not torch.equal(param.detach().cpu(), t.to(param.dtype)):
             raise DamagedFileError(f"LoRA file {lora.path} changed while it was being loaded ({key} differs from the "
-                            "verified file); load it again")
+                                   "verified file); load it again")
     loaded = _lora_layers(pipe, expected, adapter)
     for comp, n in expected.items():
         if loaded.get(comp, 0) != n:
-            raise DamagedFileError(f"LoRA {lora.path}: {n - loaded.get(comp, 0)} of {n} weights for {comp} found no layer "
-                            f"in base model {model_name} (made for another base?)")
+            raise DamagedFileError(f"LoRA {lora.path}: {n - loaded.get(comp, 0)} of {n} weights for {comp} found "
+                                   f"no layer in base model {model_name} (made for another base?)")
 
 
 def load_into_pipeline(pipe: Any, lora: VerifiedLora, *, adapter_name: str) -> None:
@@ -275,5 +277,5 @@ def load_into_pipeline(pipe: Any, lora: VerifiedLora, *, adapter_name: str) -> N
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
         why = next((ln for ln in lines if "mismatch" in ln), lines[-1])
         raise DamagedFileError(f"LoRA {lora.path} does not fit base model {name} (made for another base?): "
-                        f"{why[:300]}") from None
+                               f"{why[:300]}") from None
     _check_landed(pipe, lora, adapter_name, name)
