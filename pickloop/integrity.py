@@ -73,3 +73,16 @@ def parse_safetensors(data: bytes, path: Path | str, *, what: str = "safetensors
     if bad:
         raise DamagedFileError(f"{what} {path} holds non-finite values (NaN or inf) in {bad[0]}: corrupted")
     return tensors, {str(k): str(v) for k, v in meta.items()}
+
+
+def tensors_sha256(tensors: dict, text: str = "") -> str:
+    """sha256 over ``text`` and every tensor's name, dtype, shape and bytes (sorted by name): a sum a
+    safetensors file can carry in its own header, since it does not depend on how the file is laid out."""
+    import torch
+
+    h = hashlib.sha256(text.encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        h.update(f"\0{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

@@ -118,3 +118,27 @@ def test_registered_reward_model_changed_after_training_is_never_loaded(ctx, cap
         with pytest.raises(UserError, match="reward model file .* is corrupted: its sha256") as e:
             load_reward_model(ctx=ctx, ref=ref)
         one_line_naming(str(e.value), folder / WEIGHTS_FILE)
+
+
+def test_shapes_training_checkpoint_is_checked_against_its_header(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from pickloop.shapes.train import load_checkpoint, save_checkpoint
+
+    path = tmp_path / "unet.ckpt.safetensors"
+    tensors = {"w": torch.arange(12.0).reshape(3, 4), "opt.0.step": torch.tensor(5.0)}
+    save_checkpoint(path, tensors, {"step": 5})
+    back, meta = load_checkpoint(path)
+    assert meta == {"step": 5} and all(torch.equal(back[k], tensors[k]) for k in tensors)
+    with safe_open(str(path), "pt") as f:
+        header = f.metadata()
+    save_file({**tensors, "w": tensors["w"] * 3}, str(path), metadata=header)  # other weights, same header
+    with pytest.raises(UserError, match="is corrupted: its contents do not match the sha256") as e:
+        load_checkpoint(path)
+    one_line_naming(str(e.value), path)
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF  # a flipped bit
+    path.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="corrupted"):
+        load_checkpoint(path)
