@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from finetune import lora as lora_io
+from pickloop.atomic import fsync_dir, fsync_file
 from pickloop.errors import UserError
 from pickloop.integrity import parse_safetensors, read_verified
 
@@ -128,15 +129,15 @@ def save_checkpoint(root: Path | str, *, step: int, unet: torch.nn.Module, optim
     (tmp / STATE_JSON).write_text(json.dumps(meta, default=_jsonable))
     files = sorted(p.name for p in tmp.iterdir() if p.is_file() and p.name != lora_io.MANIFEST_NAME)
     for name in files:
-        lora_io._fsync_file(tmp / name)
+        fsync_file(tmp / name)
     if final.exists():  # a rerun of the same step: the old copy goes only once the new one is complete
         shutil.rmtree(final)
     os.replace(tmp, final)
-    lora_io._fsync_dir(root)
+    fsync_dir(root)
     lora_manifest = lora_io.read_manifest(final) or {}
     lora_io.write_manifest(final, files, {"step": step, "checkpoint": True,
                                           **lora_manifest.get("metadata", {})})
-    lora_io._fsync_dir(final)
+    fsync_dir(final)
     verify_checkpoint(final)
     prune_checkpoints(root, keep=keep)
     return final

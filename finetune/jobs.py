@@ -11,7 +11,7 @@
    or a failed one is taken over and resumes from its checkpoints;
 4. trains with a heartbeat thread, registers a candidate ModelVersion and marks the job done in one
    transaction; an exception marks it failed with the error. The LoRA lands by rename
-   (``finetune.lora.save_lora_atomic``); temporary folders a killed run left in ``loras/`` go first.
+   (``pickloop.atomic.replacing_folder``); temporary folders a killed run left in ``loras/`` go first.
 
 Each run continues from its parent, the version promoted when the run is keyed: the trainer starts from
 the parent's LoRA (``finetune.lora.start_lora``; from a fresh LoRA when the parent is the base) and the
@@ -206,8 +206,8 @@ def prepare_home(ctx: Any) -> None:
     """Before a run: remove the temporary folders a run killed mid-write left in ``loras/``, and check
     that the promoted version's LoRA (the next run's parent) is the file the registry recorded (one
     line, before any model loads)."""
-    from finetune.lora import remove_stale_temporaries
     from finetune.registry import verify_version_lora
+    from pickloop.atomic import remove_stale_temporaries
     from pickloop.db import read_session
     from pickloop.store import promoted_version
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,13 +25,13 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
+from pickloop.atomic import fsync_file, replacing_folder
 from pickloop.errors import UserError
 from pickloop.integrity import file_sha256, parse_safetensors, read_verified
 from pickloop.lora_files import LORA_WEIGHT_NAME, MANIFEST_NAME, check_fits, verify_lora
 from pickloop.lora_files import read_manifest  # noqa: F401 - part of this module's API (checkpoints, tests)
 
 KOHYA_WEIGHT_NAME = "lora_kohya.safetensors"
-TMP_PREFIX = ".tmp-"  # a folder being written; renamed into place when complete
 DEFAULT_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
 ADAPTER_NAME = "default"
 REFERENCE_ADAPTER = "reference"  # the frozen parent in a Diffusion-DPO run that continues from it
@@ -216,21 +215,13 @@ def kohya_state_dict(diffusers_sd: dict[str, torch.Tensor], alpha: float) -> dic
     return {k: v.contiguous() for k, v in kohya.items()}
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_manifest(folder: Path, files: Sequence[str], metadata: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write ``manifest.json`` (sha256 of each file + metadata) atomically; returns it."""
     folder = Path(folder)
     manifest = {"files": {name: file_sha256(folder / name) for name in files}, "metadata": metadata or {}}
     tmp = folder / (MANIFEST_NAME + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str))
-    _fsync_file(tmp)
+    fsync_file(tmp)
     os.replace(tmp, folder / MANIFEST_NAME)
     return manifest
 
@@ -262,76 +253,18 @@ def save_lora(unet: torch.nn.Module, out_dir: Path | str, *, metadata: dict[str,
                             "ss_network_module": "networks.lora", "format": "pt"})
         files.append(KOHYA_WEIGHT_NAME)
     for name in files:
-        _fsync_file(out / name)
+        fsync_file(out / name)
     manifest = write_manifest(out, files, {"adapter": cfg, "sdxl": sdxl, **(metadata or {})})
     return manifest["files"][LORA_WEIGHT_NAME]
 
 
 def save_lora_atomic(unet: torch.nn.Module, out_dir: Path | str, *, metadata: dict[str, Any] | None = None,
                      sdxl: bool = False) -> str:
-    """:func:`save_lora` into a temporary folder beside ``out_dir``, then renamed into place; returns the
-    sha256. A kill at any moment leaves the old folder or the new one, never a half-written one under the
-    name; a temporary folder a killed writer left behind is removed here (see :func:`remove_stale_temporaries`)."""
-    import shutil
-
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out.parent)
-    tmp = out.parent / f"{TMP_PREFIX}{out.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    sha = save_lora(unet, tmp, metadata=metadata, sdxl=sdxl)
-    old = out.parent / f"{TMP_PREFIX}{out.name}-{os.getpid()}-old"
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    _fsync_dir(out.parent)
-    shutil.rmtree(old, ignore_errors=True)
-    return sha
-
-
-def remove_stale_temporaries(folder: Path | str) -> list[Path]:
-    """Clean up after writers of :func:`save_lora_atomic` that were killed: a ``.tmp-<name>-<pid>`` folder
-    whose process is gone is removed, and a ``.tmp-<name>-<pid>-old`` one (the previous ``<name>``, moved
-    aside just before the kill) goes back to ``<name>`` when nothing took its place. A live writer's
-    folders are left alone. Returns the paths removed or moved back."""
-    import shutil
-
-    done = []
-    for p in sorted(Path(folder).glob(f"{TMP_PREFIX}*")):
-        m = re.match(rf"^{re.escape(TMP_PREFIX)}(.+)-(\d+)(-old)?$", p.name)
-        if m is not None and int(m.group(2)) != os.getpid() and _pid_alive(int(m.group(2))):
-            continue
-        if m is not None and m.group(3) and not (p.parent / m.group(1)).exists():
-            os.replace(p, p.parent / m.group(1))
-        elif p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            p.unlink(missing_ok=True)
-        done.append(p)
-    return done
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems refuse fsync on a folder
-    finally:
-        os.close(fd)
+    """:func:`save_lora` into a temporary folder beside ``out_dir``, then renamed into place
+    (``pickloop.atomic.replacing_folder``); returns the sha256. A kill at any moment leaves the old folder
+    or the new one under the name, and the next write or run removes what the killed one left."""
+    with replacing_folder(out_dir) as tmp:
+        return save_lora(unet, tmp, metadata=metadata, sdxl=sdxl)
 
 
 # ---------------------------------------------------------------- verifying and loading
@@ -404,7 +337,7 @@ def export_lora(folder: Path | str, out: Path | str, *, fmt: str = "diffusers",
                     metadata={"ss_network_alpha": str(alpha), "ss_network_module": "networks.lora", "format": "pt"})
     tmp = out / f".{dest.name}.tmp"
     tmp.write_bytes(data)
-    _fsync_file(tmp)
+    fsync_file(tmp)
     os.replace(tmp, dest)
     write_manifest(out, [dest.name], {"exported_from": str(folder), "format": fmt})
     return dest

@@ -17,9 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import shutil
-import uuid
 import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -29,6 +26,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from pickloop.atomic import fsync_file, replacing_folder
 from pickloop.errors import UserError
 from pickloop.integrity import file_sha256, parse_safetensors, read_verified
 
@@ -277,30 +275,18 @@ class RewardModel(nn.Module):
         return {k: v.detach().contiguous().cpu() for k, v in out.items()}
 
     def save(self, path: str | Path, metrics: dict | None = None) -> Path:
-        """Write the folder ``path`` atomically (temp folder beside it, then rename). Returns ``path``."""
+        """Write the folder ``path`` atomically (``pickloop.atomic.replacing_folder``). Returns ``path``."""
         from safetensors.torch import save_file
 
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         if metrics is not None:
             self.metrics = dict(metrics)
-        tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-        tmp.mkdir()
-        try:
+        with replacing_folder(path) as tmp:
             save_file(self.state_to_save(), str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
             (tmp / "config.json").write_text(json.dumps({"format": FORMAT, **asdict(self.config)}, indent=2) + "\n")
             (tmp / "metrics.json").write_text(json.dumps(self.metrics, indent=2, sort_keys=True) + "\n")
             for f in tmp.iterdir():
-                with f.open("rb") as fh:
-                    os.fsync(fh.fileno())
-            old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
-            if path.exists():
-                os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+                fsync_file(f)
         return path
 
     @classmethod

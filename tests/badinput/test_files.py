@@ -44,6 +44,19 @@ def test_killed_final_write_leaves_nothing_at_the_next_run(ctx, capsys):
         live.wait()
 
 
+def test_reward_model_save_replaces_by_rename_and_cleans_after_a_killed_one(ctx):
+    from reward.model import RewardModel
+
+    folder = ctx.home / "reward" / "1"
+    killed = folder.parent / f".tmp-1-{_dead_pid()}"  # a save killed half-way
+    killed.mkdir(parents=True)
+    model = RewardModel.create()
+    model.save(folder)
+    model.save(folder, {"again": 1})
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["1"]
+    assert RewardModel.load(folder).metrics == {"again": 1}
+
+
 def test_final_write_replaces_by_rename(shapes_unet, tmp_path):
     from copy import deepcopy
 
