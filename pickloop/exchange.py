@@ -49,13 +49,20 @@ def export_rows(*, session: Session, images: ImageStore) -> list[dict]:
     q = (select(Judgement, Comparison, Prompt).join(Comparison, Judgement.comparison_id == Comparison.id)
          .join(Prompt, Comparison.prompt_id == Prompt.id).order_by(Judgement.id))
     rows: list[dict] = []
+    blobs: dict[str, bytes] = {}  # each image read (and checked against its sha256) once, shared by its rows
+
+    def blob(sha: str) -> bytes:
+        if sha not in blobs:
+            blobs[sha] = images.read_bytes(sha)
+        return blobs[sha]
+
     for j, comp, prompt in session.exec(q):
         cands = candidates_of(session=session, comparison_id=comp.id)
         per_prompt[prompt.id] += 1
         for a, b, l0, l1, has_label in _pairs_of(j, cands):
             rows.append({
-                "caption": prompt.text, "jpg_0": images.read_bytes(a.image_sha256),
-                "jpg_1": images.read_bytes(b.image_sha256), "image_0_uid": a.image_sha256,
+                "caption": prompt.text, "jpg_0": blob(a.image_sha256),
+                "jpg_1": blob(b.image_sha256), "image_0_uid": a.image_sha256,
                 "image_1_uid": b.image_sha256, "model_0": versions[a.model_version_id],
                 "model_1": versions[b.model_version_id], "label_0": l0, "label_1": l1,
                 "best_image_uid": a.image_sha256 if l0 == 1.0 else "",
