@@ -91,3 +91,20 @@ def test_damaged_promoted_version_stops_finetune_run_before_any_model_loads(meth
 
     with read_session(ctx.engine) as s:
         assert s.exec(select(Job)).first() is None  # no run was claimed for a parent that cannot load
+
+
+def test_queue_worker_draws_no_set_from_a_damaged_promoted_version(good_lora, ctx, tmp_path):
+    """The issue's case: a promoted version holding a NaN drew a ready set of four black images."""
+    from generator.queue import fill_queue, queue_counts
+    from pickloop.store import add_prompts
+
+    folder, recorded = damaged_copy(*good_lora, "nan", tmp_path / "nan")
+    register_lora(ctx, folder, recorded)
+    with write_session(ctx.engine) as s:
+        promote(session=s, version=find_version(session=s, ref="v1"))
+        add_prompts(session=s, texts=["a red circle"])
+    with pytest.raises(UserError, match="non-finite values") as e:
+        fill_queue(ctx=ctx, max_sets=1, progress=False)
+    one_line_naming(str(e.value), folder)
+    with read_session(ctx.engine) as s:
+        assert queue_counts(session=s)["ready"] == 0
