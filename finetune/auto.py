@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from pickloop.errors import UserError
+from pickloop.errors import DamagedFileError, UserError
 
 AI_SETS = 300  # AI-ranked sets per DPO run when the reward model is trusted
 AI_CANDIDATES = 8  # images per AI-ranked set: best vs worst of 8 is a sharper pair than of 4
@@ -129,7 +129,7 @@ def run_auto(ctx: Any, *, min_new_labels: int = 1, dpo: dict[str, Any] | None = 
              ddpo: dict[str, Any] | None = None, gate_prompts: Sequence[str] | None = None,
              gate_seeds: Sequence[int] | None = None, log: Callable[[str], None] = print) -> AutoOutcome:
     """One ``--method auto`` run: trust check, then each stage's candidates trained, gated, the best promoted."""
-    from finetune.jobs import busy_outcome, lock_taken, method_config, run_finetune_job
+    from finetune.jobs import busy_outcome, lock_taken, method_config, prepare_home, run_finetune_job
     from finetune.registry import DEFAULT_GATE_SEEDS, gate_and_promote, promote_version
 
     from pickloop.db import read_session
@@ -143,6 +143,7 @@ def run_auto(ctx: Any, *, min_new_labels: int = 1, dpo: dict[str, Any] | None = 
         log(busy.message)
         return AutoOutcome(Trust(False, None, None, 0, "not checked: another run holds the lock"), [], [],
                            busy.exit_code)
+    prepare_home(ctx)  # stale temporary folders go; a damaged parent LoRA is one line
     with read_session(ctx.engine) as s:
         new, last = labels_since_last_run(s, "finetune-dpo")
     trust = reward_trust(ctx)
@@ -165,6 +166,8 @@ def run_auto(ctx: Any, *, min_new_labels: int = 1, dpo: dict[str, Any] | None = 
             try:
                 # every candidate of the run trains on the same snapshot, so none waits for newer labels
                 outcome = run_finetune_job(ctx, method=c.method, min_new_labels=0, overrides=c.overrides)
+            except DamagedFileError:  # a damaged file in the data home stops the run: its one line, exit 2
+                raise
             except UserError as e:  # e.g. no usable pairs: the next candidate may still have some
                 c.status, c.reason = "skipped", str(e)
                 continue

@@ -26,7 +26,9 @@ import numpy as np
 import torch
 
 from finetune import lora as lora_io
+from pickloop.atomic import fsync_dir, fsync_file
 from pickloop.errors import UserError
+from pickloop.integrity import parse_safetensors, read_verified
 
 STATE_TENSORS = "train_state.safetensors"
 STATE_JSON = "train_state.json"
@@ -97,19 +99,6 @@ def restore_rng(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
 
 # ---------------------------------------------------------------- writing
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems refuse fsync on a folder
-    finally:
-        os.close(fd)
-
-
 def step_dir(root: Path | str, step: int) -> Path:
     return Path(root) / f"step-{step:06d}"
 
@@ -140,15 +129,15 @@ def save_checkpoint(root: Path | str, *, step: int, unet: torch.nn.Module, optim
     (tmp / STATE_JSON).write_text(json.dumps(meta, default=_jsonable))
     files = sorted(p.name for p in tmp.iterdir() if p.is_file() and p.name != lora_io.MANIFEST_NAME)
     for name in files:
-        lora_io._fsync_file(tmp / name)
+        fsync_file(tmp / name)
     if final.exists():  # a rerun of the same step: the old copy goes only once the new one is complete
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _fsync_dir(root)
+    fsync_dir(root)
     lora_manifest = lora_io.read_manifest(final) or {}
     lora_io.write_manifest(final, files, {"step": step, "checkpoint": True,
                                           **lora_manifest.get("metadata", {})})
-    _fsync_dir(final)
+    fsync_dir(final)
     verify_checkpoint(final)
     prune_checkpoints(root, keep=keep)
     return final
@@ -215,19 +204,40 @@ def prune_checkpoints(root: Path | str, *, keep: int = 1) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
+def _read_recorded(path: Path, name: str) -> bytes:
+    """The bytes of checkpoint file ``name``, read once and checked against the sha256 its manifest recorded."""
+    manifest = lora_io.read_manifest(path)
+    sha = (manifest or {}).get("files", {}).get(name)
+    if sha is None:
+        raise UserError(f"checkpoint {path} is incomplete: its manifest records no {name}")
+    return read_verified(path / name, sha, what="checkpoint file", source=str(path / lora_io.MANIFEST_NAME))
+
+
+def _state_json(path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(_read_recorded(path, STATE_JSON))
+    except ValueError as e:
+        raise UserError(f"checkpoint file {path / STATE_JSON} is not valid JSON: {e}") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"checkpoint file {path / STATE_JSON} is not a JSON object")
+    return meta
+
+
 def checkpoint_extra(path: Path | str) -> dict[str, Any]:
-    """The trainer's ``extra`` of a checkpoint (config hash, parent...), read before anything is restored."""
-    return json.loads((Path(path) / STATE_JSON).read_text()).get("extra", {})
+    """The trainer's ``extra`` of a checkpoint (config hash, parent...), read before anything is restored
+    and checked against the checkpoint's manifest."""
+    return _state_json(Path(path)).get("extra", {})
 
 
 def load_checkpoint(path: Path | str, *, unet: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
                     lr_scheduler: Any = None, restore_rng_state: bool = True) -> Resumed:
-    """Restore LoRA weights, optimizer, scheduler and RNG from a verified checkpoint folder."""
+    """Restore LoRA weights, optimizer, scheduler and RNG from a checkpoint folder; each file is read once
+    and must match the sha256 the checkpoint's manifest recorded (one UserError line naming it otherwise)."""
     path = Path(path)
-    if not verify_checkpoint(path):
-        raise UserError(f"checkpoint {path} is incomplete or corrupted (manifest missing or sha256 mismatch)")
-    tensors, _ = lora_io.read_safetensors(path / STATE_TENSORS)
-    meta = json.loads((path / STATE_JSON).read_text())
+    if lora_io.read_manifest(path) is None:
+        raise UserError(f"checkpoint {path} is incomplete or corrupted (manifest missing)")
+    tensors, _ = parse_safetensors(_read_recorded(path, STATE_TENSORS), path / STATE_TENSORS, what="checkpoint file")
+    meta = _state_json(path)
     model = getattr(unet, "module", unet)
     lora_io.set_lora_tensors(model, {k[5:]: v for k, v in tensors.items() if k.startswith("lora.")})
     if optimizer is not None:

@@ -96,10 +96,7 @@ def cmd_models_export(args) -> None:  # noqa: ANN001
         path, sha = v.lora_path, v.lora_sha256
     if not path:
         raise UserError(f"version {args.version} is a base model without a LoRA; nothing to export")
-    from finetune.lora import load_lora_state
-
-    load_lora_state(path, expected_sha256=sha)  # the registry's sha256 first, then the folder's manifest
-    dest = export_lora(path, args.out, fmt=args.format)
+    dest = export_lora(path, args.out, fmt=args.format, expected_sha256=sha)  # checked against registry and manifest
     print(f"wrote {dest}")
 
 

@@ -8,8 +8,6 @@ written atomically and registered by ``finetune.jobs`` as a candidate for the sa
 """
 from __future__ import annotations
 
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -20,7 +18,7 @@ import torch
 from finetune.ddpo import DDPOState, train_ddpo
 from finetune.ddpo_config import DDPOConfig
 from finetune.ddpo_rewards import RewardFn, make_reward
-from finetune.lora import ParentLora, start_lora
+from finetune.lora import ParentLora, save_lora_atomic, start_lora
 from pickloop.errors import UserError
 
 
@@ -80,19 +78,6 @@ def _summary(history: list[dict], stopped: str | None) -> dict[str, Any]:
             "reward_gain": last["reward_mean"] - first["reward_mean"], "drift_pixel": last.get("drift_pixel"),
             "drift_follow": last.get("drift_follow"), "guard": stopped, "epoch_s": mean("epoch_s"),
             "sample_s": mean("sample_s"), "train_s": mean("train_s"), "history": history}
-
-
-def _write_lora(unet, out: Path, metadata: dict[str, Any]) -> str:  # noqa: ANN001
-    """The final LoRA into a temporary folder beside ``out``, then moved into place; returns its sha256."""
-    from finetune.lora import save_lora
-
-    tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    sha = save_lora(getattr(unet, "module", unet), tmp, metadata=metadata)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return sha
 
 
 def _resume_state(pipe, work_dir: Path | None, config: DDPOConfig,  # noqa: ANN001
@@ -159,9 +144,9 @@ def run_ddpo(ctx: Any, config: DDPOConfig, *, out_dir: Path | str, work_dir: Pat
     metrics = _summary(history, stopped) if history else {}
     sha = ""
     if accelerator.is_main_process:
-        sha = _write_lora(pipe.unet, Path(out_dir), {"method": "ddpo", "config": config.to_dict(),
-                                                     "config_hash": config.config_hash(), "data_snapshot": upto,
-                                                     "parent": parent.describe() if parent else None,
-                                                     "metrics": {k: v for k, v in metrics.items() if k != "history"}})
+        sha = save_lora_atomic(getattr(pipe.unet, "module", pipe.unet), Path(out_dir), metadata={
+            "method": "ddpo", "config": config.to_dict(), "config_hash": config.config_hash(), "data_snapshot": upto,
+            "parent": parent.describe() if parent else None,
+            "metrics": {k: v for k, v in metrics.items() if k != "history"}})
     accelerator.wait_for_everyone()
     return DDPOResult(Path(out_dir), sha, len(history), metrics)

@@ -76,10 +76,11 @@ def reward_model_reward(path: str | None = None, ctx: Any = None, **_: Any) -> R
     if ctx is None and (ref == "latest" or str(ref).isdigit()):
         raise UserError("give the reward model's folder (reward_path) or run inside a data home")
     if ctx is not None:
-        from reward.registry import resolve_reward_path
+        from reward.registry import load_reward_model
 
-        ref = str(resolve_reward_path(ctx=ctx, ref=str(ref)))
-    model = RewardModel.load(ref)
+        model = load_reward_model(ctx=ctx, ref=str(ref))  # weights checked against the registry's sha256
+    else:
+        model = RewardModel.load(ref)
 
     def score(prompts: Sequence[str], images: Sequence[Any]) -> torch.Tensor:
         return model.score(list(prompts), list(images)).reshape(-1).float().cpu()

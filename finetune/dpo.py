@@ -230,9 +230,9 @@ def train_dpo(cfg: DPOConfig, *, base: str, pairs: Sequence[PairSpec], load_imag
     out = Path(out_dir)
     sha = ""
     if acc.is_main_process:
-        sha = _write_final(m, out, {"method": "dpo", "config": asdict(cfg), "config_hash": cfg.config_hash(),
-                                    "parent": parent.describe() if parent else None, "metrics": summary,
-                                    **(metadata or {})})
+        sha = lora_io.save_lora_atomic(m.unet, out, sdxl=m.sdxl, metadata={
+            "method": "dpo", "config": asdict(cfg), "config_hash": cfg.config_hash(),
+            "parent": parent.describe() if parent else None, "metrics": summary, **(metadata or {})})
     acc.wait_for_everyone()
     return DPOResult(lora_dir=out, lora_sha256=sha, steps=cfg.steps, metrics=summary)
 
@@ -247,19 +247,6 @@ def _summarise(history: list[dict[str, float]], steps_run: int, elapsed: float, 
     out.update(steps_run=float(steps_run), seconds=round(elapsed, 3), pairs=float(n_pairs),
                steps_per_s=steps_run / elapsed if elapsed > 0 else math.nan)
     return out
-
-
-def _write_final(m: fm.TrainModels, out: Path, metadata: dict[str, Any]) -> str:
-    """Write the LoRA into a temporary folder beside ``out`` and move it into place."""
-    import shutil
-
-    tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    sha = lora_io.save_lora(m.unet, tmp, metadata=metadata, sdxl=m.sdxl)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return sha
 
 
 # ---------------------------------------------------------------- from the store
@@ -296,6 +283,7 @@ def run_dpo(ctx: Any, cfg: DPOConfig, *, out_dir: Path | str, work_dir: Path | s
     base_path = resolve_model_ref(base or ctx.base_model)
     after = parent.data_snapshot if (parent is not None and cfg.since_parent) else None
     pairs = store_pairs(ctx, upto=upto, after=after)
+    ctx.images.verify(k for p in pairs for k in (p.winner, p.loser))  # a damaged image: one line, before any model
     human = len(pairs)
     metadata: dict[str, Any] = {"data_snapshot": upto, "labels_after": after}
     if cfg.ai_feedback_sets > 0:

@@ -71,7 +71,8 @@ def ai_feedback_pairs(ctx: Any, cfg: Any, *, base: str, parent: Any = None) -> t
 
     reward_model, reward_id = _latest_reward_model(ctx)  # fail before the minutes of drawing
     plan = plan_sets(_training_prompts(ctx), cfg.ai_feedback_sets, cfg.ai_feedback_candidates, cfg.seed)
-    pipe = load_pipeline(model=base, lora=parent.lora_dir if parent is not None else None, ctx=ctx)
+    pipe = load_pipeline(model=base, lora=parent.lora_dir if parent is not None else None, ctx=ctx,
+                         lora_sha256=parent.sha256 if parent is not None else None)
     pairs: list[PairSpec] = []
     margins: list[float] = []
     for prompt, seeds in tqdm(plan, desc="dpo ai feedback", unit="set"):

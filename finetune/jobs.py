@@ -10,7 +10,8 @@
    same PostgreSQL) is busy; a running row with a stale heartbeat (``settings.finetune_stale_seconds``)
    or a failed one is taken over and resumes from its checkpoints;
 4. trains with a heartbeat thread, registers a candidate ModelVersion and marks the job done in one
-   transaction; an exception marks it failed with the error.
+   transaction; an exception marks it failed with the error. The LoRA lands by rename
+   (``pickloop.atomic.replacing_folder``); temporary folders a killed run left in ``loras/`` go first.
 
 Each run continues from its parent, the version promoted when the run is keyed: the trainer starts from
 the parent's LoRA (``finetune.lora.start_lora``; from a fresh LoRA when the parent is the base) and the
@@ -215,6 +216,22 @@ def lock_taken(ctx: Any) -> bool:
         return not held
 
 
+def prepare_home(ctx: Any) -> None:
+    """Before a run: remove the temporary folders a run killed mid-write left in ``loras/``, and check
+    that the promoted version's LoRA (the next run's parent) is the file the registry recorded (one
+    line, before any model loads)."""
+    from finetune.registry import verify_version_lora
+    from pickloop.atomic import remove_stale_temporaries
+    from pickloop.db import read_session
+    from pickloop.store import promoted_version
+
+    remove_stale_temporaries(ctx.settings.lora_dir)
+    with read_session(ctx.engine) as s:
+        parent = promoted_version(session=s)
+    if parent is not None:
+        verify_version_lora(parent)
+
+
 def _reward_model_used(ctx: Any, method: str, config: Any) -> int | None:
     """The registry id of the reward model a run will read (the newest one), or None when it reads none:
     DPO with AI-feedback pairs, DDPO rewarded by the registry's newest reward model."""
@@ -234,6 +251,7 @@ def _run_locked(ctx: Any, method: str, kind: str, config: Any, min_new_labels: i
     from finetune.lora import parent_lora
     from pickloop.store import data_snapshot, ensure_base_version, promoted_version
 
+    prepare_home(ctx)
     with write_session(ctx.engine) as s:
         parent_row = promoted_version(session=s) or ensure_base_version(session=s, base_model=ctx.base_model)
         parent_id, parent = parent_row.id, parent_lora(parent_row)

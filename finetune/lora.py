@@ -15,7 +15,6 @@ pickle is never loaded.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import warnings
@@ -27,11 +26,13 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from finetune.dpo_config import DEFAULT_TARGETS
+from pickloop.atomic import fsync_file, replacing_folder
 from pickloop.errors import UserError
+from pickloop.integrity import file_sha256, parse_safetensors, read_verified
+from pickloop.lora_files import LORA_WEIGHT_NAME, MANIFEST_NAME, check_fits, verify_lora
+from pickloop.lora_files import read_manifest  # noqa: F401 - part of this module's API (checkpoints, tests)
 
-LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 KOHYA_WEIGHT_NAME = "lora_kohya.safetensors"
-MANIFEST_NAME = "manifest.json"
 ADAPTER_NAME = "default"
 REFERENCE_ADAPTER = "reference"  # the frozen parent in a Diffusion-DPO run that continues from it
 
@@ -183,14 +184,6 @@ def start_lora(unet: torch.nn.Module, *, rank: int = 8, alpha: float | None = No
 
 # ---------------------------------------------------------------- saving
 
-def file_sha256(path: Path | str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def diffusers_state_dict(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The adapter in the diffusers layout (keys without the ``unet.`` prefix the pipeline adds)."""
     from diffusers.utils import convert_state_dict_to_diffusers
@@ -222,21 +215,13 @@ def kohya_state_dict(diffusers_sd: dict[str, torch.Tensor], alpha: float) -> dic
     return {k: v.contiguous() for k, v in kohya.items()}
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_manifest(folder: Path, files: Sequence[str], metadata: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write ``manifest.json`` (sha256 of each file + metadata) atomically; returns it."""
     folder = Path(folder)
     manifest = {"files": {name: file_sha256(folder / name) for name in files}, "metadata": metadata or {}}
     tmp = folder / (MANIFEST_NAME + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str))
-    _fsync_file(tmp)
+    fsync_file(tmp)
     os.replace(tmp, folder / MANIFEST_NAME)
     return manifest
 
@@ -268,94 +253,42 @@ def save_lora(unet: torch.nn.Module, out_dir: Path | str, *, metadata: dict[str,
                             "ss_network_module": "networks.lora", "format": "pt"})
         files.append(KOHYA_WEIGHT_NAME)
     for name in files:
-        _fsync_file(out / name)
+        fsync_file(out / name)
     manifest = write_manifest(out, files, {"adapter": cfg, "sdxl": sdxl, **(metadata or {})})
     return manifest["files"][LORA_WEIGHT_NAME]
 
 
+def save_lora_atomic(unet: torch.nn.Module, out_dir: Path | str, *, metadata: dict[str, Any] | None = None,
+                     sdxl: bool = False) -> str:
+    """:func:`save_lora` into a temporary folder beside ``out_dir``, then renamed into place
+    (``pickloop.atomic.replacing_folder``); returns the sha256. A kill at any moment leaves the old folder
+    or the new one under the name, and the next write or run removes what the killed one left."""
+    with replacing_folder(out_dir) as tmp:
+        return save_lora(unet, tmp, metadata=metadata, sdxl=sdxl)
+
+
 # ---------------------------------------------------------------- verifying and loading
 
-def read_manifest(folder: Path | str) -> dict[str, Any] | None:
-    path = Path(folder) / MANIFEST_NAME
-    if not path.exists():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"LoRA manifest {path} is unreadable: {e}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
-        raise UserError(f"LoRA manifest {path} is malformed (no 'files' mapping)")
-    return data
-
-
 def verify_file(path: Path | str, expected_sha256: str | None = None) -> str:
-    """Check a LoRA file before any loading: it exists, is safetensors by name, matches its sha256.
-
-    Returns the sha256. Raises one ``UserError`` otherwise.
-    """
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        raise UserError(f"refusing to load {path}: only .safetensors LoRA files are loaded (never pickle)")
-    if not path.is_file():
-        raise UserError(f"LoRA file {path} does not exist")
-    sha = file_sha256(path)
-    if expected_sha256 is not None and sha != expected_sha256:
-        raise UserError(f"LoRA file {path} is corrupted: sha256 {sha[:12]}... does not match the recorded "
-                        f"{expected_sha256[:12]}... (truncated or modified; re-export or retrain it)")
-    return sha
+    """Check a LoRA file before any loading (see ``pickloop.lora_files.verify_lora``); returns its sha256."""
+    return verify_lora(path, expected_sha256=expected_sha256).sha256
 
 
 def read_safetensors(path: Path | str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and header metadata of a safetensors file; anything else (a pickle, a truncated file) is a UserError."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    with open(path, "rb") as f:
-        head = f.read(9)
-    # safetensors: 8-byte little-endian header length, then a JSON header starting with "{".
-    size = path.stat().st_size
-    if len(head) < 9 or head[8:9] != b"{" or int.from_bytes(head[:8], "little") > size - 8:
-        if head[:1] == b"\x80" or head[:2] == b"PK":  # pickle protocol 2+ / a torch zip archive
-            raise UserError(f"LoRA file {path} is a pickle/torch archive renamed to .safetensors; refusing to load it")
-        raise UserError(f"LoRA file {path} is not a valid safetensors file (truncated or corrupted header)")
-    try:
-        tensors: dict[str, torch.Tensor] = {}
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = dict(f.metadata() or {})
-            for key in f.keys():
-                tensors[key] = f.get_tensor(key)
-    except Exception as e:  # safetensors raises its own error types for a bad header or short file
-        raise UserError(f"LoRA file {path} is not a valid safetensors file (truncated or corrupted): "
-                        f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise UserError(f"LoRA file {path} holds non-finite values in {bad[0]} (corrupted)")
-    return tensors, meta
+    return parse_safetensors(read_verified(path, None), path, what="safetensors file")
 
 
 def load_lora_state(folder: Path | str, *, weight_name: str = LORA_WEIGHT_NAME,
                     expected_sha256: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Verify and read a saved LoRA: (diffusers-layout tensors, adapter config from the header).
 
-    The sha256 is checked against ``expected_sha256`` when given, else against ``manifest.json`` when
-    present. Raises one ``UserError`` for a missing, truncated, bit-flipped or pickle file.
+    The sha256 must match ``expected_sha256`` (the registry's) when given and ``manifest.json`` when
+    present (see ``pickloop.lora_files.verify_lora`` for everything else that is checked). Raises one
+    ``UserError`` for a missing, truncated, bit-flipped, non-finite or pickle file.
     """
-    folder = Path(folder)
-    if folder.is_file():
-        folder, weight_name = folder.parent, folder.name
-    manifest = read_manifest(folder)
-    if expected_sha256 is None and manifest is not None:
-        expected_sha256 = manifest["files"].get(weight_name)
-    verify_file(folder / weight_name, expected_sha256)
-    tensors, header = read_safetensors(folder / weight_name)
-    config: dict[str, Any] = {}
-    if "lora_adapter_metadata" in header:
-        try:
-            flat = json.loads(header["lora_adapter_metadata"])  # {"unet.r": 8, "unet.lora_alpha": 8.0, ...}
-            config = {k.removeprefix("unet."): v for k, v in flat.items() if k.startswith("unet.")}
-        except (ValueError, AttributeError):
-            raise UserError(f"LoRA file {folder / weight_name} has a malformed adapter metadata header") from None
-    return tensors, config
+    lora = verify_lora(folder, expected_sha256=expected_sha256, weight_name=weight_name)
+    return lora.tensors, lora.config
 
 
 def load_lora_into(unet: torch.nn.Module, folder: Path | str, *, adapter_name: str = ADAPTER_NAME,
@@ -364,7 +297,9 @@ def load_lora_into(unet: torch.nn.Module, folder: Path | str, *, adapter_name: s
     from the file's rank/alpha/targets, when absent). Every tensor of that adapter must be in the file."""
     from peft.utils import set_peft_model_state_dict
 
-    tensors, config = load_lora_state(folder, **kwargs)
+    lora = verify_lora(folder, **kwargs)
+    tensors, config = lora.tensors, lora.config
+    check_fits(lora, {"unet": unet}, "this U-Net")
     if adapter_name not in (getattr(unet, "peft_config", None) or {}):
         if not config:
             raise UserError(f"LoRA in {folder} carries no adapter metadata; cannot rebuild its rank/alpha")
@@ -381,24 +316,28 @@ def load_lora_into(unet: torch.nn.Module, folder: Path | str, *, adapter_name: s
     return config or adapter_config(unet)
 
 
-def export_lora(folder: Path | str, out: Path | str, *, fmt: str = "diffusers") -> Path:
-    """Copy a verified LoRA to ``out`` (a folder) as ``diffusers`` or ``kohya``; returns the file written."""
-    import shutil
-
-    from safetensors.torch import save_file
+def export_lora(folder: Path | str, out: Path | str, *, fmt: str = "diffusers",
+                expected_sha256: str | None = None) -> Path:
+    """Write a verified LoRA (``expected_sha256``: the registry's) to ``out`` (a folder) as ``diffusers``
+    (the verified bytes themselves) or ``kohya``; returns the file written. Each file lands atomically."""
+    from safetensors.torch import save
 
     if fmt not in ("diffusers", "kohya"):
         raise UserError(f"export format must be diffusers or kohya, not {fmt!r}")
-    tensors, config = load_lora_state(folder)
+    lora = verify_lora(folder, expected_sha256=expected_sha256)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if fmt == "diffusers":
-        dest = out / LORA_WEIGHT_NAME
-        shutil.copyfile(Path(folder) / LORA_WEIGHT_NAME, dest)
+        dest, data = out / LORA_WEIGHT_NAME, lora.data
     else:
-        alpha = float(config.get("lora_alpha") or next(v.shape[0] for k, v in tensors.items() if "lora_A" in k))
+        alpha = float(lora.config.get("lora_alpha")
+                      or next(v.shape[0] for k, v in lora.tensors.items() if "lora_A" in k))
         dest = out / KOHYA_WEIGHT_NAME
-        save_file(kohya_state_dict(tensors, alpha), str(dest),
-                  metadata={"ss_network_alpha": str(alpha), "ss_network_module": "networks.lora", "format": "pt"})
+        data = save(kohya_state_dict(lora.tensors, alpha),
+                    metadata={"ss_network_alpha": str(alpha), "ss_network_module": "networks.lora", "format": "pt"})
+    tmp = out / f".{dest.name}.tmp"
+    tmp.write_bytes(data)
+    fsync_file(tmp)
+    os.replace(tmp, dest)
     write_manifest(out, [dest.name], {"exported_from": str(folder), "format": fmt})
     return dest

@@ -166,13 +166,13 @@ def _draw_images(base: str, lora_dir: str | None, lora_sha256: str | None, promp
     import torch
     from diffusers import DiffusionPipeline
 
-    from finetune import lora as lora_io
+    from pickloop.lora_files import load_into_pipeline, verify_lora
 
+    lora = verify_lora(lora_dir, expected_sha256=lora_sha256) if lora_dir else None
     pipe = DiffusionPipeline.from_pretrained(base, safety_checker=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
-    if lora_dir:
-        lora_io.load_lora_state(lora_dir, expected_sha256=lora_sha256)  # verify before diffusers reads it
-        pipe.load_lora_weights(lora_dir, weight_name=lora_io.LORA_WEIGHT_NAME, use_safetensors=True)
+    if lora is not None:
+        load_into_pipeline(pipe, lora, adapter_name="gate")
     out = []
     for start in range(0, len(prompts), 8):
         ps, ss = list(prompts[start:start + 8]), seeds[start:start + 8]
@@ -227,6 +227,15 @@ def is_shapes_world(base_model: str) -> bool:
     return base_model.startswith("embedded:")
 
 
+def verify_version_lora(version: Any) -> None:
+    """The version's LoRA file matches the sha256 the registry and its manifest recorded and is sound
+    (``pickloop.lora_files.verify_lora``); one UserError line naming the file otherwise. The base has none."""
+    from pickloop.lora_files import verify_lora
+
+    if version.lora_path:
+        verify_lora(version.lora_path, expected_sha256=version.lora_sha256, require_manifest=True)
+
+
 def gate_and_promote(ctx: Any, ref: str | int, *, scorer: Scorer | None = None, prompts: Sequence[str] | None = None,
                      seeds: Sequence[int] = DEFAULT_GATE_SEEDS, force: bool = False,
                      shapes: bool | None = None, follow_noise_z: float = FOLLOW_NOISE_Z,
@@ -246,6 +255,7 @@ def gate_and_promote(ctx: Any, ref: str | int, *, scorer: Scorer | None = None, 
     with read_session(ctx.engine) as s:
         version = find_version(session=s, ref=ref)
         parent = s.get(ModelVersion, version.parent_id) if version.parent_id else None
+    verify_version_lora(version)  # forced or not, a damaged file is never promoted
     if force:
         with write_session(ctx.engine) as s:
             row = s.get(ModelVersion, version.id)
@@ -288,4 +298,5 @@ def promote_version(ctx: Any, ref: str | int) -> None:
         row = find_version(session=s, ref=ref)
         if not row.metrics.get("gate_passed"):
             raise UserError(f"version {row.name} has not passed the promotion gate")
+        verify_version_lora(row)  # still the file the gate judged
         promote(session=s, version=row)

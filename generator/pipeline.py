@@ -5,13 +5,13 @@
     pipe = load_pipeline(lora="latest")                     # the promoted version from the registry
     pipe = load_pipeline(lora="/path/to/lora_folder")       # any diffusers-format LoRA folder
 
-Weights load from safetensors only. A LoRA is checked after loading: every LoRA weight in the file must
-have landed in the model, or the load fails with one line (a LoRA made for another base loads "fine" in
-diffusers and silently does nothing, or half of it).
+Weights load from safetensors only. A LoRA is verified before it loads (its sha256 against the manifest
+and the registry, finite values, a sound header) and checked after: every LoRA weight in the file must
+have landed in the model with the verified values, or the load fails with one line naming the file (a
+LoRA made for another base loads "fine" in diffusers and silently does nothing, or half of it).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 from dataclasses import dataclass, field
@@ -19,18 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from pickloop.errors import UserError
+from pickloop.integrity import file_sha256
+from pickloop.lora_files import LORA_WEIGHT_NAME, load_into_pipeline, verify_lora
 
-LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # what save_lora_weights writes; loaded by name, never guessed
+__all__ = ["LORA_WEIGHT_NAME", "PipelineInfo", "clear_cache", "file_sha256", "load_lora", "load_pipeline"]
+
 ADAPTER_NAME = "pickloop"
 DEFAULTS_FILE = "pickloop_defaults.json"  # sampling defaults a model folder may carry (the shapes model writes one)
-
-# LoRA file key prefixes (diffusers and kohya spellings) -> pipeline component they belong to.
-_COMPONENT_PREFIXES = (
-    ("unet.", "unet"), ("lora_unet_", "unet"), ("transformer.", "transformer"),
-    ("text_encoder_2.", "text_encoder_2"), ("lora_te2_", "text_encoder_2"),
-    ("text_encoder.", "text_encoder"), ("lora_te1_", "text_encoder"), ("lora_te_", "text_encoder"),
-)
-_LORA_MATRIX_MARKERS = ("lora_A.", "lora_B.", "lora.down.", "lora.up.", "lora_down.", "lora_up.")
 
 _CACHE: dict[tuple, Any] = {}
 _CACHE_LOCK = threading.Lock()
@@ -77,14 +72,6 @@ def resolve_dtype(dtype: Any, device: str):  # noqa: ANN201 - torch.dtype
     return named[dtype]
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _looks_like_path(ref: str) -> bool:
     return ref.startswith((".", "/", "~")) or "\\" in ref or Path(ref).expanduser().exists() or ref.count("/") > 1
 
@@ -120,13 +107,14 @@ def _resolve_lora(lora: str | int | None, model: str | None, ctx) -> tuple[str |
 
 
 def load_pipeline(model: str | None = None, lora: str | int | None = None, device: str = "auto",
-                  dtype: Any = "auto", *, ctx=None):  # noqa: ANN001, ANN201 - DiffusionPipeline
+                  dtype: Any = "auto", *, ctx=None, lora_sha256: str | None = None):  # noqa: ANN001, ANN201
     """A text-to-image pipeline for ``model`` with the LoRA ``lora``, cached per (model, LoRA) in this process.
 
     ``model``: local diffusers folder, hub id, or None for the context's base model (the embedded
     shapes model by default). ``lora``: a model-version id or name, ``"latest"`` (the promoted
     version; its base model is used when ``model`` is None), or a LoRA folder. The pipeline carries
     ``pipe.pickloop_info`` (a :class:`PipelineInfo`) that sampling records with every image.
+    ``lora_sha256``: the sha256 a LoRA folder's file must have (a registry version brings its own).
     """
     from pickloop.context import resolve_model_ref
 
@@ -136,16 +124,21 @@ def load_pipeline(model: str | None = None, lora: str | int | None = None, devic
     model_path = resolve_model_ref(model)
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
-    key = (model_path, lora_dir, version.id if version is not None else None, device, str(torch_dtype))
+    if version is not None:
+        lora_sha256 = version.lora_sha256
+    key = (model_path, lora_dir, version.id if version is not None else None, lora_sha256, device, str(torch_dtype))
     with _CACHE_LOCK:
         if key in _CACHE:
             return _CACHE[key]
+        # the LoRA is checked before the model loads: a damaged file is one line, at once
+        verified = verify_lora(lora_dir, expected_sha256=lora_sha256) if lora_dir is not None else None
         pipe = _from_pretrained(model, model_path, torch_dtype).to(device)
         info = PipelineInfo(model=model, model_path=model_path, defaults=_read_defaults(model_path))
         if version is not None:
             info.model_version_id, info.model_version_name = version.id, version.name
         if lora_dir is not None:
-            info.lora_path, info.lora_sha256 = lora_dir, load_lora(pipe, lora_dir)
+            load_into_pipeline(pipe, verified, adapter_name=ADAPTER_NAME)
+            info.lora_path, info.lora_sha256 = lora_dir, verified.sha256
         pipe.set_progress_bar_config(disable=True)
         pipe.pickloop_info = info
         _CACHE[key] = pipe
@@ -196,65 +189,14 @@ def _read_defaults(model_path: str) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def lora_file_counts(path: Path) -> dict[str, int]:
-    """LoRA matrices (down/A and up/B) per pipeline component in a safetensors file; a corrupt file is a UserError."""
-    from safetensors import SafetensorError, safe_open
-
-    counts: dict[str, int] = {}
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            keys = list(f.keys())
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise UserError(f"LoRA file {path} is corrupt or not safetensors: {e}") from None
-    for k in keys:
-        if not any(m in k for m in _LORA_MATRIX_MARKERS):
-            continue
-        comp = next((c for prefix, c in _COMPONENT_PREFIXES if k.startswith(prefix)), "unet")
-        counts[comp] = counts.get(comp, 0) + 1
-    if not counts:
-        raise UserError(f"LoRA file {path} holds no LoRA weights")
-    return counts
-
-
-def _loaded_counts(pipe, components) -> dict[str, int]:  # noqa: ANN001
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    out = {}
-    for comp in components:
-        module = getattr(pipe, comp, None)
-        n = 0
-        if module is not None:
-            for layer in module.modules():
-                if isinstance(layer, BaseTunerLayer) and ADAPTER_NAME in getattr(layer, "lora_A", {}):
-                    n += 2  # one A (down) and one B (up) matrix
-        out[comp] = n
-    return out
-
-
-def load_lora(pipe, folder: str | Path) -> str:  # noqa: ANN001
+def load_lora(pipe, folder: str | Path, expected_sha256: str | None = None) -> str:  # noqa: ANN001
     """Load ``folder/pytorch_lora_weights.safetensors`` into ``pipe``; return the file's sha256.
 
-    Raises one UserError line for a missing folder or file, a corrupt file, or a LoRA whose weights do
-    not all fit this base model (made for another base).
+    The file is verified first (``pickloop.lora_files.verify_lora``: the sha256 against the manifest
+    and ``expected_sha256``, the registry's; finite values; a sound header, keys and rank), must fit
+    this base model layer by layer, and what lands in the pipeline must be exactly what was verified.
+    Anything else is one UserError line naming the file.
     """
-    folder = Path(folder).expanduser()
-    if not folder.is_dir():
-        raise UserError(f"LoRA folder not found: {folder}")
-    weights = folder / LORA_WEIGHT_NAME
-    if not weights.is_file():
-        raise UserError(f"LoRA folder {folder} has no {LORA_WEIGHT_NAME}")
-    expected = lora_file_counts(weights)
-    try:
-        pipe.load_lora_weights(str(folder), weight_name=LORA_WEIGHT_NAME, use_safetensors=True,
-                               adapter_name=ADAPTER_NAME)
-    except (RuntimeError, ValueError, KeyError) as e:  # size mismatch, unknown layer
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
-        why = next((ln for ln in lines if "mismatch" in ln), lines[-1])
-        raise UserError(f"LoRA {folder} does not fit base model {getattr(pipe, 'name_or_path', '?')} "
-                        f"(made for another base?): {why[:300]}") from None
-    loaded = _loaded_counts(pipe, expected)
-    for comp, n in expected.items():
-        if loaded.get(comp, 0) != n:
-            raise UserError(f"LoRA {folder}: {n - loaded.get(comp, 0)} of {n} weights for {comp} found no layer "
-                            f"in base model {getattr(pipe, 'name_or_path', '?')} (made for another base?)")
-    return file_sha256(weights)
+    lora = verify_lora(Path(folder).expanduser(), expected_sha256=expected_sha256)
+    load_into_pipeline(pipe, lora, adapter_name=ADAPTER_NAME)
+    return lora.sha256

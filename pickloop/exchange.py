@@ -51,13 +51,20 @@ def export_rows(*, session: Session, images: ImageStore) -> list[dict]:
     q = (select(Judgement, Comparison, Prompt).join(Comparison, Judgement.comparison_id == Comparison.id)
          .join(Prompt, Comparison.prompt_id == Prompt.id).order_by(Judgement.id))
     rows: list[dict] = []
+    blobs: dict[str, bytes] = {}  # each image read (and checked against its sha256) once, shared by its rows
+
+    def blob(sha: str) -> bytes:
+        if sha not in blobs:
+            blobs[sha] = images.read_bytes(sha)
+        return blobs[sha]
+
     for j, comp, prompt in session.exec(q):
         cands = candidates_of(session=session, comparison_id=comp.id)
         per_prompt[prompt.id] += 1
         for a, b, l0, l1, has_label in _pairs_of(j, cands):
             rows.append({
-                "caption": prompt.text, "jpg_0": images.read_bytes(a.image_sha256),
-                "jpg_1": images.read_bytes(b.image_sha256), "image_0_uid": a.image_sha256,
+                "caption": prompt.text, "jpg_0": blob(a.image_sha256),
+                "jpg_1": blob(b.image_sha256), "image_0_uid": a.image_sha256,
                 "image_1_uid": b.image_sha256, "model_0": versions[a.model_version_id],
                 "model_1": versions[b.model_version_id], "label_0": l0, "label_1": l1,
                 "best_image_uid": a.image_sha256 if l0 == 1.0 else "",
@@ -203,5 +210,8 @@ def import_parquet(*, session: Session, images: ImageStore, path: str | Path) ->
         gid = row["pl_key"] if row.get("pl_key") is not None else \
             public_key(row["ranking_id"], row["image_0_uid"], row["image_1_uid"])
         groups[gid].append(row)
-    added = sum(_import_set(session, images, rows) for rows in groups.values())
+    try:
+        added = sum(_import_set(session, images, rows) for rows in groups.values())
+    except UserError as e:  # the file is named once, whatever row was refused
+        raise UserError(e if str(path) in str(e) else f"{path}: {e}") from None
     return added, len(groups) - added

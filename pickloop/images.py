@@ -3,6 +3,13 @@
 Nothing a user types names a path: images are put by content and opened by a 64-hex sha256, so
 ``..`` or an absolute path can never reach outside the root. The root is a local folder by default
 and any fsspec URL (``s3://bucket/pickloop``) when configured.
+
+Every read checks the bytes against the sha256 in the name (hashed once, as they are read): a file
+corrupted on disk, or another picture swapped in under the name, is refused with one line naming the
+file, so it is never exported, shown, trained on or scored as the image the store recorded. Putting
+the right image again repairs the file. Every image decoded anywhere in pickloop goes through
+:func:`decode_image`, which refuses more than ``MAX_IMAGE_PIXELS`` before decoding a pixel (a
+decompression bomb: a small PNG that claims 30000x30000 pixels).
 """
 from __future__ import annotations
 
@@ -10,26 +17,46 @@ import hashlib
 import io
 import re
 import uuid
+import warnings
 from pathlib import Path
 
 import fsspec
 from PIL import Image, UnidentifiedImageError
 
-from pickloop.errors import UserError
+from pickloop.errors import DamagedFileError, UserError
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 MAX_IMAGE_BYTES = 50 * 1024 * 1024
+MAX_IMAGE_PIXELS = 4096 * 4096  # width x height; 16 SDXL images' worth, and 48 MiB once decoded as RGB
 
 
 def decode_image(data: bytes, *, what: str = "image") -> Image.Image:
-    """Decode and fully load ``data``; empty, truncated or non-image bytes are one clear error."""
-    if not data:
-        raise UserError(f"{what} is empty (0 bytes)")
+    """Decode and fully load ``data``; empty, truncated, oversized or non-image bytes are one clear error."""
+    img = open_image_header(data, what=what)
     try:
-        img = Image.open(io.BytesIO(data))
         img.load()  # decode every byte now: a truncated file fails here, not later
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DamagedFileError(f"{what} is not a readable image: {e}") from None
+    return img
+
+
+def open_image_header(data: bytes, *, what: str = "image") -> Image.Image:
+    """``data`` opened but not decoded (PIL reads the header only), refused when it is empty, not an
+    image, or has more than ``MAX_IMAGE_PIXELS`` pixels."""
+    if not data:
+        raise DamagedFileError(f"{what} is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():  # PIL's own bomb warning; our limit below is lower and an error
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+        width, height = img.size
+        if width * height > MAX_IMAGE_PIXELS:
+            raise Image.DecompressionBombError(f"{width}x{height} pixels")
+    except Image.DecompressionBombError as e:  # ours above, or PIL's own (beyond twice its default limit)
+        raise DamagedFileError(f"{what} has more than the {MAX_IMAGE_PIXELS:,} pixels allowed, refused before decoding "
+                               f"(a decompression bomb?): {str(e).split(', could be')[0]}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise UserError(f"{what} is not a readable image: {e}") from None
+        raise DamagedFileError(f"{what} is not a readable image: {e}") from None
     return img
 
 
@@ -57,7 +84,7 @@ class ImageStore:
         data = png_bytes(image)
         sha = hashlib.sha256(data).hexdigest()
         target = self.path(sha)
-        if not self.fs.exists(target):
+        if not self._holds(target, sha):  # absent, or damaged: (re)written
             self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
             tmp = f"{target}.{uuid.uuid4().hex}.tmp"  # write then rename: no half-written image is ever named
             with self.fs.open(tmp, "wb") as f:
@@ -69,15 +96,34 @@ class ImageStore:
         """Store the image file ``user_path``, which must lie inside ``base`` (no ``..``, no absolute path)."""
         return self.put(read_user_image_bytes(user_path, base=base))
 
-    def read_bytes(self, sha256: str) -> bytes:
+    def _holds(self, target: str, sha256: str) -> bool:
         try:
-            with self.fs.open(self.path(sha256), "rb") as f:
-                return f.read()
+            with self.fs.open(target, "rb") as f:
+                return hashlib.sha256(f.read()).hexdigest() == sha256
         except FileNotFoundError:
-            raise UserError(f"image {sha256[:12]}… is not in the store") from None
+            return False
+
+    def read_bytes(self, sha256: str) -> bytes:
+        """The stored bytes, checked against the sha256 they are stored under."""
+        target = self.path(sha256)
+        try:
+            with self.fs.open(target, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            raise DamagedFileError(f"image {sha256[:12]}… is not in the store (file {target} missing)") from None
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise DamagedFileError(f"image file {target} does not match the sha256 it is stored under (corrupted or "
+                                   "replaced); refusing to use it")
+        return data
 
     def open(self, sha256: str) -> Image.Image:
-        return decode_image(self.read_bytes(sha256), what=f"image {sha256[:12]}…").convert("RGB")
+        return decode_image(self.read_bytes(sha256), what=f"image file {self.path(sha256)}").convert("RGB")
+
+    def verify(self, sha256s) -> None:  # noqa: ANN001 - any iterable of ids
+        """Read each image once and check it against its name and the pixel limit, without decoding it:
+        what a long job runs before it loads any model, so that a bad file is one line at once."""
+        for sha in dict.fromkeys(sha256s):
+            open_image_header(self.read_bytes(sha), what=f"image file {self.path(sha)}")
 
     def exists(self, sha256: str) -> bool:
         return self.fs.exists(self.path(sha256))

@@ -58,13 +58,13 @@ def cmd_eval(args) -> None:  # noqa: ANN001
     from reward.data import featurize, pairs_from_store, split_indices
     from reward.evaluate import evaluate_model, learning_curve, save_learning_curve
     from reward.model import RewardModel
-    from reward.registry import resolve_reward_path
+    from reward.registry import resolve_reward_model
     from reward.train import RewardConfig
 
     torch.set_num_threads(args.threads)
     ctx = Context()
-    path = resolve_reward_path(ctx=ctx, ref=args.model)
-    model = RewardModel.load(path)
+    path, sha = resolve_reward_model(ctx=ctx, ref=args.model)
+    model = RewardModel.load(path, expected_sha256=sha)
     config = RewardConfig(**model.metrics.get("config", {})) if model.metrics.get("config") else RewardConfig()
     pairs = pairs_from_store(ctx=ctx)
     if not pairs:
@@ -96,11 +96,10 @@ def cmd_score(args) -> None:  # noqa: ANN001
     import torch
 
     from pickloop.context import Context
-    from reward.model import RewardModel
-    from reward.registry import resolve_reward_path
+    from reward.registry import load_reward_model
 
     torch.set_num_threads(args.threads)
-    model = RewardModel.load(resolve_reward_path(ctx=Context(), ref=args.model))
+    model = load_reward_model(ctx=Context(), ref=args.model)
     for p, r in zip(args.images, model.score(args.prompt, images).tolist()):
         print(f"{r:.4f}\t{p}")
 

@@ -17,9 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import shutil
-import uuid
 import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -29,7 +26,9 @@ import torch
 from PIL import Image
 from torch import nn
 
+from pickloop.atomic import fsync_file, replacing_folder
 from pickloop.errors import UserError
+from pickloop.integrity import file_sha256, parse_safetensors, read_verified
 
 FORMAT = "pickloop-reward/1"
 WEIGHTS_FILE = "model.safetensors"
@@ -106,13 +105,7 @@ def image_key(image: Image.Image) -> str:
 
 def _weights_sha256(folder: str) -> str:
     path = Path(folder) / "model.safetensors"
-    if not path.is_file():
-        return ""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_sha256(path) if path.is_file() else ""
 
 
 def load_backbone(ref: str):  # noqa: ANN201 - (CLIPModel, tokenizer, image processor, resolved folder)
@@ -282,43 +275,34 @@ class RewardModel(nn.Module):
         return {k: v.detach().contiguous().cpu() for k, v in out.items()}
 
     def save(self, path: str | Path, metrics: dict | None = None) -> Path:
-        """Write the folder ``path`` atomically (temp folder beside it, then rename). Returns ``path``."""
+        """Write the folder ``path`` atomically (``pickloop.atomic.replacing_folder``). Returns ``path``."""
         from safetensors.torch import save_file
 
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         if metrics is not None:
             self.metrics = dict(metrics)
-        tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-        tmp.mkdir()
-        try:
+        with replacing_folder(path) as tmp:
             save_file(self.state_to_save(), str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
             (tmp / "config.json").write_text(json.dumps({"format": FORMAT, **asdict(self.config)}, indent=2) + "\n")
             (tmp / "metrics.json").write_text(json.dumps(self.metrics, indent=2, sort_keys=True) + "\n")
             for f in tmp.iterdir():
-                with f.open("rb") as fh:
-                    os.fsync(fh.fileno())
-            old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
-            if path.exists():
-                os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+                fsync_file(f)
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "RewardModel":
-        """A saved model; one clear UserError when the folder is missing or not a reward model."""
-        from safetensors.torch import load_file
-
+    def load(cls, path: str | Path, expected_sha256: str | None = None) -> "RewardModel":
+        """A saved model; one clear UserError when the folder is missing or not a reward model, or when its
+        weights do not match ``expected_sha256`` (what the registry recorded) or hold non-finite values."""
         path = Path(path)
         try:
             raw = json.loads((path / "config.json").read_text())
-            tensors = load_file(str(path / WEIGHTS_FILE))
         except (OSError, ValueError) as e:
             raise UserError(f"not a saved reward model: {path} ({type(e).__name__})") from None
+        if not isinstance(raw, dict):
+            raise UserError(f"not a saved reward model: {path} (config.json is not an object)")
+        data = read_verified(path / WEIGHTS_FILE, expected_sha256, what="reward model file",
+                             source="the reward-model registry")
+        tensors, _ = parse_safetensors(data, path / WEIGHTS_FILE, what="reward model file")
         if raw.get("format") != FORMAT:
             raise UserError(f"not a saved reward model: {path} (format {raw.get('format')!r})")
         cfg = RewardModelConfig(**{f.name: raw[f.name] for f in fields(RewardModelConfig) if f.name in raw})

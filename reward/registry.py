@@ -1,20 +1,16 @@
 """Saved reward models in the store: find one by id, path or "latest"."""
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from pickloop.errors import UserError
+from pickloop.integrity import file_sha256
 from reward.model import WEIGHTS_FILE
 
 
 def weights_sha256(folder: str | Path) -> str:
     """sha256 of a saved reward model's weights file."""
-    h = hashlib.sha256()
-    with (Path(folder) / WEIGHTS_FILE).open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_sha256(Path(folder) / WEIGHTS_FILE)
 
 
 def find_reward_model(*, session, ref: str | int = "latest"):  # noqa: ANN001, ANN201 - RewardModelRow
@@ -45,19 +41,38 @@ def latest_reward_model_id(*, session) -> int | None:  # noqa: ANN001
 
 def resolve_reward_path(*, ctx, ref: str = "latest") -> Path:  # noqa: ANN001
     """A saved reward model folder: an existing folder path as given, else a registry id or ``latest``."""
+    return resolve_reward_model(ctx=ctx, ref=ref)[0]
+
+
+def resolve_reward_model(*, ctx, ref: str = "latest") -> tuple[Path, str | None]:  # noqa: ANN001
+    """(folder, the weights' sha256 the registry recorded, or None for a folder it does not know)."""
+    from sqlmodel import select
+
     from pickloop.db import read_session
+    from pickloop.schema import RewardModelRow
 
     if not (isinstance(ref, str) and (ref == "latest" or ref.isdigit())):
         path = Path(ref)
         if not (path / "config.json").is_file():
             raise UserError(f"no saved reward model at {ref} (give a folder, a registry id or latest)")
-        return path
+        with read_session(ctx.engine) as s:
+            row = s.exec(select(RewardModelRow).where(RewardModelRow.path == str(path.resolve()))
+                         .order_by(RewardModelRow.id.desc())).first()
+        return path, row.sha256 if row is not None else None
     with read_session(ctx.engine) as s:
-        return Path(find_reward_model(session=s, ref=ref).path)
+        row = find_reward_model(session=s, ref=ref)
+        return Path(row.path), row.sha256
+
+
+def load_reward_model(*, ctx, ref: str = "latest"):  # noqa: ANN001, ANN201 - RewardModel
+    """A saved reward model (folder, registry id or ``latest``), its weights checked against the
+    sha256 the registry recorded when it was trained."""
+    from reward.model import RewardModel
+
+    path, sha = resolve_reward_model(ctx=ctx, ref=ref)
+    return RewardModel.load(path, expected_sha256=sha)
 
 
 def load_latest(*, ctx):  # noqa: ANN001, ANN201 - RewardModel
     """The newest registered reward model, loaded (for the loop, DDPO and the promotion gate)."""
-    from reward.model import RewardModel
-
-    return RewardModel.load(resolve_reward_path(ctx=ctx, ref="latest"))
+    return load_reward_model(ctx=ctx, ref="latest")

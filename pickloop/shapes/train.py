@@ -18,8 +18,11 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm import tqdm
+
+from pickloop.errors import DamagedFileError
+from pickloop.integrity import parse_safetensors, read_verified, tensors_sha256
 
 from . import architectures as A
 from .config import StageConfig, UnetConfig
@@ -52,23 +55,31 @@ def training_caption(rng: random.Random, scene, open_share: float) -> str:
 
 
 def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    """Write tensors + JSON metadata to one safetensors file, atomically (tmp, fsync, replace)."""
+    """Write tensors + JSON metadata to one safetensors file, atomically (tmp, fsync, replace). The header
+    carries the sha256 of the tensors and metadata (``pickloop.integrity.tensors_sha256``), checked on load."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    text = json.dumps(meta)
     tmp = path.with_suffix(".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
-              metadata={"meta": json.dumps(meta)})
+    save_file(tensors, str(tmp), metadata={"meta": text, "sha256": tensors_sha256(tensors, text)})
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict] | None:
+    """(tensors, metadata) of a checkpoint written by :func:`save_checkpoint`, read once and checked
+    against the sha256 in its header; None when there is none. One UserError line when it is damaged."""
     if not path.exists():
         return None
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        meta = json.loads(f.metadata()["meta"])
-    return load_file(str(path)), meta
+    tensors, header = parse_safetensors(read_verified(path, None), path, what="checkpoint file")
+    try:
+        meta = json.loads(header.get("meta", "{}"))  # the text encoder's file carries none
+    except ValueError:
+        raise DamagedFileError(f"checkpoint file {path} has no readable metadata (corrupted)") from None
+    if "sha256" in header and tensors_sha256(tensors, header["meta"]) != header["sha256"]:
+        raise DamagedFileError(f"checkpoint file {path} is corrupted: its contents do not match the sha256 "
+                               "recorded in its header; delete it to start that stage again")
+    return tensors, meta
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
@@ -234,9 +245,9 @@ def text_encoder_for(work: Path, tokenizer):
     path = work / "text_encoder.safetensors"
     te = A.make_text_encoder(tokenizer)
     if path.exists():
-        te.load_state_dict(load_file(str(path)))
+        te.load_state_dict(load_checkpoint(path)[0])
     else:
-        save_file({k: v.contiguous() for k, v in te.state_dict().items()}, str(path))
+        save_checkpoint(path, te.state_dict(), {})
     return te
 
 
