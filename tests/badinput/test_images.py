@@ -144,7 +144,7 @@ def test_import_refuses_swapped_image_in_a_pickloop_export(labelled, tmp_path, c
     monkeypatch.setenv("PICKLOOP_HOME", str(tmp_path / "other-home"))
     capsys.readouterr()
     assert main(["import", str(out)]) == 2
-    _one_error_line(capsys, str(out), "jpg_0 does not match its image_0_uid")
+    _one_error_line(capsys, str(out), "column jpg_0", "not the image image_0_uid names")
     from pickloop.context import Context
 
     assert _judgements(Context()) == 0
