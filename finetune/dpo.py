@@ -28,6 +28,7 @@ N processes give the same update as one process with N times the accumulation.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import math
@@ -179,9 +180,12 @@ def dpo_loss(unet: torch.nn.Module, noise_scheduler: Any, lat_w: torch.Tensor, l
     noisy = noise_scheduler.add_noise(x0, eps, t)
     target = fm.diffusion_target(noise_scheduler, x0, eps, t).float()
     kwargs = fm.repeat_conditioning(cond, 2)
-    with torch.no_grad(), lora_io.reference_model(unet) as reference:  # trainable adapter active again after
+    # No autograd at all for the reference (inference mode records no version counters either); the clone
+    # makes its errors an ordinary tensor for the loss. The trainable adapter is active again after.
+    with torch.inference_mode(), lora_io.reference_model(unet) as reference:
         ref = reference(noisy, t, **kwargs).sample.float()
         ref_err = (ref - target).pow(2).mean(dim=(1, 2, 3))
+    ref_err = ref_err.clone()
     pred = unet(noisy, t, **kwargs).sample.float()
     err = (pred - target).pow(2).mean(dim=(1, 2, 3))
     err_w, err_l = err.chunk(2)
@@ -198,16 +202,15 @@ def normalised_weights(pairs: Sequence[PairSpec]) -> list[float] | None:
     return [p.weight / mean for p in pairs]
 
 
+@functools.lru_cache(maxsize=4)
+def _epoch_order(n_pairs: int, seed: int, epoch: int) -> list[int]:
+    # drawn once per epoch, not once per step (a randperm of 851k pairs costs milliseconds)
+    return torch.randperm(n_pairs, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+
+
 def sample_slots(n_pairs: int, seed: int, positions: Sequence[int]) -> list[int]:
     """Pair index for each global sample position (a fresh permutation per epoch)."""
-    perms: dict[int, torch.Tensor] = {}
-    out = []
-    for p in positions:
-        e = p // n_pairs
-        if e not in perms:
-            perms[e] = torch.randperm(n_pairs, generator=torch.Generator().manual_seed(seed * 100_003 + e))
-        out.append(int(perms[e][p % n_pairs]))
-    return out
+    return [_epoch_order(n_pairs, seed, p // n_pairs)[p % n_pairs] for p in positions]
 
 
 def noise_and_timesteps(positions: Sequence[int], seed: int, shape: tuple[int, ...],
@@ -253,7 +256,8 @@ def train_dpo(cfg: DPOConfig, *, base: str, pairs: Sequence[PairSpec], load_imag
     if cfg.gradient_checkpointing:
         m.unet.enable_gradient_checkpointing()
     m.unet.train()
-    opt = torch.optim.AdamW(lora_io.lora_parameters(m.unet), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    params = lora_io.lora_parameters(m.unet)  # found once: walking every parameter is per-step host work
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = get_scheduler("constant_with_warmup", optimizer=opt, num_warmup_steps=cfg.warmup_steps)
     start = 0
     latest = ckpt.latest_complete_checkpoint(work_dir) if (work_dir and resume) else None
@@ -273,7 +277,8 @@ def train_dpo(cfg: DPOConfig, *, base: str, pairs: Sequence[PairSpec], load_imag
     world, rank, B = acc.num_processes, acc.process_index, cfg.batch_size
     per_step = B * cfg.grad_accum * world
     shape = (m.unet.config.in_channels, m.resolution // _vae_factor(m), m.resolution // _vae_factor(m))
-    history: list[dict[str, float]] = []
+    names = ("loss", "implicit_acc", "gap_w", "gap_l")
+    step_stats: list[torch.Tensor] = []  # per step, on the device: read back only to log and at the end
     t0, tick = time.perf_counter(), start
     for step in range(start, cfg.steps):
         sums: dict[str, torch.Tensor] = {}
@@ -293,20 +298,21 @@ def train_dpo(cfg: DPOConfig, *, base: str, pairs: Sequence[PairSpec], load_imag
                                               ts.to(acc.device), cfg.beta, w)
                 acc.backward(loss)
                 if acc.sync_gradients and cfg.max_grad_norm > 0:
-                    acc.clip_grad_norm_(lora_io.lora_parameters(m.unet), cfg.max_grad_norm)
+                    acc.clip_grad_norm_(params, cfg.max_grad_norm)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
             for k, v in per_pair.items():
                 sums[k] = sums.get(k, torch.zeros((), device=acc.device)) + v.sum()
         sched.step()
-        stats = acc.reduce(torch.stack([sums[k] for k in ("loss", "implicit_acc", "gap_w", "gap_l")]), "sum")
-        metrics = dict(zip(("loss", "implicit_acc", "gap_w", "gap_l"), (stats / per_step).tolist()))
-        history.append(metrics)
+        stats = acc.reduce(torch.stack([sums[k] for k in names]), "sum") / per_step
+        step_stats.append(stats.detach())
         done = step + 1
         if acc.is_main_process:
+            log = bool(cfg.log_every and done % cfg.log_every == 0)
+            metrics = dict(zip(names, stats.tolist())) if (on_step is not None or log) else {}
             if on_step is not None:
                 on_step(done, metrics)
-            if cfg.log_every and done % cfg.log_every == 0:
+            if log:
                 rate = (done - tick) / max(time.perf_counter() - t0, 1e-9)
                 acc.print(f"dpo step {done}/{cfg.steps} loss {metrics['loss']:.4f} acc {metrics['implicit_acc']:.2f} "
                           f"gap_w {metrics['gap_w']:+.2e} gap_l {metrics['gap_l']:+.2e} ({rate:.2f} steps/s)")
@@ -318,6 +324,7 @@ def train_dpo(cfg: DPOConfig, *, base: str, pairs: Sequence[PairSpec], load_imag
                                      extra={"config_hash": cfg.config_hash(), "parent_sha256": parent_sha})
             acc.wait_for_everyone()
     elapsed = time.perf_counter() - t0
+    history = [dict(zip(names, row)) for row in torch.stack(step_stats).tolist()] if step_stats else []
     summary = _summarise(history, cfg.steps - start, elapsed, len(pairs))
     out = Path(out_dir)
     sha = ""
