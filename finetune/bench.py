@@ -111,7 +111,7 @@ def bare_pass_seconds(base: str, *, n: int, rank: int, resolution: int | None = 
 
     def fwd() -> None:
         x, t, cond = fwd_in
-        with torch.inference_mode(), acc.autocast():
+        with torch.no_grad(), acc.autocast():
             m.unet(x, t, **cond).sample.float()
 
     out = {}

@@ -180,12 +180,9 @@ def dpo_loss(unet: torch.nn.Module, noise_scheduler: Any, lat_w: torch.Tensor, l
     noisy = noise_scheduler.add_noise(x0, eps, t)
     target = fm.diffusion_target(noise_scheduler, x0, eps, t).float()
     kwargs = fm.repeat_conditioning(cond, 2)
-    # No autograd at all for the reference (inference mode records no version counters either); the clone
-    # makes its errors an ordinary tensor for the loss. The trainable adapter is active again after.
-    with torch.inference_mode(), lora_io.reference_model(unet) as reference:
+    with torch.no_grad(), lora_io.reference_model(unet) as reference:  # trainable adapter active again after
         ref = reference(noisy, t, **kwargs).sample.float()
         ref_err = (ref - target).pow(2).mean(dim=(1, 2, 3))
-    ref_err = ref_err.clone()
     pred = unet(noisy, t, **kwargs).sample.float()
     err = (pred - target).pow(2).mean(dim=(1, 2, 3))
     err_w, err_l = err.chunk(2)
