@@ -282,7 +282,7 @@ def test_run_ddpo_writes_a_loadable_lora_and_resumes_like_an_uninterrupted_run(t
     run(1, "split")  # "killed" after one epoch: its checkpoint stays in work-split
     resumed = run(2, "split")
     assert [h["epoch"] for h in resumed.metrics["history"]] == [0, 1]
-    timing = ("epoch_s", "sample_s", "train_s")
+    timing = ("epoch_s", "sample_s", "train_s", "epoch_cpu_s", "sample_cpu_s", "train_cpu_s")
     strip = lambda rows: [{k: v for k, v in r.items() if k not in timing} for r in rows]  # noqa: E731
     assert strip(resumed.metrics["history"]) == strip(whole.metrics["history"])
     t_whole, cfg = load_lora_state(whole.lora_dir, expected_sha256=whole.lora_sha256)
