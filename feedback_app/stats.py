@@ -9,6 +9,7 @@ import importlib
 import io
 import json
 import tempfile
+import zipfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from itertools import combinations
@@ -223,9 +224,17 @@ def export_labels(*, session: Session, fmt: str, images=None) -> tuple[bytes, st
         if export is None:
             raise UserError("Pick-a-Pic export needs pickloop.exchange, which is not installed")
         with tempfile.TemporaryDirectory(prefix="pickloop-export-") as tmp:
-            path = Path(tmp) / "labels.parquet"
+            path = Path(tmp) / "pickloop-labels.parquet"
             export(session=session, images=images, path=path)
-            return path.read_bytes(), "pickloop-labels.parquet", "application/vnd.apache.parquet"
+            files = sorted(Path(tmp).glob("*.parquet"))
+            if len(files) == 1:  # decided pairs only
+                return path.read_bytes(), path.name, "application/vnd.apache.parquet"
+            # ties, none good and skips sit in a sibling file that DPO readers must not see: ship both
+            buf = io.BytesIO()
+            with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+                for f in files:
+                    z.write(f, f.name)
+            return buf.getvalue(), "pickloop-labels.zip", "application/zip"
     rows = label_rows(session=session)
     if fmt == "json":
         return json.dumps(rows, indent=1).encode(), "pickloop-labels.json", "application/json"

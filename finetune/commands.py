@@ -100,10 +100,12 @@ def cmd_models_export(args) -> None:  # noqa: ANN001
     print(f"wrote {dest}")
 
 
-def cmd_bench_dpo(args) -> None:  # noqa: ANN001
+def cmd_bench_dpo(args) -> int:  # noqa: ANN001
     from finetune.bench import run_bench
 
-    run_bench(steps=args.steps, pairs=args.pairs, batch_size=args.batch_size, base=args.base)
+    figures = run_bench(steps=args.steps, pairs=args.pairs, batch_size=args.batch_size, base=args.base,
+                        reference=args.reference, reference_script=args.reference_script)
+    return 2 if figures is None else 0  # None: the reference's extra is missing (one line said what to install)
 
 
 def register(sub, bench_sub) -> None:  # noqa: ANN001
@@ -137,11 +139,17 @@ def register(sub, bench_sub) -> None:  # noqa: ANN001
     q.add_argument("--out", required=True, help="output folder")
     q.set_defaults(func=cmd_models_export)
 
-    q = bench_sub.add_parser("dpo", help="Diffusion-DPO steps/s and peak RSS, with and without the latent cache")
-    q.add_argument("--steps", type=int, default=20, help="optimizer steps per measurement")
+    q = bench_sub.add_parser("dpo", help="Diffusion-DPO steps/s, floor ratio and peak RSS (optionally against "
+                                         "the diffusers example)")
+    q.add_argument("--steps", type=int, default=20, help="optimizer steps per measurement (3 warm-up)")
     q.add_argument("--pairs", type=int, default=32, help="synthetic preference pairs (rendered shapes)")
     q.add_argument("--batch-size", type=int, default=4, help="pairs per step")
     q.add_argument("--base", default=None, help="pipeline folder (default: the embedded shapes model)")
+    q.add_argument("--reference", choices=["none", "diffusers"], default="none",
+                   help="also run the diffusers DPO example on the same pairs "
+                        "(extra: pip install 'pickloop[diffusers-reference]')")
+    q.add_argument("--reference-script", default=None,
+                   help="path of diffusers' examples/research_projects/diffusion_dpo/train_diffusion_dpo.py")
     q.set_defaults(func=cmd_bench_dpo)
     from finetune.ddpo_commands import register_bench
     from finetune.scale_bench import register as register_scale_bench

@@ -26,8 +26,8 @@ import torch
 from finetune.ddpo_config import DDPOConfig
 from finetune.ddpo_guard import DriftGuard, DriftLimits
 from finetune.ddpo_rewards import RewardFn
-from finetune.ddpo_sampler import (Trajectories, decode_images, make_ddim_scheduler, policy_log_prob,
-                                   sample_trajectories, step_std, to_pil)
+from finetune.ddpo_sampler import (Trajectories, decode_images, encode_prompts, make_ddim_scheduler,
+                                   policy_log_prob, sample_trajectories, step_std, to_pil)
 from pickloop.errors import UserError
 
 
@@ -113,12 +113,15 @@ def sample_epoch(pipe, unet, scheduler, pool, reward_fn: RewardFn, config: DDPOC
     size = config.sample_batch_size
     epoch_prompts = _epoch_prompts(pool, size * config.sample_batches_per_epoch, config.seed, epoch,
                                    accelerator.process_index, config.images_per_prompt)
+    # every prompt of the epoch through the text encoder in one call, once
+    embeds, negative = encode_prompts(pipe, epoch_prompts, accelerator.device)
     for b in range(config.sample_batches_per_epoch):
-        prompts = epoch_prompts[b * size:(b + 1) * size]
+        rows = slice(b * size, (b + 1) * size)
+        prompts = epoch_prompts[rows]
         gen = torch.Generator(device=accelerator.device).manual_seed(
             ((config.seed * 100_003 + epoch) * 1_009 + b) * 64 + accelerator.process_index)
         traj = sample_trajectories(pipe, unet, scheduler, prompts, steps=config.steps, guidance=config.guidance,
-                                   eta=config.eta, generator=gen)
+                                   eta=config.eta, generator=gen, embeds=(embeds[rows], negative[rows]))
         images = to_pil(decode_images(pipe, traj.final_latents))
         rewards.append(torch.as_tensor(reward_fn(prompts, images), dtype=torch.float32).reshape(-1).cpu())
         parts.append(traj)
@@ -237,7 +240,8 @@ def train_ddpo(pipe, prompts: Sequence[str], reward_fn: RewardFn, config: DDPOCo
     epoch on every process (for checkpoints). History rows: epoch, reward_mean, reward_std, loss,
     approx_kl, clipfrac, first_ratio_dev (max |ratio - 1| of the first PPO batch: 0 when sampling and
     training agree), drift_pixel, drift_follow, drift_follow_drop, guard (the stop reason or None),
-    sample_s (drawing, decoding, scoring), train_s (PPO), epoch_s (both plus the drift guard), seconds.
+    sample_s (drawing, decoding, scoring), train_s (PPO), epoch_s (both plus the drift guard), seconds,
+    and the same three on this process's CPU clock (sample_cpu_s, train_cpu_s, epoch_cpu_s).
     """
     from accelerate import Accelerator
 
@@ -267,19 +271,20 @@ def train_ddpo(pipe, prompts: Sequence[str], reward_fn: RewardFn, config: DDPOCo
     for epoch in _progress(range(state.epoch, config.epochs), progress, accelerator):
         if state.stopped:
             break
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         traj, rewards = sample_epoch(pipe, unet, scheduler, prompts, reward_fn, config, epoch, accelerator)
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         adv = gathered_advantages(traj.prompts, rewards, tracker, accelerator)
         train_stats = train_epoch(unet, scheduler, traj, adv, config, optimizer, params, accelerator, epoch)
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), time.process_time()
         row = {"epoch": epoch, "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
                **train_stats, "guard": None}
         if guard is not None:
             state.stopped = row["guard"] = check_drift(guard, unet, row, state, config)
         if not state.stopped:
             state.last_good_lora = lora_tensors(unet)
-        row.update(sample_s=t1 - t0, train_s=t2 - t1, epoch_s=time.perf_counter() - t0)
+        row.update(sample_s=t1 - t0, train_s=t2 - t1, epoch_s=time.perf_counter() - t0,
+                   sample_cpu_s=c1 - c0, train_cpu_s=c2 - c1, epoch_cpu_s=time.process_time() - c0)
         state.history.append(row)
         state.epoch = epoch + 1
         state.optimizer = optimizer.state_dict()

@@ -1,12 +1,22 @@
-"""``pickloop bench ddpo``: seconds per DDPO epoch (sampling and training apart) and peak memory.
+"""``pickloop bench ddpo``: seconds per DDPO epoch (sampling and training apart), its floor, peak memory.
 
 ``finetune.commands.register`` adds it, and ``pickloop bench ddpo-curve`` (``finetune.ddpo_curve``), through
-``register_bench(bench_sub)``. The configuration is printed first; the
-last line is ``epoch_s=<..> sample_s=<..> train_s=<..> peak_rss_mb=<..>``: means over the epochs, in
+``register_bench(bench_sub)``. The configuration is printed first; the last line is
+``epoch_s=<..> sample_s=<..> train_s=<..> floor_ratio=<..> peak_rss_mb=<..>``: means over the epochs, in
 seconds (sample_s: drawing, decoding and scoring the images; train_s: the PPO passes; epoch_s: both
-plus the drift guard's fixed-seed draws), and the process's peak resident memory (ru_maxrss) in MiB. ``--reference trl`` also
-runs TRL 0.23.1's DDPOTrainer with the same model, prompts, reward and settings in a child process
-and prints its figures and reward curve before that last line.
+plus the drift guard's fixed-seed draws), and the process's peak resident memory (ru_maxrss) in MiB.
+
+``floor_ratio``: the epoch's U-Net passes timed bare (each sampling and drift-guard step a forward without
+autograd at its batch, each PPO step a forward and backward at its batch; classifier-free guidance doubles
+both), summed, over epoch_s. 1.0 is the limit; decoding and scoring the images are the rest.
+
+``--reference trl`` also runs TRL 0.23.1's DDPOTrainer with the same model, prompts, reward and settings in
+a child process, prints its figures and reward curve, and ends with
+``epoch_s=<..> ref_epoch_s=<..> ratio=<..> floor_ratio=<..> peak_rss_mb=<..> ref_peak_rss_mb=<..>`` where
+the epoch times are on the CPU clock when training on the CPU (each process's own work, robust on a busy
+machine; one thread, so equal to wall time on an idle one) and ratio = epoch_s / ref_epoch_s (below 1:
+pickloop is faster). pickloop's epoch includes its drift guard, TRL has none; the line above gives the
+ratio without it.
 """
 from __future__ import annotations
 
@@ -122,14 +132,50 @@ def cmd_bench_ddpo(args: argparse.Namespace) -> int:
     mean = lambda key: sum(h[key] for h in history) / len(history)  # noqa: E731
     ours = {"epoch_s": mean("epoch_s"), "sample_s": mean("sample_s"), "train_s": mean("train_s"),
             "peak_rss_mb": peak_rss_mb()}
+    cpu = not torch.cuda.is_available()
+    epoch = mean("epoch_cpu_s") if cpu else ours["epoch_s"]
+    floor = epoch_floor_seconds(base, config, len(drift))[1 if cpu else 0]
+    print(f"pickloop epoch {ours['epoch_s']:.3f} s wall, {mean('epoch_cpu_s'):.3f} s CPU "
+          f"(without the drift guard {mean('sample_cpu_s') + mean('train_cpu_s'):.3f} s CPU); bare U-Net passes "
+          f"of an epoch {floor:.3f} s", flush=True)
     if args.reference == "trl":
         trl = _run_trl(base, prompts, replace(config, drift_prompts=0))
         if trl is None:
             return EXIT_MISSING_EXTRA
-        print(f"reference trl==0.23.1: epoch_s={trl['epoch_s']} sample_s={trl['sample_s']} "
-              f"train_s={trl['train_s']} peak_rss_mb={trl['peak_rss_mb']} rewards={trl['rewards']}")
+        print(f"reference trl==0.23.1: epoch_s={trl['epoch_s']} epoch_cpu_s={trl['epoch_cpu_s']} "
+              f"sample_s={trl['sample_s']} train_s={trl['train_s']} peak_rss_mb={trl['peak_rss_mb']} "
+              f"rewards={trl['rewards']}")
         curve = ",".join(f"{h['reward_mean']:.4f}" for h in history)
         print(f"pickloop rewards={curve}")
+        ref_epoch = float(trl["epoch_cpu_s"] if cpu else trl["epoch_s"])
+        unguarded = (mean("sample_cpu_s") + mean("train_cpu_s")) if cpu else (ours["sample_s"] + ours["train_s"])
+        print(f"ratio without pickloop's drift guard: {unguarded / ref_epoch:.3f}")
+        print(f"epoch_s={epoch:.3f} ref_epoch_s={ref_epoch:.3f} ratio={epoch / ref_epoch:.3f} "
+              f"floor_ratio={floor / epoch:.3f} peak_rss_mb={ours['peak_rss_mb']:.1f} "
+              f"ref_peak_rss_mb={float(trl['peak_rss_mb']):.1f}")
+        return 0
     print(f"epoch_s={ours['epoch_s']:.3f} sample_s={ours['sample_s']:.3f} train_s={ours['train_s']:.3f} "
-          f"peak_rss_mb={ours['peak_rss_mb']:.1f}")
+          f"floor_ratio={floor / epoch:.3f} peak_rss_mb={ours['peak_rss_mb']:.1f}")
     return 0
+
+
+def epoch_floor_seconds(base: str, config, guard_prompts: int) -> tuple[float, float]:  # noqa: ANN001 - DDPOConfig
+    """(wall, cpu) seconds of the U-Net passes one epoch of ``config`` makes, each timed bare (see the
+    module docstring). Measured after the run, so it does not count in the run's peak memory."""
+    import math
+
+    from diffusers import DDIMScheduler
+
+    from finetune.bench import bare_pass_seconds
+    from finetune.ddpo_sampler import step_std
+
+    n = config.sample_batch_size * config.sample_batches_per_epoch
+    scheduler = DDIMScheduler.from_pretrained(base, subfolder="scheduler")
+    scheduler.set_timesteps(config.steps)
+    trainable = int((step_std(scheduler, scheduler.timesteps, config.eta) >= config.min_step_std).sum())
+    train_calls = config.inner_epochs * math.ceil(n / config.train_batch_size) * max(
+        1, math.ceil(config.timestep_fraction * trainable))
+    sample_calls = config.steps * (config.sample_batches_per_epoch + guard_prompts / config.sample_batch_size)
+    bare = bare_pass_seconds(base, n=2 * config.train_batch_size, n_fwd=2 * config.sample_batch_size,
+                             rank=config.lora_rank, repeats=5, mixed_precision=config.mixed_precision)
+    return tuple(train_calls * fb + sample_calls * f for fb, f in zip(bare["fwd_bwd"], bare["fwd"]))

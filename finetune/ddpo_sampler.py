@@ -178,14 +178,17 @@ def initial_latents(pipe, batch: int, generator: torch.Generator | None, device,
 @torch.no_grad()
 def sample_trajectories(pipe, unet, scheduler: DDIMScheduler, prompts: list[str], *, steps: int,  # noqa: ANN001
                         guidance: float, eta: float = 1.0, generator: torch.Generator | None = None,
-                        latents: torch.Tensor | None = None) -> Trajectories:
+                        latents: torch.Tensor | None = None,
+                        embeds: tuple[torch.Tensor, torch.Tensor] | None = None) -> Trajectories:
     """Draw len(prompts) images with a stochastic DDIM sampler, recording every step.
 
     ``unet`` is the policy (the pipeline's U-Net with its LoRA, possibly wrapped by accelerate);
     ``pipe`` supplies the text encoder and latent size. ``generator`` makes the draw reproducible.
+    ``embeds``: the prompts' (prompt_embeds, negative_embeds) from :func:`encode_prompts`, when the caller
+    encoded them already (e.g. a whole epoch's prompts in one call).
     """
     device = pipe.unet.device
-    embeds, negative = encode_prompts(pipe, prompts, device)
+    embeds, negative = embeds if embeds is not None else encode_prompts(pipe, prompts, device)
     scheduler.set_timesteps(steps, device=device)
     x = latents if latents is not None else initial_latents(pipe, len(prompts), generator, device, embeds.dtype)
     x = x * scheduler.init_noise_sigma

@@ -3,7 +3,7 @@
 TRL deprecated DDPOTrainer and removed it in v0.24.0; this is a reference for speed and reward curves
 only, installed by the optional extra ``pip install 'pickloop[trl-reference]'``. It runs in its own
 process (``python -m finetune.ddpo_trl SPEC_JSON``) so that its peak memory is its own; its last line
-is ``epoch_s=<..> sample_s=<..> train_s=<..> peak_rss_mb=<..> rewards=<r0,r1,...>``.
+is ``epoch_s=<..> epoch_cpu_s=<..> sample_s=<..> train_s=<..> peak_rss_mb=<..> rewards=<r0,r1,...>``.
 
 Differences that remain: TRL samples through its own pipeline call (one batched text encoding per
 batch) and reads the prompt of each sample back from token ids for stat tracking.
@@ -27,16 +27,18 @@ def trl_available() -> bool:
     return True
 
 
-def _timed(obj: Any, name: str, bucket: list[float]) -> None:
-    """Wrap obj.name so that each call's seconds are appended to bucket."""
+def _timed(obj: Any, name: str, bucket: list[float], cpu_bucket: list[float] | None = None) -> None:
+    """Wrap obj.name so that each call's wall seconds are appended to bucket (and CPU seconds to cpu_bucket)."""
     fn = getattr(obj, name)
 
     def wrapper(*a: Any, **kw: Any) -> Any:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         try:
             return fn(*a, **kw)
         finally:
             bucket.append(time.perf_counter() - t0)
+            if cpu_bucket is not None:
+                cpu_bucket.append(time.process_time() - c0)
     setattr(obj, name, wrapper)
 
 
@@ -83,9 +85,10 @@ def run_reference(spec: dict[str, Any]) -> dict[str, Any]:
     sample_s: list[float] = []
     train_s: list[float] = []
     epoch_s: list[float] = []
+    epoch_cpu_s: list[float] = []
     _timed(trainer, "_generate_samples", sample_s)
     _timed(trainer, "_train_batched_samples", train_s)
-    _timed(trainer, "step", epoch_s)
+    _timed(trainer, "step", epoch_s, epoch_cpu_s)
     per_epoch_rewards = []
     for epoch in range(c["epochs"]):
         n_before = len(epoch_rewards)
@@ -93,8 +96,8 @@ def run_reference(spec: dict[str, Any]) -> dict[str, Any]:
         per_epoch_rewards.append(sum(epoch_rewards[n_before:]) / max(1, len(epoch_rewards) - n_before))
         print(f"trl epoch {epoch}: reward {per_epoch_rewards[-1]:.4f} {epoch_s[-1]:.2f} s", flush=True)
     n = len(epoch_s)
-    return {"epoch_s": sum(epoch_s) / n, "sample_s": sum(sample_s) / n, "train_s": sum(train_s) / n,
-            "peak_rss_mb": peak_rss_mb(), "rewards": per_epoch_rewards}
+    return {"epoch_s": sum(epoch_s) / n, "epoch_cpu_s": sum(epoch_cpu_s) / n, "sample_s": sum(sample_s) / n,
+            "train_s": sum(train_s) / n, "peak_rss_mb": peak_rss_mb(), "rewards": per_epoch_rewards}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     spec = json.loads((argv or sys.argv[1:])[0])
     out = run_reference(spec)
-    print(f"epoch_s={out['epoch_s']:.3f} sample_s={out['sample_s']:.3f} train_s={out['train_s']:.3f} "
+    print(f"epoch_s={out['epoch_s']:.3f} epoch_cpu_s={out['epoch_cpu_s']:.3f} sample_s={out['sample_s']:.3f} "
+          f"train_s={out['train_s']:.3f} "
           f"peak_rss_mb={out['peak_rss_mb']:.1f} rewards={','.join(f'{r:.4f}' for r in out['rewards'])}")
     return 0
 

@@ -28,6 +28,7 @@ N processes give the same update as one process with N times the accumulation.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -65,15 +66,35 @@ class DPOResult:
     metrics: dict[str, float]
 
 
+def dpo_loss_from_errors(err_w: torch.Tensor, err_l: torch.Tensor, ref_w: torch.Tensor, ref_l: torch.Tensor,
+                         beta: float, weights: torch.Tensor | None = None
+                         ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The Diffusion-DPO loss as a pure function of the four per-pair denoising errors, each (B,): the
+    policy's on winner and loser, the reference's on winner and loser (same noise and t for all four).
+
+    d = (err_w - ref_w) - (err_l - ref_l); loss = -log sigmoid(-beta/2 * d) (Wallace et al. 2023,
+    with the official code's 1/2). It falls when the policy denoises the winner better, or the loser
+    worse, than the reference does. ``weights`` (B,) as in :func:`dpo_loss`.
+    Returns (batch loss, per-pair unweighted tensors loss/implicit_acc/gap_w/gap_l of shape (B,)).
+    """
+    gap_w, gap_l = err_w - ref_w, err_l - ref_l
+    inside = -0.5 * beta * (gap_w - gap_l)
+    losses = -F.logsigmoid(inside)
+    batch_loss = losses.mean() if weights is None else (losses * weights.to(losses)).mean()
+    return batch_loss, {"loss": losses.detach(), "implicit_acc": (inside > 0).float().detach(),
+                        "gap_w": gap_w.detach(), "gap_l": gap_l.detach()}
+
+
 def dpo_loss(unet: torch.nn.Module, noise_scheduler: Any, lat_w: torch.Tensor, lat_l: torch.Tensor,
              cond: dict[str, Any], noise: torch.Tensor, timesteps: torch.Tensor, beta: float,
              weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Diffusion-DPO loss on a batch of B pairs (latents (B, C, h, w)); winner and loser share noise and t.
 
-    ``weights`` (B,): per-pair loss weights, already divided by the mean weight of the whole pair set
-    (see :func:`normalised_weights`); the batch loss is mean(w * loss), so over an epoch it estimates
-    the weighted mean sum(w l) / sum(w) without depending on how pairs fall into micro-batches or
-    processes. None = all 1 (the unweighted mean).
+    Winners and losers go through the U-Net as one batch of 2B, once under the reference (no autograd)
+    and once under the policy. ``weights`` (B,): per-pair loss weights, already divided by the mean weight
+    of the whole pair set (see :func:`normalised_weights`); the batch loss is mean(w * loss), so over an
+    epoch it estimates the weighted mean sum(w l) / sum(w) without depending on how pairs fall into
+    micro-batches or processes. None = all 1 (the unweighted mean).
     Returns (batch loss, per-pair unweighted tensors loss/implicit_acc/gap_w/gap_l of shape (B,)).
     """
     x0 = torch.cat([lat_w, lat_l])
@@ -89,12 +110,7 @@ def dpo_loss(unet: torch.nn.Module, noise_scheduler: Any, lat_w: torch.Tensor, l
     err = (pred - target).pow(2).mean(dim=(1, 2, 3))
     err_w, err_l = err.chunk(2)
     ref_w, ref_l = ref_err.chunk(2)
-    gap_w, gap_l = err_w - ref_w, err_l - ref_l
-    inside = -0.5 * beta * (gap_w - gap_l)
-    losses = -F.logsigmoid(inside)
-    batch_loss = losses.mean() if weights is None else (losses * weights.to(losses)).mean()
-    return batch_loss, {"loss": losses.detach(), "implicit_acc": (inside > 0).float().detach(),
-                           "gap_w": gap_w.detach(), "gap_l": gap_l.detach()}
+    return dpo_loss_from_errors(err_w, err_l, ref_w, ref_l, beta, weights)
 
 
 def normalised_weights(pairs: Sequence[PairSpec]) -> list[float] | None:
@@ -106,16 +122,15 @@ def normalised_weights(pairs: Sequence[PairSpec]) -> list[float] | None:
     return [p.weight / mean for p in pairs]
 
 
+@functools.lru_cache(maxsize=4)
+def _epoch_order(n_pairs: int, seed: int, epoch: int) -> list[int]:
+    # drawn once per epoch, not once per step (a randperm of 851k pairs costs milliseconds)
+    return torch.randperm(n_pairs, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+
+
 def sample_slots(n_pairs: int, seed: int, positions: Sequence[int]) -> list[int]:
     """Pair index for each global sample position (a fresh permutation per epoch)."""
-    perms: dict[int, torch.Tensor] = {}
-    out = []
-    for p in positions:
-        e = p // n_pairs
-        if e not in perms:
-            perms[e] = torch.randperm(n_pairs, generator=torch.Generator().manual_seed(seed * 100_003 + e))
-        out.append(int(perms[e][p % n_pairs]))
-    return out
+    return [_epoch_order(n_pairs, seed, p // n_pairs)[p % n_pairs] for p in positions]
 
 
 def noise_and_timesteps(positions: Sequence[int], seed: int, shape: tuple[int, ...],
@@ -161,7 +176,8 @@ def train_dpo(cfg: DPOConfig, *, base: str, pairs: Sequence[PairSpec], load_imag
     if cfg.gradient_checkpointing:
         m.unet.enable_gradient_checkpointing()
     m.unet.train()
-    opt = torch.optim.AdamW(lora_io.lora_parameters(m.unet), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    params = lora_io.lora_parameters(m.unet)  # found once: walking every parameter is per-step host work
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = get_scheduler("constant_with_warmup", optimizer=opt, num_warmup_steps=cfg.warmup_steps)
     start = 0
     latest = ckpt.latest_complete_checkpoint(work_dir) if (work_dir and resume) else None
@@ -181,7 +197,8 @@ def train_dpo(cfg: DPOConfig, *, base: str, pairs: Sequence[PairSpec], load_imag
     world, rank, B = acc.num_processes, acc.process_index, cfg.batch_size
     per_step = B * cfg.grad_accum * world
     shape = (m.unet.config.in_channels, m.resolution // _vae_factor(m), m.resolution // _vae_factor(m))
-    history: list[dict[str, float]] = []
+    names = ("loss", "implicit_acc", "gap_w", "gap_l")
+    step_stats: list[torch.Tensor] = []  # per step, on the device: read back only to log and at the end
     t0, tick = time.perf_counter(), start
     for step in range(start, cfg.steps):
         sums: dict[str, torch.Tensor] = {}
@@ -201,20 +218,21 @@ def train_dpo(cfg: DPOConfig, *, base: str, pairs: Sequence[PairSpec], load_imag
                                               ts.to(acc.device), cfg.beta, w)
                 acc.backward(loss)
                 if acc.sync_gradients and cfg.max_grad_norm > 0:
-                    acc.clip_grad_norm_(lora_io.lora_parameters(m.unet), cfg.max_grad_norm)
+                    acc.clip_grad_norm_(params, cfg.max_grad_norm)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
             for k, v in per_pair.items():
                 sums[k] = sums.get(k, torch.zeros((), device=acc.device)) + v.sum()
         sched.step()
-        stats = acc.reduce(torch.stack([sums[k] for k in ("loss", "implicit_acc", "gap_w", "gap_l")]), "sum")
-        metrics = dict(zip(("loss", "implicit_acc", "gap_w", "gap_l"), (stats / per_step).tolist()))
-        history.append(metrics)
+        stats = acc.reduce(torch.stack([sums[k] for k in names]), "sum") / per_step
+        step_stats.append(stats.detach())
         done = step + 1
         if acc.is_main_process:
+            log = bool(cfg.log_every and done % cfg.log_every == 0)
+            metrics = dict(zip(names, stats.tolist())) if (on_step is not None or log) else {}
             if on_step is not None:
                 on_step(done, metrics)
-            if cfg.log_every and done % cfg.log_every == 0:
+            if log:
                 rate = (done - tick) / max(time.perf_counter() - t0, 1e-9)
                 acc.print(f"dpo step {done}/{cfg.steps} loss {metrics['loss']:.4f} acc {metrics['implicit_acc']:.2f} "
                           f"gap_w {metrics['gap_w']:+.2e} gap_l {metrics['gap_l']:+.2e} ({rate:.2f} steps/s)")
@@ -226,6 +244,7 @@ def train_dpo(cfg: DPOConfig, *, base: str, pairs: Sequence[PairSpec], load_imag
                                      extra={"config_hash": cfg.config_hash(), "parent_sha256": parent_sha})
             acc.wait_for_everyone()
     elapsed = time.perf_counter() - t0
+    history = [dict(zip(names, row)) for row in torch.stack(step_stats).tolist()] if step_stats else []
     summary = _summarise(history, cfg.steps - start, elapsed, len(pairs))
     out = Path(out_dir)
     sha = ""

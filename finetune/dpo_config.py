@@ -15,14 +15,21 @@ DEFAULT_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")  # U-Net
 
 @dataclass
 class DPOConfig:
-    """Diffusion-DPO settings. Defaults work on the embedded shapes model; for SD 1.5 use beta 2500,
-    lr 1e-5, rank 8; for SDXL beta 5000 (see README)."""
+    """Diffusion-DPO settings. Defaults work on the embedded shapes model; for SD 1.5 use beta 5000,
+    lr 1e-5, rank 8; for SDXL beta 5000 (see README).
+
+    ``beta`` follows the official Diffusion-DPO code (SalesforceAIResearch/DiffusionDPO, train.py): the
+    loss is -log sigmoid(-beta/2 * d), with the 1/2. Its SD 1.5 and SDXL launchers use 5000, which is the
+    paper's SD 1.5 strength of 2500 on d. The diffusers research example (train_diffusion_dpo.py) has no
+    1/2: its ``--beta_dpo 2500`` equals beta 5000 here, and a beta copied from it must be doubled.
+    """
 
     rank: int = field(default=8, metadata={"help": "LoRA rank"})
     alpha: float | None = field(default=None, metadata={"help": "LoRA alpha; None = rank (scale 1)"})
     targets: tuple[str, ...] = field(default=DEFAULT_TARGETS, metadata={"help": "attention modules"})
     lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate"})
-    beta: float = field(default=2500.0, metadata={"help": "DPO KL strength (2500 SD1.5, 5000 SDXL)"})
+    beta: float = field(default=2500.0, metadata={
+        "help": "DPO KL strength, official-code convention (loss uses beta/2): 5000 for SD 1.5 and SDXL"})
     steps: int = field(default=200, metadata={"help": "optimizer steps"})
     batch_size: int = field(default=4, metadata={"help": "pairs per micro-batch per process"})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})

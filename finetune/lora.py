@@ -118,21 +118,44 @@ def adapters_disabled(unet: torch.nn.Module) -> Iterator[torch.nn.Module]:
         model.enable_adapters()
 
 
+def _lora_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The model's peft LoRA layers, found once per set of adapters (walking all modules of a U-Net costs
+    more than switching its ~100 LoRA layers, and the reference pass switches twice a step)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    key = tuple(sorted(getattr(model, "peft_config", None) or {}))
+    cached = model.__dict__.get("_pickloop_lora_layers")
+    if cached is None or cached[0] != key:
+        cached = (key, [m for m in model.modules() if isinstance(m, BaseTunerLayer)])
+        model.__dict__["_pickloop_lora_layers"] = cached
+    return cached[1]
+
+
 @contextmanager
 def reference_model(unet: torch.nn.Module) -> Iterator[torch.nn.Module]:
     """The Diffusion-DPO reference model: the frozen parent adapter when the run continues from a parent
     (:func:`start_lora` with ``reference=True``), else the base U-Net (adapters disabled). No copy of
-    the U-Net either way; the trainable adapter is active again after."""
+    the U-Net either way; the trainable adapter is active (and trainable) again after.
+
+    Switches each LoRA layer directly (peft's per-layer ``enable_adapters``/``set_adapter``, which also keep
+    ``requires_grad`` right), the same switch diffusers' ``disable_adapters``/``set_adapter`` make after
+    walking every module of the U-Net."""
     model = getattr(unet, "module", unet)  # DDP wrapper -> the model
-    if REFERENCE_ADAPTER not in (getattr(model, "peft_config", None) or {}):
-        with adapters_disabled(model) as base:
-            yield base
-        return
-    model.set_adapter(REFERENCE_ADAPTER)
+    layers = _lora_layers(model)
+    with_parent = REFERENCE_ADAPTER in (getattr(model, "peft_config", None) or {})
+    for layer in layers:
+        if with_parent:
+            layer.set_adapter(REFERENCE_ADAPTER, inference_mode=True)
+        else:
+            layer.enable_adapters(False)
     try:
         yield model
     finally:
-        model.set_adapter(ADAPTER_NAME)  # peft: the active adapter trainable, the reference frozen again
+        for layer in layers:
+            if with_parent:
+                layer.set_adapter(ADAPTER_NAME)  # the trainable adapter active and trainable, the reference frozen
+            else:
+                layer.enable_adapters(True)
 
 
 # ---------------------------------------------------------------- continuing from a parent

@@ -114,13 +114,15 @@ def cmd_raters_list(args) -> None:  # noqa: ANN001
 
 def cmd_export(args) -> None:  # noqa: ANN001
     from pickloop.db import read_session
-    from pickloop.exchange import check_export_path, export_parquet
+    from pickloop.exchange import check_export_path, export_parquet, undecided_path
 
     check_export_path(args.out)  # before the data home is touched
     ctx = _ctx(args)
     with read_session(ctx.engine) as s:
         n = export_parquet(session=s, images=ctx.images, path=args.out)
-    print(f"{n} Pick-a-Pic rows written to {args.out}")
+    side = undecided_path(args.out)
+    extra = f" (ties, none good and skips in {side}; DPO readers take {args.out} alone)" if side.exists() else ""
+    print(f"{n} Pick-a-Pic rows written to {args.out}{extra}")
 
 
 def cmd_import(args) -> None:  # noqa: ANN001
@@ -169,10 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
     q = ra.add_parser("list", help="list raters")
     q.set_defaults(func=cmd_raters_list)
 
-    q = sub.add_parser("export", help="export every label as Pick-a-Pic parquet")
+    q = sub.add_parser("export", help="export every label as Pick-a-Pic parquet: decided pairs in OUT, "
+                                      "ties/none good/skips in OUT's .undecided.parquet sibling")
     q.add_argument("out", help="output .parquet file")
     q.set_defaults(func=cmd_export)
-    q = sub.add_parser("import", help="import labels from Pick-a-Pic parquet (pickloop's own or public)")
+    q = sub.add_parser("import", help="import labels from Pick-a-Pic parquet (pickloop's own, with its "
+                                      ".undecided.parquet sibling when present, or public)")
     q.add_argument("file", help="input .parquet file")
     q.set_defaults(func=cmd_import)
 

@@ -11,6 +11,22 @@ candidate (``has_label`` false). Columns starting ``pl_`` carry what Pick-a-Pic 
 slots, seeds, choice, order shown, time taken, idempotency key), so export then import gives back the same
 judgements. Files without them (public Pick-a-Pic data) import as one two-image set per row. Every row
 is checked (``pickloop.exchange_rows``) before anything is written: a bad one is one line naming it.
+
+Written so that readers that take every row as a decided pair read it right. The diffusers DPO example
+(``train_diffusion_dpo.py``) swaps a row's images only when ``label_0 == 0`` and never reads
+``has_label``: a tie (0.5) would train as "image 0 won" and an unlabelled row (0/0) as "image 1 won". The
+official Diffusion-DPO code keeps rows with ``label_0`` in (0, 1), so it drops ties but would read an
+unlabelled row as a pick. So :func:`export_parquet` writes two files:
+
+- ``FILE``: decided pairs only (label 1/0). The winner's position is balanced, not always first: rows are
+  ordered by a hash of (judgement key, images) and every other one puts the winner second, so a reader
+  that ignores the labels' order learns no position bias and one that honours them loses nothing.
+- ``FILE.stem + ".undecided.parquet"`` beside it, only when there are any: ties (0.5/0.5, ``has_label``
+  true, the Pick-a-Pic convention that PickScore-style trainers read as a soft target) and "none good"
+  or "skip" (0/0, ``has_label`` false). Point a DPO reader at ``FILE`` only.
+
+:func:`import_parquet` reads ``FILE`` and, when it is there, its ``.undecided`` sibling, so export then
+import still gives back every judgement.
 """
 from __future__ import annotations
 
@@ -33,8 +49,18 @@ PICKAPIC_COLUMNS = ["caption", "jpg_0", "jpg_1", "image_0_uid", "image_1_uid", "
                     "user_id", "created_at", "num_example_per_prompt"]
 
 
+UNDECIDED_SUFFIX = ".undecided.parquet"
+
+
+def undecided_path(path: str | Path) -> Path:
+    """Where :func:`export_parquet` puts ties, "none good" and skips beside ``path``."""
+    path = Path(path)
+    return path.with_name(path.stem + UNDECIDED_SUFFIX)
+
+
 def _pairs_of(j: Judgement, cands: list[Candidate]) -> list[tuple[Candidate, Candidate, float, float, bool]]:
-    """(image 0, image 1, label_0, label_1, has_label) rows for one judgement."""
+    """(image 0, image 1, label_0, label_1, has_label) rows for one judgement; a pick's winner comes first
+    here and :func:`_balance_winner_position` moves it."""
     if j.choice == "pick":
         win = next(c for c in cands if c.id == j.winner_id)
         return [(win, c, 1.0, 0.0, True) for c in cands if c.id != win.id]
@@ -43,11 +69,26 @@ def _pairs_of(j: Judgement, cands: list[Candidate]) -> list[tuple[Candidate, Can
     return [(cands[0], c, 0.0, 0.0, False) for c in cands[1:]]
 
 
+_SWAP = {"jpg_0": "jpg_1", "image_0_uid": "image_1_uid", "model_0": "model_1", "label_0": "label_1"}
+
+
+def _balance_winner_position(rows: list[dict]) -> None:
+    """Put the winner second in every other decided row, in an order fixed by a hash of the row's
+    judgement key and images: half the winners sit in each position (within one), independent of the
+    order the judgements were made in, and a rerun writes the same file."""
+    def order(r: dict) -> str:
+        return hashlib.sha256(f"{r['pl_key']}|{r['image_0_uid']}|{r['image_1_uid']}".encode()).hexdigest()
+
+    for r in sorted(rows, key=order)[1::2]:
+        for a, b in _SWAP.items():
+            r[a], r[b] = r[b], r[a]
+
+
 def export_rows(*, session: Session, images: ImageStore) -> list[dict]:
-    """Every judgement as Pick-a-Pic rows (see module docstring)."""
+    """Every judgement as Pick-a-Pic rows (see module docstring), decided rows with the winner's position
+    balanced."""
     versions = {v.id: v.name for v in session.exec(select(ModelVersion))}
     raters = {r.id: r.name for r in session.exec(select(Rater))}
-    per_prompt: dict[int, int] = defaultdict(int)
     q = (select(Judgement, Comparison, Prompt).join(Comparison, Judgement.comparison_id == Comparison.id)
          .join(Prompt, Comparison.prompt_id == Prompt.id).order_by(Judgement.id))
     rows: list[dict] = []
@@ -60,7 +101,6 @@ def export_rows(*, session: Session, images: ImageStore) -> list[dict]:
 
     for j, comp, prompt in session.exec(q):
         cands = candidates_of(session=session, comparison_id=comp.id)
-        per_prompt[prompt.id] += 1
         for a, b, l0, l1, has_label in _pairs_of(j, cands):
             rows.append({
                 "caption": prompt.text, "jpg_0": blob(a.image_sha256),
@@ -79,7 +119,12 @@ def export_rows(*, session: Session, images: ImageStore) -> list[dict]:
                                               "model": versions[c.model_version_id]} for c in cands]),
                 "pl_raters_wanted": comp.raters_wanted,
             })
-    counts = defaultdict(int)
+    _balance_winner_position([r for r in rows if r["pl_choice"] == "pick"])
+    return rows
+
+
+def _count_per_prompt(rows: list[dict]) -> list[dict]:
+    counts: dict[str, int] = defaultdict(int)
     for r in rows:
         counts[r["caption"]] += 1
     for r in rows:
@@ -87,15 +132,10 @@ def export_rows(*, session: Session, images: ImageStore) -> list[dict]:
     return rows
 
 
-def export_parquet(*, session: Session, images: ImageStore, path: str | Path) -> int:
-    """Write every judgement to ``path`` (atomically); returns the number of rows."""
+def _write_atomically(rows: list[dict], path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    path = check_export_path(path)
-    rows = export_rows(session=session, images=images)
-    if not rows:
-        raise UserError("no judgements to export yet")
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         pq.write_table(pa.Table.from_pylist(rows), tmp)
@@ -104,6 +144,24 @@ def export_parquet(*, session: Session, images: ImageStore, path: str | Path) ->
         raise UserError(f"cannot write {path}: {e.strerror or e}") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def export_parquet(*, session: Session, images: ImageStore, path: str | Path) -> int:
+    """Write every judgement: decided pairs to ``path``, ties, "none good" and skips to
+    :func:`undecided_path` (only when there are any; a stale one is removed). Returns the number of rows
+    in both. Each file is written atomically."""
+    path = check_export_path(path)
+    rows = export_rows(session=session, images=images)
+    if not rows:
+        raise UserError("no judgements to export yet")
+    decided = [r for r in rows if r["pl_choice"] == "pick"]
+    undecided = [r for r in rows if r["pl_choice"] != "pick"]
+    _write_atomically(_count_per_prompt(decided), path)
+    side = undecided_path(path)
+    if undecided:
+        _write_atomically(_count_per_prompt(undecided), side)
+    elif side.exists():  # from an earlier export: importing it beside this file would add stale labels
+        side.unlink()
     return len(rows)
 
 
@@ -190,11 +248,7 @@ def _import_set(session: Session, images: ImageStore, rows: list[dict]) -> bool:
     return created
 
 
-def import_parquet(*, session: Session, images: ImageStore, path: str | Path) -> tuple[int, int]:
-    """Read Pick-a-Pic rows from ``path`` into the store; returns (judgements added, already present).
-
-    Every row is checked first (``exchange_rows``): a bad one is one UserError naming its row and column,
-    raised before any image or row is written."""
+def _read_rows(path: str | Path) -> list[dict]:
     import pyarrow.parquet as pq
 
     try:
@@ -205,8 +259,24 @@ def import_parquet(*, session: Session, images: ImageStore, path: str | Path) ->
                            "model_0", "model_1", "ranking_id", "user_id") if c not in table.column_names]
     if missing:
         raise UserError(f"{path} lacks Pick-a-Pic columns: {', '.join(missing)}")
+    return table.to_pylist()
+
+
+def import_parquet(*, session: Session, images: ImageStore, path: str | Path) -> tuple[int, int]:
+    """Read Pick-a-Pic rows from ``path`` and, when it exists, its ``.undecided`` sibling (see
+    :func:`export_parquet`) into the store; returns (judgements added, already present).
+
+    Every row is checked first (``exchange_rows``): a bad one is one UserError naming its file, row and
+    column, raised before any image or row is written."""
+    rows = parse_rows(_read_rows(path), path)  # every row checked before anything is written
+    side = undecided_path(path)
+    if side.is_file() and side.resolve() != Path(path).resolve():
+        rows += parse_rows(_read_rows(side), side)
+        # the judgements in the order they were made (pickloop writes its judgement id as ranking_id)
+        rows.sort(key=lambda r: r["ranking_id"] if isinstance(r["ranking_id"], int) else -1)
     groups: dict[str, list[dict]] = defaultdict(list)
-    for row in parse_rows(table.to_pylist(), path):
+    for row in rows:
+        row.setdefault("has_label", True)
         gid = row["pl_key"] if row.get("pl_key") is not None else \
             public_key(row["ranking_id"], row["image_0_uid"], row["image_1_uid"])
         groups[gid].append(row)

@@ -7,7 +7,7 @@ from sqlmodel import select
 
 from pickloop.db import make_engine, read_session, upgrade, write_session
 from pickloop.errors import UserError
-from pickloop.exchange import PICKAPIC_COLUMNS, export_parquet, import_parquet
+from pickloop.exchange import PICKAPIC_COLUMNS, export_parquet, import_parquet, undecided_path
 from pickloop.images import ImageStore
 from pickloop.schema import Candidate, Judgement, Prompt, Rater
 from pickloop.store import add_rater, candidates_of, preference_pairs, record_judgement
@@ -44,9 +44,14 @@ def test_round_trip_keeps_every_label(tmp_path):
     out = tmp_path / "labels.parquet"
     with read_session(src) as s:
         n = export_parquet(session=s, images=imgs, path=out)
-    table = pq.read_table(out)
-    assert set(PICKAPIC_COLUMNS) <= set(table.column_names) and table.num_rows == n
-    assert sorted(set(table.column("label_0").to_pylist())) == [0.0, 0.5, 1.0]
+    table, side = pq.read_table(out), pq.read_table(undecided_path(out))
+    assert set(PICKAPIC_COLUMNS) <= set(table.column_names) and table.num_rows + side.num_rows == n
+    assert sorted(set(table.column("label_0").to_pylist())) == [0.0, 1.0]  # decided pairs only
+    assert set(table.column("pl_choice").to_pylist()) == {"pick"}
+    assert set(side.column("pl_choice").to_pylist()) == {"tie", "none", "skip"}
+    ties = [r for r in side.to_pylist() if r["pl_choice"] == "tie"]
+    assert ties and all(r["label_0"] == r["label_1"] == 0.5 and r["has_label"] for r in ties)
+    assert not any(r["has_label"] for r in side.to_pylist() if r["pl_choice"] != "tie")
 
     dst = make_engine(f"sqlite:///{tmp_path / 'b.db'}")
     upgrade(dst)
@@ -93,3 +98,68 @@ def test_bad_file_is_one_line(tmp_path):
     with pytest.raises(UserError, match="cannot read parquet"):
         with write_session(e) as s:
             import_parquet(session=s, images=ImageStore(str(tmp_path / "i")), path=f)
+
+
+def _diffusers_dpo_reader(rows: list[dict]) -> list[tuple[str, str]]:
+    """(preferred, other) image uid per row as the diffusers DPO example (train_diffusion_dpo.py,
+    ``preprocess_train``) reads them: it keeps every row, swaps the images only when label_0 == 0, and
+    trains the first as the winner."""
+    return [(r["image_1_uid"], r["image_0_uid"]) if r["label_0"] == 0 else (r["image_0_uid"], r["image_1_uid"])
+            for r in rows]
+
+
+def _official_dpo_reader(rows: list[dict]) -> list[tuple[str, str]]:
+    """The official Diffusion-DPO code: rows with label_0 in (0, 1) only, then the same swap."""
+    return _diffusers_dpo_reader([r for r in rows if r["label_0"] in (0, 1)])
+
+
+def test_dpo_readers_read_every_exported_row_right(tmp_path):
+    """Ties and unlabelled answers stay out of the file DPO readers train on, and the winner's position is
+    balanced: the readers' pairs are exactly the raters' (winner, loser) pairs, half with the winner second."""
+    e = make_engine(f"sqlite:///{tmp_path / 'a.db'}")
+    upgrade(e)
+    imgs = ImageStore(str(tmp_path / "img"))
+    truth = set()
+    with write_session(e) as s:
+        r, _ = add_rater(session=s, name="ann")
+        for i in range(40):
+            choice = ["pick", "pick", "tie", "none", "skip"][i % 5]
+            comp = make_ready_set(s, imgs, prompt=f"prompt {i % 7}", n=2 + i % 3)
+            cands = candidates_of(session=s, comparison_id=comp.id)
+            winner = cands[i % len(cands)]
+            record_judgement(session=s, comparison_id=comp.id, rater_id=r.id, choice=choice,
+                             winner_id=winner.id if choice == "pick" else None,
+                             shown_order=[c.id for c in cands], idempotency_key=f"k{i}", time_ms=10)
+            if choice == "pick":
+                truth |= {(winner.image_sha256, c.image_sha256, f"k{i}") for c in cands if c.id != winner.id}
+    out = tmp_path / "labels.parquet"
+    with read_session(e) as s:
+        export_parquet(session=s, images=imgs, path=out)
+    rows = pq.read_table(out).to_pylist()
+    keyed = {(w, l_, r["pl_key"]) for (w, l_), r in zip(_diffusers_dpo_reader(rows), rows)}
+    assert keyed == truth and len(rows) == len(truth)
+    assert sorted(_official_dpo_reader(rows)) == sorted(_diffusers_dpo_reader(rows))
+    second = sum(r["label_0"] == 0 for r in rows)
+    assert abs(2 * second - len(rows)) <= 1  # the winner sits in each position half the time
+    assert all(r["best_image_uid"] == (r["image_0_uid"] if r["label_0"] == 1 else r["image_1_uid"]) for r in rows)
+    assert all(r["num_example_per_prompt"] == sum(q["caption"] == r["caption"] for q in rows) for r in rows)
+    with read_session(e) as s:  # a rerun writes the same file
+        export_parquet(session=s, images=imgs, path=tmp_path / "again.parquet")
+    assert pq.read_table(tmp_path / "again.parquet").to_pylist() == rows
+
+
+def test_export_without_undecided_answers_leaves_no_sibling(tmp_path):
+    e = make_engine(f"sqlite:///{tmp_path / 'a.db'}")
+    upgrade(e)
+    imgs = ImageStore(str(tmp_path / "img"))
+    out = tmp_path / "labels.parquet"
+    undecided_path(out).write_bytes(b"stale")
+    with write_session(e) as s:
+        r, _ = add_rater(session=s, name="ann")
+        comp = make_ready_set(s, imgs, n=3)
+        ids = [c.id for c in candidates_of(session=s, comparison_id=comp.id)]
+        record_judgement(session=s, comparison_id=comp.id, rater_id=r.id, choice="pick", winner_id=ids[1],
+                         shown_order=ids, idempotency_key="k", time_ms=1)
+    with read_session(e) as s:
+        assert export_parquet(session=s, images=imgs, path=out) == 2
+    assert not undecided_path(out).exists()

@@ -224,6 +224,20 @@ def test_queue_counts_prompts_and_export(ctx, alice):
         assert data[:4] == b"PAR1"
 
 
+def test_pickapic_export_with_a_tie_downloads_both_files(ctx, alice):
+    import io
+    import zipfile
+
+    make_sets(ctx, 2)
+    answer(ctx, alice[0], next_for(ctx, alice[0]), pos=1)
+    answer(ctx, alice[0], next_for(ctx, alice[0]), choice="tie")
+    with read_session(ctx.engine) as s:
+        data, name, mime = logic.export_labels(session=s, fmt="pickapic-parquet", images=ctx.images)
+    assert name == "pickloop-labels.zip" and mime == "application/zip"
+    names = sorted(zipfile.ZipFile(io.BytesIO(data)).namelist())
+    assert names == ["pickloop-labels.parquet", "pickloop-labels.undecided.parquet"]
+
+
 def test_concurrent_raters_never_share_a_set(actx):
     from concurrent.futures import ThreadPoolExecutor
 

@@ -297,7 +297,7 @@ def test_run_ddpo_writes_a_loadable_lora_and_resumes_like_an_uninterrupted_run(t
     run(1, "split")  # "killed" after one epoch: its checkpoint stays in work-split
     resumed = run(2, "split")
     assert [h["epoch"] for h in resumed.metrics["history"]] == [0, 1]
-    timing = ("epoch_s", "sample_s", "train_s")
+    timing = ("epoch_s", "sample_s", "train_s", "epoch_cpu_s", "sample_cpu_s", "train_cpu_s")
     strip = lambda rows: [{k: v for k, v in r.items() if k not in timing} for r in rows]  # noqa: E731
     assert strip(resumed.metrics["history"]) == strip(whole.metrics["history"])
     t_whole, cfg = load_lora_state(whole.lora_dir, expected_sha256=whole.lora_sha256)
@@ -335,7 +335,7 @@ def test_bench_ddpo_prints_its_figures_last(tiny_base, capsys):
                        "2", "--batches", "1", "--train-batch-size", "2", "--steps", "2", "--drift-prompts", "1")
     assert args.func(args) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert re.fullmatch(r"epoch_s=[\d.]+ sample_s=[\d.]+ train_s=[\d.]+ peak_rss_mb=[\d.]+", last), last
+    assert re.fullmatch(r"epoch_s=[\d.]+ sample_s=[\d.]+ train_s=[\d.]+ floor_ratio=[\d.]+ peak_rss_mb=[\d.]+", last), last
 
 
 def test_bench_ddpo_reference_trl_without_the_extra_says_how_to_install(tiny_base, capsys, monkeypatch):

@@ -46,9 +46,11 @@ def test_reference_pass_equals_base_unet(labelled):
     with torch.no_grad():
         with lora_io.adapters_disabled(m.unet) as ref:
             ref_out = ref(x, ts, **cond).sample
+        with lora_io.reference_model(m.unet) as ref:  # the DPO step's switch: the same base U-Net
+            dpo_ref_out = ref(x, ts, **cond).sample
         adapted = m.unet(x, ts, **cond).sample
         base_out = plain(x, ts, **cond).sample
-    assert torch.allclose(ref_out, base_out, atol=1e-6)
+    assert torch.allclose(ref_out, base_out, atol=1e-6) and torch.equal(dpo_ref_out, ref_out)
     assert not torch.allclose(adapted, base_out, atol=1e-3)
     assert all(p.requires_grad for p in lora_io.lora_parameters(m.unet)), "adapters not re-enabled"
 
