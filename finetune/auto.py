@@ -7,9 +7,12 @@ parent and the best that passes is promoted before the next stage starts from it
 1. **Can the reward model be trusted?** The newest reward model's cross-validated accuracy on the human
    labels (``reward.train.cross_validated_accuracy``: every label scored once by a head that did not see
    its prompt) must reach ``settings.reward_trust_min_acc`` on at least ``settings.reward_trust_min_pairs``
-   pairs. When it does not, the run says so in one line and uses none of its rankings: no AI-ranked pairs,
-   no DDPO, and the gate's win rate (which the reward model scores) is recorded but does not decide; the
-   judge's prompt following does (shapes world), and elsewhere the version stays a candidate for a person.
+   pairs. When it does not, the run says so in one line: no DDPO, and the gate's win rate (which the
+   reward model scores) is recorded but does not decide; the judge's prompt following does (shapes
+   world), and elsewhere the version stays a candidate for a person. Its rankings are still used for
+   AI-ranked pairs when it is right where it is sure: its accuracy on the quarter of pairs it separates
+   most, less one standard error, reaches ``settings.reward_rank_min_top_acc`` (best against worst of 8
+   images is such a pair); otherwise it ranks nothing either.
 2. **Stage 1, Diffusion-DPO** on the human picks since the parent; with a trusted reward model, also on
    the best-vs-worst pairs of ``AI_SETS`` sets of ``AI_CANDIDATES`` images drawn by the parent and ranked
    by the reward model, at full weight (sharper pairs than 4-image sets at half weight: in the loop those
@@ -37,15 +40,20 @@ AI_WEIGHT = 1.0
 
 @dataclass
 class Trust:
-    trusted: bool
+    trusted: bool  # its scores may train (DDPO) and judge (the gate's win rate)
     reward_model_id: int | None
     cv_acc: float | None
     cv_pairs: int
     reason: str
+    ranks: bool | None = None  # its best-against-worst rankings may make AI pairs; None: as ``trusted``
+
+    def __post_init__(self) -> None:
+        if self.ranks is None:
+            self.ranks = self.trusted
 
     def as_dict(self) -> dict[str, Any]:
-        return {"trusted": self.trusted, "reward_model_id": self.reward_model_id, "cv_acc": self.cv_acc,
-                "cv_pairs": self.cv_pairs, "reason": self.reason}
+        return {"trusted": self.trusted, "ranks": self.ranks, "reward_model_id": self.reward_model_id,
+                "cv_acc": self.cv_acc, "cv_pairs": self.cv_pairs, "reason": self.reason}
 
 
 @dataclass
@@ -98,8 +106,13 @@ def reward_trust(ctx: Any) -> Trust:
         return Trust(False, rid, acc, pairs, f"reward model {rid} was validated on {pairs} pairs only "
                                              f"(needs {st.reward_trust_min_pairs})")
     if acc < st.reward_trust_min_acc:
-        return Trust(False, rid, acc, pairs, f"reward model {rid}: cross-validated accuracy {acc:.3f} on {pairs} "
-                                             f"pairs is below {st.reward_trust_min_acc:.2f}")
+        top, top_se = m.get("cv_acc_top"), m.get("cv_acc_top_se") or 0.0
+        why = f"reward model {rid}: cross-validated accuracy {acc:.3f} on {pairs} pairs is below " \
+              f"{st.reward_trust_min_acc:.2f}"
+        if top is not None and top - top_se >= st.reward_rank_min_top_acc:
+            return Trust(False, rid, acc, pairs, why + f", but {top:.3f} +- {top_se:.3f} on the quarter it separates "
+                                                       "most, so its best-against-worst rankings are used", ranks=True)
+        return Trust(False, rid, acc, pairs, why)
     return Trust(True, rid, acc, pairs, f"reward model {rid}: cross-validated accuracy {acc:.3f} on {pairs} pairs")
 
 
@@ -109,14 +122,16 @@ def plan_candidates(trust: Trust, *, dpo: dict[str, Any] | None = None, ddpo: di
 
     ``dpo`` / ``ddpo``: the operator's overrides of each method's config (they win over the plan's)."""
     dpo, ddpo = dict(dpo or {}), dict(ddpo or {})
-    if not trust.trusted:
+    if not trust.ranks:
         return [[Candidate("dpo", "dpo", "dpo", {**dpo, "ai_feedback_sets": 0})]]
     ai = {"ai_feedback_sets": AI_SETS, "ai_feedback_candidates": AI_CANDIDATES, "ai_feedback_weight": AI_WEIGHT}
     if dpo.get("ai_feedback_sets") == 0:  # the operator turned AI-ranked pairs off: dpo+ai would be dpo again
         variants = ("dpo",)
+    elif not trust.trusted:  # its rankings only: without a judge of taste, no choosing among variants
+        variants = ("dpo+ai",)
     first = [Candidate("dpo", v, "dpo", {**dpo, "ai_feedback_sets": 0} if v == "dpo" else {**ai, **dpo})
              for v in variants]
-    return [first, [Candidate("ddpo", "ddpo", "ddpo", ddpo)]]
+    return [first, [Candidate("ddpo", "ddpo", "ddpo", ddpo)]] if trust.trusted else [first]
 
 
 def _rank(c: Candidate, judged_win: bool) -> tuple[float, float]:
@@ -150,7 +165,10 @@ def run_auto(ctx: Any, *, min_new_labels: int = 1, dpo: dict[str, Any] | None = 
     if new < min_new_labels:
         log(f"{new} new labels since the last run (snapshot {last}); need {min_new_labels}: nothing to do")
         return AutoOutcome(trust, [], [])
-    if not trust.trusted:
+    if trust.ranks and not trust.trusted:
+        log(f"trusting the reward model's rankings only: {trust.reason}; no DDPO, and its win rate does not "
+            "decide promotion")
+    elif not trust.trusted:
         log(f"not trusting the reward model: {trust.reason}; no AI-ranked pairs, no DDPO, and its win rate "
             "does not decide promotion")
     else:

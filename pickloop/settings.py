@@ -44,6 +44,10 @@ class Settings(BaseSettings):
                                         "rankings (AI-ranked pairs, DDPO, the gate's win rate) only when its "
                                         "cross-validated accuracy on the human labels reaches this.")
     reward_trust_min_pairs: int = Field(100, ge=1, description="...and it was validated on at least this many pairs.")
+    reward_rank_min_top_acc: float = Field(0.60, ge=0.5, le=1.0, description="Below full trust, AI-ranked pairs "
+                                           "(best against worst of a set: pairs the reward model separates by far) "
+                                           "are still used when its cross-validated accuracy on the quarter of "
+                                           "pairs it separates most, less one standard error, reaches this.")
     auto_dpo_variants: tuple[str, ...] = Field(("dpo+ai",), description="The Diffusion-DPO candidates "
                                                "`finetune run --method auto` trains when the reward model is trusted "
                                                "(dpo: human picks only; dpo+ai: also AI-ranked pairs); the gate "

@@ -51,7 +51,13 @@ def test_trust_follows_the_cross_validated_accuracy(ctx):
     _set_metrics(ctx, rid, cv_acc=0.95, cv_pairs=20)
     assert not reward_trust(ctx).trusted and "20 pairs only" in reward_trust(ctx).reason
     _set_metrics(ctx, rid, cv_acc=0.82, cv_pairs=600)
-    assert reward_trust(ctx).trusted and reward_trust(ctx).cv_acc == 0.82
+    assert reward_trust(ctx).trusted and reward_trust(ctx).cv_acc == 0.82 and reward_trust(ctx).ranks
+    # weak overall, but right where it is sure: its best-against-worst rankings may make AI pairs
+    _set_metrics(ctx, rid, cv_acc=0.6, cv_acc_top=0.8, cv_acc_top_se=0.03)
+    t = reward_trust(ctx)
+    assert not t.trusted and t.ranks and "quarter it separates most" in t.reason
+    _set_metrics(ctx, rid, cv_acc_top=0.66, cv_acc_top_se=0.07)  # within noise of 0.60: no
+    assert not reward_trust(ctx).ranks
 
 
 def test_an_untrusted_reward_model_ranks_nothing(ctx):
@@ -60,6 +66,8 @@ def test_an_untrusted_reward_model_ranks_nothing(ctx):
     assert untrusted[0][0].overrides == {"steps": 5, "ai_feedback_sets": 0}
     from finetune.auto import Trust
 
+    ranks_only = plan_candidates(Trust(False, 1, 0.6, 500, "", ranks=True), variants=("dpo", "dpo+ai"))
+    assert [[c.name for c in stage] for stage in ranks_only] == [["dpo+ai"]]  # no DDPO, no judge to choose
     trusted = plan_candidates(Trust(True, 1, 0.9, 500, ""), dpo={"steps": 5}, variants=("dpo", "dpo+ai"))
     assert [[c.name for c in stage] for stage in trusted] == [["dpo", "dpo+ai"], ["ddpo"]]
     ai = trusted[0][1].overrides

@@ -20,6 +20,8 @@ def test_cross_validated_accuracy_is_high_on_a_learnable_taste_and_chance_on_noi
     assert learnable["cv_acc"] > 0.75
     assert noisy["cv_acc"] < 0.65 and noisy["cv_acc"] < learnable["cv_acc"] - 0.15
     assert 0 <= learnable["cv_acc_se"] < 0.06 and noisy["cv_acc_se"] > 0.03
+    # where it separates pairs most it is right at least as often; on noise it is not sure of anything
+    assert learnable["cv_acc_top"] >= learnable["cv_acc"] and noisy["cv_acc_top"] - noisy["cv_acc_top_se"] < 0.6
 
 
 def test_folds_are_fixed_by_the_prompt_text():
