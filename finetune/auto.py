@@ -90,7 +90,7 @@ class AutoOutcome:
 def reward_trust(ctx: Any) -> Trust:
     """Whether the newest reward model may rank images for this run (see the module docstring)."""
     from pickloop.db import read_session
-    from reward.registry import find_reward_model
+    from reward import find_reward_model
 
     st = ctx.settings
     with read_session(ctx.engine) as s:

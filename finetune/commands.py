@@ -4,9 +4,7 @@ Heavy imports (torch, diffusers) happen inside handlers so ``pickloop --help`` s
 """
 from __future__ import annotations
 
-import json
-
-from pickloop.typed_config import int_list, non_negative_int
+from pickloop.typed_config import int_list, json_object, non_negative_int
 
 
 def _ctx():  # noqa: ANN202
@@ -15,22 +13,10 @@ def _ctx():  # noqa: ANN202
     return Context()
 
 
-def _json_object(text: str) -> dict:
-    from pickloop.errors import UserError
-
-    try:
-        data = json.loads(text)
-    except ValueError as e:
-        raise UserError(f"--config must be a JSON object: {e}") from None
-    if not isinstance(data, dict):
-        raise UserError("--config must be a JSON object of config fields")
-    return data
-
-
 def cmd_finetune_run(args) -> int:  # noqa: ANN001
     from pickloop.errors import UserError
 
-    overrides = _json_object(args.config)
+    overrides = json_object(args.config)
     if args.method == "auto":
         from finetune.auto import run_auto
 
@@ -101,7 +87,7 @@ def cmd_models_export(args) -> None:  # noqa: ANN001
 
 
 def cmd_bench_dpo(args) -> int:  # noqa: ANN001
-    from finetune.bench import run_bench
+    from finetune.bench.dpo import run_bench
 
     figures = run_bench(steps=args.steps, pairs=args.pairs, batch_size=args.batch_size, base=args.base,
                         reference=args.reference, reference_script=args.reference_script)
@@ -151,8 +137,8 @@ def register(sub, bench_sub) -> None:  # noqa: ANN001
     q.add_argument("--reference-script", default=None,
                    help="path of diffusers' examples/research_projects/diffusion_dpo/train_diffusion_dpo.py")
     q.set_defaults(func=cmd_bench_dpo)
-    from finetune.ddpo_commands import register_bench
-    from finetune.scale_bench import register as register_scale_bench
+    from finetune.bench.ddpo import register_bench
+    from finetune.bench.scale import register as register_scale_bench
 
     register_bench(bench_sub)
     register_scale_bench(bench_sub)

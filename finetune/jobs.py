@@ -17,14 +17,13 @@ Each run continues from its parent, the version promoted when the run is keyed: 
 the parent's LoRA (``finetune.lora.start_lora``; from a fresh LoRA when the parent is the base) and the
 new version is registered as that parent's child, even if another version was promoted meanwhile.
 
-Trainer contract for other methods (``finetune.ddpo``): ``run_ddpo(ctx, config, *, out_dir, work_dir,
-upto, on_step, parent) -> result`` with ``result.lora_sha256`` and ``result.metrics``;
-``config.config_hash()``.
+Trainer contract for every method in ``METHOD_TABLE`` (``finetune.dpo.job.run_dpo``,
+``finetune.ddpo.job.run_ddpo``): ``run_x(ctx, config, *, out_dir, work_dir, upto, on_step, parent) -> result``
+with ``result.lora_sha256`` and ``result.metrics``; ``config.config_hash()``.
 """
 from __future__ import annotations
 
 import fcntl
-import importlib
 import os
 import re
 import socket
@@ -35,10 +34,20 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from finetune import ddpo, dpo
+from finetune.ddpo.config import DDPOConfig
+from finetune.dpo.config import DPOConfig
 from pickloop.errors import UserError
 
 EXIT_BUSY = 75  # EX_TEMPFAIL: "try again later"; distinct from 0 (done / nothing to do) and 2 (user error)
-METHODS = ("dpo", "ddpo")
+
+# method -> (typed config, trainer). The configs import no torch, so a bad setting is refused before any
+# model loads; each trainer is reached through its package's lazy surface when a run starts.
+METHOD_TABLE: dict[str, tuple[type, Callable[[], Callable[..., Any]]]] = {
+    "dpo": (DPOConfig, lambda: dpo.run_dpo),
+    "ddpo": (DDPOConfig, lambda: ddpo.run_ddpo),
+}
+METHODS = tuple(METHOD_TABLE)
 
 
 @dataclass
@@ -80,26 +89,13 @@ def file_lock(path: Path) -> Iterator[bool]:
 
 def method_config(method: str, overrides: dict[str, Any] | None = None) -> Any:
     """The typed config of ``method`` with ``overrides`` (a dict of fields)."""
-    if method == "dpo":
-        from finetune.dpo_config import DPOConfig
-
-        return DPOConfig.from_dict(overrides or {})
-    if method == "ddpo":
-        from finetune.ddpo_config import DDPOConfig
-
-        return DDPOConfig.from_dict(overrides or {})
-    raise UserError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    if method not in METHOD_TABLE:
+        raise UserError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    return METHOD_TABLE[method][0].from_dict(overrides or {})
 
 
 def _trainer(method: str) -> Callable[..., Any]:
-    if method == "dpo":
-        from finetune.dpo import run_dpo
-
-        return run_dpo
-    fn = getattr(importlib.import_module("finetune.ddpo"), "run_ddpo", None)
-    if fn is None:
-        raise UserError("DDPO is not available in this install (finetune.ddpo.run_ddpo missing)")
-    return fn
+    return METHOD_TABLE[method][1]()
 
 
 def labels_since_last_run(session: Any, kind: str) -> tuple[int, int]:
@@ -240,15 +236,15 @@ def _reward_model_used(ctx: Any, method: str, config: Any) -> int | None:
     if not uses:
         return None
     from pickloop.db import read_session
-    from reward.registry import latest_reward_model_id
+    from reward import latest_reward_model_id
 
     with read_session(ctx.engine) as s:
         return latest_reward_model_id(session=s)
 
 
 def _run_locked(ctx: Any, method: str, kind: str, config: Any, min_new_labels: int) -> JobOutcome:
-    from pickloop.db import read_session, write_session
     from finetune.lora import parent_lora
+    from pickloop.db import read_session, write_session
     from pickloop.store import data_snapshot, ensure_base_version, promoted_version
 
     prepare_home(ctx)
@@ -280,10 +276,9 @@ def _run_locked(ctx: Any, method: str, kind: str, config: Any, min_new_labels: i
 
 def _train_and_register(ctx: Any, method: str, config: Any, job: Any, snapshot: int, parent_id: int,
                         parent: Any, reward_id: int | None = None) -> JobOutcome:
+    from finetune.registry import register_version
     from pickloop.db import write_session
     from pickloop.schema import Job, utcnow
-
-    from finetune.registry import register_version
 
     name = _safe_name(f"{method}-s{snapshot}-{job.config_hash[:8]}" + (f"-p{parent_id}" if parent else "")
                       + (f"-rm{reward_id}" if reward_id is not None else ""))

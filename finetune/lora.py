@@ -25,7 +25,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from finetune.dpo_config import DEFAULT_TARGETS
+from finetune.dpo.config import DEFAULT_TARGETS
 from pickloop.atomic import fsync_file, replacing_folder
 from pickloop.errors import UserError
 from pickloop.integrity import file_sha256, parse_safetensors, read_verified

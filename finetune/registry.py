@@ -202,7 +202,9 @@ def gate_prompts(ctx: Any, prompts: Sequence[str] | None = None, n: int = 16) ->
 def resolve_scorer(ctx: Any, spec: str = "reward") -> Scorer:
     """``reward``: the newest reward model; ``MODULE:FUNC`` or ``FILE.py:FUNC``: any scorer callable."""
     if spec == "reward":
-        model = importlib.import_module("reward.registry").load_latest(ctx=ctx)
+        from reward import load_latest
+
+        model = load_latest(ctx=ctx)
         return lambda prompts, images: model.score(list(prompts), list(images)).tolist()
     if ":" not in spec:
         raise UserError(f"scorer must be 'reward' or MODULE:FUNC / FILE.py:FUNC, not {spec!r}")

@@ -8,7 +8,7 @@ Names are imported lazily so that ``pickloop --help`` does not load torch.
 """
 from __future__ import annotations
 
-from importlib import import_module
+from pickloop.lazy import lazy_exports
 
 _EXPORTS = {
     "load_pipeline": "generator.pipeline", "load_lora": "generator.pipeline",
@@ -17,9 +17,4 @@ _EXPORTS = {
     "noise_memory_stats": "generator.noise_memory",
 }
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):  # noqa: ANN202
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'generator' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

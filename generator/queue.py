@@ -183,7 +183,7 @@ def load_reward_model_for_queue(ctx):  # noqa: ANN001, ANN201 - RewardModel | No
     (also None when none is registered or it cannot be loaded: the sets then get no priority)."""
     if not ctx.settings.active_learning:
         return None
-    from reward.registry import load_latest  # reward imports torch/transformers: only when wanted
+    from reward import load_latest  # reward imports torch/transformers: only when wanted
 
     try:
         return load_latest(ctx=ctx)
@@ -195,7 +195,7 @@ def set_priority(reward_model, prompt: str, images: list, image_keys: list[str])
     """Uncertainty of a set in [0, 1]: 1 - |P(best beats runner-up) - 0.5| * 2, where P = sigmoid(r1 - r2)
     of the reward model's two best scores (uncertainty sampling, Lewis & Gale 1994). 1 = the model cannot
     tell them apart (a pick teaches it most); 0 = it is sure (or the set has fewer than two images)."""
-    from reward.uncertainty import CandidateSet, set_uncertainty
+    from reward import CandidateSet, set_uncertainty
 
     return _priority(set_uncertainty(reward_model, [CandidateSet(prompt, images, image_keys=image_keys)])[0].p_best)
 
@@ -208,7 +208,7 @@ def rescore_ready_sets(*, ctx, reward_model, pool: str | None = None, batch: int
     """Set every ready set's priority from ``reward_model`` (what a newer reward model is unsure about
     differs from what the one that drew them was); returns how many sets were scored."""
     from pickloop.db import read_session, write_session
-    from reward.uncertainty import order_comparisons
+    from reward import order_comparisons
 
     q = select(Comparison.id).where(Comparison.status == "ready").order_by(Comparison.id)
     if pool is not None:
@@ -230,7 +230,7 @@ def rescore_if_new_reward_model(ctx, scored_with: int | None, *, pool: str | Non
     """With active learning on, re-score the ready sets once a reward model newer than ``scored_with``
     (a registry id) is registered; returns the id the queue is now scored with."""
     from pickloop.db import read_session
-    from reward.registry import latest_reward_model_id
+    from reward import latest_reward_model_id
 
     if not ctx.settings.active_learning:
         return scored_with

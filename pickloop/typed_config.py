@@ -10,6 +10,7 @@ valid value of a float setting.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import types
 import typing
@@ -121,3 +122,14 @@ def int_list(text: str) -> list[int]:
     if not values:
         raise argparse.ArgumentTypeError("expected at least one whole number")
     return values
+
+
+def json_object(text: str) -> dict:
+    """A ``--config`` value: a JSON object of config fields (a user mistake otherwise)."""
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise UserError(f"--config must be a JSON object: {e}") from None
+    if not isinstance(data, dict):
+        raise UserError("--config must be a JSON object of config fields")
+    return data

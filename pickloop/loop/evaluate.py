@@ -1,32 +1,14 @@
 """How the loop is judged: the rater's oracle win rate against the base at fixed seeds, and prompt following."""
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from PIL import Image
 
 from pickloop.shapes.judge import follow_accuracy, follows
-from pickloop.shapes.world import caption, is_heldout, sample_scene
-from pickloop.store import prompt_split
 
 Taste = Callable[[Image.Image, "str | None"], float]
-
-
-def open_prompts(n: int, *, heldout: bool, open_attributes: Sequence[str], seed: int = 0) -> list[str]:
-    """``n`` distinct one-object prompts of one split that leave ``open_attributes`` to the model."""
-    rng = random.Random(f"loop-prompts-{seed}-{heldout}-{sorted(open_attributes)}")
-    out: list[str] = []
-    for _ in range(200 * n + 1000):
-        text = caption(sample_scene(rng, two_share=0.0), open=open_attributes)
-        # held out of the shapes model's training captions, and of the store's training split
-        in_split = is_heldout(text) if heldout else (not is_heldout(text) and prompt_split(text) == "train")
-        if in_split and text not in out:
-            out.append(text)
-            if len(out) == n:
-                return out
-    return out  # the world has fewer such prompts; use them all
 
 
 @dataclass
@@ -40,7 +22,7 @@ class FixedSeedImages:
 
 def draw_fixed(pipe, prompts: Sequence[str], seeds_per_prompt: int, *, seed: int = 0) -> FixedSeedImages:  # noqa: ANN001
     """Every prompt drawn with the same fixed seeds, one batched call per prompt."""
-    from generator.sampling import sample_candidates
+    from generator import sample_candidates
 
     seeds = [1_000_003 * (seed + 1) + k for k in range(seeds_per_prompt)]
     out = FixedSeedImages([], [], [])

@@ -12,19 +12,14 @@ from dataclasses import dataclass, field
 from math import ceil
 from typing import Any
 
-from sqlmodel import select
-
 from pickloop.context import Context
 from pickloop.db import read_session, write_session
 from pickloop.errors import UserError
 from pickloop.loop.config import LoopConfig
-from pickloop.loop.evaluate import (FixedSeedImages, draw_fixed, follow_detail, follow_rate, mean_taste, open_prompts,
-                                    oracle_win_rate)
-from pickloop.schema import Comparison, Prompt, Rater
+from pickloop.loop.evaluate import FixedSeedImages, draw_fixed, follow_detail, follow_rate, mean_taste, oracle_win_rate
+from pickloop.shapes.rating import LOOP_POOL, label_ready_sets, open_prompts, simulated_rater_row
 from pickloop.shapes.tastes import SimulatedRater, load_taste
-from pickloop.store import add_prompts, candidates_of, ensure_base_version, promoted_version, record_judgement
-
-LOOP_POOL = "loop"
+from pickloop.store import add_prompts, ensure_base_version, promoted_version
 
 
 @dataclass
@@ -43,41 +38,9 @@ class LoopResult:
                 "labels": last.get("labels", 0), "wall_s": round(self.wall_s, 1)}
 
 
-def simulated_rater_row(ctx: Context, name: str) -> int:
-    """The store's row for the simulated rater (it cannot sign in: no token matches its hash)."""
-    with write_session(ctx.engine) as s:
-        row = s.exec(select(Rater).where(Rater.name == name)).first()
-        if row is None:
-            row = Rater(name=name, token_hash="!simulated", kind="simulated")
-            s.add(row)
-            s.flush()
-        return row.id
-
-
-def label_ready_sets(ctx: Context, rater: SimulatedRater, rater_id: int, limit: int) -> int:
-    """The simulated rater answers up to ``limit`` ready sets of the loop's pool; returns labels written."""
-    with read_session(ctx.engine) as s:
-        rows = s.exec(select(Comparison, Prompt).join(Prompt, Comparison.prompt_id == Prompt.id)
-                      .where(Prompt.pool == LOOP_POOL, Comparison.status == "ready")
-                      .order_by(Comparison.id).limit(limit)).all()
-        sets = [(c, p.text, candidates_of(session=s, comparison_id=c.id)) for c, p in rows]
-    written = 0
-    for comp, prompt, cands in sets:
-        images = [ctx.images.open(c.image_sha256) for c in cands]
-        answer = rater.choose(prompt, images)
-        ids = [c.id for c in cands]
-        with write_session(ctx.engine) as s:
-            _, created = record_judgement(
-                session=s, comparison_id=comp.id, rater_id=rater_id, choice="tie" if answer == "tie" else "pick",
-                winner_id=None if answer == "tie" else ids[answer], shown_order=ids,
-                idempotency_key=f"loop:{comp.key}:{rater_id}")
-        written += created
-    return written
-
-
 def _finetune_auto(ctx: Context, cfg: LoopConfig, gate_prompts: list[str], log) -> tuple[list[dict], dict]:  # noqa: ANN001
     """The production default (``finetune run --method auto``): the run decides what to train from its data."""
-    from finetune.auto import run_auto
+    from finetune import run_auto
 
     dpo = {"steps": cfg.dpo_steps, "lr": cfg.dpo_lr, "beta": cfg.dpo_beta, "ai_feedback_sets": cfg.dpo_ai_feedback_sets,
            "ai_feedback_candidates": cfg.dpo_ai_feedback_candidates, "ai_feedback_weight": cfg.dpo_ai_feedback_weight}
@@ -96,8 +59,7 @@ def _gate_seeds(cfg: LoopConfig) -> list[int]:
 
 def _finetune(ctx: Context, method: str, cfg: LoopConfig, gate_prompts: list[str]) -> dict[str, Any]:
     """Train one version through the job entry point, then let the promotion gate decide."""
-    from finetune.jobs import run_finetune_job
-    from finetune.registry import gate_and_promote
+    from finetune import gate_and_promote, run_finetune_job
 
     overrides = ({"steps": cfg.dpo_steps, "lr": cfg.dpo_lr, "beta": cfg.dpo_beta,
                   "ai_feedback_sets": cfg.dpo_ai_feedback_sets, "ai_feedback_candidates": cfg.dpo_ai_feedback_candidates,
@@ -115,7 +77,7 @@ def _finetune(ctx: Context, method: str, cfg: LoopConfig, gate_prompts: list[str
 
 
 def _measure(ctx: Context, cfg: LoopConfig, taste, eval_prompts: list[str], base: FixedSeedImages) -> dict:  # noqa: ANN001
-    from generator.pipeline import load_pipeline
+    from generator import load_pipeline
 
     with read_session(ctx.engine) as s:
         current = promoted_version(session=s)
@@ -129,9 +91,8 @@ def _measure(ctx: Context, cfg: LoopConfig, taste, eval_prompts: list[str], base
 
 def run_loop(*, ctx: Context, config: LoopConfig, progress: bool = True, log=print) -> LoopResult:  # noqa: ANN001
     """Run ``config.rounds`` rounds; returns per-round figures and the fixed-seed images of base and final."""
-    from generator.pipeline import load_pipeline
-    from generator.queue import fill_queue
-    from reward.train import train_reward
+    from generator import fill_queue, load_pipeline
+    from reward import train_reward
 
     t0 = time.perf_counter()
     # One simulated rater: no overlap sets (they would wait for a second rater); the loop's own gate threshold;

@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from finetune.ddpo_config import DDPOConfig
-from finetune.dpo_config import DPOConfig
+from finetune.ddpo.config import DDPOConfig
+from finetune.dpo.config import DPOConfig
 from pickloop.errors import UserError
 from pickloop.loop.config import LoopConfig
 from reward.config import RewardConfig

@@ -8,7 +8,7 @@ from sqlmodel import func, select
 
 from finetune import lora as lora_io
 from finetune.dpo import DPOConfig, PairSpec, dpo_loss, normalised_weights, run_dpo
-from finetune.dpo_ai_feedback import ai_feedback_pairs, plan_sets
+from finetune.dpo.ai_feedback import ai_feedback_pairs, plan_sets
 from pickloop.db import read_session
 from pickloop.errors import UserError
 

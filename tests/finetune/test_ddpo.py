@@ -8,9 +8,9 @@ from diffusers import DDIMScheduler, StableDiffusionPipeline
 from torch.distributions import Normal
 
 from finetune.ddpo import PerPromptStatTracker, ppo_loss, train_ddpo
-from finetune.ddpo_config import DDPOConfig
-from finetune.ddpo_rewards import make_reward
-from finetune.ddpo_sampler import (ddim_step_log_prob, decode_images, make_ddim_scheduler, policy_log_prob,
+from finetune.ddpo.config import DDPOConfig
+from finetune.ddpo.rewards import make_reward
+from finetune.ddpo.sampler import (ddim_step_log_prob, decode_images, make_ddim_scheduler, policy_log_prob,
                                    sample_trajectories, to_pil)
 from finetune.lora import add_lora, lora_named_parameters, lora_tensors
 from pickloop.errors import UserError
@@ -116,8 +116,8 @@ def test_zero_snr_first_step_stays_finite_when_rounding_goes_below_zero():
 
 @pytest.mark.parametrize("schedule", [SHAPES_SCHEDULE, SD15_SCHEDULE], ids=["v-zero-snr-trailing", "sd15-eps"])
 def test_step_std_is_the_noise_scale_of_ddim_steps_and_picks_the_trainable_steps(schedule):
-    from finetune.ddpo import trainable_steps
-    from finetune.ddpo_sampler import step_std
+    from finetune.ddpo.train import trainable_steps
+    from finetune.ddpo.sampler import step_std
 
     sched = DDIMScheduler(**schedule)
     sched.set_timesteps(10)
@@ -321,7 +321,7 @@ def test_run_ddpo_writes_a_loadable_lora_and_resumes_like_an_uninterrupted_run(t
 def _bench_args(*argv: str):
     import argparse
 
-    from finetune.ddpo_commands import register_bench
+    from finetune.bench.ddpo import register_bench
 
     parser = argparse.ArgumentParser()
     register_bench(parser.add_subparsers(dest="bench_cmd"))

@@ -6,8 +6,8 @@ import re
 import numpy as np
 import pytest
 
-from finetune.ddpo import _epoch_prompts
-from finetune.ddpo_curve import curve_figures
+from finetune.ddpo.train import _epoch_prompts
+from finetune.bench.ddpo_curve import curve_figures
 
 
 def test_curve_figures_measure_rise_slope_and_noise():
@@ -44,7 +44,7 @@ def test_epoch_prompts_come_in_groups_of_distinct_prompts():
 def _curve_args(*argv: str):
     import argparse
 
-    from finetune.ddpo_commands import register_bench
+    from finetune.bench.ddpo import register_bench
 
     parser = argparse.ArgumentParser()
     register_bench(parser.add_subparsers(dest="bench_cmd"))
@@ -83,3 +83,16 @@ def test_bench_ddpo_curve_refuses_mistakes_in_one_line(home, tmp_path):
         args = _curve_args(*argv)
         with pytest.raises(UserError, match=words):
             args.func(args)
+
+
+def test_the_curve_bench_rater_answers_as_the_loops_rater():
+    """``bench ddpo-curve`` builds its rater with SimulatedRater's defaults, which must stay the loop's."""
+    import inspect
+
+    from pickloop.loop.config import LoopConfig
+    from pickloop.shapes.tastes import SimulatedRater
+
+    params = inspect.signature(SimulatedRater.__init__).parameters
+    loop = LoopConfig()
+    assert (params["temperature"].default, params["tie_margin"].default) == (loop.rater_temperature,
+                                                                             loop.rater_tie_margin)

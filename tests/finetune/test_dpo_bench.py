@@ -7,12 +7,12 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 
-from finetune import dpo_diffusers
+from finetune.bench import dpo_diffusers
 from finetune.dpo import PairSpec
 
 
 def test_reference_without_script_or_extra_says_what_to_install(capsys, tmp_path):
-    from finetune.bench import run_bench
+    from finetune.bench.dpo import run_bench
 
     assert run_bench(reference="diffusers", reference_script=str(tmp_path / "missing.py")) is None
     out = capsys.readouterr().out.strip().splitlines()

@@ -168,7 +168,7 @@ def test_job_continues_from_the_promoted_version(labelled, monkeypatch):
 
 def test_ddpo_starts_and_resumes_from_the_parent(home, tiny_base, monkeypatch, tmp_path):
     from finetune.ddpo import run_ddpo
-    from finetune.ddpo_config import DDPOConfig
+    from finetune.ddpo.config import DDPOConfig
     from pickloop.context import Context
 
     monkeypatch.setenv("PICKLOOP_BASE_MODEL", str(tiny_base))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from finetune.scale_bench import build_unet, conditioning, run_bench
+from finetune.bench.scale import build_unet, conditioning, run_bench
 from pickloop.cli import main as cli_main
 
 

@@ -1,6 +1,6 @@
 """``pickloop bench ddpo``: seconds per DDPO epoch (sampling and training apart), its floor, peak memory.
 
-``finetune.commands.register`` adds it, and ``pickloop bench ddpo-curve`` (``finetune.ddpo_curve``), through
+``finetune.commands.register`` adds it, and ``pickloop bench ddpo-curve`` (``finetune.bench.ddpo_curve``), through
 ``register_bench(bench_sub)``. The configuration is printed first; the last line is
 ``epoch_s=<..> sample_s=<..> train_s=<..> floor_ratio=<..> peak_rss_mb=<..>``: means over the epochs, in
 seconds (sample_s: drawing, decoding and scoring the images; train_s: the PPO passes; epoch_s: both
@@ -49,7 +49,7 @@ def register_bench(bench_sub) -> None:  # noqa: ANN001 - argparse subparsers of 
     q.add_argument("--steps", type=int, default=10, help="DDIM steps per image")
     q.add_argument("--drift-prompts", type=int, default=4, help="held-out prompts of the drift guard (0: off)")
     q.set_defaults(func=cmd_bench_ddpo)
-    from finetune.ddpo_curve import register_curve_bench
+    from finetune.bench.ddpo_curve import register_curve_bench
 
     register_curve_bench(bench_sub)
 
@@ -68,7 +68,7 @@ def _base_folder(ref: str | None) -> str:
 
 
 def bench_config(args: argparse.Namespace):  # noqa: ANN201 - DDPOConfig
-    from finetune.ddpo_config import DDPOConfig
+    from finetune.ddpo.config import DDPOConfig
 
     # TRL's DDPOTrainer draws every image's prompt on its own and trains on every step: so do we beside it.
     as_trl = dict(images_per_prompt=1, min_step_std=0.0) if getattr(args, "reference", "none") == "trl" else {}
@@ -80,13 +80,13 @@ def bench_config(args: argparse.Namespace):  # noqa: ANN201 - DDPOConfig
 
 def _run_trl(base: str, prompts: list[str], config) -> dict | None:  # noqa: ANN001
     """TRL's figures from a child process, or None (after one clear line) when TRL is missing."""
-    from finetune.ddpo_trl import INSTALL_HINT, trl_available
+    from finetune.bench.ddpo_trl import INSTALL_HINT, trl_available
 
     if not trl_available():
         print(INSTALL_HINT)
         return None
     spec = json.dumps({"base": base, "prompts": prompts, "config": config.to_dict()})
-    proc = subprocess.run([sys.executable, "-m", "finetune.ddpo_trl", spec], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "finetune.bench.ddpo_trl", spec], capture_output=True, text=True,
                           env=os.environ.copy())
     for line in proc.stdout.splitlines()[:-1]:
         print(line)
@@ -101,14 +101,14 @@ def cmd_bench_ddpo(args: argparse.Namespace) -> int:
     import torch
 
     from finetune.bench import peak_rss_mb
-    from finetune.ddpo import train_ddpo
-    from finetune.ddpo_job import load_pipeline
-    from finetune.ddpo_rewards import make_reward
+    from finetune.ddpo.job import load_pipeline
+    from finetune.ddpo.rewards import make_reward
+    from finetune.ddpo.train import train_ddpo
     from pickloop.shapes.world import prompt_pool
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     if args.reference == "trl":
-        from finetune.ddpo_trl import INSTALL_HINT, trl_available
+        from finetune.bench.ddpo_trl import INSTALL_HINT, trl_available
 
         if not trl_available():  # say so before spending minutes on our own run
             print(INSTALL_HINT)
@@ -166,8 +166,8 @@ def epoch_floor_seconds(base: str, config, guard_prompts: int) -> tuple[float, f
 
     from diffusers import DDIMScheduler
 
-    from finetune.bench import bare_pass_seconds
-    from finetune.ddpo_sampler import step_std
+    from finetune.bench.dpo import bare_pass_seconds
+    from finetune.ddpo.sampler import step_std
 
     n = config.sample_batch_size * config.sample_batches_per_epoch
     scheduler = DDIMScheduler.from_pretrained(base, subfolder="scheduler")

@@ -117,7 +117,7 @@ def run_bench(*, arch: str = "sd15", device: str = "cpu", precision: str = "fp32
     from diffusers import DDPMScheduler
 
     from finetune import lora as lora_io
-    from finetune.dpo import dpo_loss
+    from finetune.dpo.loss import dpo_loss
     from pickloop.errors import UserError
 
     if batch < 1 or steps < 1 or rank < 1:

@@ -6,7 +6,7 @@ For a pair (winner x_w, loser x_l) of one prompt c, one noise eps and one timest
     ref_err(x) = the same under the reference model: the parent (see below)
     d          = (err(x_w) - ref_err(x_w)) - (err(x_l) - ref_err(x_l))
     loss       = -log sigmoid(-beta/2 * d), averaged over pairs with weights w (human picks 1,
-                 pairs ranked by the reward model ``ai_feedback_weight``; see finetune/dpo_ai_feedback.py)
+                 pairs ranked by the reward model ``ai_feedback_weight``; see finetune/dpo/ai_feedback.py)
 where target is eps or v as the scheduler predicts. Logged: loss, implicit_acc (share of pairs with
 -beta/2 * d > 0), gap_w = err_w - ref_err_w and gap_l = err_l - ref_err_l.
 
@@ -27,35 +27,21 @@ N processes give the same update as one process with N times the accumulation.
 """
 from __future__ import annotations
 
-import argparse
 import functools
-import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from finetune import checkpoint as ckpt
 from finetune import lora as lora_io
 from finetune import models as fm
-from finetune.dpo_config import DPOConfig
+from finetune.dpo.config import DPOConfig, PairSpec
+from finetune.dpo.loss import dpo_loss
 from pickloop.errors import UserError
-
-
-@dataclass(frozen=True)
-class PairSpec:
-    """One training pair: the prompt, the keys (image sha256) of winner and loser, and its loss weight
-    (1.0 for a human pick; ``ai_feedback_weight`` for a pair ranked by the reward model)."""
-
-    prompt: str
-    winner: str
-    loser: str
-    weight: float = 1.0
 
 
 @dataclass
@@ -64,54 +50,6 @@ class DPOResult:
     lora_sha256: str
     steps: int
     metrics: dict[str, float]
-
-
-def dpo_loss_from_errors(err_w: torch.Tensor, err_l: torch.Tensor, ref_w: torch.Tensor, ref_l: torch.Tensor,
-                         beta: float, weights: torch.Tensor | None = None
-                         ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The Diffusion-DPO loss as a pure function of the four per-pair denoising errors, each (B,): the
-    policy's on winner and loser, the reference's on winner and loser (same noise and t for all four).
-
-    d = (err_w - ref_w) - (err_l - ref_l); loss = -log sigmoid(-beta/2 * d) (Wallace et al. 2023,
-    with the official code's 1/2). It falls when the policy denoises the winner better, or the loser
-    worse, than the reference does. ``weights`` (B,) as in :func:`dpo_loss`.
-    Returns (batch loss, per-pair unweighted tensors loss/implicit_acc/gap_w/gap_l of shape (B,)).
-    """
-    gap_w, gap_l = err_w - ref_w, err_l - ref_l
-    inside = -0.5 * beta * (gap_w - gap_l)
-    losses = -F.logsigmoid(inside)
-    batch_loss = losses.mean() if weights is None else (losses * weights.to(losses)).mean()
-    return batch_loss, {"loss": losses.detach(), "implicit_acc": (inside > 0).float().detach(),
-                        "gap_w": gap_w.detach(), "gap_l": gap_l.detach()}
-
-
-def dpo_loss(unet: torch.nn.Module, noise_scheduler: Any, lat_w: torch.Tensor, lat_l: torch.Tensor,
-             cond: dict[str, Any], noise: torch.Tensor, timesteps: torch.Tensor, beta: float,
-             weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Diffusion-DPO loss on a batch of B pairs (latents (B, C, h, w)); winner and loser share noise and t.
-
-    Winners and losers go through the U-Net as one batch of 2B, once under the reference (no autograd)
-    and once under the policy. ``weights`` (B,): per-pair loss weights, already divided by the mean weight
-    of the whole pair set (see :func:`normalised_weights`); the batch loss is mean(w * loss), so over an
-    epoch it estimates the weighted mean sum(w l) / sum(w) without depending on how pairs fall into
-    micro-batches or processes. None = all 1 (the unweighted mean).
-    Returns (batch loss, per-pair unweighted tensors loss/implicit_acc/gap_w/gap_l of shape (B,)).
-    """
-    x0 = torch.cat([lat_w, lat_l])
-    eps = torch.cat([noise, noise])
-    t = torch.cat([timesteps, timesteps])
-    noisy = noise_scheduler.add_noise(x0, eps, t)
-    target = fm.diffusion_target(noise_scheduler, x0, eps, t).float()
-    kwargs = fm.repeat_conditioning(cond, 2)
-    with torch.no_grad(), lora_io.reference_model(unet) as reference:  # trainable adapter active again after
-        ref = reference(noisy, t, **kwargs).sample.float()
-        ref_err = (ref - target).pow(2).mean(dim=(1, 2, 3))
-    pred = unet(noisy, t, **kwargs).sample.float()
-    err = (pred - target).pow(2).mean(dim=(1, 2, 3))
-    err_w, err_l = err.chunk(2)
-    ref_w, ref_l = ref_err.chunk(2)
-    return dpo_loss_from_errors(err_w, err_l, ref_w, ref_l, beta, weights)
-
 
 def normalised_weights(pairs: Sequence[PairSpec]) -> list[float] | None:
     """Each pair's weight over the set's mean weight; None when all weights are 1 (the unweighted loss,
@@ -266,79 +204,3 @@ def _summarise(history: list[dict[str, float]], steps_run: int, elapsed: float, 
     out.update(steps_run=float(steps_run), seconds=round(elapsed, 3), pairs=float(n_pairs),
                steps_per_s=steps_run / elapsed if elapsed > 0 else math.nan)
     return out
-
-
-# ---------------------------------------------------------------- from the store
-
-def store_pairs(ctx: Any, *, upto: int | None = None, after: int | None = None,
-                split: str | None = "train") -> list[PairSpec]:
-    """Human picks from the store as pairs (winner vs each other candidate; ties, none-good, skips dropped),
-    from judgements with ``after`` < id <= ``upto`` (None: no bound).
-
-    Held-out prompts are left out by default: the promotion gate judges on them.
-    """
-    from pickloop.db import read_session
-    from pickloop.store import preference_pairs
-
-    with read_session(ctx.engine) as s:
-        raw = preference_pairs(session=s, upto_id=upto, include_ties=False, split=split)
-        return [PairSpec(p.prompt, p.a.image_sha256, p.b.image_sha256) for p in raw
-                if p.label == 1.0 and (after is None or p.judgement_id > after)]
-
-
-def run_dpo(ctx: Any, cfg: DPOConfig, *, out_dir: Path | str, work_dir: Path | str | None = None,
-            upto: int | None = None, base: str | None = None, resume: bool = True,
-            on_step: Callable[[int, dict[str, float]], None] | None = None,
-            parent: lora_io.ParentLora | None = None) -> DPOResult:
-    """Diffusion-DPO on the store's picks up to judgement ``upto``, on the settings' base model,
-    continuing from ``parent`` (None: from the base). With ``cfg.since_parent`` a stacked run takes
-    only the picks newer than the parent's data snapshot.
-
-    With ``cfg.ai_feedback_sets`` > 0 the latest reward model also ranks that many freshly drawn
-    candidate sets, whose best-vs-worst pairs join the human ones at weight ``cfg.ai_feedback_weight``.
-    """
-    from pickloop.context import resolve_model_ref
-
-    base_path = resolve_model_ref(base or ctx.base_model)
-    after = parent.data_snapshot if (parent is not None and cfg.since_parent) else None
-    pairs = store_pairs(ctx, upto=upto, after=after)
-    ctx.images.verify(k for p in pairs for k in (p.winner, p.loser))  # a damaged image: one line, before any model
-    human = len(pairs)
-    metadata: dict[str, Any] = {"data_snapshot": upto, "labels_after": after}
-    if cfg.ai_feedback_sets > 0:
-        from finetune.dpo_ai_feedback import ai_feedback_pairs
-
-        ai, metadata["ai_feedback"] = ai_feedback_pairs(ctx, cfg, base=base_path, parent=parent)
-        pairs = pairs + ai
-    result = train_dpo(cfg, base=base_path, pairs=pairs, load_image=ctx.images.open, out_dir=out_dir,
-                       work_dir=work_dir, resume=resume, on_step=on_step, metadata=metadata, parent=parent)
-    result.metrics.update(human_pairs=float(human), ai_pairs=float(len(pairs) - human))
-    return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m finetune.dpo`` (or ``accelerate launch -m finetune.dpo``): train on the store in $PICKLOOP_HOME."""
-    ap = argparse.ArgumentParser(prog="python -m finetune.dpo", description=__doc__.splitlines()[0])
-    ap.add_argument("--out", required=True, help="folder for the final LoRA")
-    ap.add_argument("--work", help="checkpoint folder (resumed from when it holds one)")
-    ap.add_argument("--config", default="{}", help="JSON object of DPOConfig fields")
-    ap.add_argument("--upto", type=int, help="highest judgement id to train on")
-    ap.add_argument("--no-resume", action="store_true")
-    args = ap.parse_args(argv)
-    from pickloop.context import Context
-
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    try:
-        cfg = DPOConfig.from_dict(json.loads(args.config))
-        result = run_dpo(Context(), cfg, out_dir=args.out, work_dir=args.work, upto=args.upto,
-                         resume=not args.no_resume)
-    except UserError as e:
-        print(f"pickloop: error: {e}")
-        return 2
-    if result.lora_sha256:
-        print(json.dumps({"lora_dir": str(result.lora_dir), "sha256": result.lora_sha256, **result.metrics}))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

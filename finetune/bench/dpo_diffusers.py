@@ -4,7 +4,7 @@ run unchanged in a child process on the same pairs, model and settings as ``pick
 The example is not part of the diffusers wheel: the bench takes its path (``--reference-script``) and,
 when it is missing, prints one line saying where to get the copy that matches the installed diffusers.
 It needs ``datasets`` (extra ``pickloop[diffusers-reference]``). Two imports of the example are met by
-stand-ins in ``finetune/reference_shims`` when the real package is missing, and the output says so:
+stand-ins in ``finetune/bench/reference_shims`` when the real package is missing, and the output says so:
 torchvision's transforms (data loading only; PyPI's torchvision does not import beside the CPU build of
 torch 2.13.0) and wandb (imported, unused without ``--report_to wandb``).
 
@@ -81,7 +81,7 @@ def reference_args(*, base: str, data: Path, out: Path, steps: int, batch_size: 
 def run_reference(script: str, args: list[str], warmup: int) -> dict[str, float | str]:
     """Run the example in a child process; its figures (see the module docstring)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled"}
-    cmd = [sys.executable, "-m", "finetune.dpo_diffusers", script, str(warmup), json.dumps(args)]
+    cmd = [sys.executable, "-m", "finetune.bench.dpo_diffusers", script, str(warmup), json.dumps(args)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]

@@ -70,13 +70,13 @@ def judge_reward(**_: Any) -> RewardFn:
 @register_reward("reward-model")
 def reward_model_reward(path: str | None = None, ctx: Any = None, **_: Any) -> RewardFn:
     """The learned preference model's score; ``path`` is a folder, a registry id or "latest" (default)."""
-    from reward.model import RewardModel
+    from reward import RewardModel
 
     ref = path or "latest"
     if ctx is None and (ref == "latest" or str(ref).isdigit()):
         raise UserError("give the reward model's folder (reward_path) or run inside a data home")
     if ctx is not None:
-        from reward.registry import load_reward_model
+        from reward import load_reward_model
 
         model = load_reward_model(ctx=ctx, ref=str(ref))  # weights checked against the registry's sha256
     else:

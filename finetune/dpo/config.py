@@ -94,3 +94,14 @@ class DPOConfig:
         if unknown:
             raise UserError(f"unknown DPO setting(s): {', '.join(sorted(unknown))}")
         return cls(**data)
+
+
+@dataclass(frozen=True)
+class PairSpec:
+    """One training pair: the prompt, the keys (image sha256) of winner and loser, and its loss weight
+    (1.0 for a human pick; ``ai_feedback_weight`` for a pair ranked by the reward model)."""
+
+    prompt: str
+    winner: str
+    loser: str
+    weight: float = 1.0

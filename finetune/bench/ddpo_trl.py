@@ -2,7 +2,7 @@
 
 TRL deprecated DDPOTrainer and removed it in v0.24.0; this is a reference for speed and reward curves
 only, installed by the optional extra ``pip install 'pickloop[trl-reference]'``. It runs in its own
-process (``python -m finetune.ddpo_trl SPEC_JSON``) so that its peak memory is its own; its last line
+process (``python -m finetune.bench.ddpo_trl SPEC_JSON``) so that its peak memory is its own; its last line
 is ``epoch_s=<..> epoch_cpu_s=<..> sample_s=<..> train_s=<..> peak_rss_mb=<..> rewards=<r0,r1,...>``.
 
 Differences that remain: TRL samples through its own pipeline call (one batched text encoding per
@@ -51,8 +51,8 @@ def run_reference(spec: dict[str, Any]) -> dict[str, Any]:
     from trl import DDPOTrainer, DefaultDDPOStableDiffusionPipeline
 
     from finetune.bench import peak_rss_mb
-    from finetune.ddpo_rewards import make_reward
-    from finetune.ddpo_sampler import to_pil
+    from finetune.ddpo.rewards import make_reward
+    from finetune.ddpo.sampler import to_pil
 
     c = spec["config"]
     reward = make_reward(c["reward"], path=c.get("reward_path"))

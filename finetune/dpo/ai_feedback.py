@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from finetune.dpo.config import PairSpec
 from pickloop.errors import UserError
 
 SEED_LIMIT = 2**31  # as generator.sampling: a seed fits a JSON number and a database integer
@@ -44,7 +45,7 @@ def _latest_reward_model(ctx: Any) -> tuple[Any, int]:
 
     from pickloop.db import read_session
     from pickloop.schema import RewardModelRow
-    from reward.registry import load_latest
+    from reward import load_latest
 
     with read_session(ctx.engine) as s:
         row = s.exec(select(RewardModelRow).order_by(RewardModelRow.id.desc())).first()
@@ -65,9 +66,7 @@ def ai_feedback_pairs(ctx: Any, cfg: Any, *, base: str, parent: Any = None) -> t
     """
     from tqdm import tqdm
 
-    from finetune.dpo import PairSpec
-    from generator.pipeline import load_pipeline
-    from generator.sampling import sample_candidates
+    from generator import load_pipeline, sample_candidates
 
     reward_model, reward_id = _latest_reward_model(ctx)  # fail before the minutes of drawing
     plan = plan_sets(_training_prompts(ctx), cfg.ai_feedback_sets, cfg.ai_feedback_candidates, cfg.seed)

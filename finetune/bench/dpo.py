@@ -11,21 +11,21 @@ it equals the wall clock of an idle machine) and on the wall clock on a GPU. Bot
   is lower, because each step also runs the reference model forward (printed as ``method_floor_ratio``).
 - Without a reference: the run with the latent cache (default) and without it (the VAE encodes both
   images of every pair at every step); peak memory is the process's peak RSS over both.
-- ``--reference diffusers``: the diffusers example, unchanged, in a child process (``finetune.dpo_diffusers``)
+- ``--reference diffusers``: the diffusers example, unchanged, in a child process (``finetune.bench.dpo_diffusers``)
   on the same pairs, U-Net, LoRA rank, batch, learning rate and beta (its convention: beta/2); its peak
   RSS is its own process's. ``ratio`` = its step time / ours.
 """
 from __future__ import annotations
 
 import random
-import resource
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from finetune.dpo import DPOConfig, PairSpec, train_dpo
+from finetune.bench import peak_rss_mb
+from finetune.dpo.config import DPOConfig, PairSpec
+from finetune.dpo.train import train_dpo
 
 
 def synthetic_pairs(n: int, seed: int = 0) -> tuple[list[PairSpec], dict]:
@@ -41,11 +41,6 @@ def synthetic_pairs(n: int, seed: int = 0) -> tuple[list[PairSpec], dict]:
         images[f"w{i}"], images[f"l{i}"] = render(scene), render(loser)
         pairs.append(PairSpec(caption(scene), f"w{i}", f"l{i}"))
     return pairs, images
-
-
-def peak_rss_mb() -> float:
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kb / 1024 if sys.platform != "darwin" else kb / 2**20  # Linux reports KiB, macOS bytes
 
 
 def _clocks() -> tuple[float, float]:
@@ -133,7 +128,7 @@ def run_bench(*, steps: int = 20, pairs: int = 32, batch_size: int = 4, base: st
               reference: str = "none", reference_script: str | None = None, warmup: int = 3) -> dict | None:
     import torch
 
-    from finetune import dpo_diffusers
+    from finetune.bench import dpo_diffusers
     from pickloop.context import resolve_model_ref
 
     if reference == "diffusers":

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from finetune.ddpo_sampler import decode_images, sample_trajectories, to_pil
+from finetune.ddpo.sampler import decode_images, sample_trajectories, to_pil
 
 
 def is_shapes_prompt(prompt: str) -> bool:

@@ -52,16 +52,14 @@ def rated_home(folder: Path, *, taste: str, labels: int, candidates: int, prompt
     """
     from math import ceil
 
-    from generator.queue import fill_queue
+    from generator import fill_queue
     from pickloop.context import EMBEDDED_MODEL, Context
     from pickloop.db import write_session
-    from pickloop.loop.config import LoopConfig
-    from pickloop.loop.evaluate import open_prompts
-    from pickloop.loop.run import LOOP_POOL, label_ready_sets, simulated_rater_row
     from pickloop.settings import get_settings
+    from pickloop.shapes.rating import LOOP_POOL, label_ready_sets, open_prompts, simulated_rater_row
     from pickloop.shapes.tastes import SimulatedRater
     from pickloop.store import add_prompts, ensure_base_version
-    from reward.train import train_reward
+    from reward import train_reward
 
     folder.mkdir(parents=True, exist_ok=True)
     ctx = Context(settings=get_settings(home=folder, database_url=f"sqlite:///{(folder / 'pickloop.db').resolve()}",
@@ -71,9 +69,8 @@ def rated_home(folder: Path, *, taste: str, labels: int, candidates: int, prompt
     with write_session(ctx.engine) as s:
         ensure_base_version(session=s, base_model=ctx.base_model)
         add_prompts(session=s, texts=texts, pool=LOOP_POOL)
-    loop = LoopConfig()
-    try:
-        rater = SimulatedRater(taste, temperature=loop.rater_temperature, tie_margin=loop.rater_tie_margin, seed=seed)
+    try:  # the rater's default temperature and tie margin, which are also the measured loop's
+        rater = SimulatedRater(taste, seed=seed)
     except ValueError as e:
         raise UserError(str(e)) from None
     rater_id = simulated_rater_row(ctx, f"simulated:{rater.name}")
@@ -129,8 +126,8 @@ def save_curve_plot(rows: list[dict], path: Path, title: str) -> Path:
 def run_curve(folder: Path, config, *, taste: str, labels: int, candidates: int, prompts: int,  # noqa: ANN001
               progress: bool, log: Callable[[str], None] = print) -> tuple[list[dict], dict[str, Any]]:
     """Rated home -> reward model -> DDPO in ``folder``; returns (per-epoch rows, reward-model metrics)."""
-    from finetune.ddpo_job import run_ddpo
-    from finetune.ddpo_rewards import make_reward
+    from finetune.ddpo.job import run_ddpo
+    from finetune.ddpo.rewards import make_reward
     from pickloop.shapes.tastes import load_taste
 
     ctx, rmetrics = rated_home(folder, taste=taste, labels=labels, candidates=candidates, prompts=prompts,
@@ -191,13 +188,13 @@ def cmd_bench_ddpo_curve(args: argparse.Namespace) -> int:
 
     import torch
 
-    from finetune.commands import _json_object
-    from finetune.ddpo_config import DDPOConfig
+    from finetune.ddpo.config import DDPOConfig
     from pickloop.settings import get_settings
+    from pickloop.typed_config import json_object
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     # The drift guard measures but does not stop the run unless --config sets its limits: the curve is the point.
-    overrides = {"drift_max_pixel": None, "drift_max_follow_drop": None, **_json_object(args.config)}
+    overrides = {"drift_max_pixel": None, "drift_max_follow_drop": None, **json_object(args.config)}
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
     config = DDPOConfig.from_dict(overrides)

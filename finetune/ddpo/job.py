@@ -15,9 +15,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from finetune.ddpo import DDPOState, train_ddpo
-from finetune.ddpo_config import DDPOConfig
-from finetune.ddpo_rewards import RewardFn, make_reward
+from finetune.ddpo.config import DDPOConfig
+from finetune.ddpo.rewards import RewardFn, make_reward
+from finetune.ddpo.train import DDPOState, train_ddpo
 from finetune.lora import ParentLora, save_lora_atomic, start_lora
 from pickloop.errors import UserError
 

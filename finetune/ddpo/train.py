@@ -7,15 +7,16 @@ then a few PPO passes over the stored steps, and a drift check against the base 
     ratio = exp(log p_theta(x_{t-1} | x_t) - log p_old(x_{t-1} | x_t))
     loss  = mean(max(-A * ratio, -A * clip(ratio, 1 - c, 1 + c)))      (PPO, Schulman et al. 2017)
 
-``run_ddpo`` fits the job machinery (``pickloop finetune run --method ddpo``): prompts and reward from
-the data home, a checkpoint per epoch (``finetune.checkpoint``), the final LoRA written atomically.
+``finetune.ddpo.job.run_ddpo`` fits this loop to the job machinery (``pickloop finetune run --method ddpo``):
+prompts and reward from the data home, a checkpoint per epoch (``finetune.checkpoint``), the final LoRA
+written atomically.
 """
 from __future__ import annotations
 
 import math
 import random
 import time
-from collections import defaultdict, deque
+from collections import defaultdict
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -23,59 +24,22 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from finetune.ddpo_config import DDPOConfig
-from finetune.ddpo_guard import DriftGuard, DriftLimits
-from finetune.ddpo_rewards import RewardFn
-from finetune.ddpo_sampler import (Trajectories, decode_images, encode_prompts, make_ddim_scheduler,
-                                   policy_log_prob, sample_trajectories, step_std, to_pil)
+from finetune.ddpo.config import DDPOConfig
+from finetune.ddpo.guard import DriftGuard, DriftLimits
+from finetune.ddpo.loss import ppo_loss
+from finetune.ddpo.rewards import RewardFn
+from finetune.ddpo.sampler import (
+    Trajectories,
+    decode_images,
+    encode_prompts,
+    make_ddim_scheduler,
+    policy_log_prob,
+    sample_trajectories,
+    step_std,
+    to_pil,
+)
+from finetune.ddpo.stats import PerPromptStatTracker
 from pickloop.errors import UserError
-
-
-class PerPromptStatTracker:
-    """Normalise each reward by the recent rewards of the same prompt (Black et al. 2023, sec. 5).
-
-    Each prompt keeps its last ``buffer_size`` rewards; a prompt with fewer than ``min_count`` uses
-    the statistics of the whole current batch instead. advantage = (r - mean) / (std + 1e-6).
-    """
-
-    def __init__(self, buffer_size: int = 32, min_count: int = 16) -> None:
-        if min_count > buffer_size:
-            raise ValueError("min_count cannot exceed buffer_size")
-        self.buffer_size, self.min_count = buffer_size, min_count
-        self.buffers: dict[str, deque] = {}
-
-    def update(self, prompts: Sequence[str], rewards: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """Advantages (B,) float32 for rewards (B,) of ``prompts``; adds the rewards to the buffers."""
-        r = np.asarray(torch.as_tensor(rewards, dtype=torch.float64).cpu(), dtype=np.float64).reshape(-1)
-        if len(prompts) != len(r):
-            raise ValueError(f"{len(prompts)} prompts but {len(r)} rewards")
-        out = np.empty_like(r)
-        batch_mean, batch_std = r.mean(), r.std()
-        for prompt in dict.fromkeys(prompts):
-            idx = [i for i, p in enumerate(prompts) if p == prompt]
-            buf = self.buffers.setdefault(prompt, deque(maxlen=self.buffer_size))
-            buf.extend(r[idx].tolist())
-            if len(buf) < self.min_count:
-                mean, std = batch_mean, batch_std
-            else:
-                mean, std = np.mean(buf), np.std(buf)
-            out[idx] = (r[idx] - mean) / (std + 1e-6)
-        return torch.from_numpy(out).float()
-
-    def state_dict(self) -> dict[str, list[float]]:
-        return {p: list(b) for p, b in self.buffers.items()}
-
-    def load_state_dict(self, state: dict[str, list[float]]) -> None:
-        self.buffers = {p: deque(v, maxlen=self.buffer_size) for p, v in state.items()}
-
-
-def ppo_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor,
-             clip_range: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """PPO clipped objective over a batch: (scalar loss, ratio (B,)). All inputs (B,)."""
-    ratio = torch.exp(log_prob - old_log_prob)
-    unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
-    return torch.maximum(unclipped, clipped).mean(), ratio
 
 
 @dataclass
@@ -292,10 +256,3 @@ def train_ddpo(pipe, prompts: Sequence[str], reward_fn: RewardFn, config: DDPOCo
         if on_epoch_end is not None:
             on_epoch_end(state, unet, optimizer)
     return lora_tensors(unet), state.history
-
-
-def run_ddpo(ctx: Any, config: DDPOConfig, **kwargs: Any) -> Any:
-    """DDPO as a job: see ``finetune.ddpo_job.run_ddpo`` (found here by ``finetune.jobs``)."""
-    from finetune.ddpo_job import run_ddpo as run
-
-    return run(ctx, config, **kwargs)

@@ -1,0 +1,86 @@
+"""Diffusion-DPO as a job: pairs from the store (plus AI-ranked pairs when asked), then ``train_dpo``;
+``python -m finetune.dpo`` (or ``accelerate launch -m finetune.dpo``) runs it on $PICKLOOP_HOME."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from finetune import lora as lora_io
+from finetune.dpo.config import DPOConfig, PairSpec
+from finetune.dpo.train import DPOResult, train_dpo
+from pickloop.errors import UserError
+
+
+def store_pairs(ctx: Any, *, upto: int | None = None, after: int | None = None,
+                split: str | None = "train") -> list[PairSpec]:
+    """Human picks from the store as pairs (winner vs each other candidate; ties, none-good, skips dropped),
+    from judgements with ``after`` < id <= ``upto`` (None: no bound).
+
+    Held-out prompts are left out by default: the promotion gate judges on them.
+    """
+    from pickloop.db import read_session
+    from pickloop.store import preference_pairs
+
+    with read_session(ctx.engine) as s:
+        raw = preference_pairs(session=s, upto_id=upto, include_ties=False, split=split)
+        return [PairSpec(p.prompt, p.a.image_sha256, p.b.image_sha256) for p in raw
+                if p.label == 1.0 and (after is None or p.judgement_id > after)]
+
+
+def run_dpo(ctx: Any, cfg: DPOConfig, *, out_dir: Path | str, work_dir: Path | str | None = None,
+            upto: int | None = None, base: str | None = None, resume: bool = True,
+            on_step: Callable[[int, dict[str, float]], None] | None = None,
+            parent: lora_io.ParentLora | None = None) -> DPOResult:
+    """Diffusion-DPO on the store's picks up to judgement ``upto``, on the settings' base model,
+    continuing from ``parent`` (None: from the base). With ``cfg.since_parent`` a stacked run takes
+    only the picks newer than the parent's data snapshot.
+
+    With ``cfg.ai_feedback_sets`` > 0 the latest reward model also ranks that many freshly drawn
+    candidate sets, whose best-vs-worst pairs join the human ones at weight ``cfg.ai_feedback_weight``.
+    """
+    from pickloop.context import resolve_model_ref
+
+    base_path = resolve_model_ref(base or ctx.base_model)
+    after = parent.data_snapshot if (parent is not None and cfg.since_parent) else None
+    pairs = store_pairs(ctx, upto=upto, after=after)
+    ctx.images.verify(k for p in pairs for k in (p.winner, p.loser))  # a damaged image: one line, before any model
+    human = len(pairs)
+    metadata: dict[str, Any] = {"data_snapshot": upto, "labels_after": after}
+    if cfg.ai_feedback_sets > 0:
+        from finetune.dpo.ai_feedback import ai_feedback_pairs
+
+        ai, metadata["ai_feedback"] = ai_feedback_pairs(ctx, cfg, base=base_path, parent=parent)
+        pairs = pairs + ai
+    result = train_dpo(cfg, base=base_path, pairs=pairs, load_image=ctx.images.open, out_dir=out_dir,
+                       work_dir=work_dir, resume=resume, on_step=on_step, metadata=metadata, parent=parent)
+    result.metrics.update(human_pairs=float(human), ai_pairs=float(len(pairs) - human))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m finetune.dpo`` (or ``accelerate launch -m finetune.dpo``): train on the store in $PICKLOOP_HOME."""
+    ap = argparse.ArgumentParser(prog="python -m finetune.dpo", description="Diffusion-DPO with a LoRA on the U-Net, trained on the raters' picks.")
+    ap.add_argument("--out", required=True, help="folder for the final LoRA")
+    ap.add_argument("--work", help="checkpoint folder (resumed from when it holds one)")
+    ap.add_argument("--config", default="{}", help="JSON object of DPOConfig fields")
+    ap.add_argument("--upto", type=int, help="highest judgement id to train on")
+    ap.add_argument("--no-resume", action="store_true")
+    args = ap.parse_args(argv)
+    from pickloop.context import Context
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    try:
+        cfg = DPOConfig.from_dict(json.loads(args.config))
+        result = run_dpo(Context(), cfg, out_dir=args.out, work_dir=args.work, upto=args.upto,
+                         resume=not args.no_resume)
+    except UserError as e:
+        print(f"pickloop: error: {e}")
+        return 2
+    if result.lora_sha256:
+        print(json.dumps({"lora_dir": str(result.lora_dir), "sha256": result.lora_sha256, **result.metrics}))
+    return 0
