@@ -144,23 +144,41 @@ def test_an_overlap_set_answered_once_no_longer_holds_a_place(gen_ctx):  # noqa:
 
 
 def test_a_slow_draw_keeps_its_claim_alive(gen_ctx):  # noqa: ANN001
-    import time
+    """No race with the wall clock: the claim is aged by hand in the store (as if the draw had run for twice
+    the stale limit), and only the heartbeat can make it fresh again."""
+    import threading
 
     _setup(gen_ctx, PROMPTS[:1])
     with write_session(gen_ctx.engine) as s:
         vid = ensure_base_version(session=s, base_model=gen_ctx.base_model).id
         claim = claim_set(session=s, pool="default", depth=1, version_id=vid, worker_id="slow")
-    stale = 0.6
+    stale = 60.0
 
     def other_worker_claims():  # noqa: ANN202
         with write_session(gen_ctx.engine) as s:
             return claim_set(session=s, pool="default", depth=1, version_id=vid, worker_id="other",
                              stale_after_s=stale)
 
-    with keep_claim(gen_ctx, claim, worker_id="slow", every_s=stale / 3):
-        time.sleep(3 * stale)  # a draw much longer than the stale limit
+    def claimed_at():  # noqa: ANN202
+        with read_session(gen_ctx.engine) as s:
+            return s.get(Comparison, claim.comparison_id).claimed_at
+
+    def age_claim():  # noqa: ANN202
+        with write_session(gen_ctx.engine) as s:
+            s.get(Comparison, claim.comparison_id).claimed_at = utcnow() - timedelta(seconds=2 * stale)
+        return claimed_at()
+
+    with keep_claim(gen_ctx, claim, worker_id="slow", every_s=0.01):
+        aged = age_claim()
+        renewed = threading.Event()
+        for _ in range(6000):  # the heartbeat renews within a beat; a minute at most on a loaded machine
+            if claimed_at() > aged:
+                renewed.set()
+                break
+            renewed.wait(0.01)
+        assert renewed.is_set(), "the heartbeat never renewed the claim"
         assert other_worker_claims() is None  # renewed: still "slow"'s claim, not taken over
-    time.sleep(2 * stale)  # the heartbeat has stopped (a dead worker): now it is taken over
+    age_claim()  # the heartbeat has stopped (a dead worker): its claim ages, and now it is taken over
     taken = other_worker_claims()
     assert taken is not None and taken.comparison_id == claim.comparison_id
     with read_session(gen_ctx.engine) as s:
