@@ -51,6 +51,7 @@ class DPOResult:
     steps: int
     metrics: dict[str, float]
 
+
 def normalised_weights(pairs: Sequence[PairSpec]) -> list[float] | None:
     """Each pair's weight over the set's mean weight; None when all weights are 1 (the unweighted loss,
     bit for bit as before weights existed)."""
