@@ -76,13 +76,22 @@ def app_server(*, home: Path, port: int | None = None, timeout_s: float = 60.0,
             time.sleep(0.2)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         log.close()
+
+
+def stop_process(proc: subprocess.Popen | None, *, timeout_s: float = 15.0) -> bool:
+    """Terminate a child process, killing it if it has not stopped within ``timeout_s``; False if killed."""
+    if proc is None or proc.poll() is not None:
+        return True
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+        return True
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return False
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ from streamlit.testing.v1 import AppTest
 from pickloop.db import read_session
 from pickloop.schema import Assignment, Judgement, Prompt
 from tests.feedback_app.helpers import (APP_DIR, answer, count, judgements, make_sets, panel_data, send_outbox,
-                                        set_key, shown_set)
+                                        send_undo, set_key, shown_set)
 
 TIMEOUT = 60
 
@@ -79,15 +79,50 @@ def test_tie_none_good_and_skip(ctx, alice, choice):
 def test_undo_takes_back_the_last_pick(ctx, alice):
     make_sets(ctx, 2)
     at = app(alice[0])
-    key = set_key(at)
+    key, token = set_key(at), shown_set(at)["token"]
     answer(at, "pick", 0)
     assert count(ctx, Judgement) == 1 and set_key(at) != key
-    at.button(key="undo").click().run()
+    send_undo(at, token)
     assert count(ctx, Judgement) == 0 and set_key(at) == key  # the same set is back on screen
-    assert shown_set(at)["token"] not in panel_data(at)["acked"]  # as a new showing the browser will show
+    assert shown_set(at)["token"] == token  # under the token the browser already shows it with
     answer(at, "pick", 3)
     (j,) = judgements(ctx)
     assert j.winner_id == shown_order(ctx, key)[3]
+
+
+def test_undo_of_an_answer_the_server_never_saw_keeps_the_one_before(ctx, alice):
+    """U pressed before the rerun that would record the last answer: that answer is what is undone
+    (it leaves the outbox), never the answer before it, which the server had already recorded."""
+    make_sets(ctx, 3)
+    at = app(alice[0])
+    first = shown_set(at)
+    answer(at, "pick", 1)  # recorded
+    second = shown_set(at)
+    answer(at, "tie", run=False)  # in the browser's outbox, not yet seen by the server
+    send_undo(at, second["token"])
+    (j,) = judgements(ctx)
+    assert j.winner_id == first["candidates"][1]["id"]  # the first answer stands
+    assert shown_set(at)["token"] == second["token"]  # the undone set is on screen again
+    answer(at, "none")  # answered again: recorded once, as given the second time
+    assert sorted(j.choice for j in judgements(ctx)) == ["none", "pick"]
+
+
+def test_undo_too_late_is_refused(ctx, alice):
+    from datetime import timedelta
+
+    from pickloop.db import write_session
+
+    make_sets(ctx, 2)
+    at = app(alice[0])
+    token = shown_set(at)["token"]
+    answer(at, "pick", 0)
+    with write_session(ctx.engine) as s:  # the answer is older than the window (clock moved, not slept)
+        (j,) = s.exec(select(Judgement)).all()
+        j.created_at = j.created_at - timedelta(seconds=ctx.settings.undo_seconds + 10)
+        s.add(j)
+    send_undo(at, token)
+    assert count(ctx, Judgement) == 1 and shown_set(at)["token"] != token
+    assert "Too late to undo" in panel_data(at)["status"]["text"]
 
 
 def test_replayed_click_writes_one_judgement(ctx, alice):
@@ -110,14 +145,16 @@ def test_replayed_click_writes_one_judgement(ctx, alice):
 
 
 def test_images_go_to_the_browser_once_per_set_and_again_on_request(ctx, alice):
-    make_sets(ctx, 4)
+    make_sets(ctx, 6)
     at = app(alice[0])
     first = panel_data(at)["sets"]
+    assert len(first) == ctx.settings.app_sets_ahead + 1 == 4  # the set on screen and three ahead
     assert all("src" in c for s in first for c in s["candidates"])  # a fresh panel gets every image
     answer(at, "pick", 0)
     now = panel_data(at)["sets"]
-    assert now[0]["token"] == first[1]["token"] and not any("src" in c for c in now[0]["candidates"])
-    assert all("src" in c for c in now[1]["candidates"])  # only the set new to the browser carries images
+    assert [s["token"] for s in now[:-1]] == [s["token"] for s in first[1:]]
+    assert not any("src" in c for s in now[:-1] for c in s["candidates"])
+    assert all("src" in c for c in now[-1]["candidates"])  # only the set new to the browser carries images
     # A panel mounted afresh (the rater came back from another page) holds no images and asks again.
     at.session_state["rating_panel"] = {**at.session_state["rating_panel"],
                                         "need": {"id": "n1", "tokens": [now[0]["token"]]}}
@@ -142,7 +179,7 @@ def test_forged_answers_write_nothing(ctx, alice):
                      {"token": shown["token"], "choice": "vote-twice", "winner_id": None, "ms": 5},
                      "garbage", {"choice": "tie"}])
     assert not at.exception and count(ctx, Judgement) == 0
-    assert "one of the candidates shown" in at.error[0].value
+    assert "one of the candidates shown" in panel_data(at)["status"]["text"]
 
 
 def test_two_tabs_write_one_judgement(ctx, alice):
@@ -154,7 +191,7 @@ def test_two_tabs_write_one_judgement(ctx, alice):
     answer(tab2, "pick", 1)
     (j,) = judgements(ctx)
     assert j.winner_id == shown_order(ctx, key)[0]  # the first answer stands
-    assert "already answered" in tab2.info[0].value and set_key(tab2) != key
+    assert "already answered" in panel_data(tab2)["status"]["text"] and set_key(tab2) != key
 
 
 def test_admin_page_refused_to_a_rater(ctx, alice, admin):
@@ -182,9 +219,10 @@ def test_admin_page_refused_to_a_rater(ctx, alice, admin):
 
 def test_empty_queue_waits_then_shows_a_set(ctx, alice):
     at = app(alice[0])
-    assert "Drawing new candidates" in at.info[0].value and not at.exception
+    data = panel_data(at)
+    assert data["sets"] == [] and "No sets are being drawn" in data["behind"] and not at.exception
     make_sets(ctx, 1)
-    at.run()
+    at.run()  # what the fragment's one-second rerun does
     assert set_key(at)
 
 
@@ -233,4 +271,4 @@ def test_last_set_answered_switches_to_waiting(ctx, alice):
     make_sets(ctx, 1)
     at = app(alice[0])
     answer(at, "pick", 0)
-    assert count(ctx, Judgement) == 1 and "Drawing new candidates" in at.info[0].value
+    assert count(ctx, Judgement) == 1 and panel_data(at)["sets"] == [] and panel_data(at)["behind"]
