@@ -7,7 +7,9 @@ at a steady rate. Figures, each taken in the page (``performance.now()``):
 
 - answer -> next set fully shown (every image decoded): p50 / p95 / max, ms;
 - ``waits``: answers after which the next set was not already held, decoded, in the browser;
-- ``first_set_s``: from starting the worker and the app to the first set fully shown (sign-in included);
+- ``first_set_s``: from starting the worker and the app to the first set fully shown (sign-in included),
+  on a home made as ``pickloop init`` makes it (which draws the first sets; ``--cold``: it does not, so
+  the first set waits for the worker's model to load);
 - ``picks``: answers given; each must be stored exactly once.
 
 ``--pre-drawn N`` writes N ready sets first and starts no worker (the old figure: the page alone).
@@ -47,6 +49,7 @@ class BenchResult:
     first_set_s: float
     picks: int
     recorded: int
+    init_s: float  # drawing the first sets when the home was made (``pickloop init``), seconds
 
 
 def _env(home: Path) -> dict[str, str]:
@@ -63,7 +66,7 @@ def _start(args: list[str], home: Path, log_name: str) -> subprocess.Popen:
 
 
 def run_app_bench(*, answers: int, rate: float, candidates: int, pre_drawn: int, finetune_jobs: int,
-                  image_size: int = 256, progress: bool = True) -> BenchResult:
+                  first_sets: int = 4, image_size: int = 256, progress: bool = True) -> BenchResult:
     from sqlmodel import func, select
     from tqdm import tqdm
 
@@ -81,6 +84,13 @@ def run_app_bench(*, answers: int, rate: float, candidates: int, pre_drawn: int,
         ctx = Context(get_settings(home=home, database_url=None, image_store_url=None,
                                    candidates_per_set=candidates))
         initialize_home(ctx, first_admin=False, prompts=pre_drawn == 0)
+        init_s = 0.0
+        if not pre_drawn and first_sets:
+            from pickloop.cli import draw_first_sets
+
+            t = time.perf_counter()
+            draw_first_sets(ctx, first_sets)  # as `pickloop init` (and so `make app`) does
+            init_s = time.perf_counter() - t
         if pre_drawn:
             print(f"pre-drawing {pre_drawn} ready sets ({image_size} px) in {home}; no worker", flush=True)
             make_ready_sets(ctx=ctx, n=pre_drawn, size=image_size)
@@ -126,7 +136,7 @@ def run_app_bench(*, answers: int, rate: float, candidates: int, pre_drawn: int,
                 browser.stop_process(job)
         with read_session(ctx.engine) as s:
             recorded = s.exec(select(func.count()).select_from(Judgement)).one()
-    return BenchResult(latencies, waits, first_set_s, answers, recorded)
+    return BenchResult(latencies, waits, first_set_s, answers, recorded, init_s)
 
 
 def cmd_bench_app(args) -> None:  # noqa: ANN001
@@ -137,12 +147,14 @@ def cmd_bench_app(args) -> None:  # noqa: ANN001
     if args.pre_drawn and args.pre_drawn < args.answers:
         raise UserError("--pre-drawn must be at least --answers (there is no worker to draw more)")
     r = run_app_bench(answers=args.answers, rate=args.rate, candidates=args.candidates, pre_drawn=args.pre_drawn,
-                      finetune_jobs=args.finetune_jobs, image_size=args.image_size)
+                      finetune_jobs=args.finetune_jobs, first_sets=0 if args.cold else 4, image_size=args.image_size)
     if r.recorded != r.picks:
         raise UserError(f"{r.picks} answers given but {r.recorded} judgements recorded")
     xs = r.latencies_ms
     print(f"{'pre-drawn sets, no worker' if args.pre_drawn else 'real worker, shipped model'}; "
           f"{args.finetune_jobs} training job(s) on the same cores; {args.rate:g} answers/s; "
-          f"{r.recorded} judgements recorded for {r.picks} answers")
+          f"{r.recorded} judgements recorded for {r.picks} answers; "
+          + ("home made cold (no first sets)" if args.cold or args.pre_drawn else
+             f"first sets drawn when the home was made in {r.init_s:.1f} s"))
     print(f"p50_ms={percentile(xs, 50):.0f} p95_ms={percentile(xs, 95):.0f} max_ms={max(xs):.0f} "
           f"waits={r.waits} first_set_s={r.first_set_s:.1f} picks={r.picks}")

@@ -105,7 +105,7 @@ def chromium_page(*, width: int = 1280, height: int = 900) -> Iterator:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS, headless=True)
         try:
-            page = browser.new_page(viewport={"width": width, "height": height})
+            page = browser.new_context(viewport={"width": width, "height": height}).new_page()
             page.set_default_timeout(30_000)
             yield page
         finally:

@@ -34,6 +34,9 @@ def register(sub, bench_sub) -> None:  # noqa: ANN001
     b.add_argument("--pre-drawn", type=int, default=0,
                    help="write this many ready sets first and start no worker (the page alone)")
     b.add_argument("--image-size", type=int, default=256, help="image side of pre-drawn sets, pixels")
+    b.add_argument("--cold", action="store_true",
+                   help="the home gets no first sets when made (as `pickloop app` on a home `pickloop init` "
+                        "never saw): the first set waits for the worker's model to load")
     b.set_defaults(func=cmd_bench_app)
 
 

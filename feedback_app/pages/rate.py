@@ -95,11 +95,16 @@ def behind(p: Panel) -> str:
 @st.fragment(run_every=1.0)
 def rating_view() -> None:
     """The bar above the panel and the panel; the panel's answers rerun only this fragment."""
+    if ui.identity() is None:  # signed out in another tab (or the session expired): to the sign-in page
+        st.rerun(scope="app")
     p = panel()
     refresh(p)
     with read_session(ctx.engine) as s:
         today = logic.labels_today(session=s, rater_id=ident.rater_id)
-    st.markdown(f"**{today}** labels today")
+    bar = st.container(horizontal=True, vertical_alignment="center", gap="medium")
+    bar.markdown(f"**{today}** labels today", width="content")
+    bar.caption(f"signed in as {ident.name}", width="content")
+    bar.button("Sign out", key="signout_top", type="tertiary", on_click=ui.sign_out)
     issue = state.pop("notice", None)  # a store error from ui.run_write
     if issue:
         notice(issue[1])
