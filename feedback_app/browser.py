@@ -132,6 +132,12 @@ def wait_for_labels(page, n: int, *, timeout_ms: float = 30_000) -> None:  # noq
     page.wait_for_function(LABELS_JS, arg=n, polling="raf", timeout=timeout_ms)
 
 
+def wait_for_acknowledged(page, *, timeout_ms: float = 30_000) -> None:  # noqa: ANN001
+    """Wait until the server has acknowledged every answer (and undo) the panel sent: its outbox is empty."""
+    page.wait_for_function("() => window.__pickloopPanel && window.__pickloopPanel.outbox.length === 0",
+                           polling="raf", timeout=timeout_ms)
+
+
 def visible_set(page):  # noqa: ANN001, ANN201
     """The rating panel's set on screen (a Playwright locator)."""
     return page.locator(".pl-set:not([hidden])")

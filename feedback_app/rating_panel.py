@@ -57,7 +57,7 @@ CSS = """
 .pl-guide p { margin: 0 0 0.6rem 0; }
 [data-stale="true"]:has(.pl-panel) { opacity: 1 !important; transition: none !important; }
 """
-CHOICES = ("pick", "tie", "none", "skip")
+CHOICES = ("pick", "tie", "none", "skip", "undo")  # undo: take back the answer to this token
 MAX_OUTBOX = 64  # more unacknowledged answers than this is not a browser we wrote: ignore the rest
 ACK_KEEP = 64  # acknowledged answer ids remembered (the browser drops them from its outbox)
 ANSWERED_KEEP = 8  # answered showings kept, so that the last one can be undone
@@ -113,7 +113,6 @@ class Panel:
     shows: dict[int, int] = field(default_factory=dict)  # comparison id -> times shown (undo shows again)
     acked: OrderedDict[str, None] = field(default_factory=OrderedDict)  # answer ids handled
     answered: OrderedDict[str, SetView] = field(default_factory=OrderedDict)  # token -> set, latest last
-    undo_seen: str | None = None  # id of the last undo request handled (see ``new_undo``)
     uris: dict[str, str] = field(default_factory=dict)  # image sha256 -> data: URL, for the queue's images
     imaged: set[str] = field(default_factory=set)  # tokens whose images went to the browser already
     need_seen: str | None = None  # the last request of the browser for images again (see ``handle_need``)
@@ -142,18 +141,17 @@ class Panel:
         if tok is not None:
             self.sent.pop(tok, None)
 
-    def new_answers(self, value: Any) -> list[tuple[Answer, SetView | None]]:
-        """Answers in the component's state not yet handled, each with the set its token names
-        (None for a token this session never sent: it is acknowledged and otherwise ignored)."""
-        out = []
-        for a in parse_outbox(value):
-            if a.id in self.acked:
-                continue
-            view = self.sent.get(a.token)
-            if view is None:
-                log.warning("ignored an answer for a set this session did not send: %r", a.token[:40])
-            out.append((a, view))
-        return out
+    def new_answers(self, value: Any) -> list[Answer]:
+        """Entries of the component's outbox not yet handled, in the browser's order."""
+        return [a for a in parse_outbox(value) if a.id not in self.acked]
+
+    def view_of(self, answer: Answer) -> SetView | None:
+        """The set an answer's token names now (after the undos before it), or None for a token this
+        session did not send (it is acknowledged and otherwise ignored)."""
+        view = self.sent.get(answer.token)
+        if view is None:
+            log.warning("ignored an answer for a set this session did not send: %r", answer.token[:40])
+        return view
 
     def acknowledge(self, answer: Answer, view: SetView | None) -> None:
         """The answer is handled (recorded, refused or ignored): the set leaves the queue."""
@@ -166,14 +164,6 @@ class Panel:
             self.answered[answer.token] = view
             while len(self.answered) > ANSWERED_KEEP:
                 self.answered.popitem(last=False)
-
-    def new_undo(self, value: Any) -> str | None:
-        """The token the browser asks to undo, once per request: ``{"undo": {"id": .., "token": ..}}``."""
-        undo = value.get("undo") if isinstance(value, dict) else None
-        if not isinstance(undo, dict) or not undo.get("id") or str(undo["id"]) == self.undo_seen:
-            return None
-        self.undo_seen = str(undo["id"])[:64]
-        return str(undo.get("token", ""))[:128]
 
     def undone_view(self, token: str) -> SetView | None:
         """The set a token showed, if this session sent it (answered or still held)."""
@@ -219,7 +209,7 @@ class Panel:
         self.imaged = (self.imaged & live) | live
         held = {c.image_sha256 for v in self.queue for c in v.candidates}
         self.uris = {sha: uri for sha, uri in self.uris.items() if sha in held}
-        return {"sets": sets, "acked": list(self.acked), "undo_seen": self.undo_seen}
+        return {"sets": sets, "acked": list(self.acked)}
 
 
 def _define() -> Callable[..., Any]:

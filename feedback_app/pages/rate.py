@@ -55,14 +55,16 @@ def undo(p: Panel, token: str) -> None:
 
 
 def refresh(p: Panel) -> None:
-    """Undo first, then record the answers the browser sent (each once), then hand out sets until the
-    panel is full. Undo comes first: an answer given again after an undo is then recorded anew."""
+    """Handle what the browser sent, in its order and each entry once (answers, and undos of the last
+    answer), then hand out sets until the panel is full."""
     value = state.get(PANEL_KEY)
     p.handle_need(value)
-    token = p.new_undo(value)
-    if token is not None:
-        undo(p, token)
-    for answer, view in p.new_answers(value):
+    for answer in p.new_answers(value):
+        if answer.choice == "undo":
+            undo(p, answer.token)
+            p.acknowledge(answer, None)
+            continue
+        view = p.view_of(answer)  # looked up now: an undo just before may have put its set back
         me = ui.identity()  # the rater always comes from the signed-in identity, never from the browser
         if view is not None and me is not None:
             res = ui.run_write(logic.submit_choice, identity=me, view=view, choice=answer.choice,
@@ -110,10 +112,9 @@ def rating_view() -> None:
         notice(issue[1])
     data = p.data(lambda sha: ui.image_data_uri(ctx, sha))
     data.update(undo_s=ctx.settings.undo_seconds, status=state.get("status"), behind=behind(p), guide=guide())
-    rating_panel.mount(key=PANEL_KEY, data=data, default={"outbox": [], "need": None, "undo": None,
-                                                          "guide_seen": None},
+    rating_panel.mount(key=PANEL_KEY, data=data, default={"outbox": [], "need": None, "guide_seen": None},
                        on_outbox_change=lambda: None, on_need_change=lambda: None,
-                       on_undo_change=lambda: None, on_guide_seen_change=lambda: None)
+                       on_guide_seen_change=lambda: None)
 
 
 st.html(ui.CSS)

@@ -2,16 +2,15 @@
 // answer swaps to the next set at once, without waiting for the server.
 //
 // Data from Python: {sets: [{token, key, prompt, candidates: [{id, src?}]}], acked: [answer id],
-// undo_seen, undo_s, status: {id, text}, behind, guide: {text, show}}. sets[0] is the set the server wants on
+// undo_s, status: {id, text}, behind, guide: {text, show}}. sets[0] is the set the server wants on
 // screen, the rest come after it. A token names one showing of a set. Images (src, data: URLs) come
 // once per token; the panel keeps them, and asks again ({need}) when it holds none for a set.
-// State to Python: {outbox: [{id, token, choice, winner_id, ms}], undo: {id, token}, need: {id, tokens},
-// guide_seen: id}. The outbox holds every answer not yet acknowledged; sending all of it each time means
+// State to Python: {outbox: [{id, token, choice, winner_id, ms}], need: {id, tokens}, guide_seen: id}. The outbox holds every answer not yet acknowledged; sending all of it each time means
 // an answer is never lost when two come faster than the server reruns (the server records each once).
 //
 // Undo (U or the Undo button) takes back exactly the last answer given here, whether the server has
 // recorded it yet or not: the answer leaves the outbox (if it is still there the server never sees
-// it), and {undo: token} asks the server to delete it if it did record it. The set is back on screen
+// it), and an entry {choice: "undo", token} in the outbox asks the server to delete it if it did. The set is back on screen
 // at once under the same token, so the answer given next is recorded anew.
 //
 // Layout: the candidates get the largest square that fits the viewport: a row of up to 4 on a wide
@@ -71,11 +70,15 @@ function undo(panel) {
   }
   panel.last = null;
   closeOverlay(panel);
+  // The answer leaves the outbox (if the server has not seen it, it never will), and an undo entry
+  // takes its place: in the same ordered list as the answers, so the server always handles it after
+  // the answer it undoes and before the answer given next.
+  const entry = { id: uid(), token: last.set.token, choice: "undo", winner_id: null, ms: null };
   panel.outbox = panel.outbox.filter((a) => a.id !== last.entry.id);
+  panel.outbox.push(entry);
   panel.answered.delete(last.set.token);
-  panel.undone = { set: last.set, srcs: last.srcs, id: uid() };
+  panel.undone = { set: last.set, srcs: last.srcs, id: entry.id };
   panel.setStateValue("outbox", panel.outbox.slice());
-  panel.setStateValue("undo", { id: panel.undone.id, token: last.set.token });
   setStatus(panel, "Undone: answer this set again.");
   show(panel);
 }
@@ -280,7 +283,7 @@ export default function (component) {
     // the server has put the undone set back: it is one of its sets again
     if (!panel.srcs.has(panel.undone.set.token) && panel.undone.srcs) panel.srcs.set(panel.undone.set.token, panel.undone.srcs);
     panel.undone = null;
-  } else if (panel.undone && d.undo_seen === panel.undone.id) {
+  } else if (panel.undone && acked.has(panel.undone.id)) {
     panel.undone = null; // handled, and not put back: too late to undo (the status line says so)
   }
   for (const token of [...panel.srcs.keys()]) if (!tokens.has(token)) panel.srcs.delete(token);

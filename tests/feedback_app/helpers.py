@@ -111,9 +111,9 @@ def send_outbox(at, outbox: list[dict], *, run: bool = True):  # noqa: ANN001, A
     return at.run() if run else at
 
 
-def send_undo(at, token: str, *, outbox: list[dict] | None = None, run: bool = True):  # noqa: ANN001, ANN201
-    """Undo as the panel's script does: the undone answer leaves the outbox (``outbox``: what is left,
-    default the pending answers for other tokens) and {undo: {id, token}} asks the server to take it back."""
-    left = [e for e in pending_outbox(at) if e["token"] != token] if outbox is None else outbox
-    at.session_state["rating_panel"] = {"outbox": left, "undo": {"id": uuid.uuid4().hex, "token": token}}
-    return at.run() if run else at
+def send_undo(at, token: str, *, run: bool = True):  # noqa: ANN001, ANN201
+    """Undo as the panel's script does: the undone answer leaves the outbox (if the server has not
+    acknowledged it yet) and an undo entry for its token takes its place at the end."""
+    left = [e for e in pending_outbox(at) if e["token"] != token]
+    entry = {"id": uuid.uuid4().hex, "token": token, "choice": "undo", "winner_id": None, "ms": None}
+    return send_outbox(at, [*left, entry], run=run)
