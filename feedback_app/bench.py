@@ -158,3 +158,38 @@ def cmd_bench_app(args) -> None:  # noqa: ANN001
              f"first sets drawn when the home was made in {r.init_s:.1f} s"))
     print(f"p50_ms={percentile(xs, 50):.0f} p95_ms={percentile(xs, 95):.0f} max_ms={max(xs):.0f} "
           f"waits={r.waits} first_set_s={r.first_set_s:.1f} picks={r.picks}")
+
+
+def cmd_bench_history(args) -> None:  # noqa: ANN001
+    """The History page's first page for a rater with ``--answers`` answers, rendered by Streamlit's
+    AppTest (the page script, its queries and thumbnails; no browser), cold and again warm."""
+    from streamlit.testing.v1 import AppTest
+
+    from feedback_app.logic import Identity
+    from feedback_app.ready_sets import make_answered_sets
+    from pickloop.context import Context
+    from pickloop.db import write_session
+    from pickloop.settings import get_settings
+    from pickloop.store import add_rater
+
+    with tempfile.TemporaryDirectory(prefix="pickloop-bench-history-") as tmp:
+        home = Path(tmp) / "home"
+        os.environ["PICKLOOP_HOME"] = str(home)  # the page reads its settings from the environment
+        for k in ("PICKLOOP_DATABASE_URL", "PICKLOOP_IMAGE_STORE_URL", "PICKLOOP_CONFIG"):
+            os.environ.pop(k, None)
+        ctx = Context(get_settings())
+        with write_session(ctx.engine) as s:
+            rater, _ = add_rater(session=s, name="bench")
+            ident = Identity(rater_id=rater.id, name=rater.name, role=rater.role, kind=rater.kind)
+        make_answered_sets(ctx=ctx, rater_id=ident.rater_id, n=args.answers)
+        times = []
+        for _ in range(2):
+            at = AppTest.from_file(str(Path(__file__).parent / "pages" / "history.py"), default_timeout=120)
+            at.session_state["identity"] = ident
+            t = time.perf_counter()
+            at.run()
+            times.append((time.perf_counter() - t) * 1000)
+            if at.exception:
+                raise UserError(f"the History page failed: {at.exception[0].message}")
+        shown = sum(h.proto.body.count('class="pl-hist-item"') for h in at.get("html"))
+    print(f"first_page_ms={times[0]:.0f} warm_ms={times[1]:.0f} answers={args.answers} shown={shown}")

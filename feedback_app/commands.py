@@ -38,6 +38,10 @@ def register(sub, bench_sub) -> None:  # noqa: ANN001
                    help="the home gets no first sets when made (as `pickloop app` on a home `pickloop init` "
                         "never saw): the first set waits for the worker's model to load")
     b.set_defaults(func=cmd_bench_app)
+    h = bench_sub.add_parser("history", help="time of the History page's first page for a rater with many answers",
+                             description="Last line: first_page_ms (cold: thumbnails made) warm_ms answers shown.")
+    h.add_argument("--answers", type=int, default=1000, help="answers the rater has given")
+    h.set_defaults(func=cmd_bench_history)
 
 
 def _check_address(host: str, port: int) -> None:
@@ -111,5 +115,11 @@ def percentile(values: list[float], q: float) -> float:
 
 def cmd_bench_app(args: argparse.Namespace) -> None:
     from feedback_app.bench import cmd_bench_app as run
+
+    run(args)
+
+
+def cmd_bench_history(args: argparse.Namespace) -> None:
+    from feedback_app.bench import cmd_bench_history as run
 
     run(args)

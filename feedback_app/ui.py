@@ -6,6 +6,7 @@ lives in ``st.session_state`` (one browser session).
 from __future__ import annotations
 
 import base64
+import html
 import io
 import logging
 import random
@@ -75,6 +76,42 @@ PLACEHOLDER_PNG = _placeholder_png()  # the same for everyone: nothing per-user
 def image_data_uri(ctx: Context, sha256: str) -> str:
     """The image inline as a ``data:`` URL: it arrives with the page, no second request to wait for."""
     return "data:image/png;base64," + base64.b64encode(image_bytes(ctx, sha256)).decode("ascii")
+
+
+THUMB_PX = 96  # side of a History thumbnail, pixels
+CHOICE_WORDS = {"pick": "picked", "tie": "tie", "none": "none good", "skip": "skipped"}
+HISTORY_CSS = """<style>
+.pl-hist-item { margin: 0 0 0.9rem 0; }
+.pl-hist-item p { margin: 0 0 0.3rem 0; }
+.pl-hist-row { display: flex; gap: 6px; }
+.pl-hist-row img { width: 96px; height: 96px; image-rendering: pixelated; border-radius: 4px;
+                   border: 3px solid transparent; }
+.pl-hist-row img.pl-won { border-color: #21a366; }
+</style>"""
+
+
+@st.cache_data(max_entries=20_000, show_spinner=False)
+def _thumbnail_uri(images_url: str, sha256: str) -> str:
+    """A small PNG of a stored image as a data: URL. Keyed by content (sha256): nothing per-user."""
+    img = decode_image(image_bytes(context(), sha256), what=f"image {sha256[:12]}")
+    img.thumbnail((THUMB_PX, THUMB_PX))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def history_html(ctx: Context, items: list) -> str:  # noqa: ANN001
+    """One page of History as one HTML block: prompt, answer, time and the thumbnails as shown, the
+    picked one framed. Every text is escaped (prompts are user input)."""
+    out = [HISTORY_CSS]
+    for item in items:
+        thumbs = "".join(
+            f'<img src="{_thumbnail_uri(ctx.settings.images_url, c.image_sha256)}" alt="candidate {c.position + 1}"'
+            f'{" class=pl-won" if c.id == item.winner_id else ""}>' for c in item.candidates)
+        out.append(f'<div class="pl-hist-item"><p><b>{html.escape(item.prompt)}</b> · '
+                   f'{html.escape(CHOICE_WORDS.get(item.choice, item.choice))} · '
+                   f'{item.created_at.astimezone():%Y-%m-%d %H:%M}</p><div class="pl-hist-row">{thumbs}</div></div>')
+    return "".join(out)
 
 
 def image_bytes(ctx: Context, sha256: str) -> bytes:

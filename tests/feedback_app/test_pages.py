@@ -250,7 +250,8 @@ def test_history_shows_past_picks(ctx, alice):
     at = app(alice[0])
     answer(at, "pick", 0)
     page = app(alice[0], script="pages/history.py")
-    assert not page.exception and "a test prompt number" in page.markdown[0].value
+    assert not page.exception and page.markdown[0].value == "answers 1-1 of 1"
+    assert any("a test prompt number" in h.proto.body for h in page.get("html"))
 
 
 def test_an_oidc_identity_without_a_provider_login_is_signed_out(ctx):
