@@ -206,7 +206,7 @@ def test_admin_page_refused_to_a_rater(ctx, alice, admin):
     page = app(alice[0], script="pages/admin.py")
     assert "admins only" in page.error[0].value and not page.tabs
     page = app(admin[0], script="pages/admin.py")
-    assert not page.exception and len(page.tabs) == 6
+    assert not page.exception and len(page.tabs) == 7
     assert any(m.label == "overall agreement" for m in page.metric)
     page.button(key="admin_export").click().run()
     assert not page.exception and page.get("download_button")
@@ -273,3 +273,22 @@ def test_last_set_answered_switches_to_waiting(ctx, alice):
     at = app(alice[0])
     answer(at, "pick", 0)
     assert count(ctx, Judgement) == 1 and panel_data(at)["sets"] == [] and panel_data(at)["behind"]
+
+
+def test_the_rating_guide_shows_once_to_a_new_rater_and_admins_edit_it(ctx, admin):
+    from tests.feedback_app.helpers import make_rater
+
+    make_sets(ctx, 2)
+    newcomer, _ = make_rater(ctx, "new", guide_seen=False)
+    at = app(newcomer)
+    guide = panel_data(at)["guide"]
+    assert guide["show"] and "Tie (T)" in guide["text"] and "None good (N)" in guide["text"]
+    at.session_state["rating_panel"] = {"outbox": [], "guide_seen": "g1"}  # the rater pressed "Got it"
+    at.run()
+    assert not panel_data(at)["guide"]["show"]
+    assert not panel_data(app(newcomer))["guide"]["show"]  # not again, in a new browser session either
+    page = app(admin[0], script="pages/admin.py")
+    page.text_area(key="admin_guide").input("Pick the sharpest image.\nTie only when truly equal.")
+    page.button(key="admin_save_guide").click().run()
+    assert not page.exception
+    assert panel_data(app(newcomer))["guide"]["text"] == "Pick the sharpest image.\nTie only when truly equal."
