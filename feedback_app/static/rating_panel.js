@@ -151,7 +151,8 @@ function layout(panel) {
   const n = Math.max(2, ...panel.queueNow.map((s) => s.candidates.length), 2);
   const width = panel.root.clientWidth || window.innerWidth;
   const top = panel.root.getBoundingClientRect().top + (window.scrollY || 0);
-  const chrome = 150; // status, prompt, buttons, margins (px)
+  // status line, prompt, the row of buttons and their margins, as drawn (px)
+  const chrome = panel.status.offsetHeight + 34 + panel.row.offsetHeight + 30;
   const height = Math.max(160, window.innerHeight - Math.max(0, Math.min(top, 260)) - chrome);
   const gap = 12;
   let best = { side: 0, cols: 1 };
@@ -244,7 +245,7 @@ function mountPanel(parentElement) {
   const row = make("div", "pl-row");
   root.append(status, sets_el, waiting, row);
   parentElement.appendChild(root);
-  const panel = { root, status, sets_el, waiting, nodes: new Map(), srcs: new Map(), answered: new Set(),
+  const panel = { root, status, sets_el, waiting, row, nodes: new Map(), srcs: new Map(), answered: new Set(),
                   outbox: [], sets: [], queueNow: [], shown: null, shownAt: 0, current: null, asked: "",
                   last: null, undone: null, overlay: null, undoMs: 8000, guide: "", behind: "" };
   const on = (choice) => () => { if (panel.current) answer(panel, panel.current, choice); };
