@@ -41,6 +41,11 @@ SWAP_JS = """([oldKey, n]) => {
   return { key: set.dataset.key, ms: performance.now() - window.__keyAt };
 }"""
 
+# What the panel holds, for a bench that got stuck.
+PANEL_STATE_JS = """() => { const p = window.__pickloopPanel; return p && {
+  sets: p.sets.map(s => s.token), srcs: [...p.srcs.keys()], answered: [...p.answered], outbox: p.outbox,
+  shown: p.shown, asked: p.asked, waiting: p.waiting.textContent }; }"""
+
 
 @dataclass
 class BenchResult:
@@ -124,8 +129,12 @@ def run_app_bench(*, answers: int, rate: float, candidates: int, pre_drawn: int,
                     page.keyboard.press(str(i % candidates + 1))
                     if i == answers - 1:
                         break
-                    swap = page.wait_for_function(SWAP_JS, arg=[key, candidates], polling="raf",
-                                                  timeout=300_000).json_value()
+                    try:
+                        swap = page.wait_for_function(SWAP_JS, arg=[key, candidates], polling="raf",
+                                                      timeout=120_000).json_value()
+                    except Exception:
+                        print("no next set within 120 s; the panel holds:", page.evaluate(PANEL_STATE_JS))
+                        raise
                     key = swap["key"]
                     latencies.append(float(swap["ms"]))
                     due = max(due, time.perf_counter())  # a rater who had to wait starts the next second now

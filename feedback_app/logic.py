@@ -233,24 +233,6 @@ def submit_choice(*, session: Session, identity: Identity, view: SetView, choice
                             time_ms=time_ms)
 
 
-def undo_last(*, session: Session, identity: Identity, settings: Settings) -> int | None:
-    """Take back this rater's latest answer if younger than ``settings.undo_seconds``.
-
-    Returns the id of the set to show again, or None when there was nothing (young enough) to undo.
-    """
-    last = session.exec(select(Judgement).where(Judgement.rater_id == identity.rater_id)
-                        .order_by(Judgement.id.desc())).first()
-    if last is None or not undo_judgement(session=session, judgement_id=last.id, rater_id=identity.rater_id,
-                                          within_s=settings.undo_seconds):
-        return None
-    for a in session.exec(select(Assignment).where(Assignment.comparison_id == last.comparison_id,
-                                                   Assignment.rater_id == identity.rater_id)):
-        a.assigned_at = utcnow()  # the set is this rater's again; keep it from expiring meanwhile
-        session.add(a)
-    session.flush()
-    return last.comparison_id
-
-
 def undo_answer(*, session: Session, identity: Identity, comparison_id: int, within_s: float) -> bool:
     """Take back this rater's answer to one set (the answer the rater last gave, named by the page),
     if younger than ``within_s`` seconds. True when there was one and it is gone; False when the set

@@ -246,7 +246,7 @@ function mountPanel(parentElement) {
   root.append(status, sets_el, waiting, row);
   parentElement.appendChild(root);
   const panel = { root, status, sets_el, waiting, row, nodes: new Map(), srcs: new Map(), answered: new Set(),
-                  outbox: [], sets: [], queueNow: [], shown: null, shownAt: 0, current: null, asked: "",
+                  outbox: [], sets: [], queueNow: [], shown: null, shownAt: 0, current: null, asked: "", askedAt: 0,
                   last: null, undone: null, overlay: null, undoMs: 8000, guide: "", behind: "" };
   const on = (choice) => () => { if (panel.current) answer(panel, panel.current, choice); };
   row.appendChild(button("Tie", "pl-btn", "key T", on("tie")));
@@ -291,9 +291,13 @@ export default function (component) {
   for (const s of panel.sets) {
     if (s.candidates.every((c) => c.src)) panel.srcs.set(s.token, s.candidates.map((c) => c.src));
   }
+  // Ask for images the page lacks; again if they have not come a second and a half later (a rerun
+  // that carried them can be cut short by the next one, and the server then thinks they were sent).
   const missing = panel.sets.filter((s) => !panel.srcs.has(s.token)).map((s) => s.token);
-  if (missing.length && missing.join() !== panel.asked) {
+  const now = performance.now();
+  if (missing.length && (missing.join() !== panel.asked || now - panel.askedAt > 1500)) {
     panel.asked = missing.join();
+    panel.askedAt = now;
     setStateValue("need", { id: uid(), tokens: missing });
   }
   const known = new Set([...panel.sets.map((s) => s.token), ...panel.outbox.map((a) => a.token)]);

@@ -110,6 +110,9 @@ def test_oidc_sign_in_needs_the_allow_list(ctx, home):
     assert j.rater_id == eve_id and j.choice == "pick"
 
 
+# Where each candidate of the set on screen is drawn (x, y, width, height), in CSS pixels.
+CELL_BOXES_JS = """() => [...document.querySelectorAll('.pl-set:not([hidden]) .pl-cand')]
+  .map(e => { const r = e.getBoundingClientRect(); return [r.x, r.y, r.width, r.height].map(Math.round); })"""
 # Answer the set on screen with KEY, then press U DELAY ms later, timed in the page (not by Python).
 ANSWER_THEN_UNDO_JS = """async ([key, delay]) => {
   const press = (k) => document.dispatchEvent(new KeyboardEvent('keydown', {
@@ -135,9 +138,11 @@ def test_undo_takes_back_exactly_the_last_answer_recorded_or_not(ctx, home, alic
         answers = 0
         for delay in (250, 250, 1500):
             final[key] = ("1", shown_image_shas(page))
+            before = page.evaluate(CELL_BOXES_JS)
             page.keyboard.press("1")  # an answer that must stand
             answers += 1
             key = browser.wait_for_set(page, key, n=4)
+            assert page.evaluate(CELL_BOXES_JS) == before  # nothing moved under the pointer
             undone, shas = key, shown_image_shas(page)
             page.evaluate(ANSWER_THEN_UNDO_JS, ["3", delay])
             assert browser.visible_set(page).get_attribute("data-key") == undone  # back on screen at once
