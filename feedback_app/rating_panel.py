@@ -47,6 +47,7 @@ CSS = """
           color: var(--st-text-color, #31333f); }
 .pl-btn:hover { border-color: var(--st-primary-color, #ff4b4b); }
 .pl-btn:disabled { opacity: 0.45; cursor: default; }
+.pl-signout { flex: 0 1 auto; }
 .pl-waiting { min-height: calc(var(--pl-side) + 3.5rem); margin: 0; opacity: 0.75; }
 .pl-overlay { position: fixed; inset: 0; z-index: 999990; background: rgba(0, 0, 0, 0.82); display: flex;
               align-items: center; justify-content: center; padding: 1rem; }

@@ -58,6 +58,11 @@ def refresh(p: Panel) -> None:
     """Handle what the browser sent, in its order and each entry once (answers, and undos of the last
     answer), then hand out sets until the panel is full."""
     value = state.get(PANEL_KEY)
+    signout = value.get("signout") if isinstance(value, dict) else None
+    if signout and signout != state.get("signout_seen"):
+        ui.sign_out()  # every session of the rater ends; this browser session forgets everything
+        state["signout_seen"] = signout  # but this request: a panel state kept by the browser is not a new one
+        st.rerun(scope="app")
     p.handle_need(value)
     for answer in p.new_answers(value):
         if answer.choice == "undo":
@@ -106,15 +111,15 @@ def rating_view() -> None:
     bar = st.container(horizontal=True, vertical_alignment="center", gap="medium")
     bar.markdown(f"**{today}** labels today", width="content")
     bar.caption(f"signed in as {ident.name}", width="content")
-    bar.button("Sign out", key="signout_top", type="tertiary", on_click=ui.sign_out)
     issue = state.pop("notice", None)  # a store error from ui.run_write
     if issue:
         notice(issue[1])
     data = p.data(lambda sha: ui.image_data_uri(ctx, sha))
     data.update(undo_s=ctx.settings.undo_seconds, status=state.get("status"), behind=behind(p), guide=guide())
-    rating_panel.mount(key=PANEL_KEY, data=data, default={"outbox": [], "need": None, "guide_seen": None},
+    rating_panel.mount(key=PANEL_KEY, data=data,
+                       default={"outbox": [], "need": None, "guide_seen": None, "signout": None},
                        on_outbox_change=lambda: None, on_need_change=lambda: None,
-                       on_guide_seen_change=lambda: None)
+                       on_guide_seen_change=lambda: None, on_signout_change=lambda: None)
 
 
 st.html(ui.CSS)

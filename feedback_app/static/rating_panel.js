@@ -5,7 +5,8 @@
 // undo_s, status: {id, text}, behind, guide: {text, show}}. sets[0] is the set the server wants on
 // screen, the rest come after it. A token names one showing of a set. Images (src, data: URLs) come
 // once per token; the panel keeps them, and asks again ({need}) when it holds none for a set.
-// State to Python: {outbox: [{id, token, choice, winner_id, ms}], need: {id, tokens}, guide_seen: id}. The outbox holds every answer not yet acknowledged; sending all of it each time means
+// State to Python: {outbox: [{id, token, choice, winner_id, ms}], need: {id, tokens}, guide_seen: id,
+// signout: id}. The outbox holds every answer not yet acknowledged; sending all of it each time means
 // an answer is never lost when two come faster than the server reruns (the server records each once).
 //
 // Undo (U or the Undo button) takes back exactly the last answer given here, whether the server has
@@ -255,6 +256,9 @@ function mountPanel(parentElement) {
   panel.undoBtn = button("Undo", "pl-btn", "key U: take back the last answer", () => undo(panel));
   row.appendChild(panel.undoBtn);
   row.appendChild(button("Guide", "pl-btn", "key G: how to rate", () => showGuide(panel)));
+  // In the component's state, not a Streamlit button: a click can never be lost to a rerun in flight.
+  row.appendChild(button("Sign out", "pl-btn pl-signout", "sign out in every tab",
+                         () => panel.setStateValue("signout", uid())));
   window.addEventListener("resize", () => { layout(panel); });
   return panel;
 }

@@ -292,3 +292,21 @@ def test_the_rating_guide_shows_once_to_a_new_rater_and_admins_edit_it(ctx, admi
     page.button(key="admin_save_guide").click().run()
     assert not page.exception
     assert panel_data(app(newcomer))["guide"]["text"] == "Pick the sharpest image.\nTie only when truly equal."
+
+
+def test_sign_out_from_the_panel_ends_the_session(ctx, alice):
+    from feedback_app import sessions
+    from pickloop.db import write_session
+
+    make_sets(ctx, 2)
+    with write_session(ctx.engine) as s:
+        cookie, row = sessions.start_session(session=s, rater_id=alice[0].rater_id, hours=1)
+    at = AppTest.from_file(str(APP_DIR / "app.py"), default_timeout=TIMEOUT)
+    at.session_state["identity"], at.session_state["session_row"] = alice[0], row
+    at.run()
+    assert panel_data(at) is not None
+    at.session_state["rating_panel"] = {"outbox": [], "signout": "s1"}
+    at.run()
+    assert panel_data(at) is None and "identity" not in at.session_state  # the sign-in form: Chromium tests
+    with read_session(ctx.engine) as s:
+        assert sessions.resume_session(session=s, cookie=cookie) is None  # revoked on the server

@@ -67,7 +67,8 @@ def test_reload_and_new_tab_keep_the_session_and_sign_out_ends_it_everywhere(ctx
         browser.focus_page(tab)
         tab.keyboard.press("1")  # the new tab rates as alice
         browser.wait_for_labels(tab, 1)
-        tab.get_by_test_id("stBaseButton-tertiary").filter(has_text="Sign out").click()  # the bar above the panel
+        browser.visible_set(tab).wait_for()
+        tab.locator(".pl-panel").get_by_role("button", name="Sign out").click()
         tab.get_by_label("Token").wait_for()
         # the first tab learns at its next rerun (within a second or two), without a reload
         page.get_by_label("Token").wait_for(timeout=20_000)
