@@ -12,7 +12,7 @@ from pickloop.lazy import lazy_exports
 _EXPORTS = {
     "sign_in": "feedback_app.logic", "sign_in_oidc": "feedback_app.logic",
     "next_set_for": "feedback_app.logic", "set_view": "feedback_app.logic",
-    "submit_choice": "feedback_app.logic", "undo_last": "feedback_app.logic",
+    "submit_choice": "feedback_app.logic", "undo_answer": "feedback_app.logic",
     "history": "feedback_app.logic", "labels_today": "feedback_app.logic",
 }
 __all__ = sorted(_EXPORTS)

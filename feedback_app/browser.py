@@ -76,13 +76,22 @@ def app_server(*, home: Path, port: int | None = None, timeout_s: float = 60.0,
             time.sleep(0.2)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         log.close()
+
+
+def stop_process(proc: subprocess.Popen | None, *, timeout_s: float = 15.0) -> bool:
+    """Terminate a child process, killing it if it has not stopped within ``timeout_s``; False if killed."""
+    if proc is None or proc.poll() is not None:
+        return True
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+        return True
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return False
 
 
 @contextlib.contextmanager
@@ -96,7 +105,7 @@ def chromium_page(*, width: int = 1280, height: int = 900) -> Iterator:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS, headless=True)
         try:
-            page = browser.new_page(viewport={"width": width, "height": height})
+            page = browser.new_context(viewport={"width": width, "height": height}).new_page()
             page.set_default_timeout(30_000)
             yield page
         finally:
@@ -121,6 +130,12 @@ def wait_for_set(page, old_key: str | None, *, n: int, timeout_ms: float = 30_00
 def wait_for_labels(page, n: int, *, timeout_ms: float = 30_000) -> None:  # noqa: ANN001
     """Wait until the page's "labels today" counter reads at least ``n`` (the answers are saved)."""
     page.wait_for_function(LABELS_JS, arg=n, polling="raf", timeout=timeout_ms)
+
+
+def wait_for_acknowledged(page, *, timeout_ms: float = 30_000) -> None:  # noqa: ANN001
+    """Wait until the server has acknowledged every answer (and undo) the panel sent: its outbox is empty."""
+    page.wait_for_function("() => window.__pickloopPanel && window.__pickloopPanel.outbox.length === 0",
+                           polling="raf", timeout=timeout_ms)
 
 
 def visible_set(page):  # noqa: ANN001, ANN201

@@ -5,9 +5,7 @@ import argparse
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 from pickloop.errors import UserError
 
@@ -22,18 +20,28 @@ def register(sub, bench_sub) -> None:  # noqa: ANN001
     p.add_argument("--no-worker", action="store_true", help="do not start the queue worker")
     p.set_defaults(func=cmd_app)
 
-    b = bench_sub.add_parser("app", help="pick-to-next-set latency in a real browser (p50/p95, ms)",
-                             description="Pre-fills a temporary data home with ready sets, starts the app and "
-                                         "Chromium, signs in and times each pick until the next set is fully "
-                                         "shown (all images decoded), and until the page counts it as saved. "
-                                         "Last line: p50_ms=.. p95_ms=.. picks=..")
-    b.add_argument("--picks", type=int, default=50, help="timed picks")
-    b.add_argument("--warmup", type=int, default=3, help="untimed picks first")
-    b.add_argument("--image-size", type=int, default=256, help="candidate image side, pixels")
+    b = bench_sub.add_parser("app", help="the rating page with the real worker and a steady rater, in Chromium",
+                             description="A fresh data home, the queue worker and the app started together, one "
+                                         "LoRA training job on the same cores, and a scripted rater in Chromium "
+                                         "answering at a steady rate. Last line: p50_ms p95_ms max_ms (answer to "
+                                         "next set fully shown) waits (answers after which the next set was not "
+                                         "already in the browser) first_set_s picks.")
+    b.add_argument("--answers", type=int, default=200, help="answers the rater gives")
+    b.add_argument("--rate", type=float, default=1.0, help="answers a second")
     b.add_argument("--candidates", type=int, default=4, choices=(2, 3, 4), help="candidates per set")
-    b.add_argument("--look-ms", type=int, default=300,
-                   help="pause on each set before picking, ms (a rater looks before choosing)")
+    b.add_argument("--finetune-jobs", type=int, default=1,
+                   help="LoRA training jobs (`pickloop bench dpo`) running on the same cores meanwhile")
+    b.add_argument("--pre-drawn", type=int, default=0,
+                   help="write this many ready sets first and start no worker (the page alone)")
+    b.add_argument("--image-size", type=int, default=256, help="image side of pre-drawn sets, pixels")
+    b.add_argument("--cold", action="store_true",
+                   help="the home gets no first sets when made (as `pickloop app` on a home `pickloop init` "
+                        "never saw): the first set waits for the worker's model to load")
     b.set_defaults(func=cmd_bench_app)
+    h = bench_sub.add_parser("history", help="time of the History page's first page for a rater with many answers",
+                             description="Last line: first_page_ms (cold: thumbnails made) warm_ms answers shown.")
+    h.add_argument("--answers", type=int, default=1000, help="answers the rater has given")
+    h.set_defaults(func=cmd_bench_history)
 
 
 def _check_address(host: str, port: int) -> None:
@@ -44,15 +52,10 @@ def _check_address(host: str, port: int) -> None:
 
 
 def _stop(proc: subprocess.Popen | None, name: str) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        print(f"{name} did not stop in 15 s; killing it", file=sys.stderr)
-        proc.kill()
-        proc.wait()
+    from feedback_app.browser import stop_process
+
+    if not stop_process(proc):
+        print(f"{name} did not stop in 15 s; killed it", file=sys.stderr)
 
 
 def _interrupt(signum, frame) -> None:  # noqa: ANN001
@@ -68,17 +71,20 @@ def cmd_app(args: argparse.Namespace) -> int:
     host = args.host or ctx.settings.app_host
     port = args.port or ctx.settings.app_port
     _check_address(host, port)
-    print(describe(ctx, initialize_home(ctx)), flush=True)
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: binding {host}: raters on the network can reach the app; use HTTPS in front of it",
-              file=sys.stderr)
+    ctx.engine  # noqa: B018 - migrate here, before the worker and the app open the database too
     worker = None
     # SIGTERM (systemd, docker stop) takes the same path as Ctrl+C, so the worker is always stopped.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         if not args.no_worker:
-            worker = subprocess.Popen([sys.executable, "-m", "pickloop", "generate", "--watch"])
+            # First, so that its model loads while the home is set up and Streamlit starts: on a fresh
+            # home the first set is drawn by the time a rater has signed in.
+            worker = subprocess.Popen([sys.executable, "-m", "pickloop", "generate", "--watch", "--quiet"])
             print(f"queue worker started (pid {worker.pid}): pickloop generate --watch")
+        print(describe(ctx, initialize_home(ctx)), flush=True)
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            print(f"warning: binding {host}: raters on the network can reach the app; use HTTPS in front of it",
+                  file=sys.stderr)
         print(f"rating app on http://{host}:{port}")
         app = subprocess.Popen(streamlit_command(host=host, port=port))
         try:
@@ -97,60 +103,13 @@ def cmd_app(args: argparse.Namespace) -> int:
         _stop(worker, "queue worker")
 
 
-def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile (0-100), linear between the closest ranks."""
-    xs = sorted(values)
-    if not xs:
-        raise ValueError("no values")
-    pos = (len(xs) - 1) * q / 100
-    lo, hi = int(pos), min(int(pos) + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
-
-
 def cmd_bench_app(args: argparse.Namespace) -> None:
-    if args.picks < 1 or args.warmup < 0:
-        raise UserError("--picks must be >= 1 and --warmup >= 0")
-    from tqdm import tqdm
+    from feedback_app.bench import cmd_bench_app as run
 
-    from feedback_app import browser
-    from feedback_app.ready_sets import make_ready_sets
-    from pickloop.context import Context
-    from sqlmodel import select
+    run(args)
 
-    from pickloop.db import read_session, write_session
-    from pickloop.schema import Judgement
-    from pickloop.settings import get_settings
-    from pickloop.store import add_rater
 
-    with tempfile.TemporaryDirectory(prefix="pickloop-bench-app-") as tmp:
-        home = Path(tmp) / "home"
-        ctx = Context(get_settings(home=home, database_url=None, image_store_url=None,
-                                   candidates_per_set=args.candidates))
-        total = args.picks + args.warmup
-        print(f"pre-filling {total + 5} ready sets of {args.candidates} images ({args.image_size} px) in {home}")
-        make_ready_sets(ctx=ctx, n=total + 5, size=args.image_size)
-        with write_session(ctx.engine) as s:
-            _, token = add_rater(session=s, name="bench")
-        times: list[float] = []
-        saved: list[float] = []
-        with browser.app_server(home=home) as url, browser.chromium_page() as page:
-            browser.sign_in(page, url, name="bench", token=token)
-            key = browser.wait_for_set(page, None, n=args.candidates)
-            browser.focus_page(page)
-            for i in tqdm(range(total), desc="picks", file=sys.stdout):
-                time.sleep(args.look_ms / 1000)
-                t0 = time.perf_counter()
-                page.keyboard.press(str(i % args.candidates + 1))
-                key = browser.wait_for_set(page, key, n=args.candidates)
-                shown = time.perf_counter()
-                browser.wait_for_labels(page, i + 1)  # the server has recorded it (the counter says so)
-                if i >= args.warmup:
-                    times.append((shown - t0) * 1000)
-                    saved.append((time.perf_counter() - t0) * 1000)
-        with read_session(ctx.engine) as s:
-            recorded = len(s.exec(select(Judgement)).all())
-    if recorded != total:
-        raise UserError(f"{total} picks made but {recorded} judgements recorded")
-    print(f"pick to answer saved and counted on the page: p50 {percentile(saved, 50):.0f} ms, "
-          f"p95 {percentile(saved, 95):.0f} ms; {recorded} judgements recorded for {total} picks")
-    print(f"p50_ms={percentile(times, 50):.0f} p95_ms={percentile(times, 95):.0f} picks={len(times)}")
+def cmd_bench_history(args: argparse.Namespace) -> None:
+    from feedback_app.bench import cmd_bench_history as run
+
+    run(args)

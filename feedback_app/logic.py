@@ -20,7 +20,7 @@ from sqlalchemy.orm import aliased
 from sqlmodel import Session, select
 
 from pickloop.errors import UserError
-from pickloop.schema import Assignment, Comparison, Judgement, Prompt, Rater, utcnow
+from pickloop.schema import AppText, Assignment, Candidate, Comparison, Judgement, Prompt, Rater, utcnow
 from pickloop.settings import Settings
 from pickloop.store import authenticate, candidates_of, record_judgement, undo_judgement
 
@@ -65,7 +65,8 @@ class SetView:
 
 # ---------------------------------------------------------------- sign-in
 
-def _identity(rater: Rater) -> Identity:
+def identity_of(rater: Rater) -> Identity:
+    """The identity of a rater row already verified (by token, OIDC or a live session)."""
     return Identity(rater_id=rater.id, name=rater.name, role=rater.role, kind=rater.kind)
 
 
@@ -74,7 +75,7 @@ def sign_in(*, session: Session, name: str, token: str) -> Identity | None:
     rater = authenticate(session=session, name=name or "", token=token or "")
     if rater is None or rater.kind == "oidc":  # OIDC raters have no usable token
         return None
-    return _identity(rater)
+    return identity_of(rater)
 
 
 def sign_in_oidc(*, session: Session, email: str | None) -> Identity | None:
@@ -84,7 +85,7 @@ def sign_in_oidc(*, session: Session, email: str | None) -> Identity | None:
         return None
     rater = session.exec(select(Rater).where(Rater.kind == "oidc", Rater.active == True,  # noqa: E712
                                              func.lower(Rater.name) == email.lower())).first()
-    return _identity(rater) if rater is not None else None
+    return identity_of(rater) if rater is not None else None
 
 
 # ---------------------------------------------------------------- handing out sets
@@ -232,22 +233,27 @@ def submit_choice(*, session: Session, identity: Identity, view: SetView, choice
                             time_ms=time_ms)
 
 
-def undo_last(*, session: Session, identity: Identity, settings: Settings) -> int | None:
-    """Take back this rater's latest answer if younger than ``settings.undo_seconds``.
-
-    Returns the id of the set to show again, or None when there was nothing (young enough) to undo.
+def undo_answer(*, session: Session, identity: Identity, comparison_id: int, within_s: float) -> bool:
+    """Take back this rater's answer to one set (the answer the rater last gave, named by the page),
+    if younger than ``within_s`` seconds. True when there was one and it is gone; False when the set
+    has no answer from this rater (it never reached the server: nothing to take back) or it is too old.
     """
-    last = session.exec(select(Judgement).where(Judgement.rater_id == identity.rater_id)
-                        .order_by(Judgement.id.desc())).first()
-    if last is None or not undo_judgement(session=session, judgement_id=last.id, rater_id=identity.rater_id,
-                                          within_s=settings.undo_seconds):
-        return None
-    for a in session.exec(select(Assignment).where(Assignment.comparison_id == last.comparison_id,
+    row = session.exec(select(Judgement).where(Judgement.comparison_id == comparison_id,
+                                               Judgement.rater_id == identity.rater_id)).first()
+    if row is None or not undo_judgement(session=session, judgement_id=row.id, rater_id=identity.rater_id,
+                                         within_s=within_s):
+        return False
+    for a in session.exec(select(Assignment).where(Assignment.comparison_id == comparison_id,
                                                    Assignment.rater_id == identity.rater_id)):
         a.assigned_at = utcnow()  # the set is this rater's again; keep it from expiring meanwhile
         session.add(a)
     session.flush()
-    return last.comparison_id
+    return True
+
+
+def answered(*, session: Session, rater_id: int, comparison_id: int) -> bool:
+    return session.exec(select(Judgement.id).where(Judgement.comparison_id == comparison_id,
+                                                   Judgement.rater_id == rater_id)).first() is not None
 
 
 def start_of_today(now: datetime | None = None) -> datetime:
@@ -273,18 +279,73 @@ class HistoryItem:
     candidates: tuple[CandidateView, ...]  # in the order the rater saw them
 
 
-def history(*, session: Session, rater_id: int, limit: int = 60) -> list[HistoryItem]:
-    """This rater's latest answers, newest first, each with its candidates as shown."""
-    q = (select(Judgement, Comparison, Prompt).join(Comparison, Judgement.comparison_id == Comparison.id)
+def history(*, session: Session, rater_id: int, limit: int = 60, offset: int = 0) -> list[HistoryItem]:
+    """This rater's answers, newest first, from ``offset`` on, at most ``limit``; each with its
+    candidates as shown. Three queries whatever the page size (judgements, then all their candidates)."""
+    q = (select(Judgement, Prompt.text).join(Comparison, Judgement.comparison_id == Comparison.id)
          .join(Prompt, and_(Comparison.prompt_id == Prompt.id))
-         .where(Judgement.rater_id == rater_id).order_by(Judgement.id.desc()).limit(limit))
+         .where(Judgement.rater_id == rater_id).order_by(Judgement.id.desc()).offset(offset).limit(limit))
+    rows = list(session.exec(q))
+    by_set: dict[int, dict[int, str]] = {}
+    ids = [j.comparison_id for j, _ in rows]
+    for c in session.exec(select(Candidate).where(Candidate.comparison_id.in_(ids or [-1]))):
+        by_set.setdefault(c.comparison_id, {})[c.id] = c.image_sha256
     out = []
-    for j, comp, prompt in session.exec(q):
-        cands = {c.id: c for c in candidates_of(session=session, comparison_id=comp.id)}
+    for j, text in rows:
+        cands = by_set.get(j.comparison_id, {})
         order = [cid for cid in j.shown_order if cid in cands] or sorted(cands)
-        views = tuple(CandidateView(cid, cands[cid].image_sha256, i) for i, cid in enumerate(order))
-        out.append(HistoryItem(j.id, j.created_at, prompt.text, j.choice, j.winner_id, views))
+        views = tuple(CandidateView(cid, cands[cid], i) for i, cid in enumerate(order))
+        out.append(HistoryItem(j.id, j.created_at, text, j.choice, j.winner_id, views))
     return out
+
+
+def history_count(*, session: Session, rater_id: int) -> int:
+    return session.exec(select(func.count()).select_from(Judgement).where(Judgement.rater_id == rater_id)).one()
+
+
+# ---------------------------------------------------------------- the rating guide
+
+GUIDE_NAME = "rating_guide"
+DEFAULT_GUIDE = """Pick the image that shows the prompt best. Judge first whether it shows what the prompt asks \
+(every colour, shape, size and place it names), then how good it looks.
+
+Pick (click an image, or press 1-4): the one best image. Near-identical images: pick the one with the \
+fewest flaws.
+Tie (T): two or more are equally best and you cannot choose.
+None good (N): not one of them shows the prompt acceptably.
+Skip (S): you cannot judge this set (the prompt is unclear to you, an image is broken).
+Undo (U): take back your last answer, for a few seconds after it.
+Enlarge (Shift+1-4, or the corner of an image): a closer look; Esc closes it."""
+
+
+def rating_guide(*, session: Session) -> str:
+    """The rating guide admins wrote, or the default one."""
+    row = session.get(AppText, GUIDE_NAME)
+    return row.text if row is not None and row.text.strip() else DEFAULT_GUIDE
+
+
+def save_rating_guide(*, session: Session, text: str) -> None:
+    """Replace the rating guide (admins); an empty text brings the default back."""
+    text = (text or "").strip()
+    if len(text) > 20000:
+        raise UserError("the rating guide is limited to 20,000 characters")
+    row = session.get(AppText, GUIDE_NAME) or AppText(name=GUIDE_NAME, text="")
+    row.text, row.updated_at = text, utcnow()
+    session.add(row)
+    session.flush()
+
+
+def guide_seen(*, session: Session, rater_id: int) -> bool:
+    rater = session.get(Rater, rater_id)
+    return rater is None or rater.guide_seen_at is not None
+
+
+def mark_guide_seen(*, session: Session, rater_id: int) -> None:
+    rater = session.get(Rater, rater_id)
+    if rater is not None and rater.guide_seen_at is None:
+        rater.guide_seen_at = utcnow()
+        session.add(rater)
+        session.flush()
 
 
 from feedback_app.stats import (  # noqa: E402,F401  (re-exported: the admin page's functions)

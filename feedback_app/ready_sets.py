@@ -41,3 +41,26 @@ def make_ready_sets(*, ctx: Context, n: int, per_set: int | None = None, size: i
                                 seed=img_seed, params={"renderer": "shapes.world"}, image_sha256=sha))
             keys.append(comp.key)
     return keys
+
+
+def make_answered_sets(*, ctx: Context, rater_id: int, n: int, per_set: int = 4) -> None:
+    """``n`` sets the rater has answered (picks), written in bulk, for History at scale (test, bench).
+    Their images are the same ``per_set`` shapes-world images, stored once."""
+    from pickloop.schema import Judgement
+    from pickloop.shapes.world import render, scene_from_prompt
+
+    shas = [ctx.images.put(render(scene_from_prompt("a red circle", random.Random(k)), 64)) for k in range(per_set)]
+    with write_session(ctx.engine) as s:
+        vid = ensure_base_version(session=s, base_model=ctx.base_model).id
+        prompts = add_prompts(session=s, texts=[f"history prompt {i} <b>not bold</b>" for i in range(n)])
+        for i, prompt in enumerate(prompts):
+            comp = Comparison(key=uuid.uuid4().hex, prompt_id=prompt.id, model_version_id=vid, status="done")
+            s.add(comp)
+            s.flush()
+            cands = [Candidate(comparison_id=comp.id, slot=k, prompt_id=prompt.id, model_version_id=vid,
+                               seed=k, params={}, image_sha256=sha) for k, sha in enumerate(shas)]
+            s.add_all(cands)
+            s.flush()
+            s.add(Judgement(comparison_id=comp.id, rater_id=rater_id, choice="pick",
+                            winner_id=cands[i % per_set].id, shown_order=[c.id for c in cands],
+                            idempotency_key=f"history:{comp.key}"))

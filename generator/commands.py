@@ -139,7 +139,7 @@ def register(sub, bench_sub) -> None:  # noqa: ANN001
     q.add_argument("--n", type=int, default=None, help="candidates per set (default: settings.candidates_per_set)")
     q.add_argument("--sets", type=int, default=None, help="ready sets kept per prompt (default: settings.queue_depth)")
     q.add_argument("--watch", action="store_true", help="keep the queue full forever, sleeping while it is full")
-    q.add_argument("--interval", type=float, default=5.0, help="seconds between checks of a full queue (--watch)")
+    q.add_argument("--interval", type=float, default=1.0, help="seconds between checks of a full queue (--watch)")
     q.add_argument("--max-sets", type=int, default=None, help="stop after drawing this many sets")
     q.add_argument("--worker-id", default=None, help="name of this worker in claims (default host:pid:random)")
     q.add_argument("--stale-after", type=float, default=900.0,

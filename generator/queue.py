@@ -33,11 +33,14 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Callable
 
 from sqlalchemy import and_, exists, func, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
+from generator.active_learning import (  # noqa: F401 - set_priority is re-exported
+    load_reward_model_for_queue, rescore_if_new_reward_model, set_priority)
 from pickloop.errors import UserError
 from pickloop.schema import Candidate, Comparison, Judgement, ModelVersion, Prompt, utcnow
 
@@ -102,15 +105,17 @@ def _take_over_stale(session: Session, *, pool: str, version_id: int, worker_id:
 
 
 def claim_set(*, session: Session, pool: str, depth: int, version_id: int, worker_id: str,
-              overlap_share: float = 0.0, stale_after_s: float = STALE_AFTER_S) -> Claim | None:
+              overlap_share: float = 0.0, stale_after_s: float = STALE_AFTER_S,
+              exclude_prompts: list[int] | None = None) -> Claim | None:
     """Claim the next missing set of ``pool`` (a ``drawing`` placeholder), or None when the queue is full.
 
-    Run inside one write transaction (``write_session``); prompts with the fewest open sets come first.
+    Run inside one write transaction (``write_session``); prompts with the fewest open sets come first,
+    never one of ``exclude_prompts`` (the prompts already in a batch being claimed).
     """
-    comp = _take_over_stale(session, pool=pool, version_id=version_id, worker_id=worker_id,
-                            stale_after_s=stale_after_s)
+    comp = None if exclude_prompts else _take_over_stale(session, pool=pool, version_id=version_id,
+                                                         worker_id=worker_id, stale_after_s=stale_after_s)
     if comp is None:
-        tried: list[int] = []
+        tried: list[int] = list(exclude_prompts or [])
         while comp is None:
             n_open = _open_count(Prompt.id, version_id).scalar_subquery()
             q = (select(Prompt).where(Prompt.pool == pool, Prompt.active == True, n_open < depth)  # noqa: E712
@@ -178,74 +183,6 @@ def _prepare_version(ctx) -> ModelVersion:  # noqa: ANN001
     raise AssertionError("unreachable")
 
 
-def load_reward_model_for_queue(ctx):  # noqa: ANN001, ANN201 - RewardModel | None
-    """The newest registered reward model when ``settings.active_learning`` is on, else None
-    (also None when none is registered or it cannot be loaded: the sets then get no priority)."""
-    if not ctx.settings.active_learning:
-        return None
-    from reward import load_latest  # reward imports torch/transformers: only when wanted
-
-    try:
-        return load_latest(ctx=ctx)
-    except UserError:
-        return None
-
-
-def set_priority(reward_model, prompt: str, images: list, image_keys: list[str]) -> float:  # noqa: ANN001
-    """Uncertainty of a set in [0, 1]: 1 - |P(best beats runner-up) - 0.5| * 2, where P = sigmoid(r1 - r2)
-    of the reward model's two best scores (uncertainty sampling, Lewis & Gale 1994). 1 = the model cannot
-    tell them apart (a pick teaches it most); 0 = it is sure (or the set has fewer than two images)."""
-    from reward import CandidateSet, set_uncertainty
-
-    return _priority(set_uncertainty(reward_model, [CandidateSet(prompt, images, image_keys=image_keys)])[0].p_best)
-
-
-def _priority(p_best: float) -> float:
-    return min(1.0, max(0.0, 1.0 - abs(p_best - 0.5) * 2.0))
-
-
-def rescore_ready_sets(*, ctx, reward_model, pool: str | None = None, batch: int = 32) -> int:  # noqa: ANN001
-    """Set every ready set's priority from ``reward_model`` (what a newer reward model is unsure about
-    differs from what the one that drew them was); returns how many sets were scored."""
-    from pickloop.db import read_session, write_session
-    from reward import order_comparisons
-
-    q = select(Comparison.id).where(Comparison.status == "ready").order_by(Comparison.id)
-    if pool is not None:
-        q = q.join(Prompt, Comparison.prompt_id == Prompt.id).where(Prompt.pool == pool)
-    with read_session(ctx.engine) as s:
-        ids = list(s.exec(q))
-    done = 0
-    for start in range(0, len(ids), batch):
-        scored = order_comparisons(ctx=ctx, model=reward_model, comparison_ids=ids[start:start + batch])
-        with write_session(ctx.engine) as s:
-            for u in scored:
-                s.execute(update(Comparison).where(Comparison.id == u.key, Comparison.status == "ready")
-                          .values(priority=_priority(u.p_best)))
-        done += len(scored)
-    return done
-
-
-def rescore_if_new_reward_model(ctx, scored_with: int | None, *, pool: str | None = None) -> int | None:  # noqa: ANN001
-    """With active learning on, re-score the ready sets once a reward model newer than ``scored_with``
-    (a registry id) is registered; returns the id the queue is now scored with."""
-    from pickloop.db import read_session
-    from reward import latest_reward_model_id
-
-    if not ctx.settings.active_learning:
-        return scored_with
-    with read_session(ctx.engine) as s:
-        latest = latest_reward_model_id(session=s)
-    if latest is None or latest == scored_with:
-        return scored_with
-    model = load_reward_model_for_queue(ctx)
-    if model is None:
-        return scored_with
-    n = rescore_ready_sets(ctx=ctx, reward_model=model, pool=pool)
-    log.info("re-scored %d ready sets with reward model %d", n, latest)
-    return latest
-
-
 def renew_claim(*, session: Session, claim: Claim, worker_id: str) -> bool:
     """Mark the claim as alive now; False when this worker no longer holds it."""
     res = session.execute(update(Comparison).where(Comparison.id == claim.comparison_id,
@@ -279,44 +216,94 @@ def keep_claim(ctx, claim: Claim, *, worker_id: str, every_s: float):  # noqa: A
         thread.join()
 
 
-def draw_set(ctx, claim: Claim, n: int, *, worker_id: str, reward_model=None,  # noqa: ANN001
-             stale_after_s: float = STALE_AFTER_S) -> bool:
-    """Draw the candidates of a claimed set and store them; True when the set became ready.
-    With ``reward_model`` the set's priority is its uncertainty (``set_priority``), else None.
-    The claim is renewed every ``stale_after_s / 3`` while drawing."""
+@contextlib.contextmanager
+def keep_claims(ctx, claims: list[Claim], *, worker_id: str, every_s: float):  # noqa: ANN001, ANN201
+    with contextlib.ExitStack() as stack:
+        for c in claims:
+            stack.enter_context(keep_claim(ctx, c, worker_id=worker_id, every_s=every_s))
+        yield
+
+
+def draw_sets(ctx, claims: list[Claim], n: int, *, worker_id: str, reward_model=None,  # noqa: ANN001
+              stale_after_s: float = STALE_AFTER_S) -> int:
+    """Draw the candidates of several claimed sets of one version in ONE batched pipeline call and store
+    them; returns how many sets became ready. With ``reward_model`` each set's priority is its
+    uncertainty (``set_priority``), else None. The claims are renewed every ``stale_after_s / 3``."""
     from pickloop.db import read_session, write_session
 
     from generator.noise_memory import choose_seeds
     from generator.pipeline import load_pipeline
-    from generator.sampling import sample_candidates
+    from generator.sampling import sample_sets
 
+    if len({c.model_version_id for c in claims}) > 1:
+        raise ValueError("one batch draws sets of one model version")
     try:
-        with keep_claim(ctx, claim, worker_id=worker_id, every_s=stale_after_s / 3):
-            pipe = load_pipeline(lora=claim.model_version_id, ctx=ctx)
+        with keep_claims(ctx, claims, worker_id=worker_id, every_s=stale_after_s / 3):
+            pipe = load_pipeline(lora=claims[0].model_version_id, ctx=ctx)
             with read_session(ctx.engine) as s:
-                seeds, remembered = choose_seeds(pipe, session=s, prompt=claim.prompt, n=n, settings=ctx.settings)
-            drawn = sample_candidates(pipe, claim.prompt, n, seeds=seeds)
-            rows = [dict(slot=slot, seed=seed, params=params, image_sha256=ctx.images.put(img),
-                         from_noise_memory=remembered[slot]) for slot, (img, seed, params) in enumerate(drawn)]
-            priority = None
-            if reward_model is not None:
-                priority = set_priority(reward_model, claim.prompt, [img for img, _, _ in drawn],
-                                        [r["image_sha256"] for r in rows])
+                chosen = [choose_seeds(pipe, session=s, prompt=c.prompt, n=n, settings=ctx.settings) for c in claims]
+            drawn = sample_sets(pipe, [c.prompt for c in claims], [seeds for seeds, _ in chosen])
+            done = []
+            for claim, (_, remembered), images in zip(claims, chosen, drawn):
+                rows = [dict(slot=slot, seed=seed, params=params, image_sha256=ctx.images.put(img),
+                             from_noise_memory=remembered[slot]) for slot, (img, seed, params) in enumerate(images)]
+                priority = None
+                if reward_model is not None:
+                    priority = set_priority(reward_model, claim.prompt, [img for img, _, _ in images],
+                                            [r["image_sha256"] for r in rows])
+                done.append((claim, rows, priority))
+        made = 0
         with write_session(ctx.engine) as s:
-            return finish_set(session=s, claim=claim, worker_id=worker_id, candidates=rows, priority=priority)
+            for claim, rows, priority in done:
+                made += finish_set(session=s, claim=claim, worker_id=worker_id, candidates=rows, priority=priority)
+        return made
     except BaseException:
         with write_session(ctx.engine) as s:
-            fail_set(session=s, claim=claim, worker_id=worker_id)
+            for claim in claims:
+                fail_set(session=s, claim=claim, worker_id=worker_id)
         raise
+
+
+def draw_set(ctx, claim: Claim, n: int, *, worker_id: str, reward_model=None,  # noqa: ANN001
+             stale_after_s: float = STALE_AFTER_S) -> bool:
+    """Draw one claimed set (``draw_sets`` of one); True when the set became ready."""
+    return draw_sets(ctx, [claim], n, worker_id=worker_id, reward_model=reward_model,
+                     stale_after_s=stale_after_s) == 1
+
+
+def claim_batch(ctx, *, pool: str, depth: int, worker_id: str, k: int,  # noqa: ANN001
+                stale_after_s: float = STALE_AFTER_S) -> list[Claim]:
+    """Claim up to ``k`` missing sets on distinct prompts in one write transaction (one batch)."""
+    from pickloop.db import write_session
+
+    claims: list[Claim] = []
+    with write_session(ctx.engine) as s:
+        # read the promoted version per batch: a promotion mid-run takes effect at the next batch
+        version = current_version(session=s, base_model=ctx.base_model)
+        while len(claims) < k:
+            claim = claim_set(session=s, pool=pool, depth=depth, version_id=version.id, worker_id=worker_id,
+                              overlap_share=ctx.settings.overlap_share, stale_after_s=stale_after_s,
+                              exclude_prompts=[c.prompt_id for c in claims])
+            if claim is None:
+                break
+            if claim.model_version_id != version.id:  # a dead claim of an older version: draw it alone
+                claims = claims or [claim]
+                break
+            claims.append(claim)
+    return claims
 
 
 def fill_queue(*, ctx, pool: str = "default", depth: int | None = None, worker_id: str | None = None,  # noqa: ANN001
                max_sets: int | None = None, progress: bool = True, n: int | None = None,
-               stale_after_s: float = STALE_AFTER_S) -> int:
+               stale_after_s: float = STALE_AFTER_S, batch_sets: int | None = None,
+               target: Callable[[], int] | None = None) -> int:
     """Fill ``pool`` up to ``depth`` ready sets per active prompt for the promoted version; returns sets made.
 
     Safe to run in several processes on one database at once. ``n``: candidates per set
-    (settings.candidates_per_set by default); ``depth``: settings.queue_depth by default.
+    (settings.candidates_per_set by default); ``depth``: settings.queue_depth by default; ``batch_sets``:
+    sets drawn per pipeline call (settings.generator_batch_sets); ``target``: when given, a function
+    giving how many more sets are wanted now (``pickloop.pace``), read before each batch; the fill
+    stops when it says 0, and a batch is never larger than it says.
     """
     from tqdm.auto import tqdm
 
@@ -324,6 +311,7 @@ def fill_queue(*, ctx, pool: str = "default", depth: int | None = None, worker_i
 
     depth = depth or ctx.settings.queue_depth
     n = n or ctx.settings.candidates_per_set
+    batch_sets = batch_sets or ctx.settings.generator_batch_sets
     if not 1 <= n <= 16:
         raise UserError("candidates per set must be 1-16")
     worker_id = worker_id or default_worker_id()
@@ -335,41 +323,64 @@ def fill_queue(*, ctx, pool: str = "default", depth: int | None = None, worker_i
     reward_model, reward_loaded = None, False
     with tqdm(total=total, desc=f"sets for pool {pool}", unit="set", disable=not progress) as bar:
         while max_sets is None or made < max_sets:
-            with write_session(ctx.engine) as s:
-                # read the promoted version per claim: a promotion mid-run takes effect at the next set
-                version = current_version(session=s, base_model=ctx.base_model)
-                claim = claim_set(session=s, pool=pool, depth=depth, version_id=version.id, worker_id=worker_id,
-                                  overlap_share=ctx.settings.overlap_share, stale_after_s=stale_after_s)
-            if claim is None:
+            k = min(batch_sets, max_sets - made) if max_sets is not None else batch_sets
+            if target is not None:
+                wanted = target()
+                if wanted <= 0:
+                    break
+                k = min(k, wanted)
+            claims = claim_batch(ctx, pool=pool, depth=depth, worker_id=worker_id, k=k, stale_after_s=stale_after_s)
+            if not claims:
                 break
             if not reward_loaded:  # once per call, and only when there is a set to draw
                 try:
                     reward_model = load_reward_model_for_queue(ctx)
                 except BaseException:
                     with write_session(ctx.engine) as s:
-                        fail_set(session=s, claim=claim, worker_id=worker_id)
+                        for claim in claims:
+                            fail_set(session=s, claim=claim, worker_id=worker_id)
                     raise
                 reward_loaded = True
-            if draw_set(ctx, claim, n, worker_id=worker_id, reward_model=reward_model,
-                        stale_after_s=stale_after_s):
-                made += 1
-                bar.update(1)
+            got = draw_sets(ctx, claims, n, worker_id=worker_id, reward_model=reward_model,
+                            stale_after_s=stale_after_s)
+            made += got
+            bar.update(got)
     return made
 
 
 def watch_queue(*, ctx, pool: str = "default", depth: int | None = None, n: int | None = None,  # noqa: ANN001
-                interval_s: float = 5.0, worker_id: str | None = None, progress: bool = False) -> None:
+                interval_s: float = 5.0, worker_id: str | None = None, progress: bool = False,
+                sized: bool = True) -> None:
     """Keep the queue full forever: fill, then sleep ``interval_s`` seconds while it is full.
 
-    A new promoted version is picked up on the next round (each round reads it afresh); with active
-    learning, the sets already waiting are re-scored at start and by each newly registered reward model.
+    ``sized``: the number of open sets follows the raters online and their answer rate
+    (``pickloop.pace.sets_wanted``), within the per-prompt ``depth``; otherwise every prompt is
+    filled to ``depth``. A new promoted version is picked up on the next batch; with active learning,
+    the sets already waiting are re-scored at start and by each newly registered reward model.
     """
+    from pickloop.db import read_session
+    from pickloop.pace import ready_unanswered, sets_wanted
+
     worker_id = worker_id or default_worker_id()
+
+    def wanted() -> int:
+        with read_session(ctx.engine) as s:
+            want = sets_wanted(session=s, settings=ctx.settings, pool=pool)
+            # While no set is ready at all a batch is one set: the first appears as soon as it can.
+            return min(want, 1) if ready_unanswered(session=s, pool=pool) == 0 else want
+
     scored_with = None  # the sets waiting now were scored by some earlier model, or none: score them first
+    try:  # load the model now, not when the first rater is already waiting for a set
+        from generator.pipeline import load_pipeline
+
+        load_pipeline(lora=_prepare_version(ctx).id, ctx=ctx)
+    except UserError as e:
+        print(f"pickloop generate: {e}", flush=True)
     while True:
         try:
             scored_with = rescore_if_new_reward_model(ctx, scored_with, pool=pool)
-            made = fill_queue(ctx=ctx, pool=pool, depth=depth, worker_id=worker_id, progress=progress, n=n)
+            made = fill_queue(ctx=ctx, pool=pool, depth=depth, worker_id=worker_id, progress=progress, n=n,
+                              target=wanted if sized else None)
         except UserError as e:  # e.g. the model is not trained yet: say so and try again later
             print(f"pickloop generate: {e}", flush=True)
             made = 0
@@ -385,3 +396,18 @@ def queue_counts(*, session: Session, pool: str | None = None) -> dict[str, int]
     out = {s: 0 for s in ("drawing", "ready", "done", "failed")}
     out.update({status: int(k) for status, k in session.exec(q.group_by(Comparison.status))})
     return out
+
+
+def draw_first_sets(ctx, n: int) -> int:  # noqa: ANN001
+    """Draw ``n`` sets in one batched call when the home has no ready set yet, so that the first rater
+    of a new home sees a set the moment the app is up (the model's start-up is paid here, once)."""
+    from pickloop.db import read_session
+    from pickloop.pace import ready_unanswered
+
+    with read_session(ctx.engine) as s:
+        if ready_unanswered(session=s) > 0:
+            return 0
+    made = fill_queue(ctx=ctx, max_sets=n, batch_sets=n, progress=False)
+    if made:
+        print(f"{made} first candidate sets drawn")
+    return made

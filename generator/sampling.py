@@ -128,13 +128,16 @@ def image_params(pipe, prompt: str, seeds: Sequence[int], settings: dict[str, An
     }
 
 
-def _draw(pipe, prompt: str, seeds: Sequence[int], settings: dict[str, Any], scheduler,  # noqa: ANN001
+def _draw(pipe, prompt: str | list[str], seeds: Sequence[int], settings: dict[str, Any], scheduler,  # noqa: ANN001
           negative_prompt: str | None, lora_scale: float | None) -> list:
+    """One pipeline call; ``prompt`` is one prompt for all ``seeds`` or a list of prompts that share
+    them equally (prompt-major: the first prompt's images first), as diffusers orders them."""
     import torch
 
+    per_prompt = len(seeds) // len(prompt) if isinstance(prompt, list) else len(seeds)
     # CPU generators: the starting noise of a seed is the same on every device.
     generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
-    kwargs: dict[str, Any] = dict(prompt=prompt, num_images_per_prompt=len(seeds), generator=generators,
+    kwargs: dict[str, Any] = dict(prompt=prompt, num_images_per_prompt=per_prompt, generator=generators,
                                   output_type="pil", **settings)
     if negative_prompt:
         kwargs["negative_prompt"] = negative_prompt
@@ -176,6 +179,35 @@ def sample_candidates(pipe, prompt: str, n: int, *, seeds: Sequence[int] | None 
     return [(img, seed, {**base, "slot": slot}) for slot, (img, seed) in enumerate(zip(images, seeds))]
 
 
+def sample_sets(pipe, prompts: Sequence[str], seeds: Sequence[Sequence[int]], *,  # noqa: ANN001
+                steps: int | None = None, guidance: float | None = None) -> list[list[tuple[Any, int, dict]]]:
+    """Several candidate sets, one per prompt, in ONE pipeline call: a batch of len(prompts) x n images.
+
+    ``seeds[i]`` are the n seeds of set i (every set the same n). Returns per set [(image, seed,
+    params)] in slot order; ``params`` records the whole batch (``batch_prompts``, ``batch_seeds``,
+    ``batch_index``) so that :func:`redraw` replays it. One call for several sets keeps a CPU or GPU
+    busier than one call per set (fewer, larger matrix products).
+    """
+    if not prompts:
+        return []
+    n = len(seeds[0])
+    if len(seeds) != len(prompts) or any(len(s) != n for s in seeds) or n < 1:
+        raise UserError("sample_sets needs one list of n >= 1 seeds per prompt, the same n for all")
+    if len(prompts) == 1:
+        return [sample_candidates(pipe, prompts[0], n, seeds=seeds[0], steps=steps, guidance=guidance)]
+    flat = [int(s) for ss in seeds for s in ss]
+    settings = resolve_defaults(pipe, steps=steps, guidance=guidance)
+    sched = make_scheduler(pipe, None)
+    images = _draw(pipe, list(prompts), flat, settings, sched, None, None)
+    out = []
+    for i, prompt in enumerate(prompts):
+        base = image_params(pipe, prompt, flat, settings, sched, None, None)
+        base["batch_prompts"] = list(prompts)
+        out.append([(images[i * n + slot], int(seeds[i][slot]), {**base, "slot": slot, "batch_index": i * n + slot})
+                    for slot in range(n)])
+    return out
+
+
 def _row_params(row) -> dict[str, Any]:  # noqa: ANN001
     params = row.get("params") if isinstance(row, dict) else getattr(row, "params", None)
     if not isinstance(params, dict) or "batch_seeds" not in params:
@@ -202,6 +234,7 @@ def redraw(pipe, candidate_row):  # noqa: ANN001, ANN201 - PIL image
     settings = {k: p[k] for k in ("num_inference_steps", "guidance_scale", "height", "width")}
     sched = scheduler_from_record(p["scheduler"])
     lora_scale = p.get("lora_scale") if p.get("lora_path") else None
+    prompt = p.get("batch_prompts") or p["prompt"]  # a batch of several sets replays all of them
     with _threads(p.get("torch_threads")):
-        images = _draw(pipe, p["prompt"], p["batch_seeds"], settings, sched, p.get("negative_prompt"), lora_scale)
-    return images[int(p["slot"])]
+        images = _draw(pipe, prompt, p["batch_seeds"], settings, sched, p.get("negative_prompt"), lora_scale)
+    return images[int(p.get("batch_index", p["slot"]))]

@@ -39,6 +39,29 @@ class Rater(SQLModel, table=True):
     kind: str = Field(default="human", max_length=16, description="human, oidc or simulated")
     active: bool = Field(default=True)
     created_at: datetime = Field(default_factory=utcnow)
+    guide_seen_at: Optional[datetime] = Field(default=None, description="when the rater closed the rating guide")
+
+
+class RaterSession(SQLModel, table=True):
+    """A sign-in that outlives a page load: the browser's cookie carries the random session id (signed);
+    this row is what the server checks and revokes (sign out ends it in every tab)."""
+
+    __tablename__ = "rater_sessions"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    sid_sha256: str = Field(max_length=64, unique=True, description="sha256 of the random session id")
+    rater_id: int = Field(foreign_key="raters.id", index=True)
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime
+    revoked_at: Optional[datetime] = None
+
+
+class AppText(SQLModel, table=True):
+    """Texts the app keeps in the store (the rating guide admins edit, the session signing key)."""
+
+    __tablename__ = "app_texts"
+    name: str = Field(primary_key=True, max_length=64)
+    text: str = Field(max_length=20000)
+    updated_at: datetime = Field(default_factory=utcnow)
 
 
 class ModelVersion(SQLModel, table=True):

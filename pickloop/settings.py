@@ -31,8 +31,15 @@ class Settings(BaseSettings):
     sampling_seed: int | None = Field(None, description="Seed of the candidates' seeds (benchmarks, to make a "
                                       "run repeatable); unset, every image gets a fresh random seed.")
     undo_seconds: float = Field(8.0, ge=0.0, description="How long a rater can undo the last pick, seconds.")
-    app_sets_ahead: int = Field(1, ge=1, le=4, description="Sets the rating page holds in the browser after the "
+    app_sets_ahead: int = Field(3, ge=1, le=8, description="Sets the rating page holds in the browser after the "
                                 "one on screen, so that an answer shows the next set at once.")
+    generator_batch_sets: int = Field(4, ge=1, le=16, description="Sets the queue worker draws in one batched "
+                                      "pipeline call (one per prompt).")
+    queue_lead_seconds: float = Field(30.0, ge=0.0, description="The worker keeps as many open sets as the raters "
+                                      "online answer in this many seconds, plus what their browsers hold.")
+    queue_min_sets: int = Field(8, ge=1, description="Open sets the worker keeps even with no rater online.")
+    queue_max_sets: int = Field(200, ge=1, description="Most open sets the worker keeps, however fast the raters.")
+    session_hours: float = Field(12.0, gt=0.0, description="How long a sign-in lasts across reloads and tabs, hours.")
     app_host: str = Field("127.0.0.1", description="Address the rating app binds to.")
     app_port: int = Field(8501, ge=1, le=65535, description="Port of the rating app.")
     sqlite_busy_timeout_ms: int = Field(30000, ge=0, description="How long SQLite waits on a lock, ms.")

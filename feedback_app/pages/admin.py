@@ -9,13 +9,14 @@ from pickloop.store import list_raters
 ident = ui.require_admin()
 ctx = ui.context()
 st.title("Admin")
-queue, prompts, models, agree, raters, export = st.tabs(
-    ["Queue", "Prompts", "Models", "Agreement", "Raters", "Export"])
+queue, prompts, models, agree, raters, guide, export = st.tabs(
+    ["Queue", "Prompts", "Models", "Agreement", "Raters", "Rating guide", "Export"])
 
 with read_session(ctx.engine) as s:
     counts = logic.queue_counts(session=s)
     rates = logic.win_rates_by_version(session=s)
     report = logic.agreement(session=s)
+    guide_text = logic.rating_guide(session=s)
     rater_rows = [{"id": r.id, "name": r.name, "role": r.role, "kind": r.kind, "active": r.active}
                   for r in list_raters(session=s)]  # plain dicts: rows expire when the session ends
 
@@ -74,6 +75,16 @@ with raters:
     st.text_input("Email to allow", key="admin_allow_email")
     st.checkbox("admin", key="admin_allow_admin")
     st.button("Allow", key="admin_allow", on_click=_allow)
+
+with guide:
+    def _save_guide() -> None:
+        if ui.run_write(logic.save_rating_guide, text=st.session_state.get("admin_guide", "")) is not None:
+            st.session_state["notice"] = ("success", "Rating guide saved; raters see it under Guide (key G).")
+
+    st.caption("Shown once to each new rater, and to anyone on demand (the Guide button, key G). "
+               "Plain text; one paragraph a line. Empty: the default guide.")
+    st.text_area("Rating guide", value=guide_text, key="admin_guide", height=260)
+    st.button("Save guide", key="admin_save_guide", on_click=_save_guide)
 
 with export:
     fmt = st.selectbox("Format", logic.export_formats(), key="admin_export_fmt")

@@ -1,17 +1,22 @@
-"""Rate: the prompt and its candidates, large; click or 1-4 pick, T tie, N none good, S skip, U undo.
+"""Rate: the prompt and its candidates, large; click or 1-4 pick, T tie, N none good, S skip, U undo,
+G the rating guide, Shift+1-4 enlarge.
 
-Speed: the rating panel (``feedback_app/rating_panel.py``) holds the set on screen and the next one,
-already decoded in the browser, and swaps to the next set the moment the rater answers. The answer
-reaches the server on the rerun that follows, which records it, hands out the set after, and sends
-that ahead. All of this is kept in this browser session's state only.
+Speed: the rating panel (``feedback_app/rating_panel.py``) holds the set on screen and the next ones
+(``app_sets_ahead``), already decoded in the browser, and swaps to the next set the moment the rater
+answers. The answer reaches the server on the rerun that follows, which records it, hands out the sets
+after, and sends them ahead. The panel's fragment also reruns every second, so sets the generator
+finishes reach a browser that ran short without waiting for an answer. All of this is kept in this
+browser session's state only.
 """
 import streamlit as st
 
 from feedback_app import logic, rating_panel, ui
 from feedback_app.rating_panel import Panel
 from pickloop.db import read_session
+from pickloop.pace import pace, wait_message
 
 PANEL_KEY = "rating_panel"
+UNDO_SLACK_S = 3.0  # the page allows U for undo_seconds after an answer; the server allows this much more
 
 ident = ui.require_identity()
 ctx = ui.context()
@@ -25,89 +30,97 @@ def panel() -> Panel:
     return p
 
 
+def notice(text: str) -> None:
+    state["status_n"] = state.get("status_n", 0) + 1
+    state["status"] = {"id": state["status_n"], "text": text}
+
+
 def next_set(skip: list[int]) -> logic.SetView | None:
     return ui.run_write(logic.next_set_for, rater_id=ident.rater_id, settings=ctx.settings, skip=skip)
 
 
+def undo(p: Panel, token: str) -> None:
+    """Take back the answer the browser names (the last one it gave), recorded yet or not."""
+    view, me = p.undone_view(token), ui.identity()
+    if view is None or me is None:
+        notice("Nothing to undo.")
+        return
+    with read_session(ctx.engine) as s:
+        recorded = logic.answered(session=s, rater_id=me.rater_id, comparison_id=view.comparison_id)
+    if recorded and not ui.run_write(logic.undo_answer, identity=me, comparison_id=view.comparison_id,
+                                     within_s=ctx.settings.undo_seconds + UNDO_SLACK_S):
+        notice(f"Too late to undo: an answer can be taken back for {ctx.settings.undo_seconds:g} s.")
+        return
+    p.restore(token)
+
+
 def refresh(p: Panel) -> None:
-    """Record the answers the browser sent (each once), then hand out sets until the panel is full."""
-    p.handle_need(state.get(PANEL_KEY))
-    for answer, view in p.new_answers(state.get(PANEL_KEY)):
+    """Handle what the browser sent, in its order and each entry once (answers, and undos of the last
+    answer), then hand out sets until the panel is full."""
+    value = state.get(PANEL_KEY)
+    signout = value.get("signout") if isinstance(value, dict) else None
+    if signout and signout != state.get("signout_seen"):
+        ui.sign_out()  # every session of the rater ends; this browser session forgets everything
+        state["signout_seen"] = signout  # but this request: a panel state kept by the browser is not a new one
+        st.rerun(scope="app")
+    p.handle_need(value)
+    for answer in p.new_answers(value):
+        if answer.choice == "undo":
+            undo(p, answer.token)
+            p.acknowledge(answer, None)
+            continue
+        view = p.view_of(answer)  # looked up now: an undo just before may have put its set back
         me = ui.identity()  # the rater always comes from the signed-in identity, never from the browser
         if view is not None and me is not None:
             res = ui.run_write(logic.submit_choice, identity=me, view=view, choice=answer.choice,
                                winner_id=answer.winner_id, time_ms=answer.ms)
-            if res is not None:
-                row, created = res
-                if created:
-                    state["last_answer"] = {"at_ms": ui.now_ms(), "choice": row.choice}
-                else:
-                    state["notice"] = ("info", "That set was already answered (another tab?); "
-                                               "here is the next one.")
+            if res is not None and not res[1]:
+                notice("That set was already answered (another tab?); here is the next one.")
         p.acknowledge(answer, view)
+    seen = value.get("guide_seen") if isinstance(value, dict) else None
+    if seen and seen != state.get("guide_seen"):
+        state["guide_seen"] = seen
+        ui.run_write(logic.mark_guide_seen, rater_id=ident.rater_id)
     p.fill(next_set)
 
 
-def undo() -> None:
-    me = ui.identity()
-    if me is None:
-        return
-    set_id = ui.run_write(logic.undo_last, identity=me, settings=ctx.settings)
-    state.pop("last_answer", None)
-    if set_id is None:
-        state["notice"] = ("warning", "Nothing to undo: the last answer is older than "
-                                      f"{ctx.settings.undo_seconds:g} s.")
-        return
+def guide() -> dict:
     with read_session(ctx.engine) as s:
-        view = logic.set_view(session=s, comparison_id=set_id, rater_id=me.rater_id)
-    if view is not None:
-        panel().show_first(view)  # on screen again, before the set the rater was looking at
-    state["notice"] = ("info", "Undone: answer this set again.")
+        text = logic.rating_guide(session=s)
+        first_time = not logic.guide_seen(session=s, rater_id=ident.rater_id)
+    return {"text": text, "show": first_time and not state.get("guide_seen")}
 
 
-def labels_today() -> int:
+def behind(p: Panel) -> str:
+    """Why the browser may have no set to show, and for how long: only asked when the panel is short."""
+    if len(p.queue) > 1:
+        return ""
     with read_session(ctx.engine) as s:
-        return logic.labels_today(session=s, rater_id=ident.rater_id)
+        return wait_message(pace(session=s))
 
 
-@st.fragment(run_every=2.0)
-def wait_for_sets() -> None:
-    st.info("Drawing new candidates… this page refreshes by itself.", icon="⏳")
-    with read_session(ctx.engine) as s:  # polling is a read; the write comes once there is a set
-        if not logic.has_set_for(session=s, rater_id=ident.rater_id):
-            return
-    panel().fill(next_set)
-    if panel().queue:
-        st.rerun(scope="app")
-
-
-@st.fragment
+@st.fragment(run_every=1.0)
 def rating_view() -> None:
-    """The panel and the bar above it; the panel's answers rerun only this fragment."""
+    """The bar above the panel and the panel; the panel's answers rerun only this fragment."""
+    if ui.identity() is None:  # signed out in another tab (or the session expired): to the sign-in page
+        st.rerun(scope="app")
     p = panel()
     refresh(p)
-    if not p.queue:
-        st.rerun(scope="app")  # the queue ran dry: the page switches to the waiting state
-    top = st.container(horizontal=True, vertical_alignment="center", gap="medium")
-    top.markdown(f"**{labels_today()}** labels today", width="content")
-    last = state.get("last_answer")
-    if last and ui.now_ms() - last["at_ms"] < ctx.settings.undo_seconds * 1000:
-        top.button("Undo", key="undo", shortcut="U", on_click=undo)
-    notice = state.pop("notice", None)
-    if notice:
-        getattr(top, notice[0])(notice[1])
-    rating_panel.mount(key=PANEL_KEY, data=p.data(lambda sha: ui.image_data_uri(ctx, sha)),
-                       default={"outbox": [], "need": None}, on_outbox_change=lambda: None,
-                       on_need_change=lambda: None)
+    with read_session(ctx.engine) as s:
+        today = logic.labels_today(session=s, rater_id=ident.rater_id)
+    bar = st.container(horizontal=True, vertical_alignment="center", gap="medium")
+    bar.markdown(f"**{today}** labels today", width="content")
+    bar.caption(f"signed in as {ident.name}", width="content")
+    issue = state.pop("notice", None)  # a store error from ui.run_write
+    if issue:
+        notice(issue[1])
+    data = p.data(lambda sha: ui.image_data_uri(ctx, sha))
+    data.update(undo_s=ctx.settings.undo_seconds, status=state.get("status"), behind=behind(p), guide=guide())
+    rating_panel.mount(key=PANEL_KEY, data=data,
+                       default={"outbox": [], "need": None, "guide_seen": None, "signout": None},
+                       on_outbox_change=lambda: None, on_need_change=lambda: None,
+                       on_guide_seen_change=lambda: None, on_signout_change=lambda: None)
 
 
 st.html(ui.CSS)
-refresh(panel())
-if not panel().queue:
-    st.markdown(f"**{labels_today()}** labels today")
-    notice = state.pop("notice", None)
-    if notice:
-        getattr(st, notice[0])(notice[1])
-    wait_for_sets()
-else:
-    rating_view()
+rating_view()

@@ -1,19 +1,33 @@
-// The rating panel: the set on screen plus the next one(s), already decoded in the page, so that a
-// pick swaps to the next set at once, without waiting for the server.
+// The rating panel: the set on screen plus the next ones, already decoded in the page, so that an
+// answer swaps to the next set at once, without waiting for the server.
 //
-// Data from Python: {sets: [{token, key, prompt, candidates: [{id, src?}]}], acked: [token]}; sets[0]
-// is the set the server wants on screen, the rest come after it. A token names one showing of a
-// set (an undone set comes back under a new token). Images (src, data: URLs) come once per token;
-// the panel keeps them, and asks again ({need}) when it holds none for a set (a fresh mount).
-// State to Python: {outbox: [{token, choice, winner_id, ms}], need: {id, tokens}}; the outbox holds
-// every answer not yet acknowledged.
-// Sending the whole outbox each time means an answer is never lost when two come faster than
-// the server reruns; the server records each one idempotently and acknowledges it in `acked`.
+// Data from Python: {sets: [{token, key, prompt, candidates: [{id, src?}]}], acked: [answer id],
+// undo_s, status: {id, text}, behind, guide: {text, show}}. sets[0] is the set the server wants on
+// screen, the rest come after it. A token names one showing of a set. Images (src, data: URLs) come
+// once per token; the panel keeps them, and asks again ({need}) when it holds none for a set.
+// State to Python: {outbox: [{id, token, choice, winner_id, ms}], need: {id, tokens}, guide_seen: id,
+// signout: id}. The outbox holds every answer not yet acknowledged; sending all of it each time means
+// an answer is never lost when two come faster than the server reruns (the server records each once).
+//
+// Undo (U or the Undo button) takes back exactly the last answer given here, whether the server has
+// recorded it yet or not: the answer leaves the outbox (if it is still there the server never sees
+// it), and an entry {choice: "undo", token} in the outbox asks the server to delete it if it did. The set is back on screen
+// at once under the same token, so the answer given next is recorded anew.
+//
+// Layout: the candidates get the largest square that fits the viewport: a row of up to 4 on a wide
+// screen, 2x2 where that is larger, one column on a phone. The status line and the prompt keep a fixed
+// height, so nothing moves under the pointer after an answer.
 //
 // Double clicks and held keys: the second click of a double click (event.detail > 1) and key
 // repeats are ignored, so they never answer the set that has just appeared.
 
 const KEYS = { t: "tie", n: "none", s: "skip" };
+let seq = 0;
+
+function uid() {
+  seq += 1;
+  return `${Date.now().toString(36)}-${seq}-${Math.random().toString(36).slice(2, 8)}`;
+}
 
 function make(tag, cls, text) {
   const e = document.createElement(tag);
@@ -26,65 +40,159 @@ function button(label, cls, title, onClick) {
   const b = make("button", cls, label);
   b.type = "button";
   b.title = title;
-  b.addEventListener("click", (ev) => { if (ev.detail <= 1) onClick(); });
+  b.addEventListener("click", (ev) => { if (ev.detail <= 1) onClick(ev); });
   return b;
+}
+
+function setStatus(panel, text) {
+  panel.status.textContent = text || "\u00a0";
 }
 
 function answer(panel, set, choice, winnerId) {
   if (panel.shown !== set.token) return; // only the set on screen can be answered
+  closeOverlay(panel);
   const now = performance.now();
+  const entry = { id: uid(), token: set.token, choice, winner_id: winnerId ?? null,
+                  ms: Math.round(now - panel.shownAt) };
   panel.answered.add(set.token);
-  panel.outbox.push({ token: set.token, choice, winner_id: winnerId ?? null, ms: Math.round(now - panel.shownAt) });
+  panel.outbox.push(entry);
+  panel.last = { entry, set, srcs: panel.srcs.get(set.token), at: now };
+  if (panel.undone && panel.undone.set.token === set.token) panel.undone = null;
   panel.setStateValue("outbox", panel.outbox.slice());
+  setStatus(panel, "");
   show(panel);
 }
 
-function build(panel, set) {
-  const srcs = panel.srcs.get(set.token);
+function undo(panel) {
+  const last = panel.last;
+  if (!last || performance.now() - last.at > panel.undoMs) {
+    setStatus(panel, "Nothing to undo.");
+    return;
+  }
+  panel.last = null;
+  closeOverlay(panel);
+  // The answer leaves the outbox (if the server has not seen it, it never will), and an undo entry
+  // takes its place: in the same ordered list as the answers, so the server always handles it after
+  // the answer it undoes and before the answer given next.
+  const entry = { id: uid(), token: last.set.token, choice: "undo", winner_id: null, ms: null };
+  panel.outbox = panel.outbox.filter((a) => a.id !== last.entry.id);
+  panel.outbox.push(entry);
+  panel.answered.delete(last.set.token);
+  panel.undone = { set: last.set, srcs: last.srcs, id: entry.id };
+  panel.setStateValue("outbox", panel.outbox.slice());
+  setStatus(panel, "Undone: answer this set again.");
+  show(panel);
+}
+
+function closeOverlay(panel) {
+  if (panel.overlay) { panel.overlay.remove(); panel.overlay = null; }
+}
+
+function enlarge(panel, src, alt) {
+  closeOverlay(panel);
+  const o = make("div", "pl-overlay");
+  const img = new Image();
+  img.src = src;
+  img.alt = alt;
+  o.appendChild(img);
+  o.addEventListener("click", () => closeOverlay(panel));
+  document.body.appendChild(o);
+  panel.overlay = o;
+}
+
+function showGuide(panel) {
+  closeOverlay(panel);
+  const o = make("div", "pl-overlay");
+  const box = make("div", "pl-guide");
+  box.setAttribute("role", "dialog");
+  box.appendChild(make("h3", "", "How to rate"));
+  for (const para of (panel.guide || "").split(/\n/)) if (para.trim()) box.appendChild(make("p", "", para));
+  const ok = button("Got it", "pl-btn pl-primary", "close the guide (Esc)", () => {
+    closeOverlay(panel);
+    panel.setStateValue("guide_seen", uid());
+  });
+  box.appendChild(ok);
+  o.appendChild(box);
+  document.body.appendChild(o);
+  panel.overlay = o;
+  ok.focus();
+}
+
+function build(panel, set, srcs) {
   const node = make("div", "pl-set");
   node.hidden = true;
   node.dataset.key = set.key;
   node.dataset.token = set.token;
-  const n = set.candidates.length;
   const grid = make("div", "pl-grid");
-  const picks = make("div", "pl-row");
   set.candidates.forEach((c, i) => {
     const img = new Image();
     img.alt = `Candidate ${i + 1}`;
     img.src = srcs[i];
     if (img.decode) img.decode().catch(() => {}); // decoded while hidden: shown without a flash
     const cell = button("", "pl-cand", `Pick ${i + 1} (key ${i + 1})`, () => answer(panel, set, "pick", c.id));
+    cell.setAttribute("aria-label", `Pick ${i + 1}`);
     cell.appendChild(img);
+    cell.appendChild(make("span", "pl-num", String(i + 1)));
+    const zoom = button("\u2922", "pl-zoom", `Enlarge ${i + 1} (Shift+${i + 1})`, (ev) => {
+      ev.stopPropagation();
+      enlarge(panel, srcs[i], img.alt);
+    });
+    zoom.setAttribute("aria-label", `Enlarge ${i + 1}`);
+    zoom.addEventListener("click", (ev) => ev.stopPropagation());
+    cell.appendChild(zoom);
     grid.appendChild(cell);
-    picks.appendChild(button(`Pick ${i + 1}`, "pl-btn pl-primary", `key ${i + 1}`,
-                             () => answer(panel, set, "pick", c.id)));
   });
-  const other = make("div", "pl-row");
-  other.appendChild(button("Tie", "pl-btn", "key T", () => answer(panel, set, "tie")));
-  other.appendChild(button("None good", "pl-btn", "key N", () => answer(panel, set, "none")));
-  other.appendChild(button("Skip", "pl-btn", "key S", () => answer(panel, set, "skip")));
-  node.append(make("h3", "pl-prompt", set.prompt), grid, picks, other,
-              make("p", "pl-caption", `set ${set.key} · keys: 1-${n} pick, T tie, N none good, S skip, U undo`));
-  panel.root.appendChild(node);
+  node.append(make("h3", "pl-prompt", set.prompt), grid);
+  panel.sets_el.appendChild(node);
   return node;
+}
+
+// The largest square side for n candidates: try each number of columns; one column on a phone.
+function layout(panel) {
+  const n = Math.max(2, ...panel.queueNow.map((s) => s.candidates.length), 2);
+  const width = panel.root.clientWidth || window.innerWidth;
+  const top = panel.root.getBoundingClientRect().top + (window.scrollY || 0);
+  // status line, prompt, the row of buttons and their margins, as drawn (px)
+  const chrome = panel.status.offsetHeight + 34 + panel.row.offsetHeight + 30;
+  const height = Math.max(160, window.innerHeight - Math.max(0, Math.min(top, 260)) - chrome);
+  const gap = 12;
+  let best = { side: 0, cols: 1 };
+  const options = width < 600 ? [1] : [...new Set([n, 2, 1])];
+  for (const cols of options) {
+    const rows = Math.ceil(n / cols);
+    const side = Math.floor(Math.min((width - gap * (cols - 1) - 8) / cols, (height - gap * (rows - 1)) / rows));
+    if (side > best.side) best = { side, cols };
+  }
+  if (width < 600) best.side = Math.floor(width - 8);
+  panel.root.style.setProperty("--pl-cols", String(best.cols));
+  panel.root.style.setProperty("--pl-side", `${Math.max(96, best.side)}px`);
 }
 
 // Put the first set not yet answered here on screen; keep the others built and hidden.
 function show(panel) {
   const queue = [];
+  if (panel.undone && !panel.answered.has(panel.undone.set.token)) queue.push(panel.undone.set);
   for (const s of panel.sets) {
-    if (panel.answered.has(s.token)) continue;
+    if (panel.answered.has(s.token) || queue.some((q) => q.token === s.token)) continue;
     if (!panel.srcs.has(s.token)) break; // its images are on their way: nothing after it either
     queue.push(s);
   }
+  panel.queueNow = queue;
   const live = new Set(queue.map((s) => s.token));
   for (const [token, node] of panel.nodes) {
     if (!live.has(token)) { node.remove(); panel.nodes.delete(token); }
   }
-  for (const s of queue) if (!panel.nodes.has(s.token)) panel.nodes.set(s.token, build(panel, s));
+  for (const s of queue) {
+    if (!panel.nodes.has(s.token)) {
+      const srcs = panel.srcs.get(s.token) || (panel.undone && panel.undone.srcs);
+      panel.nodes.set(s.token, build(panel, s, srcs));
+    }
+  }
   const next = queue[0];
   for (const [token, node] of panel.nodes) node.hidden = !next || token !== next.token;
   panel.waiting.hidden = Boolean(next);
+  panel.waiting.textContent = panel.behind || "Loading the next set\u2026";
+  panel.undoBtn.disabled = !panel.last;
   if (!next) { panel.shown = null; return; }
   if (panel.shown !== next.token) {
     panel.shown = next.token;
@@ -95,17 +203,33 @@ function show(panel) {
 
 function onKey(ev) {
   const panel = window.__pickloopPanel;
-  if (!panel || !panel.root.isConnected || !panel.current || panel.shown === null) return;
+  if (!panel || !panel.root.isConnected) return;
   if (ev.repeat || ev.ctrlKey || ev.metaKey || ev.altKey) return;
   const t = ev.target;
   if (t && (t.isContentEditable || ["INPUT", "TEXTAREA", "SELECT"].includes(t.tagName))) return;
-  const set = panel.current;
-  const k = ev.key.toLowerCase();
-  const i = Number.parseInt(k, 10);
-  if (String(i) === k && i >= 1 && i <= set.candidates.length) {
-    answer(panel, set, "pick", set.candidates[i - 1].id);
-  } else if (KEYS[k]) {
-    answer(panel, set, KEYS[k]);
+  const k = (ev.key || "").toLowerCase();
+  if (k === "escape" && panel.overlay) {
+    closeOverlay(panel);
+  } else if (k === "u") {
+    undo(panel);
+  } else if (k === "g") {
+    showGuide(panel);
+  } else if (panel.current && panel.shown !== null) {
+    const set = panel.current;
+    const digit = /^Digit([1-9])$/.exec(ev.code || "");
+    const i = digit ? Number(digit[1]) : Number.parseInt(k, 10);
+    if (i >= 1 && i <= set.candidates.length && String(i) === (digit ? digit[1] : k)) {
+      if (ev.shiftKey) {
+        const img = panel.nodes.get(set.token).querySelectorAll("img")[i - 1];
+        enlarge(panel, img.src, img.alt);
+      } else {
+        answer(panel, set, "pick", set.candidates[i - 1].id);
+      }
+    } else if (KEYS[k] && !ev.shiftKey) {
+      answer(panel, set, KEYS[k]);
+    } else {
+      return;
+    }
   } else {
     return;
   }
@@ -113,16 +237,37 @@ function onKey(ev) {
   ev.stopPropagation();
 }
 
+function mountPanel(parentElement) {
+  const root = make("div", "pl-panel");
+  const status = make("p", "pl-status", "\u00a0");
+  status.setAttribute("aria-live", "polite");
+  const sets_el = make("div", "pl-sets");
+  const waiting = make("p", "pl-waiting", "Loading the next set\u2026");
+  const row = make("div", "pl-row");
+  root.append(status, sets_el, waiting, row);
+  parentElement.appendChild(root);
+  const panel = { root, status, sets_el, waiting, row, nodes: new Map(), srcs: new Map(), answered: new Set(),
+                  outbox: [], sets: [], queueNow: [], shown: null, shownAt: 0, current: null, asked: "", askedAt: 0,
+                  last: null, undone: null, overlay: null, undoMs: 8000, guide: "", behind: "" };
+  const on = (choice) => () => { if (panel.current) answer(panel, panel.current, choice); };
+  row.appendChild(button("Tie", "pl-btn", "key T", on("tie")));
+  row.appendChild(button("None good", "pl-btn", "key N", on("none")));
+  row.appendChild(button("Skip", "pl-btn", "key S", on("skip")));
+  panel.undoBtn = button("Undo", "pl-btn", "key U: take back the last answer", () => undo(panel));
+  row.appendChild(panel.undoBtn);
+  row.appendChild(button("Guide", "pl-btn", "key G: how to rate", () => showGuide(panel)));
+  // In the component's state, not a Streamlit button: a click can never be lost to a rerun in flight.
+  row.appendChild(button("Sign out", "pl-btn pl-signout", "sign out in every tab",
+                         () => panel.setStateValue("signout", uid())));
+  window.addEventListener("resize", () => { layout(panel); });
+  return panel;
+}
+
 export default function (component) {
   const { data, parentElement, setStateValue } = component;
   let panel = parentElement.__pickloopPanel;
   if (!panel) {
-    const root = make("div", "pl-panel");
-    const waiting = make("p", "pl-waiting", "Loading the next set…");
-    root.appendChild(waiting);
-    parentElement.appendChild(root);
-    panel = { root, waiting, nodes: new Map(), srcs: new Map(), answered: new Set(), outbox: [], sets: [],
-              shown: null, shownAt: 0, current: null, asked: "" };
+    panel = mountPanel(parentElement);
     parentElement.__pickloopPanel = panel;
   }
   panel.setStateValue = setStateValue;
@@ -131,20 +276,44 @@ export default function (component) {
     window.__pickloopKeys = true;
     document.addEventListener("keydown", onKey, true);
   }
-  const acked = new Set((data && data.acked) || []);
-  panel.outbox = panel.outbox.filter((a) => !acked.has(a.token));
-  panel.sets = (data && data.sets) || [];
+  const d = data || {};
+  panel.undoMs = 1000 * (d.undo_s ?? 8);
+  panel.guide = (d.guide && d.guide.text) || "";
+  panel.behind = d.behind || "";
+  const acked = new Set(d.acked || []);
+  panel.outbox = panel.outbox.filter((a) => !acked.has(a.id));
+  panel.sets = d.sets || [];
   const tokens = new Set(panel.sets.map((s) => s.token));
+  if (panel.undone && tokens.has(panel.undone.set.token)) {
+    // the server has put the undone set back: it is one of its sets again
+    if (!panel.srcs.has(panel.undone.set.token) && panel.undone.srcs) panel.srcs.set(panel.undone.set.token, panel.undone.srcs);
+    panel.undone = null;
+  } else if (panel.undone && acked.has(panel.undone.id)) {
+    panel.undone = null; // handled, and not put back: too late to undo (the status line says so)
+  }
   for (const token of [...panel.srcs.keys()]) if (!tokens.has(token)) panel.srcs.delete(token);
   for (const s of panel.sets) {
     if (s.candidates.every((c) => c.src)) panel.srcs.set(s.token, s.candidates.map((c) => c.src));
   }
+  // Ask for images the page lacks; again if they have not come a second and a half later (a rerun
+  // that carried them can be cut short by the next one, and the server then thinks they were sent).
   const missing = panel.sets.filter((s) => !panel.srcs.has(s.token)).map((s) => s.token);
-  if (missing.length && missing.join() !== panel.asked) {
+  const now = performance.now();
+  if (missing.length && (missing.join() !== panel.asked || now - panel.askedAt > 1500)) {
     panel.asked = missing.join();
-    setStateValue("need", { id: `${Date.now()}-${Math.random()}`, tokens: missing });
+    panel.askedAt = now;
+    setStateValue("need", { id: uid(), tokens: missing });
   }
   const known = new Set([...panel.sets.map((s) => s.token), ...panel.outbox.map((a) => a.token)]);
   for (const token of [...panel.answered]) if (!known.has(token)) panel.answered.delete(token);
+  if (d.status && d.status.id !== panel.lastServerStatus) {
+    panel.lastServerStatus = d.status.id;
+    setStatus(panel, d.status.text);
+  }
   show(panel);
+  layout(panel);
+  if (d.guide && d.guide.show && !panel.guideShown) {
+    panel.guideShown = true;
+    showGuide(panel);
+  }
 }

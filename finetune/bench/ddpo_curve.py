@@ -75,7 +75,7 @@ def rated_home(folder: Path, *, taste: str, labels: int, candidates: int, prompt
         raise UserError(str(e)) from None
     rater_id = simulated_rater_row(ctx, f"simulated:{rater.name}")
     fill_queue(ctx=ctx, pool=LOOP_POOL, depth=ceil(labels / len(texts)), max_sets=labels, n=candidates,
-               progress=progress)
+               progress=progress, batch_sets=1)  # one set a call, as the measured curve was drawn
     written = label_ready_sets(ctx, rater, rater_id, labels)
     _, metrics = train_reward(ctx=ctx, progress=progress)
     return ctx, {"labels": written, **metrics}

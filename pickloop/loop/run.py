@@ -120,8 +120,10 @@ def run_loop(*, ctx: Context, config: LoopConfig, progress: bool = True, log=pri
     for r in range(1, config.rounds + 1):
         tr = time.perf_counter()
         want = config.labels_per_round
+        # one set per pipeline call, as when the measured figures were taken: a batch of several
+        # prompts rounds differently in floating point, so the same seeds would draw other labels
         fill_queue(ctx=ctx, pool=LOOP_POOL, depth=ceil(want / len(train_prompts)), max_sets=want,
-                   n=config.candidates, progress=progress)
+                   n=config.candidates, progress=progress, batch_sets=1)
         labels += label_ready_sets(ctx, rater, rater_id, want)
         stage_s = {"label": time.perf_counter() - tr}
         trust = None

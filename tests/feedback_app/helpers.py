@@ -40,9 +40,14 @@ def make_sets(ctx, n: int, *, per_set: int = 4, raters_wanted: int = 1, version=
     return ids
 
 
-def make_rater(ctx, name: str, role: str = "rater") -> tuple[Identity, str]:  # noqa: ANN001
+def make_rater(ctx, name: str, role: str = "rater", *, guide_seen: bool = True) -> tuple[Identity, str]:  # noqa: ANN001
+    """A rater and its token; ``guide_seen``: the rating guide was already shown (so it does not cover the page)."""
+    from pickloop.schema import utcnow
+
     with write_session(ctx.engine) as s:
         r, token = add_rater(session=s, name=name, role=role)
+        r.guide_seen_at = utcnow() if guide_seen else None
+        s.add(r)
         return Identity(rater_id=r.id, name=r.name, role=r.role, kind=r.kind), token
 
 
@@ -90,7 +95,7 @@ def answer(at, choice: str, position: int | None = None, *, ms: int = 1500, run:
     """Answer the set on screen as the panel's script does: add the answer to the outbox of answers
     not yet acknowledged, and send the whole outbox as the component's state."""
     shown = shown_set(at)
-    entry = {"token": shown["token"], "choice": choice, "ms": ms,
+    entry = {"id": uuid.uuid4().hex, "token": shown["token"], "choice": choice, "ms": ms,
              "winner_id": shown["candidates"][position]["id"] if choice == "pick" else None}
     return send_outbox(at, [*pending_outbox(at), entry], run=run)
 
@@ -98,9 +103,17 @@ def answer(at, choice: str, position: int | None = None, *, ms: int = 1500, run:
 def pending_outbox(at) -> list[dict]:  # noqa: ANN001
     acked = set((panel_data(at) or {}).get("acked", []))
     prev = at.session_state["rating_panel"]["outbox"] if "rating_panel" in at.session_state else []
-    return [e for e in prev if e["token"] not in acked]
+    return [e for e in prev if e.get("id", e["token"]) not in acked]
 
 
 def send_outbox(at, outbox: list[dict], *, run: bool = True):  # noqa: ANN001, ANN201
     at.session_state["rating_panel"] = {"outbox": outbox}
     return at.run() if run else at
+
+
+def send_undo(at, token: str, *, run: bool = True):  # noqa: ANN001, ANN201
+    """Undo as the panel's script does: the undone answer leaves the outbox (if the server has not
+    acknowledged it yet) and an undo entry for its token takes its place at the end."""
+    left = [e for e in pending_outbox(at) if e["token"] != token]
+    entry = {"id": uuid.uuid4().hex, "token": token, "choice": "undo", "winner_id": None, "ms": None}
+    return send_outbox(at, [*left, entry], run=run)

@@ -53,6 +53,7 @@ def test_rate_five_sets_with_clicks_and_hotkeys(ctx, home, alice):
         page.keyboard.press("2")
         seen[last] = ("key", 2, seen[last][2])
         key = browser.wait_for_set(page, last, n=4)
+        browser.wait_for_acknowledged(page)  # the undo and the answer after it are both handled
         browser.wait_for_labels(page, 5)
         # To another page and back: the new panel has no images and asks for them again.
         page.get_by_role("link", name="History").click()
@@ -107,3 +108,55 @@ def test_oidc_sign_in_needs_the_allow_list(ctx, home):
             browser.wait_for_labels(page, 1)
     (j,) = judgements(ctx)
     assert j.rater_id == eve_id and j.choice == "pick"
+
+
+# Where each candidate of the set on screen is drawn (x, y, width, height), in CSS pixels.
+CELL_BOXES_JS = """() => [...document.querySelectorAll('.pl-set:not([hidden]) .pl-cand')]
+  .map(e => { const r = e.getBoundingClientRect(); return [r.x, r.y, r.width, r.height].map(Math.round); })"""
+# Answer the set on screen with KEY, then press U DELAY ms later, timed in the page (not by Python).
+ANSWER_THEN_UNDO_JS = """async ([key, delay]) => {
+  const press = (k) => document.dispatchEvent(new KeyboardEvent('keydown', {
+    key: k, code: /^[0-9]$/.test(k) ? `Digit${k}` : `Key${k.toUpperCase()}`, bubbles: true, cancelable: true}));
+  press(key);
+  await new Promise((done) => setTimeout(done, delay));
+  press('u');
+}"""
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_undo_takes_back_exactly_the_last_answer_recorded_or_not(ctx, home, alice):
+    """U 0.25 s after an answer (before the server has recorded it, as a rule) and 1.5 s after (once it
+    has): each time the undone set comes back, the answer before it stands, and the answer given
+    again is the one stored."""
+    make_sets(ctx, 10)
+    final: dict[str, tuple[str, list[str]]] = {}  # set key -> (what was finally answered, images shown)
+    with browser.app_server(home=home) as url, browser.chromium_page() as page:
+        browser.sign_in(page, url, name="alice", token=alice[1])
+        key = browser.wait_for_set(page, None, n=4)
+        browser.focus_page(page)
+        answers = 0
+        for delay in (250, 250, 1500):
+            final[key] = ("1", shown_image_shas(page))
+            before = page.evaluate(CELL_BOXES_JS)
+            page.keyboard.press("1")  # an answer that must stand
+            answers += 1
+            key = browser.wait_for_set(page, key, n=4)
+            assert page.evaluate(CELL_BOXES_JS) == before  # nothing moved under the pointer
+            undone, shas = key, shown_image_shas(page)
+            page.evaluate(ANSWER_THEN_UNDO_JS, ["3", delay])
+            assert browser.visible_set(page).get_attribute("data-key") == undone  # back on screen at once
+            page.keyboard.press("4")  # the answer given again
+            answers += 1
+            final[undone] = ("4", shas)
+            key = browser.wait_for_set(page, undone, n=4)
+            browser.wait_for_acknowledged(page)
+            browser.wait_for_labels(page, answers)
+    rows = judgements(ctx)
+    assert len(rows) == answers == 6
+    with read_session(ctx.engine) as s:
+        key_of = {c.id: c.key for c in s.exec(select(Comparison))}
+        sha_of = {c.id: c.image_sha256 for c in s.exec(select(Candidate))}
+    for j in rows:
+        what, shas = final[key_of[j.comparison_id]]
+        assert j.choice == "pick" and sha_of[j.winner_id] == shas[int(what) - 1], (j.id, what, shas.index(sha_of[j.winner_id]) + 1)

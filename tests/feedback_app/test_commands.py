@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 
 from feedback_app.browser import free_port
-from feedback_app.commands import percentile
+from feedback_app.bench import percentile
 from pickloop.context import Context
 from pickloop.db import read_session
 from pickloop.store import list_prompts, promoted_version

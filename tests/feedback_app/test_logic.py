@@ -111,11 +111,13 @@ def test_undo_within_window_shows_the_set_again(ctx, alice):
     view = next_for(ctx, ident)
     answer(ctx, ident, view)
     with write_session(ctx.engine) as s:
-        assert logic.undo_last(session=s, identity=ident, settings=ctx.settings) == view.comparison_id
+        assert logic.undo_answer(session=s, identity=ident, comparison_id=view.comparison_id,
+                                 within_s=ctx.settings.undo_seconds)
     assert count(ctx, Judgement) == 0
     assert next_for(ctx, ident).key == view.key
-    with write_session(ctx.engine) as s:
-        assert logic.undo_last(session=s, identity=ident, settings=ctx.settings) is None  # nothing left
+    with write_session(ctx.engine) as s:  # nothing left to take back
+        assert not logic.undo_answer(session=s, identity=ident, comparison_id=view.comparison_id,
+                                     within_s=ctx.settings.undo_seconds)
 
 
 def test_undo_refused_after_the_window(ctx, alice):
@@ -127,7 +129,8 @@ def test_undo_refused_after_the_window(ctx, alice):
         j.created_at = j.created_at - timedelta(seconds=ctx.settings.undo_seconds + 1)
         s.add(j)
     with write_session(ctx.engine) as s:
-        assert logic.undo_last(session=s, identity=alice[0], settings=ctx.settings) is None
+        assert not logic.undo_answer(session=s, identity=alice[0], comparison_id=view.comparison_id,
+                                     within_s=ctx.settings.undo_seconds)
     assert count(ctx, Judgement) == 1
 
 

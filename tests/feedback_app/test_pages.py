@@ -10,7 +10,7 @@ from streamlit.testing.v1 import AppTest
 from pickloop.db import read_session
 from pickloop.schema import Assignment, Judgement, Prompt
 from tests.feedback_app.helpers import (APP_DIR, answer, count, judgements, make_sets, panel_data, send_outbox,
-                                        set_key, shown_set)
+                                        send_undo, set_key, shown_set)
 
 TIMEOUT = 60
 
@@ -79,15 +79,50 @@ def test_tie_none_good_and_skip(ctx, alice, choice):
 def test_undo_takes_back_the_last_pick(ctx, alice):
     make_sets(ctx, 2)
     at = app(alice[0])
-    key = set_key(at)
+    key, token = set_key(at), shown_set(at)["token"]
     answer(at, "pick", 0)
     assert count(ctx, Judgement) == 1 and set_key(at) != key
-    at.button(key="undo").click().run()
+    send_undo(at, token)
     assert count(ctx, Judgement) == 0 and set_key(at) == key  # the same set is back on screen
-    assert shown_set(at)["token"] not in panel_data(at)["acked"]  # as a new showing the browser will show
+    assert shown_set(at)["token"] == token  # under the token the browser already shows it with
     answer(at, "pick", 3)
     (j,) = judgements(ctx)
     assert j.winner_id == shown_order(ctx, key)[3]
+
+
+def test_undo_of_an_answer_the_server_never_saw_keeps_the_one_before(ctx, alice):
+    """U pressed before the rerun that would record the last answer: that answer is what is undone
+    (it leaves the outbox), never the answer before it, which the server had already recorded."""
+    make_sets(ctx, 3)
+    at = app(alice[0])
+    first = shown_set(at)
+    answer(at, "pick", 1)  # recorded
+    second = shown_set(at)
+    answer(at, "tie", run=False)  # in the browser's outbox, not yet seen by the server
+    send_undo(at, second["token"])
+    (j,) = judgements(ctx)
+    assert j.winner_id == first["candidates"][1]["id"]  # the first answer stands
+    assert shown_set(at)["token"] == second["token"]  # the undone set is on screen again
+    answer(at, "none")  # answered again: recorded once, as given the second time
+    assert sorted(j.choice for j in judgements(ctx)) == ["none", "pick"]
+
+
+def test_undo_too_late_is_refused(ctx, alice):
+    from datetime import timedelta
+
+    from pickloop.db import write_session
+
+    make_sets(ctx, 2)
+    at = app(alice[0])
+    token = shown_set(at)["token"]
+    answer(at, "pick", 0)
+    with write_session(ctx.engine) as s:  # the answer is older than the window (clock moved, not slept)
+        (j,) = s.exec(select(Judgement)).all()
+        j.created_at = j.created_at - timedelta(seconds=ctx.settings.undo_seconds + 10)
+        s.add(j)
+    send_undo(at, token)
+    assert count(ctx, Judgement) == 1 and shown_set(at)["token"] != token
+    assert "Too late to undo" in panel_data(at)["status"]["text"]
 
 
 def test_replayed_click_writes_one_judgement(ctx, alice):
@@ -110,14 +145,16 @@ def test_replayed_click_writes_one_judgement(ctx, alice):
 
 
 def test_images_go_to_the_browser_once_per_set_and_again_on_request(ctx, alice):
-    make_sets(ctx, 4)
+    make_sets(ctx, 6)
     at = app(alice[0])
     first = panel_data(at)["sets"]
+    assert len(first) == ctx.settings.app_sets_ahead + 1 == 4  # the set on screen and three ahead
     assert all("src" in c for s in first for c in s["candidates"])  # a fresh panel gets every image
     answer(at, "pick", 0)
     now = panel_data(at)["sets"]
-    assert now[0]["token"] == first[1]["token"] and not any("src" in c for c in now[0]["candidates"])
-    assert all("src" in c for c in now[1]["candidates"])  # only the set new to the browser carries images
+    assert [s["token"] for s in now[:-1]] == [s["token"] for s in first[1:]]
+    assert not any("src" in c for s in now[:-1] for c in s["candidates"])
+    assert all("src" in c for c in now[-1]["candidates"])  # only the set new to the browser carries images
     # A panel mounted afresh (the rater came back from another page) holds no images and asks again.
     at.session_state["rating_panel"] = {**at.session_state["rating_panel"],
                                         "need": {"id": "n1", "tokens": [now[0]["token"]]}}
@@ -142,7 +179,7 @@ def test_forged_answers_write_nothing(ctx, alice):
                      {"token": shown["token"], "choice": "vote-twice", "winner_id": None, "ms": 5},
                      "garbage", {"choice": "tie"}])
     assert not at.exception and count(ctx, Judgement) == 0
-    assert "one of the candidates shown" in at.error[0].value
+    assert "one of the candidates shown" in panel_data(at)["status"]["text"]
 
 
 def test_two_tabs_write_one_judgement(ctx, alice):
@@ -154,7 +191,7 @@ def test_two_tabs_write_one_judgement(ctx, alice):
     answer(tab2, "pick", 1)
     (j,) = judgements(ctx)
     assert j.winner_id == shown_order(ctx, key)[0]  # the first answer stands
-    assert "already answered" in tab2.info[0].value and set_key(tab2) != key
+    assert "already answered" in panel_data(tab2)["status"]["text"] and set_key(tab2) != key
 
 
 def test_admin_page_refused_to_a_rater(ctx, alice, admin):
@@ -169,7 +206,7 @@ def test_admin_page_refused_to_a_rater(ctx, alice, admin):
     page = app(alice[0], script="pages/admin.py")
     assert "admins only" in page.error[0].value and not page.tabs
     page = app(admin[0], script="pages/admin.py")
-    assert not page.exception and len(page.tabs) == 6
+    assert not page.exception and len(page.tabs) == 7
     assert any(m.label == "overall agreement" for m in page.metric)
     page.button(key="admin_export").click().run()
     assert not page.exception and page.get("download_button")
@@ -182,9 +219,10 @@ def test_admin_page_refused_to_a_rater(ctx, alice, admin):
 
 def test_empty_queue_waits_then_shows_a_set(ctx, alice):
     at = app(alice[0])
-    assert "Drawing new candidates" in at.info[0].value and not at.exception
+    data = panel_data(at)
+    assert data["sets"] == [] and "No sets are being drawn" in data["behind"] and not at.exception
     make_sets(ctx, 1)
-    at.run()
+    at.run()  # what the fragment's one-second rerun does
     assert set_key(at)
 
 
@@ -212,7 +250,8 @@ def test_history_shows_past_picks(ctx, alice):
     at = app(alice[0])
     answer(at, "pick", 0)
     page = app(alice[0], script="pages/history.py")
-    assert not page.exception and "a test prompt number" in page.markdown[0].value
+    assert not page.exception and page.markdown[0].value == "answers 1-1 of 1"
+    assert any("a test prompt number" in h.proto.body for h in page.get("html"))
 
 
 def test_an_oidc_identity_without_a_provider_login_is_signed_out(ctx):
@@ -233,4 +272,41 @@ def test_last_set_answered_switches_to_waiting(ctx, alice):
     make_sets(ctx, 1)
     at = app(alice[0])
     answer(at, "pick", 0)
-    assert count(ctx, Judgement) == 1 and "Drawing new candidates" in at.info[0].value
+    assert count(ctx, Judgement) == 1 and panel_data(at)["sets"] == [] and panel_data(at)["behind"]
+
+
+def test_the_rating_guide_shows_once_to_a_new_rater_and_admins_edit_it(ctx, admin):
+    from tests.feedback_app.helpers import make_rater
+
+    make_sets(ctx, 2)
+    newcomer, _ = make_rater(ctx, "new", guide_seen=False)
+    at = app(newcomer)
+    guide = panel_data(at)["guide"]
+    assert guide["show"] and "Tie (T)" in guide["text"] and "None good (N)" in guide["text"]
+    at.session_state["rating_panel"] = {"outbox": [], "guide_seen": "g1"}  # the rater pressed "Got it"
+    at.run()
+    assert not panel_data(at)["guide"]["show"]
+    assert not panel_data(app(newcomer))["guide"]["show"]  # not again, in a new browser session either
+    page = app(admin[0], script="pages/admin.py")
+    page.text_area(key="admin_guide").input("Pick the sharpest image.\nTie only when truly equal.")
+    page.button(key="admin_save_guide").click().run()
+    assert not page.exception
+    assert panel_data(app(newcomer))["guide"]["text"] == "Pick the sharpest image.\nTie only when truly equal."
+
+
+def test_sign_out_from_the_panel_ends_the_session(ctx, alice):
+    from feedback_app import sessions
+    from pickloop.db import write_session
+
+    make_sets(ctx, 2)
+    with write_session(ctx.engine) as s:
+        cookie, row = sessions.start_session(session=s, rater_id=alice[0].rater_id, hours=1)
+    at = AppTest.from_file(str(APP_DIR / "app.py"), default_timeout=TIMEOUT)
+    at.session_state["identity"], at.session_state["session_row"] = alice[0], row
+    at.run()
+    assert panel_data(at) is not None
+    at.session_state["rating_panel"] = {"outbox": [], "signout": "s1"}
+    at.run()
+    assert panel_data(at) is None and "identity" not in at.session_state  # the sign-in form: Chromium tests
+    with read_session(ctx.engine) as s:
+        assert sessions.resume_session(session=s, cookie=cookie) is None  # revoked on the server

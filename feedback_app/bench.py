@@ -1,0 +1,213 @@
+"""``pickloop bench app``: the rating page as a fast rater lives with it, in Chromium.
+
+A fresh data home (starter prompts, the shipped model, no sets), the queue worker (``pickloop
+generate --watch``) and the app started together as ``pickloop app`` starts them, and by default one
+LoRA training job (``pickloop bench dpo``) on the same cores. A scripted rater signs in and answers
+at a steady rate. Figures, each taken in the page (``performance.now()``):
+
+- answer -> next set fully shown (every image decoded): p50 / p95 / max, ms;
+- ``waits``: answers after which the next set was not already held, decoded, in the browser;
+- ``first_set_s``: from starting the worker and the app to the first set fully shown (sign-in included),
+  on a home made as ``pickloop init`` makes it (which draws the first sets; ``--cold``: it does not, so
+  the first set waits for the worker's model to load);
+- ``picks``: answers given; each must be stored exactly once.
+
+``--pre-drawn N`` writes N ready sets first and starts no worker (the old figure: the page alone).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pickloop.errors import UserError
+
+# Sets the panel holds hidden after the one on screen, with every image decoded.
+AHEAD_JS = """() => [...document.querySelectorAll('.pl-set[hidden]')]
+  .filter(s => [...s.querySelectorAll('img')].every(i => i.complete && i.naturalWidth > 0)).length"""
+# Records when each key reaches the page (before the panel's own handler: window, capture phase).
+KEY_CLOCK_JS = """() => { if (!window.__benchKeys) { window.__benchKeys = true;
+  window.addEventListener('keydown', () => { window.__keyAt = performance.now(); }, true); } }"""
+# The next set is fully shown: its key and the time since the key, measured in the page.
+SWAP_JS = """([oldKey, n]) => {
+  const set = document.querySelector('.pl-set:not([hidden])');
+  if (!set || set.dataset.key === oldKey) return null;
+  const imgs = [...set.querySelectorAll('img')];
+  if (imgs.length !== n || !imgs.every(i => i.complete && i.naturalWidth > 0)) return null;
+  return { key: set.dataset.key, ms: performance.now() - window.__keyAt };
+}"""
+
+# What the panel holds, for a bench that got stuck.
+PANEL_STATE_JS = """() => { const p = window.__pickloopPanel; return p && {
+  sets: p.sets.map(s => s.token), srcs: [...p.srcs.keys()], answered: [...p.answered], outbox: p.outbox,
+  shown: p.shown, asked: p.asked, waiting: p.waiting.textContent }; }"""
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100), linear between the closest ranks."""
+    xs = sorted(values)
+    if not xs:
+        raise ValueError("no values")
+    pos = (len(xs) - 1) * q / 100
+    lo, hi = int(pos), min(int(pos) + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+@dataclass
+class BenchResult:
+    latencies_ms: list[float]
+    waits: int
+    first_set_s: float
+    picks: int
+    recorded: int
+    init_s: float  # drawing the first sets when the home was made (``pickloop init``), seconds
+
+
+def _env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PICKLOOP_DATABASE_URL", "PICKLOOP_IMAGE_STORE_URL", "PICKLOOP_CONFIG")}
+    env.update(PICKLOOP_HOME=str(home), OMP_NUM_THREADS="1")
+    return env
+
+
+def _start(args: list[str], home: Path, log_name: str) -> subprocess.Popen:
+    log = open(home / log_name, "ab")  # noqa: SIM115 - the child keeps it; closed when the bench ends
+    return subprocess.Popen([sys.executable, "-m", "pickloop", *args], env=_env(home), stdout=log,
+                            stderr=subprocess.STDOUT, cwd=str(home))
+
+
+def run_app_bench(*, answers: int, rate: float, candidates: int, pre_drawn: int, finetune_jobs: int,
+                  first_sets: int = 4, image_size: int = 256, progress: bool = True) -> BenchResult:
+    from sqlmodel import func, select
+    from tqdm import tqdm
+
+    from feedback_app import browser
+    from feedback_app.ready_sets import make_ready_sets
+    from pickloop.bootstrap import initialize_home
+    from pickloop.context import Context
+    from pickloop.db import read_session, write_session
+    from pickloop.schema import Judgement, utcnow
+    from pickloop.settings import get_settings
+    from pickloop.store import add_rater
+
+    with tempfile.TemporaryDirectory(prefix="pickloop-bench-app-") as tmp:
+        home = Path(tmp) / "home"
+        ctx = Context(get_settings(home=home, database_url=None, image_store_url=None,
+                                   candidates_per_set=candidates))
+        initialize_home(ctx, first_admin=False, prompts=pre_drawn == 0)
+        init_s = 0.0
+        if not pre_drawn and first_sets:
+            from generator import draw_first_sets
+
+            t = time.perf_counter()
+            draw_first_sets(ctx, first_sets)  # as `pickloop init` (and so `make app`) does
+            init_s = time.perf_counter() - t
+        if pre_drawn:
+            print(f"pre-drawing {pre_drawn} ready sets ({image_size} px) in {home}; no worker", flush=True)
+            make_ready_sets(ctx=ctx, n=pre_drawn, size=image_size)
+        with write_session(ctx.engine) as s:
+            rater, token = add_rater(session=s, name="bench")
+            rater.guide_seen_at = utcnow()  # a rater who has read the guide: it does not cover the page
+            s.add(rater)
+        os.environ["PICKLOOP_CANDIDATES_PER_SET"] = str(candidates)  # the worker and the app inherit it
+        jobs = [_start(["bench", "dpo", "--steps", "1000000"], home, f"finetune-{i}.log")
+                for i in range(finetune_jobs)]
+        worker = None
+        latencies: list[float] = []
+        waits = 0
+        try:
+            if jobs:
+                time.sleep(5.0)  # let the training job get past its start-up, so that it really shares the cores
+            t0 = time.perf_counter()
+            if not pre_drawn:
+                worker = _start(["generate", "--watch", "--quiet"], home, "worker.log")
+            with browser.app_server(home=home) as url, browser.chromium_page() as page:
+                browser.sign_in(page, url, name="bench", token=token)
+                key = browser.wait_for_set(page, None, n=candidates, timeout_ms=120_000)
+                first_set_s = time.perf_counter() - t0
+                page.evaluate(KEY_CLOCK_JS)
+                browser.focus_page(page)
+                due = time.perf_counter()
+                for i in tqdm(range(answers), desc="answers", file=sys.stdout, disable=not progress):
+                    due += 1.0 / rate
+                    time.sleep(max(0.0, due - time.perf_counter()))
+                    waits += page.evaluate(AHEAD_JS) == 0
+                    page.keyboard.press(str(i % candidates + 1))
+                    if i == answers - 1:
+                        break
+                    try:
+                        swap = page.wait_for_function(SWAP_JS, arg=[key, candidates], polling="raf",
+                                                      timeout=120_000).json_value()
+                    except Exception:
+                        print("no next set within 120 s; the panel holds:", page.evaluate(PANEL_STATE_JS))
+                        raise
+                    key = swap["key"]
+                    latencies.append(float(swap["ms"]))
+                    due = max(due, time.perf_counter())  # a rater who had to wait starts the next second now
+                browser.wait_for_labels(page, answers, timeout_ms=120_000)
+        finally:
+            browser.stop_process(worker)
+            for job in jobs:
+                browser.stop_process(job)
+        with read_session(ctx.engine) as s:
+            recorded = s.exec(select(func.count()).select_from(Judgement)).one()
+    return BenchResult(latencies, waits, first_set_s, answers, recorded, init_s)
+
+
+def cmd_bench_app(args) -> None:  # noqa: ANN001
+
+    if args.answers < 2 or args.rate <= 0 or args.pre_drawn < 0 or args.finetune_jobs < 0:
+        raise UserError("--answers must be >= 2, --rate > 0, --pre-drawn and --finetune-jobs >= 0")
+    if args.pre_drawn and args.pre_drawn < args.answers:
+        raise UserError("--pre-drawn must be at least --answers (there is no worker to draw more)")
+    r = run_app_bench(answers=args.answers, rate=args.rate, candidates=args.candidates, pre_drawn=args.pre_drawn,
+                      finetune_jobs=args.finetune_jobs, first_sets=0 if args.cold else 4, image_size=args.image_size)
+    if r.recorded != r.picks:
+        raise UserError(f"{r.picks} answers given but {r.recorded} judgements recorded")
+    xs = r.latencies_ms
+    print(f"{'pre-drawn sets, no worker' if args.pre_drawn else 'real worker, shipped model'}; "
+          f"{args.finetune_jobs} training job(s) on the same cores; {args.rate:g} answers/s; "
+          f"{r.recorded} judgements recorded for {r.picks} answers; "
+          + ("home made cold (no first sets)" if args.cold or args.pre_drawn else
+             f"first sets drawn when the home was made in {r.init_s:.1f} s"))
+    print(f"p50_ms={percentile(xs, 50):.0f} p95_ms={percentile(xs, 95):.0f} max_ms={max(xs):.0f} "
+          f"waits={r.waits} first_set_s={r.first_set_s:.1f} picks={r.picks}")
+
+
+def cmd_bench_history(args) -> None:  # noqa: ANN001
+    """The History page's first page for a rater with ``--answers`` answers, rendered by Streamlit's
+    AppTest (the page script, its queries and thumbnails; no browser), cold and again warm."""
+    from streamlit.testing.v1 import AppTest
+
+    from feedback_app.logic import Identity
+    from feedback_app.ready_sets import make_answered_sets
+    from pickloop.context import Context
+    from pickloop.db import write_session
+    from pickloop.settings import get_settings
+    from pickloop.store import add_rater
+
+    with tempfile.TemporaryDirectory(prefix="pickloop-bench-history-") as tmp:
+        home = Path(tmp) / "home"
+        os.environ["PICKLOOP_HOME"] = str(home)  # the page reads its settings from the environment
+        for k in ("PICKLOOP_DATABASE_URL", "PICKLOOP_IMAGE_STORE_URL", "PICKLOOP_CONFIG"):
+            os.environ.pop(k, None)
+        ctx = Context(get_settings())
+        with write_session(ctx.engine) as s:
+            rater, _ = add_rater(session=s, name="bench")
+            ident = Identity(rater_id=rater.id, name=rater.name, role=rater.role, kind=rater.kind)
+        make_answered_sets(ctx=ctx, rater_id=ident.rater_id, n=args.answers)
+        times = []
+        for _ in range(2):
+            at = AppTest.from_file(str(Path(__file__).parent / "pages" / "history.py"), default_timeout=120)
+            at.session_state["identity"] = ident
+            t = time.perf_counter()
+            at.run()
+            times.append((time.perf_counter() - t) * 1000)
+            if at.exception:
+                raise UserError(f"the History page failed: {at.exception[0].message}")
+        shown = sum(h.proto.body.count('class="pl-hist-item"') for h in at.get("html"))
+    print(f"first_page_ms={times[0]:.0f} warm_ms={times[1]:.0f} answers={args.answers} shown={shown}")
