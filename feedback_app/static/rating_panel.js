@@ -256,9 +256,16 @@ function mountPanel(parentElement) {
   panel.undoBtn = button("Undo", "pl-btn", "key U: take back the last answer", () => undo(panel));
   row.appendChild(panel.undoBtn);
   row.appendChild(button("Guide", "pl-btn", "key G: how to rate", () => showGuide(panel)));
-  // In the component's state, not a Streamlit button: a click can never be lost to a rerun in flight.
-  row.appendChild(button("Sign out", "pl-btn pl-signout", "sign out in every tab",
-                         () => panel.setStateValue("signout", uid())));
+  // In the component's state, not a Streamlit button; and sent again every 2 s while this panel is still on
+  // screen, as the outbox is, so a request lost to a rerun in flight (seen under load) is never final.
+  row.appendChild(button("Sign out", "pl-btn pl-signout", "sign out in every tab", () => {
+    panel.setStateValue("signout", uid());
+    if (panel.signingOut) return;
+    panel.signingOut = setInterval(() => {
+      if (!panel.root.isConnected) { clearInterval(panel.signingOut); return; }
+      panel.setStateValue("signout", uid());
+    }, 2000);
+  }));
   window.addEventListener("resize", () => { layout(panel); });
   return panel;
 }
