@@ -257,13 +257,22 @@ function mountPanel(parentElement) {
   row.appendChild(panel.undoBtn);
   row.appendChild(button("Guide", "pl-btn", "key G: how to rate", () => showGuide(panel)));
   // In the component's state, not a Streamlit button; and sent again every 2 s while this panel is still on
-  // screen, as the outbox is, so a request lost to a rerun in flight (seen under load) is never final.
+  // screen, as the outbox is, so a request lost to a rerun in flight is never final. Once the panel is gone
+  // the server has signed the rater out; if the page then stays blank (under load the app's rerun to the
+  // sign-in page was seen to stop short, leaving an empty page), the page is reloaded: the session is
+  // revoked on the server, so the reload shows the sign-in page.
   row.appendChild(button("Sign out", "pl-btn pl-signout", "sign out in every tab", () => {
     panel.setStateValue("signout", uid());
     if (panel.signingOut) return;
+    let blank = 0;
     panel.signingOut = setInterval(() => {
-      if (!panel.root.isConnected) { clearInterval(panel.signingOut); return; }
-      panel.setStateValue("signout", uid());
+      if (panel.root.isConnected) { panel.setStateValue("signout", uid()); return; }
+      if (document.querySelector('input[aria-label="Token"], button[kind="primary"]')) {
+        clearInterval(panel.signingOut);
+      } else if (++blank >= 2) {
+        clearInterval(panel.signingOut);
+        window.location.reload();
+      }
     }, 2000);
   }));
   window.addEventListener("resize", () => { layout(panel); });
