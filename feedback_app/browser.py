@@ -121,9 +121,31 @@ def sign_in(page, url: str, *, name: str, token: str) -> None:  # noqa: ANN001
     page.get_by_text("labels today").wait_for()
 
 
+# What the rating panel holds, for the message of a wait that timed out.
+PANEL_STATE_JS = """() => { const p = window.__pickloopPanel; if (!p) return 'no panel';
+  return JSON.stringify({shown: p.shown, sets: p.sets.map(s => s.token), srcs: [...p.srcs.keys()],
+    answered: [...p.answered], outbox: p.outbox.map(a => [a.token, a.choice]), undone: p.undone && p.undone.set.token,
+    queue: p.queueNow.map(s => s.token), waiting: p.waiting.hidden ? '' : p.waiting.textContent,
+    status: p.status.textContent, overlay: Boolean(p.overlay), focus: document.activeElement && document.activeElement.tagName}); }"""
+
+
+def panel_state(page) -> str:  # noqa: ANN001
+    """The rating panel's state as one line of JSON (for messages when a wait fails)."""
+    try:
+        return str(page.evaluate(PANEL_STATE_JS))
+    except Exception as e:  # noqa: BLE001 - only for a message
+        return f"(panel state unreadable: {e})"
+
+
 def wait_for_set(page, old_key: str | None, *, n: int, timeout_ms: float = 30_000) -> str:  # noqa: ANN001
-    """Wait until a set other than ``old_key`` is fully shown (all ``n`` images loaded); its key."""
-    handle = page.wait_for_function(SET_SHOWN_JS, arg=[old_key or "", n], polling="raf", timeout=timeout_ms)
+    """Wait until a set other than ``old_key`` is fully shown (all ``n`` images loaded); its key.
+    A timeout names what the panel held, so that a failure says why."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        handle = page.wait_for_function(SET_SHOWN_JS, arg=[old_key or "", n], polling="raf", timeout=timeout_ms)
+    except PlaywrightTimeout as e:
+        raise AssertionError(f"no set after {old_key!r} within {timeout_ms / 1000:g} s; panel: {panel_state(page)}") from e
     return handle.json_value()
 
 
