@@ -116,10 +116,15 @@ def _answered_by(rater_id: int):  # noqa: ANN202
     return select(Judgement.comparison_id).where(Judgement.rater_id == rater_id)
 
 
+def _prompt_shown():  # noqa: ANN202
+    """The set's prompt is not hidden (an admin hid it: its sets are handed out no more)."""
+    return exists().where(Prompt.id == Comparison.prompt_id, Prompt.active == True)  # noqa: E712
+
+
 def _pending_for(session: Session, rater_id: int, skip: list[int]) -> Comparison | None:
     """The oldest ready set already handed to this rater and not yet answered (reloads, two tabs)."""
     q = (select(Comparison).join(Assignment, Assignment.comparison_id == Comparison.id)
-         .where(Assignment.rater_id == rater_id, Comparison.status == "ready",
+         .where(Assignment.rater_id == rater_id, Comparison.status == "ready", _prompt_shown(),
                 Comparison.id.not_in(_answered_by(rater_id)), Comparison.id.not_in(skip or [-1]))
          .order_by(Assignment.id))
     return session.exec(q).first()
@@ -135,13 +140,13 @@ def _taken_count(comparison_id_col, now: datetime):  # noqa: ANN001, ANN202
 
 
 def _claimable(rater_id: int, now: datetime, refused: list[int]):  # noqa: ANN202
-    """Ready sets that still want a rater and that this rater neither holds nor answered; the highest
-    ``priority`` first (active learning: the sets the reward model can least tell apart; sets without
-    one last), then partly rated overlap sets, then the oldest."""
+    """Ready sets of prompts not hidden that still want a rater and that this rater neither holds nor
+    answered; the highest ``priority`` first (active learning: the sets the reward model can least tell
+    apart; sets without one last), then partly rated overlap sets, then the oldest."""
     mine = exists().where(Assignment.comparison_id == Comparison.id, Assignment.rater_id == rater_id)
     taken = _taken_count(Comparison.id, now)
     return (select(Comparison)
-            .where(Comparison.status == "ready", taken < Comparison.raters_wanted, ~mine,
+            .where(Comparison.status == "ready", taken < Comparison.raters_wanted, ~mine, _prompt_shown(),
                    Comparison.id.not_in(_answered_by(rater_id)), Comparison.id.not_in(refused or [-1]))
             .order_by(Comparison.priority.desc().nulls_last(), taken.desc(), Comparison.id).limit(1))
 

@@ -23,7 +23,8 @@ from feedback_app.logic import SetView
 
 log = logging.getLogger("pickloop.app")
 
-JS = (Path(__file__).parent / "static" / "rating_panel.js").read_text(encoding="utf-8")
+STATIC = Path(__file__).parent / "static"
+JS = (STATIC / "panel_common.js").read_text(encoding="utf-8") + (STATIC / "rating_panel.js").read_text(encoding="utf-8")
 CSS = """
 .pl-panel { width: 100%; --pl-side: 240px; --pl-cols: 4; }
 .pl-status { height: 1.6rem; line-height: 1.6rem; margin: 0; font-size: 0.9rem; overflow: hidden;

@@ -26,6 +26,7 @@ from pickloop.settings import get_settings
 
 log = logging.getLogger("pickloop.app")
 
+UNDO_SLACK_S = 3.0  # a page allows U for undo_seconds after an answer; the server allows this much more
 IDENTITY = "identity"  # session_state key: logic.Identity of the signed-in rater
 SESSION_ROW = "session_row"  # session_state key: id of the RaterSession behind the identity (token sign-ins)
 COOKIE_VALUE = "session_cookie"  # session_state key: the signed cookie value the page keeps in the browser
@@ -123,6 +124,14 @@ def image_bytes(ctx: Context, sha256: str) -> bytes:
     except Exception as e:  # noqa: BLE001 - a broken image must never break the page
         log.warning("image %s cannot be shown: %s", str(sha256)[:16], e)
         return PLACEHOLDER_PNG
+
+
+def create_enabled() -> bool:
+    """Whether admins left the Create page on."""
+    from feedback_app.create import create_settings
+
+    with read_session(context().engine) as s:
+        return create_settings(session=s).enabled
 
 
 # ---------------------------------------------------------------- identity

@@ -26,7 +26,9 @@ class Prompt(SQLModel, table=True):
     text_sha256: str = Field(max_length=64, unique=True, description="sha256 of the exact text; dedupes")
     pool: str = Field(default="default", max_length=64, index=True)
     split: str = Field(default="train", max_length=16, description="train or heldout (fixed by a hash)")
-    active: bool = Field(default=True)
+    active: bool = Field(default=True, description="false: hidden by an admin (never drawn or handed out)")
+    written_by: Optional[int] = Field(default=None, foreign_key="raters.id", index=True,
+                                      description="the rater who wrote it on the Create page; None: an admin's")
     created_at: datetime = Field(default_factory=utcnow)
 
 
@@ -90,11 +92,12 @@ class Comparison(SQLModel, table=True):
     key: str = Field(max_length=64, unique=True, description="random id of the set, used in idempotency keys")
     prompt_id: int = Field(foreign_key="prompts.id", index=True)
     model_version_id: int = Field(foreign_key="model_versions.id", index=True)
-    status: str = Field(default="drawing", max_length=16, description="drawing, ready, done or failed")
+    status: str = Field(default="drawing", max_length=16,
+                        description="drawing, ready, done or failed; offered: a Create set waiting for its rater")
     claimed_by: Optional[str] = Field(default=None, max_length=128, description="worker drawing it")
     claimed_at: Optional[datetime] = None
     raters_wanted: int = Field(default=1, ge=1, description="2+ for overlap sets (agreement)")
-    source: str = Field(default="queue", max_length=16, description="queue, import, loop or ai")
+    source: str = Field(default="queue", max_length=16, description="queue, import, loop, ai or create")
     priority: Optional[float] = Field(default=None,
                                       description="higher is shown first (active learning: reward-model uncertainty)")
     created_at: datetime = Field(default_factory=utcnow)

@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     queue_min_sets: int = Field(8, ge=1, description="Open sets the worker keeps even with no rater online.")
     queue_max_sets: int = Field(200, ge=1, description="Most open sets the worker keeps, however fast the raters.")
     session_hours: float = Field(12.0, gt=0.0, description="How long a sign-in lasts across reloads and tabs, hours.")
+    create_candidates: int = Field(4, ge=2, le=4, description="Candidates the Create page draws for a rater's "
+                                   "own prompt (2-4).")
+    create_threads: int = Field(1, ge=0, le=256, description="Torch threads the app draws Create's candidates with "
+                                "on a CPU (the queue worker draws on the other cores); 0: torch's default.")
     app_host: str = Field("127.0.0.1", description="Address the rating app binds to.")
     app_port: int = Field(8501, ge=1, le=65535, description="Port of the rating app.")
     sqlite_busy_timeout_ms: int = Field(30000, ge=0, description="How long SQLite waits on a lock, ms.")

@@ -18,7 +18,7 @@ from sqlmodel import Session, select
 
 from pickloop.errors import UserError
 from pickloop.schema import (
-    CHOICES, MAX_PROMPT_CHARS, Candidate, Comparison, Judgement, ModelVersion, Prompt, Rater, utcnow,
+    CHOICES, MAX_PROMPT_CHARS, Assignment, Candidate, Comparison, Judgement, ModelVersion, Prompt, Rater, utcnow,
 )
 
 HELDOUT_SHARE = 0.1  # share of prompts held out from every training set, fixed by a hash of the text
@@ -54,15 +54,19 @@ def validate_prompt(text: str) -> str:
     return text
 
 
-def add_prompts(*, session: Session, texts: Iterable[str], pool: str = "default") -> list[Prompt]:
-    """Add prompts (validated first, all or none); ones already stored are returned, not duplicated."""
+def add_prompts(*, session: Session, texts: Iterable[str], pool: str = "default",
+                written_by: int | None = None) -> list[Prompt]:
+    """Add prompts (validated first, all or none); ones already stored are returned, not duplicated.
+
+    ``written_by``: the rater who typed them (the Create page); a prompt already stored keeps its author.
+    """
     texts = [validate_prompt(t) for t in texts]
     out: list[Prompt] = []
     for text in dict.fromkeys(texts):
         sha = sha256_text(text)
         row = session.exec(select(Prompt).where(Prompt.text_sha256 == sha)).first()
         if row is None:
-            row = Prompt(text=text, text_sha256=sha, pool=pool, split=prompt_split(text))
+            row = Prompt(text=text, text_sha256=sha, pool=pool, split=prompt_split(text), written_by=written_by)
             session.add(row)
             session.flush()
         out.append(row)
@@ -79,6 +83,18 @@ def list_prompts(*, session: Session, pool: str | None = None, split: str | None
     if active is not None:
         q = q.where(Prompt.active == active)
     return list(session.exec(q))
+
+
+def set_prompt_hidden(*, session: Session, prompt_id: int, hidden: bool = True) -> Prompt:
+    """Hide a prompt (admins): it is never drawn again, its waiting sets are not handed out, and the
+    Create page refuses it. ``hidden=False`` serves it again."""
+    row = session.get(Prompt, prompt_id)
+    if row is None:
+        raise UserError(f"no prompt with id {prompt_id}")
+    row.active = not hidden
+    session.add(row)
+    session.flush()
+    return row
 
 
 # ---------------------------------------------------------------- raters
@@ -157,6 +173,12 @@ def promote(*, session: Session, version: ModelVersion) -> None:
     session.flush()
 
 
+def serving_version(*, session: Session, rater_id: int, base_model: str) -> ModelVersion:
+    """The version that draws for ``rater_id``: the promoted one (the base model's own version, made
+    and promoted when none is). Call inside a write session: it may register the base version."""
+    return promoted_version(session=session) or ensure_base_version(session=session, base_model=base_model)
+
+
 def find_version(*, session: Session, ref: str | int) -> ModelVersion:
     """A version by id, name or ``latest`` (the promoted one)."""
     if ref == "latest":
@@ -200,6 +222,11 @@ def _lock_comparison(session: Session, comparison_id: int) -> Comparison | None:
                         .execution_options(populate_existing=True)).first()
 
 
+def _handed_to(session: Session, comparison_id: int, rater_id: int) -> bool:
+    return session.exec(select(Assignment.id).where(Assignment.comparison_id == comparison_id,
+                                                    Assignment.rater_id == rater_id)).first() is not None
+
+
 def record_judgement(*, session: Session, comparison_id: int, rater_id: int, choice: str,
                      winner_id: int | None, shown_order: Sequence[int], idempotency_key: str,
                      time_ms: int | None = None) -> tuple[Judgement, bool]:
@@ -217,8 +244,10 @@ def record_judgement(*, session: Session, comparison_id: int, rater_id: int, cho
     if rater is None or not rater.active:
         raise UserError(f"unknown rater id {rater_id}")
     comp = _lock_comparison(session, comparison_id)
-    if comp is None or comp.status not in ("ready", "done"):
+    if comp is None or comp.status not in ("ready", "offered", "done"):
         raise UserError(f"set {comparison_id} is not ready to be judged")
+    if comp.source == "create" and not _handed_to(session, comparison_id, rater_id):
+        raise UserError(f"set {comparison_id} was drawn for another rater")
     ids = [c.id for c in candidates_of(session=session, comparison_id=comparison_id)]
     if sorted(shown_order) != sorted(ids):
         raise UserError("shown order must list each candidate of the set once")
@@ -254,7 +283,7 @@ def undo_judgement(*, session: Session, judgement_id: int, rater_id: int, within
     comp = _lock_comparison(session, row.comparison_id)
     session.delete(row)
     if comp is not None and comp.status == "done":
-        comp.status = "ready"
+        comp.status = "offered" if comp.source == "create" else "ready"  # a Create set is its rater's again
         session.add(comp)
     session.flush()
     return True

@@ -5,7 +5,7 @@ and ``importlib.import_module("...")`` included):
     reward                                           core
     generator                                        core, reward's surface
     finetune                                         core, reward's and generator's surfaces
-    feedback_app                                     core
+    feedback_app                                     core, generator's surface (the Create page draws)
     orchestration: pickloop.cli, pickloop.__main__,  core, every stage's surface, its own package's
       pickloop.loop.*, each package's commands,      modules
       the benches (pickloop.shapes.bench, reward.bench, finetune.bench.*)
@@ -22,7 +22,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("pickloop", "reward", "generator", "finetune", "feedback_app")
-STAGE_MAY_USE = {"reward": (), "generator": ("reward",), "finetune": ("reward", "generator"), "feedback_app": ()}
+STAGE_MAY_USE = {"reward": (), "generator": ("reward",), "finetune": ("reward", "generator"),
+                 "feedback_app": ("generator",)}
 SKIP = ("pickloop/migrations", "finetune/bench/reference_shims", "pickloop/shapes/models")
 
 

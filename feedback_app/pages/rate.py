@@ -16,7 +16,6 @@ from pickloop.db import read_session
 from pickloop.pace import pace, wait_message
 
 PANEL_KEY = "rating_panel"
-UNDO_SLACK_S = 3.0  # the page allows U for undo_seconds after an answer; the server allows this much more
 
 ident = ui.require_identity()
 ctx = ui.context()
@@ -48,7 +47,7 @@ def undo(p: Panel, token: str) -> None:
     with read_session(ctx.engine) as s:
         recorded = logic.answered(session=s, rater_id=me.rater_id, comparison_id=view.comparison_id)
     if recorded and not ui.run_write(logic.undo_answer, identity=me, comparison_id=view.comparison_id,
-                                     within_s=ctx.settings.undo_seconds + UNDO_SLACK_S):
+                                     within_s=ctx.settings.undo_seconds + ui.UNDO_SLACK_S):
         notice(f"Too late to undo: an answer can be taken back for {ctx.settings.undo_seconds:g} s.")
         return
     p.restore(token)

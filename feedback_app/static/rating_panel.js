@@ -21,32 +21,9 @@
 // Double clicks and held keys: the second click of a double click (event.detail > 1) and key
 // repeats are ignored, so they never answer the set that has just appeared.
 
+// uid, make, button, setStatus, typing, digitOf and squareLayout come from panel_common.js, prepended to this file.
+
 const KEYS = { t: "tie", n: "none", s: "skip" };
-let seq = 0;
-
-function uid() {
-  seq += 1;
-  return `${Date.now().toString(36)}-${seq}-${Math.random().toString(36).slice(2, 8)}`;
-}
-
-function make(tag, cls, text) {
-  const e = document.createElement(tag);
-  if (cls) e.className = cls;
-  if (text !== undefined) e.textContent = text;
-  return e;
-}
-
-function button(label, cls, title, onClick) {
-  const b = make("button", cls, label);
-  b.type = "button";
-  b.title = title;
-  b.addEventListener("click", (ev) => { if (ev.detail <= 1) onClick(ev); });
-  return b;
-}
-
-function setStatus(panel, text) {
-  panel.status.textContent = text || "\u00a0";
-}
 
 function answer(panel, set, choice, winnerId) {
   if (panel.shown !== set.token) return; // only the set on screen can be answered
@@ -147,25 +124,11 @@ function build(panel, set, srcs) {
   return node;
 }
 
-// The largest square side for n candidates: try each number of columns; one column on a phone.
+// The largest square side for the candidates that fits under the panel's top (squareLayout).
 function layout(panel) {
   const n = Math.max(2, ...panel.queueNow.map((s) => s.candidates.length), 2);
-  const width = panel.root.clientWidth || window.innerWidth;
-  const top = panel.root.getBoundingClientRect().top + (window.scrollY || 0);
   // status line, prompt, the row of buttons and their margins, as drawn (px)
-  const chrome = panel.status.offsetHeight + 34 + panel.row.offsetHeight + 30;
-  const height = Math.max(160, window.innerHeight - Math.max(0, Math.min(top, 260)) - chrome);
-  const gap = 12;
-  let best = { side: 0, cols: 1 };
-  const options = width < 600 ? [1] : [...new Set([n, 2, 1])];
-  for (const cols of options) {
-    const rows = Math.ceil(n / cols);
-    const side = Math.floor(Math.min((width - gap * (cols - 1) - 8) / cols, (height - gap * (rows - 1)) / rows));
-    if (side > best.side) best = { side, cols };
-  }
-  if (width < 600) best.side = Math.floor(width - 8);
-  panel.root.style.setProperty("--pl-cols", String(best.cols));
-  panel.root.style.setProperty("--pl-side", `${Math.max(96, best.side)}px`);
+  squareLayout(panel.root, n, panel.status.offsetHeight + 34 + panel.row.offsetHeight + 30);
 }
 
 // Put the first set not yet answered here on screen; keep the others built and hidden.
@@ -205,8 +168,7 @@ function onKey(ev) {
   const panel = window.__pickloopPanel;
   if (!panel || !panel.root.isConnected) return;
   if (ev.repeat || ev.ctrlKey || ev.metaKey || ev.altKey) return;
-  const t = ev.target;
-  if (t && (t.isContentEditable || ["INPUT", "TEXTAREA", "SELECT"].includes(t.tagName))) return;
+  if (typing(ev)) return;
   const k = (ev.key || "").toLowerCase();
   if (k === "escape" && panel.overlay) {
     closeOverlay(panel);
@@ -216,9 +178,8 @@ function onKey(ev) {
     showGuide(panel);
   } else if (panel.current && panel.shown !== null) {
     const set = panel.current;
-    const digit = /^Digit([1-9])$/.exec(ev.code || "");
-    const i = digit ? Number(digit[1]) : Number.parseInt(k, 10);
-    if (i >= 1 && i <= set.candidates.length && String(i) === (digit ? digit[1] : k)) {
+    const i = digitOf(ev);
+    if (i >= 1 && i <= set.candidates.length) {
       if (ev.shiftKey) {
         const img = panel.nodes.get(set.token).querySelectorAll("img")[i - 1];
         enlarge(panel, img.src, img.alt);

@@ -1,0 +1,120 @@
+"""The Create page under Streamlit's AppTest, driven as its panel's script drives it: a request for
+candidates, then keeps, replays and undos in the outbox. The model is replaced by solid colours here
+(the real drawing: test_create.py and the Chromium test)."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import uuid
+
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from feedback_app import create
+from pickloop.db import write_session
+from pickloop.schema import Comparison, Judgement, Prompt
+from pickloop.store import ensure_base_version
+from tests.feedback_app.helpers import APP_DIR, count, judgements
+from tests.feedback_app.test_create import FakeDraw
+
+KEY = "create_panel"
+
+
+@pytest.fixture
+def draw(ctx, monkeypatch):
+    with write_session(ctx.engine) as s:
+        ensure_base_version(session=s, base_model=ctx.base_model)
+    fake = FakeDraw()
+    monkeypatch.setattr(create, "draw_candidates", fake)
+    return fake
+
+
+def page(ident=None) -> AppTest:  # noqa: ANN001
+    at = AppTest.from_file(str(APP_DIR / "pages" / "create.py"), default_timeout=60)
+    if ident is not None:
+        at.session_state["identity"] = ident
+    return at.run()
+
+
+def data(at) -> dict | None:  # noqa: ANN001
+    found = [e for e in at.get("bidi_component") if e.proto.component_name == "pickloop.create_panel"]
+    return json.loads(found[0].proto.json) if found else None
+
+
+def send(at, *, request=None, outbox=None):  # noqa: ANN001, ANN201
+    """Set the component's state as the panel's script does, and rerun."""
+    prev = at.session_state[KEY] if KEY in at.session_state else {}
+    value = {"request": prev.get("request"), "outbox": prev.get("outbox", []), "need": None}
+    if request is not None:
+        value["request"] = {"id": uuid.uuid4().hex, "prompt": request} if isinstance(request, str) else request
+    if outbox is not None:
+        value["outbox"] = outbox
+    at.session_state[KEY] = value
+    return at.run()
+
+
+def entry(token: str, choice: str, winner_id: int | None = None) -> dict:
+    return {"id": uuid.uuid4().hex, "token": token, "choice": choice, "winner_id": winner_id, "ms": 700}
+
+
+def test_create_keep_replay_undo_and_keep_again(ctx, alice, draw):
+    at = page(alice[0])
+    assert not at.exception and data(at)["set"] is None and data(at)["n"] == 4
+    send(at, request="a large red circle")
+    shown = data(at)["set"]
+    assert shown["prompt"] == "a large red circle" and len(shown["candidates"]) == 4 and shown["answer"] is None
+    first = shown["candidates"][0]
+    img = Image.open(io.BytesIO(base64.b64decode(first["src"].split(",", 1)[1])))
+    assert img.text["prompt"] == "a large red circle" and img.text["seed"] == first["name"].rsplit("-", 1)[1][:-4]
+    at.run()  # a rerun replays the request: nothing is drawn again, and the images are not sent twice
+    assert draw.calls == 1 and count(ctx, Comparison) == 1 and "src" not in data(at)["set"]["candidates"][0]
+    token, ids = shown["token"], [c["id"] for c in shown["candidates"]]
+    keep1 = entry(token, "pick", ids[1])
+    send(at, outbox=[keep1])
+    send(at, outbox=[keep1, keep1])  # the same answer delivered again (replayed state, reconnect)
+    (j,) = judgements(ctx)
+    assert (j.choice, j.winner_id, j.time_ms) == ("pick", ids[1], 700)
+    assert data(at)["set"]["answer"] == {"choice": "pick", "winner_id": ids[1]} and keep1["id"] in data(at)["acked"]
+    send(at, outbox=[entry(token, "undo")])
+    assert count(ctx, Judgement) == 0 and data(at)["set"]["answer"] is None
+    send(at, outbox=[entry(token, "pick", ids[3])])
+    (j,) = judgements(ctx)
+    assert j.winner_id == ids[3]
+    with write_session(ctx.engine) as s:
+        comp = s.get(Comparison, j.comparison_id)
+        assert (comp.source, comp.status) == ("create", "done")
+        assert s.get(Prompt, comp.prompt_id).written_by == alice[0].rater_id
+
+
+def test_bad_input_gets_one_line_and_writes_nothing(ctx, alice, draw):
+    at = page(alice[0])
+    for text, line in (("x" * 301, "Your prompt is 301 characters; the limit is 300."), ("   ", "Type a prompt first.")):
+        send(at, request=text)
+        assert data(at)["status"]["text"] == line
+    assert draw.calls == 0 and count(ctx, Prompt) == 0 and data(at)["set"] is None
+
+
+def test_an_answer_for_a_set_this_session_never_sent_writes_nothing(ctx, alice, draw):
+    from feedback_app.create import create_offer
+    from tests.feedback_app.helpers import make_rater
+
+    bob, _ = make_rater(ctx, "bob")
+    other = create_offer(ctx, identity=bob, text="bob's own", request_id="b")
+    at = page(alice[0])
+    forged = entry(f"{other.view.key}.0", "pick", other.view.candidates[0].id)
+    send(at, outbox=[forged, entry("nonsense", "none"), {"garbage": True}])
+    assert not at.exception and count(ctx, Judgement) == 0 and forged["id"] in data(at)["acked"]
+
+
+def test_switched_off_the_page_says_so(ctx, alice, draw):
+    with write_session(ctx.engine) as s:
+        create.save_create_settings(session=s, enabled=False, max_prompt_chars=300)
+    at = page(alice[0])
+    assert data(at) is None and "switched off" in at.info[0].value and draw.calls == 0
+
+
+def test_signed_out_the_page_asks_to_sign_in(ctx):
+    at = page()
+    assert "sign in" in at.warning[0].value and data(at) is None
