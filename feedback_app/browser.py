@@ -168,3 +168,36 @@ def visible_set(page):  # noqa: ANN001, ANN201
 def focus_page(page) -> None:  # noqa: ANN001
     """Move keyboard focus to the page body so hotkeys reach Streamlit, not a text field."""
     page.evaluate("() => { if (document.activeElement) document.activeElement.blur(); }")
+
+
+# The Create panel shows a set other than oldKey with all n images decoded: its key.
+CREATE_SHOWN_JS = """([oldKey, n]) => {
+  const set = document.querySelector('.pc-set:not([hidden])');
+  if (!set || !set.dataset.key || set.dataset.key === oldKey) return null;
+  const imgs = [...set.querySelectorAll('img')];
+  if (imgs.length !== n || !imgs.every(i => i.complete && i.naturalWidth > 0)) return null;
+  return set.dataset.key;
+}"""
+CREATE_STATE_JS = """() => { const p = window.__pickloopCreate; if (!p) return 'no Create panel';
+  return JSON.stringify({set: p.set && p.set.token, srcs: [...p.srcs.keys()], answer: p.answer, pending: p.pending,
+    outbox: p.outbox.map(a => [a.token, a.choice]), status: p.status.textContent}); }"""
+
+
+def create(page, prompt: str, *, n: int, old_key: str | None = None, timeout_ms: float = 120_000) -> str:  # noqa: ANN001
+    """On the Create page: type ``prompt``, press Enter, wait until its ``n`` candidates are shown; the set's key."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    box = page.get_by_label("Prompt")
+    box.fill(prompt)
+    box.press("Enter")
+    try:
+        handle = page.wait_for_function(CREATE_SHOWN_JS, arg=[old_key or "", n], polling="raf", timeout=timeout_ms)
+    except PlaywrightTimeout as e:
+        raise AssertionError(f"no candidates within {timeout_ms / 1000:g} s; panel: {page.evaluate(CREATE_STATE_JS)}") from e
+    return handle.json_value()
+
+
+def wait_for_create_acknowledged(page, *, timeout_ms: float = 30_000) -> None:  # noqa: ANN001
+    """Wait until the server has acknowledged every answer (and undo) the Create panel sent."""
+    page.wait_for_function("() => window.__pickloopCreate && window.__pickloopCreate.outbox.length === 0",
+                           polling="raf", timeout=timeout_ms)

@@ -207,6 +207,7 @@ export default function (component) {
   if (!panel) {
     panel = mountCreate(parentElement);
     parentElement.__pickloopCreate = panel;
+    if (!(data && data.set)) panel.input.focus(); // a fresh page: ready to type
   }
   panel.setStateValue = setStateValue;
   window.__pickloopCreate = panel;

@@ -160,3 +160,61 @@ def test_undo_takes_back_exactly_the_last_answer_recorded_or_not(ctx, home, alic
     for j in rows:
         what, shas = final[key_of[j.comparison_id]]
         assert j.choice == "pick" and sha_of[j.winner_id] == shas[int(what) - 1], (j.id, what, shas.index(sha_of[j.winner_id]) + 1)
+
+
+def _png_text(path) -> tuple[dict, bytes]:  # noqa: ANN001
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return dict(img.text), img.convert("RGB").tobytes()
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_create_keep_downloads_the_png_and_stores_one_judgement(ctx, home, alice):
+    """Sign in, Create, keep 2 (the PNG downloads with prompt, seed and model version in its text chunks),
+    a second press and a click do nothing, U takes it back, a click keeps 3: one judgement, the third."""
+    from PIL import Image
+
+    from pickloop.db import write_session
+    from pickloop.schema import Judgement, ModelVersion, Prompt
+    from pickloop.store import ensure_base_version
+
+    with write_session(ctx.engine) as s:
+        version = ensure_base_version(session=s, base_model=ctx.base_model).name
+    prompt = "a large red circle on a blue background"
+    with browser.app_server(home=home) as url, browser.chromium_page() as page:
+        browser.sign_in(page, url, name="alice", token=alice[1])
+        page.get_by_role("link", name="Create").click()
+        key = browser.create(page, prompt, n=4)
+        with page.expect_download() as first:
+            page.keyboard.press("2")
+        kept = page.locator(".pc-set .pl-cand").nth(1)
+        assert "pc-kept" in kept.get_attribute("class")
+        page.keyboard.press("2")  # one answer a set: this and the click below change nothing
+        page.locator(".pc-set .pl-cand").nth(0).click()
+        browser.wait_for_create_acknowledged(page)
+        assert len(judgements(ctx)) == 1
+        page.keyboard.press("U")
+        browser.wait_for_create_acknowledged(page)
+        assert judgements(ctx) == []
+        with page.expect_download() as second:
+            page.locator(".pc-set .pl-cand").nth(2).click()
+        browser.wait_for_create_acknowledged(page)
+        page.wait_for_timeout(300)  # a late extra answer (from the presses above) would land now
+        texts = [_png_text(d.value.path()) + (d.value.suggested_filename,) for d in (first, second)]
+    (j,) = judgements(ctx)
+    with read_session(ctx.engine) as s:
+        comp = s.exec(select(Comparison).where(Comparison.key == key)).one()
+        cands = {c.id: c for c in s.exec(select(Candidate).where(Candidate.comparison_id == comp.id))}
+        by_slot = sorted(cands.values(), key=lambda c: c.slot)
+        assert (comp.source, comp.status) == ("create", "done")
+        assert s.get(Prompt, comp.prompt_id).written_by == alice[0].rater_id
+        assert s.exec(select(ModelVersion).where(ModelVersion.id == comp.model_version_id)).one().name == version
+        assert len(s.exec(select(Judgement)).all()) == 1
+    assert (j.choice, j.winner_id, j.rater_id) == ("pick", by_slot[2].id, alice[0].rater_id)
+    for (text, pixels, name), cand in zip(texts, (by_slot[1], by_slot[2])):
+        assert text["prompt"] == prompt and text["seed"] == str(cand.seed) and text["model_version"] == version
+        assert name == f"pickloop-{key[:8]}-{cand.seed}.png"
+        stored = Image.open(ctx.images.local_path(cand.image_sha256)).convert("RGB").tobytes()
+        assert pixels == stored  # the file is the candidate kept
