@@ -75,6 +75,17 @@ def save_create_settings(*, session: Session, enabled: bool, max_prompt_chars: i
     return value
 
 
+def prompt_rows(*, session: Session, limit: int = 500) -> list[dict]:
+    """The newest prompts for the admin page: id, text, who wrote it (a rater's name, or "admin" for
+    prompts added from the admin page or the command line), hidden, pool."""
+    from pickloop.schema import Rater
+
+    q = (select(Prompt, Rater.name).join(Rater, Prompt.written_by == Rater.id, isouter=True)
+         .order_by(Prompt.id.desc()).limit(limit))
+    return [{"id": p.id, "prompt": p.text, "written by": name or "admin", "hidden": not p.active, "pool": p.pool}
+            for p, name in session.exec(q)]
+
+
 # ---------------------------------------------------------------- the prompt
 
 def check_prompt(*, session: Session, text: str, settings: CreateSettings) -> str:

@@ -1,22 +1,25 @@
-"""Admin (admin role only): queue, prompts, model versions and win rates, agreement, raters, export."""
+"""Admin (admin role only): queue, prompts (add, hide), Create settings, model versions and win rates,
+agreement, raters, rating guide, export."""
 import pandas as pd
 import streamlit as st
 
-from feedback_app import logic, ui
+from feedback_app import create, logic, ui
 from pickloop.db import read_session
-from pickloop.store import list_raters
+from pickloop.store import list_raters, set_prompt_hidden
 
 ident = ui.require_admin()
 ctx = ui.context()
 st.title("Admin")
-queue, prompts, models, agree, raters, guide, export = st.tabs(
-    ["Queue", "Prompts", "Models", "Agreement", "Raters", "Rating guide", "Export"])
+queue, prompts, create_tab, models, agree, raters, guide, export = st.tabs(
+    ["Queue", "Prompts", "Create", "Models", "Agreement", "Raters", "Rating guide", "Export"])
 
 with read_session(ctx.engine) as s:
     counts = logic.queue_counts(session=s)
     rates = logic.win_rates_by_version(session=s)
     report = logic.agreement(session=s)
     guide_text = logic.rating_guide(session=s)
+    create_now = create.create_settings(session=s)
+    prompt_rows = create.prompt_rows(session=s)
     rater_rows = [{"id": r.id, "name": r.name, "role": r.role, "kind": r.kind, "active": r.active}
                   for r in list_raters(session=s)]  # plain dicts: rows expire when the session ends
 
@@ -41,6 +44,38 @@ with prompts:
     st.file_uploader("…or upload a UTF-8 text file (one prompt per line)", type=["txt"], key="admin_prompt_file")
     st.text_input("Pool", value="default", key="admin_pool")
     st.button("Add prompts", key="admin_add_prompts", on_click=_add_prompts)
+
+    def _hide(hidden: bool) -> None:
+        prompt_id = st.session_state.get("admin_hide_prompt")
+        if prompt_id is not None and ui.run_write(set_prompt_hidden, prompt_id=prompt_id, hidden=hidden):
+            st.session_state["notice"] = ("success", f"prompt {prompt_id} {'hidden' if hidden else 'served again'}")
+
+    st.subheader("Prompts in the pool, newest first")
+    st.caption("Raters' own prompts from the Create page name their rater. A hidden prompt is never drawn again, "
+               "its waiting sets are not handed out, and Create refuses it.")
+    if prompt_rows:
+        st.dataframe(pd.DataFrame(prompt_rows), hide_index=True)
+        texts = {r["id"]: f"{r['id']}: {r['prompt'][:80]} ({r['written by']}{', hidden' if r['hidden'] else ''})"
+                 for r in prompt_rows}
+        st.selectbox("Prompt", list(texts), format_func=texts.get, key="admin_hide_prompt")
+        row = st.container(horizontal=True)
+        row.button("Hide", key="admin_hide", on_click=_hide, args=(True,))
+        row.button("Serve again", key="admin_unhide", on_click=_hide, args=(False,))
+
+with create_tab:
+    def _save_create() -> None:
+        res = ui.run_write(create.save_create_settings, enabled=st.session_state.get("admin_create_on", True),
+                           max_prompt_chars=int(st.session_state.get("admin_create_max", 0)))
+        if res is not None:
+            st.session_state["notice"] = ("success", f"Create is {'on' if res.enabled else 'off'}; prompts up to "
+                                                     f"{res.max_prompt_chars} characters")
+
+    st.caption("Raters type a prompt, get candidates from the version that serves them, and keep one: a judgement "
+               "like any pick, and the prompt joins the pool.")
+    st.toggle("Create page on", value=create_now.enabled, key="admin_create_on")
+    st.number_input("Longest prompt, characters", min_value=1, max_value=2000, step=10,
+                    value=create_now.max_prompt_chars, key="admin_create_max")
+    st.button("Save Create settings", key="admin_save_create", on_click=_save_create)
 
 with models:
     if not rates:

@@ -10,6 +10,7 @@ import uuid
 
 import pytest
 from PIL import Image
+from sqlmodel import select
 from streamlit.testing.v1 import AppTest
 
 from feedback_app import create
@@ -118,3 +119,32 @@ def test_switched_off_the_page_says_so(ctx, alice, draw):
 def test_signed_out_the_page_asks_to_sign_in(ctx):
     at = page()
     assert "sign in" in at.warning[0].value and data(at) is None
+
+
+def test_admins_switch_create_off_cap_prompts_and_hide_one(ctx, alice, admin, draw):
+    from pickloop.db import read_session
+
+    create.create_offer(ctx, identity=alice[0], text="something rude", request_id="r", draw=draw)
+    at = AppTest.from_file(str(APP_DIR / "app.py"), default_timeout=60)
+    at.session_state["identity"] = alice[0]
+    at.run().switch_page("pages/create.py").run()  # in a rater's navigation while Create is on
+    assert not at.exception
+    page = AppTest.from_file(str(APP_DIR / "pages" / "admin.py"), default_timeout=60)
+    page.session_state["identity"] = admin[0]
+    page.run()
+    page.toggle(key="admin_create_on").set_value(False)
+    page.number_input(key="admin_create_max").set_value(120)
+    page.button(key="admin_save_create").click().run()
+    assert not page.exception
+    with read_session(ctx.engine) as s:
+        assert create.create_settings(session=s) == create.CreateSettings(False, 120)
+        prompt_id = s.exec(select(Prompt.id).where(Prompt.text == "something rude")).one()
+    page.selectbox(key="admin_hide_prompt").set_value(prompt_id)
+    page.button(key="admin_hide").click().run()
+    assert not page.exception and "hidden" in page.success[0].value
+    with read_session(ctx.engine) as s:
+        assert not s.get(Prompt, prompt_id).active
+    rater = AppTest.from_file(str(APP_DIR / "app.py"), default_timeout=60)
+    rater.session_state["identity"] = alice[0]
+    with pytest.raises(ValueError, match="Could not find a navigation page"):  # gone from a rater's navigation
+        rater.run().switch_page("pages/create.py")

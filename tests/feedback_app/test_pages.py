@@ -59,7 +59,7 @@ def test_wrong_token_and_unauthenticated_requests_write_nothing(ctx, alice):
     at.button[0].click().run()
     assert "wrong token" in at.error[0].value
     assert panel_data(at) is None
-    for script in ("pages/rate.py", "pages/history.py", "pages/admin.py"):  # a page reached directly
+    for script in ("pages/rate.py", "pages/create.py", "pages/history.py", "pages/admin.py"):  # reached directly
         page = app(script=script)
         assert "sign in" in page.warning[0].value and not page.button
     assert count(ctx, Assignment) == 0 and count(ctx, Judgement) == 0
@@ -206,7 +206,7 @@ def test_admin_page_refused_to_a_rater(ctx, alice, admin):
     page = app(alice[0], script="pages/admin.py")
     assert "admins only" in page.error[0].value and not page.tabs
     page = app(admin[0], script="pages/admin.py")
-    assert not page.exception and len(page.tabs) == 7
+    assert not page.exception and len(page.tabs) == 8
     assert any(m.label == "overall agreement" for m in page.metric)
     page.button(key="admin_export").click().run()
     assert not page.exception and page.get("download_button")
