@@ -211,3 +211,104 @@ def cmd_bench_history(args) -> None:  # noqa: ANN001
                 raise UserError(f"the History page failed: {at.exception[0].message}")
         shown = sum(h.proto.body.count('class="pl-hist-item"') for h in at.get("html"))
     print(f"first_page_ms={times[0]:.0f} warm_ms={times[1]:.0f} answers={args.answers} shown={shown}")
+
+
+# ---------------------------------------------------------------- pickloop bench create
+
+# Records when Enter reaches the page (before the panel's own handler: window, capture phase).
+ENTER_CLOCK_JS = """() => { if (!window.__benchEnter) { window.__benchEnter = true;
+  window.addEventListener('keydown', (e) => { if (e.key === 'Enter') window.__enterAt = performance.now(); }, true); } }"""
+# The Create panel shows a set other than oldKey, every image decoded: its key and the time since Enter.
+CREATE_SWAP_JS = """([oldKey, n]) => {
+  const set = document.querySelector('.pc-set:not([hidden])');
+  if (!set || !set.dataset.key || set.dataset.key === oldKey) return null;
+  const imgs = [...set.querySelectorAll('img')];
+  if (imgs.length !== n || !imgs.every(i => i.complete && i.naturalWidth > 0)) return null;
+  return { key: set.dataset.key, ms: performance.now() - window.__enterAt };
+}"""
+
+
+def _create_home(home: Path, candidates: int, threads: int):  # noqa: ANN202
+    """A fresh home with the shipped model as its promoted version and one rater; (ctx, identity, token)."""
+    from feedback_app.logic import identity_of
+    from pickloop.bootstrap import initialize_home
+    from pickloop.context import Context
+    from pickloop.db import write_session
+    from pickloop.schema import utcnow
+    from pickloop.settings import get_settings
+    from pickloop.store import add_rater
+
+    ctx = Context(get_settings(home=home, database_url=None, image_store_url=None, create_candidates=candidates,
+                               create_threads=threads))
+    initialize_home(ctx, first_admin=False, prompts=False)
+    with write_session(ctx.engine) as s:
+        rater, token = add_rater(session=s, name="bench")
+        rater.guide_seen_at = utcnow()
+        s.add(rater)
+        return ctx, identity_of(rater), token
+
+
+def run_create_bench(*, runs: int, candidates: int, threads: int) -> tuple[list[float], float]:
+    """Each run is what the server does for one Create request: check the prompt, draw the candidates with
+    the promoted version (the shipped model, its own steps and size), store images and rows, and make the
+    PNGs the page gets (text chunks included). Returns (ms per run, seconds of the first: the model's load)."""
+    from feedback_app.create import create_offer
+    from feedback_app.create_panel import CreatePanel
+    from pickloop.shapes.world import prompt_pool
+
+    with tempfile.TemporaryDirectory(prefix="pickloop-bench-create-") as tmp:
+        ctx, ident, _ = _create_home(Path(tmp) / "home", candidates, threads)
+        times = []
+        for i, text in enumerate(prompt_pool("train", n=runs + 1)):
+            t = time.perf_counter()
+            panel = CreatePanel()
+            panel.show(create_offer(ctx, identity=ident, text=text, request_id=f"bench-{i}"))
+            panel.data(ctx.images.read_bytes, None, None)
+            times.append(time.perf_counter() - t)
+    return [1000 * x for x in times[1:]], times[0]
+
+
+def run_create_browser_bench(*, runs: int, candidates: int, threads: int) -> tuple[list[float], float]:
+    """The same requests made in Chromium against ``streamlit run``: Enter in the prompt box to every
+    candidate decoded on screen, timed in the page. Returns (ms per run, seconds of the first)."""
+    from feedback_app import browser
+    from pickloop.shapes.world import prompt_pool
+
+    with tempfile.TemporaryDirectory(prefix="pickloop-bench-create-") as tmp:
+        home = Path(tmp) / "home"
+        _, _, token = _create_home(home, candidates, threads)
+        os.environ.update(PICKLOOP_CREATE_CANDIDATES=str(candidates), PICKLOOP_CREATE_THREADS=str(threads))
+        prompts = prompt_pool("train", n=runs + 1)
+        with browser.app_server(home=home) as url, browser.chromium_page() as page:
+            browser.sign_in(page, url, name="bench", token=token)
+            page.goto(url + "/create")
+            page.evaluate(ENTER_CLOCK_JS)
+            t = time.perf_counter()
+            key = browser.create(page, prompts[0], n=candidates)
+            first_s = time.perf_counter() - t
+            times = []
+            for text in prompts[1:]:
+                box = page.get_by_label("Prompt")
+                box.fill(text)
+                box.press("Enter")
+                try:
+                    swap = page.wait_for_function(CREATE_SWAP_JS, arg=[key, candidates], polling="raf",
+                                                  timeout=60_000).json_value()
+                except Exception:
+                    print("no candidates within 60 s; the panel holds:", page.evaluate(browser.CREATE_STATE_JS))
+                    raise
+                key = swap["key"]
+                times.append(float(swap["ms"]))
+    return times, first_s
+
+
+def cmd_bench_create(args) -> None:  # noqa: ANN001
+    if args.runs < 2 or args.threads < 0:
+        raise UserError("--runs must be >= 2 and --threads >= 0")
+    bench = run_create_browser_bench if args.browser else run_create_bench
+    xs, first_s = bench(runs=args.runs, candidates=args.candidates, threads=args.threads)
+    what = "Enter to every candidate decoded in Chromium" if args.browser else "the server's work for one request"
+    print(f"shipped model, promoted version; {args.runs} prompts; {what}; torch threads "
+          f"{args.threads or 'default'}; the first request (model load included) took {first_s:.1f} s; "
+          f"max {max(xs):.0f} ms")
+    print(f"p50_ms={percentile(xs, 50):.0f} p95_ms={percentile(xs, 95):.0f} candidates={args.candidates}")

@@ -1,4 +1,4 @@
-"""``pickloop app`` (the rating app and its queue worker) and ``pickloop bench app``."""
+"""``pickloop app`` (the rating app and its queue worker), ``pickloop bench app|history|create``."""
 from __future__ import annotations
 
 import argparse
@@ -38,6 +38,16 @@ def register(sub, bench_sub) -> None:  # noqa: ANN001
                    help="the home gets no first sets when made (as `pickloop app` on a home `pickloop init` "
                         "never saw): the first set waits for the worker's model to load")
     b.set_defaults(func=cmd_bench_app)
+    c = bench_sub.add_parser("create", help="time of the Create page's answer: N candidates by the shipped model",
+                             description="A fresh data home with the shipped model promoted; each run asks for "
+                                         "candidates for a new prompt as the Create page does (check, draw, store, "
+                                         "the PNGs with their text chunks). Last line: p50_ms p95_ms candidates.")
+    c.add_argument("--runs", type=int, default=30, help="prompts timed after the first (which loads the model)")
+    c.add_argument("--candidates", type=int, default=4, choices=(2, 3, 4), help="candidates per request")
+    c.add_argument("--threads", type=int, default=1, help="torch threads the drawing uses (0: torch's default)")
+    c.add_argument("--browser", action="store_true",
+                   help="time it in Chromium against the app: Enter in the prompt box to every candidate decoded")
+    c.set_defaults(func=cmd_bench_create)
     h = bench_sub.add_parser("history", help="time of the History page's first page for a rater with many answers",
                              description="Last line: first_page_ms (cold: thumbnails made) warm_ms answers shown.")
     h.add_argument("--answers", type=int, default=1000, help="answers the rater has given")
@@ -111,5 +121,11 @@ def cmd_bench_app(args: argparse.Namespace) -> None:
 
 def cmd_bench_history(args: argparse.Namespace) -> None:
     from feedback_app.bench import cmd_bench_history as run
+
+    run(args)
+
+
+def cmd_bench_create(args: argparse.Namespace) -> None:
+    from feedback_app.bench import cmd_bench_create as run
 
     run(args)

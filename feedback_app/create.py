@@ -215,7 +215,8 @@ def warm_up(ctx, rater_id: int) -> None:  # noqa: ANN001
         except Exception:  # noqa: BLE001 - the Create request that needs it will say why
             pass
 
-    threading.Thread(target=load, name=f"pickloop-create-warm-{version.id}", daemon=True).start()
+    # not a daemon: a process that exits meanwhile waits for the load rather than abort inside torch
+    threading.Thread(target=load, name=f"pickloop-create-warm-{version.id}").start()
 
 
 def create_offer(ctx, *, identity: Identity, text: str, request_id: str, n: int | None = None,  # noqa: ANN001

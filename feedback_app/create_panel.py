@@ -8,6 +8,7 @@ acknowledged, each with its own id and the token of the showing it answers; the 
 in its own state (a token it did not issue answers nothing) and records it under the set's idempotency
 key. The page shows a keep at once (and starts the download) without waiting for the server.
 
+Images travel with the set until the browser reports that it holds them (``held``).
 ``CreatePanel`` is per browser session (in ``st.session_state``) and makes no Streamlit calls, so tests
 drive it directly; ``mount`` is the component, defined once per process.
 """
@@ -51,8 +52,6 @@ class CreatePanel:
     token: str | None = None  # the set on screen
     acked: OrderedDict[str, None] = field(default_factory=OrderedDict)  # answer ids handled
     requests: OrderedDict[str, None] = field(default_factory=OrderedDict)  # request ids handled
-    imaged: set[str] = field(default_factory=set)  # tokens whose images went to the browser already
-    need_seen: str | None = None
 
     # ---------------------------------------------------------------- requests for candidates
 
@@ -105,24 +104,19 @@ class CreatePanel:
         while len(self.acked) > ACK_KEEP:
             self.acked.popitem(last=False)
 
-    def handle_need(self, value: Any) -> None:
-        """The browser asks for the images again (a panel mounted afresh): ``{"need": {"id", "token"}}``."""
-        need = value.get("need") if isinstance(value, dict) else None
-        if not isinstance(need, dict) or need.get("id") == self.need_seen:
-            return
-        self.need_seen = str(need.get("id"))
-        self.imaged.discard(str(need.get("token")))
-
     # ---------------------------------------------------------------- what the browser gets
 
-    def data(self, image_bytes: Callable[[str], bytes], answer: dict | None) -> dict[str, Any]:
-        """The component's data: the set on screen (its images, each a PNG carrying the download's text
-        chunks, only when the browser does not hold them yet), its recorded ``answer`` (``{choice,
-        winner_id}`` or None), and the answer and request ids handled."""
+    def data(self, image_bytes: Callable[[str], bytes], answer: dict | None, held: Any) -> dict[str, Any]:
+        """The component's data: the set on screen, with its images (each a PNG carrying the download's
+        text chunks) unless the browser says it holds them (``held``: the token it last reported), its
+        recorded ``answer`` (``{choice, winner_id}`` or None), and the answer and request ids handled.
+        The browser's word, not a record of what was sent, decides: a page whose data was lost (a run cut
+        short by the next, a panel mounted afresh) gets the images on the next run, which its report
+        that it lacks them starts."""
         offer, tok = self.current, self.token
         shown = None
         if offer is not None:
-            send = tok not in self.imaged
+            send = held != tok
             cands = []
             for c, seed, params in zip(offer.view.candidates, offer.seeds, offer.params):
                 entry = {"id": c.id, "name": download_name(offer.view.key, seed)}
@@ -131,7 +125,6 @@ class CreatePanel:
                                        params=params, version=offer.version, set_key=offer.view.key)
                     entry["src"] = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
                 cands.append(entry)
-            self.imaged = {tok}
             shown = {"token": tok, "key": offer.view.key, "prompt": offer.view.prompt, "version": offer.version,
                      "candidates": cands, "answer": answer}
         return {"set": shown, "acked": list(self.acked), "done": list(self.requests)}

@@ -69,7 +69,6 @@ def undo(p: CreatePanel, token: str) -> None:
 def refresh(p: CreatePanel) -> None:
     """Handle what the browser sent, in its order and each entry once: answers and undos, then a request."""
     value = state.get(PANEL_KEY)
-    p.handle_need(value)
     for answer in p.new_answers(value):
         offer, me = p.offer_of(answer), ui.identity()  # the rater always comes from the signed-in identity
         if answer.choice == "undo":
@@ -90,10 +89,10 @@ def recorded_answer(p: CreatePanel) -> dict | None:
     return None if j is None else {"choice": j.choice, "winner_id": j.winner_id}
 
 
-@st.fragment(run_every=2.0)
+@st.fragment
 def create_view() -> None:
-    """The panel; its requests and answers rerun only this fragment (and every 2 s, so that nothing the
-    browser sent waits for its next click)."""
+    """The panel; its requests and answers rerun only this fragment. Not on a timer (as Rate is): a timed
+    rerun that arrives while a set is being drawn would cut that run short before it sends the set."""
     if ui.identity() is None:  # signed out in another tab (or the session expired): to the sign-in page
         st.rerun(scope="app")
     with read_session(ctx.engine) as s:
@@ -106,11 +105,13 @@ def create_view() -> None:
     issue = state.pop("notice", None)  # a store error from ui.run_write
     if issue:
         notice(issue[1])
-    data = p.data(lambda sha: ui.image_bytes(ctx, sha), recorded_answer(p))
+    value = state.get(PANEL_KEY)
+    held = value.get("held") if isinstance(value, dict) else None
+    data = p.data(lambda sha: ui.image_bytes(ctx, sha), recorded_answer(p), held)
     data.update(undo_s=ctx.settings.undo_seconds, n=ctx.settings.create_candidates,
                 max_chars=settings.max_prompt_chars, status=state.get("create_status"))
-    create_panel.mount(key=PANEL_KEY, data=data, default={"request": None, "outbox": [], "need": None},
-                       on_request_change=lambda: None, on_outbox_change=lambda: None, on_need_change=lambda: None)
+    create_panel.mount(key=PANEL_KEY, data=data, default={"request": None, "outbox": [], "held": None},
+                       on_request_change=lambda: None, on_outbox_change=lambda: None, on_held_change=lambda: None)
 
 
 def warm_up() -> None:

@@ -4,8 +4,9 @@
 // Data from Python: {set: {token, key, prompt, version, candidates: [{id, name, src?}], answer}, acked:
 // [answer id], done: [request id], status: {id, text}, undo_s, n, max_chars}. `answer` is what the server
 // recorded for the set ({choice, winner_id} or null); images (src: PNGs that carry the download's text
-// chunks) come once per token, and the panel asks again ({need}) when it holds none.
-// State to Python: {request: {id, prompt}, outbox: [{id, token, choice, winner_id, ms}], need: {id, token}}.
+// chunks) come with the set until the panel reports that it holds them ({held: token}); a panel that
+// lacks them reports so ({held: "none:<id>"}), and they come again.
+// State to Python: {request: {id, prompt}, outbox: [{id, token, choice, winner_id, ms}], held: token}.
 //
 // As on the Rate page, an answer shows at once and travels afterwards: the outbox holds every answer the
 // server has not acknowledged, so none is lost to a rerun in flight, and the server records each once.
@@ -38,10 +39,20 @@ function request(panel) {
     return;
   }
   if (panel.pending && performance.now() - panel.pending.at < 30000) return; // one at a time: each is answered
-  panel.pending = { id: uid(), at: performance.now() };
-  panel.setStateValue("request", { id: panel.pending.id, prompt: text });
+  const pending = { id: uid(), at: performance.now(), tries: 1 };
+  panel.pending = pending;
+  panel.setStateValue("request", { id: pending.id, prompt: text });
   panel.createBtn.disabled = true;
   setStatus(panel, `Drawing ${plural(panel.n, "candidate")}\u2026`);
+  // Not answered in 5 s (the model's first load, or an answer lost to a run cut short): ask again under the
+  // same id, which the server draws for once; the state changes, so the server runs again.
+  const again = () => {
+    if (panel.pending !== pending || !panel.root.isConnected) return;
+    pending.tries += 1;
+    panel.setStateValue("request", { id: pending.id, prompt: text, try: pending.tries });
+    setTimeout(again, 5000);
+  };
+  setTimeout(again, 5000);
 }
 
 function blobUrl(src) {
@@ -183,7 +194,7 @@ function mountCreate(parentElement) {
   parentElement.appendChild(root);
   const panel = { root, form, input, count, status, sets_el, promptEl, grid, waiting, row, srcs: new Map(),
                   outbox: [], set: null, answer: null, last: null, pending: null, built: null, shownAt: 0,
-                  undoMs: 8000, n: 4, maxChars: 300, asked: "", askedAt: 0, lastServerStatus: null };
+                  undoMs: 8000, n: 4, maxChars: 300, held: undefined, askedAt: 0, lastServerStatus: null };
   panel.createBtn = button("Create", "pl-btn pc-create", "draw candidates for this prompt (Enter)", () => request(panel));
   panel.createBtn.style.flex = "0 0 auto";
   form.append(input, count, panel.createBtn);
@@ -239,11 +250,15 @@ export default function (component) {
   }
   if (set && set.candidates.every((c) => c.src)) panel.srcs.set(set.token, set.candidates.map((c) => c.src));
   for (const token of [...panel.srcs.keys()]) if (!set || token !== set.token) panel.srcs.delete(token);
+  const held = set && panel.srcs.has(set.token) ? set.token : null;
   const now = performance.now();
-  if (set && !panel.srcs.has(set.token) && (panel.asked !== set.token || now - panel.askedAt > 1500)) {
-    panel.asked = set.token;
+  if (held && panel.held !== held) {
+    panel.held = held; // the server stops sending them
+    setStateValue("held", held);
+  } else if (set && !held && (panel.held !== null || now - panel.askedAt > 1500)) {
+    panel.held = null; // e.g. a panel mounted afresh, while the server still thinks the old one holds them
     panel.askedAt = now;
-    setStateValue("need", { id: uid(), token: set.token });
+    setStateValue("held", `none:${uid()}`);
   }
   if (d.status && d.status.id !== panel.lastServerStatus) {
     panel.lastServerStatus = d.status.id;

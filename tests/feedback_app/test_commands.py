@@ -60,3 +60,17 @@ def test_percentile():
     assert percentile([5, 1, 3], 50) == 3
     assert percentile(list(range(101)), 95) == 95
     assert percentile([10.0], 95) == 10.0
+
+
+@pytest.mark.slow
+def test_bench_create_ends_with_its_figures(home):
+    import re
+
+    env = {**os.environ, "PICKLOOP_HOME": str(home), "OMP_NUM_THREADS": "1"}
+    proc = pickloop("bench", "create", "--runs", "2", "--candidates", "2", env=env)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert re.fullmatch(r"p50_ms=\d+ p95_ms=\d+ candidates=2", out.strip().splitlines()[-1])
+    bad = pickloop("bench", "create", "--runs", "1", env=env)
+    assert bad.communicate(timeout=60)[1].strip() == "pickloop: error: --runs must be >= 2 and --threads >= 0"
+    assert bad.returncode == 2

@@ -29,6 +29,7 @@ def draw(ctx, monkeypatch):
         ensure_base_version(session=s, base_model=ctx.base_model)
     fake = FakeDraw()
     monkeypatch.setattr(create, "draw_candidates", fake)
+    monkeypatch.setattr(create, "warm_up", lambda ctx, rater_id: None)  # no model to load
     return fake
 
 
@@ -44,14 +45,16 @@ def data(at) -> dict | None:  # noqa: ANN001
     return json.loads(found[0].proto.json) if found else None
 
 
-def send(at, *, request=None, outbox=None):  # noqa: ANN001, ANN201
+def send(at, *, request=None, outbox=None, held=None):  # noqa: ANN001, ANN201
     """Set the component's state as the panel's script does, and rerun."""
     prev = at.session_state[KEY] if KEY in at.session_state else {}
-    value = {"request": prev.get("request"), "outbox": prev.get("outbox", []), "need": None}
+    value = {"request": prev.get("request"), "outbox": prev.get("outbox", []), "held": prev.get("held")}
     if request is not None:
         value["request"] = {"id": uuid.uuid4().hex, "prompt": request} if isinstance(request, str) else request
     if outbox is not None:
         value["outbox"] = outbox
+    if held is not None:
+        value["held"] = held
     at.session_state[KEY] = value
     return at.run()
 
@@ -69,9 +72,14 @@ def test_create_keep_replay_undo_and_keep_again(ctx, alice, draw):
     first = shown["candidates"][0]
     img = Image.open(io.BytesIO(base64.b64decode(first["src"].split(",", 1)[1])))
     assert img.text["prompt"] == "a large red circle" and img.text["seed"] == first["name"].rsplit("-", 1)[1][:-4]
-    at.run()  # a rerun replays the request: nothing is drawn again, and the images are not sent twice
-    assert draw.calls == 1 and count(ctx, Comparison) == 1 and "src" not in data(at)["set"]["candidates"][0]
+    at.run()  # a rerun replays the request: nothing is drawn again; the images come until the page holds them
+    assert draw.calls == 1 and count(ctx, Comparison) == 1 and "src" in data(at)["set"]["candidates"][0]
     token, ids = shown["token"], [c["id"] for c in shown["candidates"]]
+    send(at, held=token)
+    assert "src" not in data(at)["set"]["candidates"][0]
+    send(at, held="none:1")  # a panel mounted afresh (back from another page) holds none
+    assert data(at)["set"]["candidates"][0]["src"] == first["src"]
+    send(at, held=token)
     keep1 = entry(token, "pick", ids[1])
     send(at, outbox=[keep1])
     send(at, outbox=[keep1, keep1])  # the same answer delivered again (replayed state, reconnect)
