@@ -269,8 +269,10 @@ def run_create_bench(*, runs: int, candidates: int, threads: int) -> tuple[list[
 
 
 def run_create_browser_bench(*, runs: int, candidates: int, threads: int) -> tuple[list[float], float]:
-    """The same requests made in Chromium against ``streamlit run``: Enter in the prompt box to every
-    candidate decoded on screen, timed in the page. Returns (ms per run, seconds of the first)."""
+    """The same requests made in Chromium against ``streamlit run`` as a rater makes them: Enter in the
+    prompt box, then (once the candidates are shown) 1 to keep the first, which downloads, and the next
+    prompt once the keep is acknowledged. Timed in the page, Enter to every candidate decoded. Returns
+    (ms per run, seconds of the first)."""
     from feedback_app import browser
     from pickloop.shapes.world import prompt_pool
 
@@ -288,6 +290,9 @@ def run_create_browser_bench(*, runs: int, candidates: int, threads: int) -> tup
             first_s = time.perf_counter() - t
             times = []
             for text in prompts[1:]:
+                with page.expect_download():
+                    page.keyboard.press("1")
+                browser.wait_for_create_acknowledged(page)
                 box = page.get_by_label("Prompt")
                 box.fill(text)
                 box.press("Enter")
