@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any, Callable
 
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from feedback_app.logic import CandidateView, Identity, SetView
@@ -239,9 +240,16 @@ def create_offer(ctx, *, identity: Identity, text: str, request_id: str, n: int 
         text = check_prompt(session=s, text=text, settings=settings)
         version_id = serving_version(session=s, rater_id=identity.rater_id, base_model=ctx.base_model).id
     rows = (draw or draw_candidates)(ctx, prompt=text, n=n, version_id=version_id)
-    with write_session(ctx.engine) as s:
-        return record_offer(session=s, identity=identity, key=key, text=text, version_id=version_id,
-                            candidates=rows, settings=settings)
+    try:
+        with write_session(ctx.engine) as s:
+            return record_offer(session=s, identity=identity, key=key, text=text, version_id=version_id,
+                                candidates=rows, settings=settings)
+    except IntegrityError:  # the same request stored meanwhile by another run (its key is unique): that set
+        with write_session(ctx.engine) as s:
+            found = find_offer(session=s, key=key, rater_id=identity.rater_id)
+        if found is None:
+            raise
+        return found
 
 
 # ---------------------------------------------------------------- the answer
