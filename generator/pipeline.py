@@ -58,7 +58,7 @@ def resolve_device(device: str = "auto") -> str:
     return "cpu"
 
 
-def resolve_dtype(dtype: Any, device: str):  # noqa: ANN201 - torch.dtype
+def resolve_dtype(dtype: Any, device: str) -> Any:  # a torch.dtype
     import torch
 
     if dtype in ("auto", None):
@@ -107,7 +107,7 @@ def _resolve_lora(lora: str | int | None, model: str | None, ctx) -> tuple[str |
 
 
 def load_pipeline(model: str | None = None, lora: str | int | None = None, device: str = "auto",
-                  dtype: Any = "auto", *, ctx=None, lora_sha256: str | None = None):  # noqa: ANN001, ANN201
+                  dtype: Any = "auto", *, ctx=None, lora_sha256: str | None = None) -> Any:  # noqa: ANN001
     """A text-to-image pipeline for ``model`` with the LoRA ``lora``, cached per (model, LoRA) in this process.
 
     ``model``: local diffusers folder, hub id, or None for the context's base model (the embedded
@@ -173,7 +173,7 @@ def _from_pretrained(model: str, model_path: str, torch_dtype):  # noqa: ANN001,
             return DiffusionPipeline.from_pretrained(model_path, use_safetensors=True, **dtype_kw)
     except UserError:
         raise
-    except Exception as e:  # hub unreachable, no safetensors, broken config: one line naming the model
+    except Exception as e:  # noqa: BLE001 - hub unreachable, no safetensors, broken config: one line naming the model
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"cannot load model {model}: {first[:300]}") from None
 

@@ -39,7 +39,7 @@ from sqlalchemy import and_, exists, func, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from generator.active_learning import (  # noqa: F401 - set_priority is re-exported
+from generator.active_learning import (  # set_priority is re-exported
     load_reward_model_for_queue, rescore_if_new_reward_model, set_priority)
 from pickloop.errors import UserError
 from pickloop.schema import Candidate, Comparison, Judgement, ModelVersion, Prompt, utcnow

@@ -64,7 +64,8 @@ def run_dpo(ctx: Any, cfg: DPOConfig, *, out_dir: Path | str, work_dir: Path | s
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m finetune.dpo`` (or ``accelerate launch -m finetune.dpo``): train on the store in $PICKLOOP_HOME."""
-    ap = argparse.ArgumentParser(prog="python -m finetune.dpo", description="Diffusion-DPO with a LoRA on the U-Net, trained on the raters' picks.")
+    ap = argparse.ArgumentParser(prog="python -m finetune.dpo",
+                                 description="Diffusion-DPO with a LoRA on the U-Net, trained on the raters' picks.")
     ap.add_argument("--out", required=True, help="folder for the final LoRA")
     ap.add_argument("--work", help="checkpoint folder (resumed from when it holds one)")
     ap.add_argument("--config", default="{}", help="JSON object of DPOConfig fields")

@@ -148,10 +148,13 @@ def train_dpo(cfg: DPOConfig, *, base: str, pairs: Sequence[PairSpec], load_imag
             batch = [pairs[i] for i in slots]
             w = None if weights is None else torch.tensor([weights[i] for i in slots], device=acc.device)
             with acc.accumulate(unet):
-                lat_w = fm.latents_for(m, [p.winner for p in batch], load_image, cache=cfg.cache_latents, device=acc.device)
-                lat_l = fm.latents_for(m, [p.loser for p in batch], load_image, cache=cfg.cache_latents, device=acc.device)
+                lat_w = fm.latents_for(m, [p.winner for p in batch], load_image, cache=cfg.cache_latents,
+                                       device=acc.device)
+                lat_l = fm.latents_for(m, [p.loser for p in batch], load_image, cache=cfg.cache_latents,
+                                       device=acc.device)
                 cond = fm.text_conditioning(m, [p.prompt for p in batch], device=acc.device)
-                noise, ts = noise_and_timesteps(positions, cfg.seed, shape, m.noise_scheduler.config.num_train_timesteps)
+                noise, ts = noise_and_timesteps(positions, cfg.seed, shape,
+                                                m.noise_scheduler.config.num_train_timesteps)
                 with acc.autocast():
                     loss, per_pair = dpo_loss(unet, m.noise_scheduler, lat_w, lat_l, cond, noise.to(acc.device),
                                               ts.to(acc.device), cfg.beta, w)
@@ -177,7 +180,8 @@ def train_dpo(cfg: DPOConfig, *, base: str, pairs: Sequence[PairSpec], load_imag
                           f"gap_w {metrics['gap_w']:+.2e} gap_l {metrics['gap_l']:+.2e} ({rate:.2f} steps/s)")
         if work_dir and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
             if acc.is_main_process:
-                ckpt.save_checkpoint(work_dir, step=done, unet=unet, optimizer=opt.optimizer if hasattr(opt, "optimizer") else opt,
+                ckpt.save_checkpoint(work_dir, step=done, unet=unet,
+                                     optimizer=opt.optimizer if hasattr(opt, "optimizer") else opt,
                                      lr_scheduler=sched, data_position=done * per_step, sdxl=m.sdxl,
                                      keep=cfg.keep_checkpoints,
                                      extra={"config_hash": cfg.config_hash(), "parent_sha256": parent_sha})

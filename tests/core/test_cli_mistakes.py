@@ -17,7 +17,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from pickloop.cli import build_parser
 
@@ -39,7 +38,7 @@ def _env() -> dict:
     return {**env, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
 
-def _commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()):  # noqa: ANN202
+def _commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()):
     """(argv prefix, parser, is a group of subcommands) for every command in the tree."""
     subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     yield prefix, parser, bool(subs)
@@ -51,7 +50,7 @@ def _commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()):  #
                 yield from _commands(sub, prefix + (name,))
 
 
-def _refuses(type_fn, value: str) -> bool:  # noqa: ANN001
+def _refuses(type_fn, value: str) -> bool:
     try:
         type_fn(value)
     except (ValueError, TypeError, argparse.ArgumentTypeError):

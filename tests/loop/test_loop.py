@@ -34,7 +34,8 @@ def test_two_round_loop_leaves_every_stage_behind(ctx, tmp_path):
     taste.write_text("import numpy as np\n"
                      "def bright(image):\n"
                      "    return float(np.asarray(image.convert('L'), dtype=float).mean())\n")
-    config = LoopConfig(taste=f"{taste}:bright", method="dpo", rater_tie_margin=0.0, labels=16, rounds=2, candidates=3, train_prompts=8, eval_prompts=3,
+    config = LoopConfig(taste=f"{taste}:bright", method="dpo", rater_tie_margin=0.0, labels=16, rounds=2, candidates=3,
+                        train_prompts=8, eval_prompts=3,
                         eval_seeds=1, gate_seeds=1, dpo_steps=6, gate_win_rate=0.0, dpo_ai_feedback_sets=2)
     result = run_loop(ctx=ctx, config=config, progress=False, log=lambda *_: None)
     assert [r["round"] for r in result.rounds] == [1, 2]
