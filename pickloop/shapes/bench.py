@@ -39,7 +39,9 @@ class BenchConfig:
 def load_pipeline(folder: Path) -> Any:  # a StableDiffusionPipeline
     from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(str(folder), use_safetensors=True)
+    from pickloop.pipelines import open_pipeline
+
+    pipe = open_pipeline(str(folder), pipeline_class=StableDiffusionPipeline)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
