@@ -117,6 +117,7 @@ MISTAKES = [
     (["finetune", "run", "--config", '{"steps": "abc"}'], "fresh", "--method auto takes --config"),
     (["finetune", "run", "--config", "[1]"], "fresh", "JSON object"),
     (["finetune", "run", "--config", "{steps: 1}"], "fresh", "must be a JSON object"),
+    (["finetune", "run", "--config", "no/such/run.yaml"], "fresh", "cannot be read"),
     (["finetune", "run", "--min-new-labels", "-1"], "fresh", "whole number >= 0"),
     (["models", "promote", "v1", "--force", "--seeds", "a,b"], "fresh", "comma-separated whole numbers"),
     (["models", "promote", "v1", "--scorer", "nosuchmodule:f"], "fresh", "cannot import nosuchmodule"),
