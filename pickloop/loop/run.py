@@ -64,7 +64,8 @@ def _finetune(ctx: Context, method: str, cfg: LoopConfig, gate_prompts: list[str
     from finetune import gate_and_promote, run_finetune_job
 
     overrides = ({"steps": cfg.dpo_steps, "lr": cfg.dpo_lr, "beta": cfg.dpo_beta,
-                  "ai_feedback_sets": cfg.dpo_ai_feedback_sets, "ai_feedback_candidates": cfg.dpo_ai_feedback_candidates,
+                  "ai_feedback_sets": cfg.dpo_ai_feedback_sets,
+                  "ai_feedback_candidates": cfg.dpo_ai_feedback_candidates,
                   "ai_feedback_weight": cfg.dpo_ai_feedback_weight} if method == "dpo"
                  else {"epochs": cfg.ddpo_epochs})
     try:
