@@ -66,7 +66,8 @@ def write_report(result, folder: Path) -> Path:  # noqa: ANN001 - pickloop.loop.
         "![curves](curves.png)", "",
         "Reward acc: cross-validated against the rater's picks; on taste: how it orders unlabelled held-out "
         "images against the taste itself; label ceiling: the taste's own accuracy on the picks (their noise).", "",
-        "| round | labels | reward acc | on taste | label ceiling | promoted | win rate | follow base | follow promoted "
+        "| round | labels | reward acc | on taste | label ceiling | promoted | win rate | follow base "
+        "| follow promoted "
         "| fine-tune |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -74,7 +75,8 @@ def write_report(result, folder: Path) -> Path:  # noqa: ANN001 - pickloop.loop.
         ft = "; ".join(f"{x['method']}: {x['status']}" + (f" ({x['reason']})" if x.get("reason") else "")
                        for x in r["finetune"])
         acc, knows, ceil = (_num(r.get(k)) for k in ("reward_acc", "reward_taste_acc", "label_ceiling"))
-        lines.append(f"| {r['round']} | {r['labels']} | {acc} | {knows} | {ceil} | {r['version']} | {r['win_rate']:.3f} | "
+        lines.append(f"| {r['round']} | {r['labels']} | {acc} | {knows} | {ceil} | {r['version']} | "
+                     f"{r['win_rate']:.3f} | "
                      f"{r['follow_base']:.3f} | {r['follow_final']:.3f} | {ft} |")
     lines += _candidate_lines(result.rounds)
     lines += ["", "Base (left) and promoted version (right), same prompts and seeds:", "", "![grid](grid.png)", ""]

@@ -168,7 +168,8 @@ def _reward_knows(ctx: Context, rm, taste, base: FixedSeedImages, *, margin: flo
     """What the simulation alone can tell about the reward model: how it orders the base's held-out images
     against the taste itself, and the taste's own accuracy on the labels (their noise ceiling)."""
     with read_session(ctx.engine) as s:
-        pairs = [(p.prompt, p.a.image_sha256, p.b.image_sha256) for p in preference_pairs(session=s, include_ties=False)]
+        pairs = [(p.prompt, p.a.image_sha256, p.b.image_sha256)
+                 for p in preference_pairs(session=s, include_ties=False)]
     scores = rm.score(base.prompts, base.images).tolist()
     return {"reward_taste_acc": taste_agreement(taste, scores, base, margin=margin),
             "label_ceiling": label_ceiling(taste, [(p, ctx.images.open(a), ctx.images.open(b)) for p, a, b in pairs])}

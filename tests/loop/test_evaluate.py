@@ -30,6 +30,7 @@ def test_taste_agreement_counts_same_prompt_pairs_the_taste_separates():
 
 
 def test_label_ceiling_is_the_taste_own_accuracy_on_the_picks():
-    pairs = [("p", grey(200), grey(10)), ("p", grey(10), grey(200)), ("p", grey(50), grey(50)), ("p", grey(90), grey(80))]
+    pairs = [("p", grey(200), grey(10)), ("p", grey(10), grey(200)), ("p", grey(50), grey(50)),
+             ("p", grey(90), grey(80))]
     assert label_ceiling(brightness, pairs) == (1 + 0 + 0.5 + 1) / 4
     assert label_ceiling(brightness, []) is None

@@ -39,7 +39,7 @@ def test_suite_runs_an_entry_end_to_end(home, capsys):
     out = capsys.readouterr().out.strip().splitlines()
     row = parse_figures(out[-2])
     assert row["taste"] == "careless-large" and 0.0 <= float(row["win_rate"]) <= 1.0 and row["labels"] == "6"
-    assert {"reward_taste_acc", "label_ceiling"} <= set(row)  # how far the reward model knows the taste, and the labels' noise
+    assert {"reward_taste_acc", "label_ceiling"} <= set(row)  # how the reward model knows the taste; the labels' noise
     last = parse_figures(out[-1])
     assert list(last) == ["min_win", "mean_win", "worst_taste", "max_follow_drop", "min_reward_acc",
                           "min_reward_taste_acc", "wall_s"]
