@@ -75,7 +75,7 @@ def _env(home: Path) -> dict[str, str]:
 
 
 def _start(args: list[str], home: Path, log_name: str) -> subprocess.Popen:
-    log = open(home / log_name, "ab")  # noqa: SIM115 - the child keeps it; closed when the bench ends
+    log = open(home / log_name, "ab")  # the child keeps it; closed when the bench ends
     return subprocess.Popen([sys.executable, "-m", "pickloop", *args], env=_env(home), stdout=log,
                             stderr=subprocess.STDOUT, cwd=str(home))
 
@@ -217,7 +217,8 @@ def cmd_bench_history(args) -> None:  # noqa: ANN001
 
 # Records when Enter reaches the page (before the panel's own handler: window, capture phase).
 ENTER_CLOCK_JS = """() => { if (!window.__benchEnter) { window.__benchEnter = true;
-  window.addEventListener('keydown', (e) => { if (e.key === 'Enter') window.__enterAt = performance.now(); }, true); } }"""
+  window.addEventListener('keydown', (e) => { if (e.key === 'Enter') window.__enterAt = performance.now(); },
+                          true); } }"""
 # The Create panel shows a set other than oldKey, every image decoded: its key and the time since Enter.
 CREATE_SWAP_JS = """([oldKey, n]) => {
   const set = document.querySelector('.pc-set:not([hidden])');

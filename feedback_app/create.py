@@ -32,9 +32,11 @@ from sqlmodel import Session, select
 from feedback_app.logic import CandidateView, Identity, SetView
 from pickloop.errors import UserError
 from pickloop.schema import (
-    MAX_PROMPT_CHARS, AppText, Assignment, Candidate, Comparison, Judgement, ModelVersion, Prompt, utcnow,
+    MAX_PROMPT_CHARS, AppText, Assignment, Comparison, Judgement, ModelVersion, Prompt, utcnow,
 )
-from pickloop.store import add_prompts, candidates_of, record_judgement, serving_version, sha256_text, validate_prompt
+from pickloop.store import (
+    add_prompts, add_set, candidates_of, record_judgement, serving_version, sha256_text, validate_prompt,
+)
 
 SETTINGS_NAME = "create_settings"  # app_texts row holding the admin's Create settings (JSON)
 DEFAULT_MAX_PROMPT_CHARS = 300  # CLIP reads 77 tokens: about 300 characters of English
@@ -156,12 +158,8 @@ def record_offer(*, session: Session, identity: Identity, key: str, text: str, v
     if len(candidates) < 2:
         raise UserError("a Create set needs at least two candidates")
     prompt = add_prompts(session=session, texts=[text], pool=POOL, written_by=identity.rater_id)[0]
-    comp = Comparison(key=key, prompt_id=prompt.id, model_version_id=version_id, status="offered",
-                      source="create", raters_wanted=1)
-    session.add(comp)
-    session.flush()
-    for c in candidates:
-        session.add(Candidate(comparison_id=comp.id, prompt_id=prompt.id, model_version_id=version_id, **c))
+    comp = add_set(session=session, prompt_id=prompt.id, model_version_id=version_id, status="offered", key=key,
+                   source="create", candidates=candidates)
     session.add(Assignment(comparison_id=comp.id, rater_id=identity.rater_id))
     session.flush()
     offer = find_offer(session=session, key=key, rater_id=identity.rater_id)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,7 @@ REQUESTS_KEEP = 16  # request ids remembered as handled
 class CreatePanel:
     """What one browser session's Create panel holds."""
 
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)  # the browser keeps one panel per id
     offers: OrderedDict[str, Offer] = field(default_factory=OrderedDict)  # token -> set, latest last
     token: str | None = None  # the set on screen
     acked: OrderedDict[str, None] = field(default_factory=OrderedDict)  # answer ids handled
@@ -127,7 +129,7 @@ class CreatePanel:
                 cands.append(entry)
             shown = {"token": tok, "key": offer.view.key, "prompt": offer.view.prompt, "version": offer.version,
                      "candidates": cands, "answer": answer}
-        return {"set": shown, "acked": list(self.acked), "done": list(self.requests)}
+        return {"set": shown, "acked": list(self.acked), "done": list(self.requests), "panel_id": self.id}
 
 
 def _define() -> Callable[..., Any]:

@@ -4,7 +4,7 @@ Heavy imports (torch, diffusers) happen inside handlers so ``pickloop --help`` s
 """
 from __future__ import annotations
 
-from pickloop.typed_config import int_list, json_object, non_negative_int
+from pickloop.typed_config import config_object, int_list, non_negative_int
 
 
 def _ctx():  # noqa: ANN202
@@ -16,7 +16,7 @@ def _ctx():  # noqa: ANN202
 def cmd_finetune_run(args) -> int:  # noqa: ANN001
     from pickloop.errors import UserError
 
-    overrides = json_object(args.config)
+    overrides = config_object(args.config)
     if args.method == "auto":
         from finetune.auto import run_auto
 
@@ -104,8 +104,8 @@ def register(sub, bench_sub) -> None:  # noqa: ANN001
                         "(see finetune/auto.py); dpo or ddpo: one run of that method, left as a candidate")
     q.add_argument("--min-new-labels", type=non_negative_int, default=1,
                    help="do nothing (exit 0) when fewer judgements arrived since the last run")
-    q.add_argument("--config", default="{}", help='JSON object of config fields, e.g. \'{"steps": 500}\'; '
-                   'with --method auto one object per method: \'{"dpo": {"steps": 500}}\'')
+    q.add_argument("--config", default="{}", help='config fields as a JSON object, e.g. \'{"steps": 500}\', or '
+                   'a .yaml file of them; with --method auto one object per method: \'{"dpo": {"steps": 500}}\'')
     q.set_defaults(func=cmd_finetune_run)
 
     mo = sub.add_parser("models", help="the model registry").add_subparsers(dest="models_cmd", required=True)

@@ -15,9 +15,10 @@ import math
 import types
 import typing
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Callable
 
-from pickloop.errors import UserError
+from pickloop.errors import UserError, one_line
 
 
 @lru_cache(maxsize=None)
@@ -124,12 +125,43 @@ def int_list(text: str) -> list[int]:
     return values
 
 
-def json_object(text: str) -> dict:
-    """A ``--config`` value: a JSON object of config fields (a user mistake otherwise)."""
+CONFIG_FILE_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+@lru_cache(maxsize=1)
+def _yaml_loader() -> type:
+    """PyYAML's safe loader, but ``1e-5`` is a number as in JSON and YAML 1.2 (PyYAML reads it as text)."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
+        r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+    return Loader
+
+
+def config_object(text: str) -> dict:
+    """A ``--config`` value: a JSON object of config fields, or the path of a YAML (or JSON) file holding
+    one (``--config run.yaml``); anything else is a one-line user mistake."""
+    if text.strip().lower().endswith(CONFIG_FILE_SUFFIXES):
+        import yaml
+
+        try:
+            data = yaml.load(Path(text.strip()).expanduser().read_text(encoding="utf-8"), Loader=_yaml_loader())
+        except OSError as e:
+            raise UserError(f"--config file {text} cannot be read: {e.strerror or e}") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise UserError(f"--config file {text} is not valid YAML: {one_line(str(e))}") from None
+        if not isinstance(data, dict):
+            raise UserError(f"--config file {text} must hold a mapping of config fields")
+        return data
     try:
         data = json.loads(text)
     except ValueError as e:
-        raise UserError(f"--config must be a JSON object: {e}") from None
+        raise UserError(f"--config must be a JSON object or a .yaml file: {e}") from None
     if not isinstance(data, dict):
-        raise UserError("--config must be a JSON object of config fields")
+        raise UserError("--config must be a JSON object of config fields or a .yaml file")
     return data

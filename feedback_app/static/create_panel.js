@@ -2,7 +2,7 @@
 // once) or say none is good (N); U (or Undo) takes the answer back for a few seconds.
 //
 // Data from Python: {set: {token, key, prompt, version, candidates: [{id, name, src?}], answer}, acked:
-// [answer id], done: [request id], status: {id, text}, undo_s, n, max_chars}. `answer` is what the server
+// [answer id], done: [request id], status: {id, text}, undo_s, n, max_chars, panel_id}. `answer` is what the server
 // recorded for the set ({choice, winner_id} or null); images (src: PNGs that carry the download's text
 // chunks) come with the set until the panel reports that it holds them ({held: token}); a panel that
 // lacks them reports so ({held: "none:<id>"}), and they come again.
@@ -214,11 +214,20 @@ function mountCreate(parentElement) {
 
 export default function (component) {
   const { data, parentElement, setStateValue } = component;
-  let panel = parentElement.__pickloopCreate;
-  if (!panel) {
+  const d = data || {};
+  // One panel per server-side panel (d.panel_id), kept on the window as the rating panel is: when Streamlit
+  // mounts the component anew (back from another page), the same panel moves there with its outbox, its
+  // images and its answer, and sends what the server has not acknowledged again.
+  let panel = window.__pickloopCreate;
+  if (!panel || panel.id !== d.panel_id) {
+    if (panel) panel.root.remove();
     panel = mountCreate(parentElement);
-    parentElement.__pickloopCreate = panel;
-    if (!(data && data.set)) panel.input.focus(); // a fresh page: ready to type
+    panel.id = d.panel_id;
+    if (!d.set) panel.input.focus(); // a fresh page: ready to type
+  } else if (panel.root.parentElement !== parentElement) {
+    parentElement.appendChild(panel.root);
+    panel.held = undefined; // the server may have forgotten what this page holds: say it again
+    if (panel.outbox.length) setStateValue("outbox", panel.outbox.slice());
   }
   panel.setStateValue = setStateValue;
   window.__pickloopCreate = panel;
@@ -226,7 +235,6 @@ export default function (component) {
     window.__pickloopCreateKeys = true;
     document.addEventListener("keydown", onKey, true);
   }
-  const d = data || {};
   panel.undoMs = 1000 * (d.undo_s ?? 8);
   panel.n = d.n || panel.n;
   panel.maxChars = d.max_chars || panel.maxChars;

@@ -242,10 +242,17 @@ function mountPanel(parentElement) {
 
 export default function (component) {
   const { data, parentElement, setStateValue } = component;
-  let panel = parentElement.__pickloopPanel;
-  if (!panel) {
+  const d = data || {};
+  // One panel per server-side panel (d.panel_id), kept on the window: when Streamlit mounts the component
+  // anew (a new parentElement), the same panel moves there with its outbox, its answers not yet
+  // acknowledged and its undone set, so no answer or undo is lost and nothing is shown twice.
+  let panel = window.__pickloopPanel;
+  if (!panel || panel.id !== d.panel_id) {
+    if (panel) { closeOverlay(panel); panel.root.remove(); }
     panel = mountPanel(parentElement);
-    parentElement.__pickloopPanel = panel;
+    panel.id = d.panel_id;
+  } else if (panel.root.parentElement !== parentElement) {
+    parentElement.appendChild(panel.root);
   }
   panel.setStateValue = setStateValue;
   window.__pickloopPanel = panel;
@@ -253,7 +260,6 @@ export default function (component) {
     window.__pickloopKeys = true;
     document.addEventListener("keydown", onKey, true);
   }
-  const d = data || {};
   panel.undoMs = 1000 * (d.undo_s ?? 8);
   panel.guide = (d.guide && d.guide.text) || "";
   panel.behind = d.behind || "";

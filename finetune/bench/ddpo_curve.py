@@ -175,7 +175,8 @@ def register_curve_bench(bench_sub) -> None:  # noqa: ANN001 - argparse subparse
     q.add_argument("--prompts", type=int, default=8, help="prompts leaving colour and size open, labelled and "
                                                           "trained on (default 8: each epoch draws every one)")
     q.add_argument("--epochs", type=int, default=None, help="DDPO epochs (default: the DDPOConfig default)")
-    q.add_argument("--config", default="{}", help='JSON object of DDPO settings, e.g. \'{"lr": 0.001}\'')
+    q.add_argument("--config", default="{}", help='DDPO settings: a JSON object, e.g. \'{"lr": 0.001}\', or a '
+                   '.yaml file of them')
     q.add_argument("--plot", default=None, help="PNG of the curve (default: <reports>/ddpo-curve-<time>.png)")
     q.add_argument("--home", default=None, help="build the data home here and keep it (default: a temporary "
                                                 "folder, removed afterwards)")
@@ -190,11 +191,11 @@ def cmd_bench_ddpo_curve(args: argparse.Namespace) -> int:
 
     from finetune.ddpo.config import DDPOConfig
     from pickloop.settings import get_settings
-    from pickloop.typed_config import json_object
+    from pickloop.typed_config import config_object
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     # The drift guard measures but does not stop the run unless --config sets its limits: the curve is the point.
-    overrides = {"drift_max_pixel": None, "drift_max_follow_drop": None, **json_object(args.config)}
+    overrides = {"drift_max_pixel": None, "drift_max_follow_drop": None, **config_object(args.config)}
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
     config = DDPOConfig.from_dict(overrides)

@@ -23,7 +23,7 @@ from pickloop.typed_config import check_field_types
 DRIFT_ACTIONS = ("rollback", "stop")
 
 
-def _f(default: Any, help: str) -> Any:  # noqa: A002 - the argparse word
+def _f(default: Any, help: str) -> Any:  # the argparse word
     return field(default=default, metadata={"help": help})
 
 

@@ -14,6 +14,7 @@ from finetune import lora as lora_io
 from finetune.dpo.config import DPOConfig, PairSpec
 from finetune.dpo.train import DPOResult, train_dpo
 from pickloop.errors import UserError
+from pickloop.typed_config import config_object
 
 
 def store_pairs(ctx: Any, *, upto: int | None = None, after: int | None = None,
@@ -64,10 +65,11 @@ def run_dpo(ctx: Any, cfg: DPOConfig, *, out_dir: Path | str, work_dir: Path | s
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m finetune.dpo`` (or ``accelerate launch -m finetune.dpo``): train on the store in $PICKLOOP_HOME."""
-    ap = argparse.ArgumentParser(prog="python -m finetune.dpo", description="Diffusion-DPO with a LoRA on the U-Net, trained on the raters' picks.")
+    ap = argparse.ArgumentParser(prog="python -m finetune.dpo",
+                                 description="Diffusion-DPO with a LoRA on the U-Net, trained on the raters' picks.")
     ap.add_argument("--out", required=True, help="folder for the final LoRA")
     ap.add_argument("--work", help="checkpoint folder (resumed from when it holds one)")
-    ap.add_argument("--config", default="{}", help="JSON object of DPOConfig fields")
+    ap.add_argument("--config", default="{}", help="DPOConfig fields: a JSON object or a .yaml file")
     ap.add_argument("--upto", type=int, help="highest judgement id to train on")
     ap.add_argument("--no-resume", action="store_true")
     args = ap.parse_args(argv)
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     try:
-        cfg = DPOConfig.from_dict(json.loads(args.config))
+        cfg = DPOConfig.from_dict(config_object(args.config))
         result = run_dpo(Context(), cfg, out_dir=args.out, work_dir=args.work, upto=args.upto,
                          resume=not args.no_resume)
     except UserError as e:

@@ -20,7 +20,8 @@ def _add_config_args(p: argparse.ArgumentParser, defaults: dict) -> None:
         elif f.name == "method":
             p.add_argument(flag, choices=METHODS, default=default, help=f.metadata["help"])
         else:
-            p.add_argument(flag, type=type(f.default), default=default, help=f"{f.metadata['help']} (default {default})")
+            p.add_argument(flag, type=type(f.default), default=default,
+                           help=f"{f.metadata['help']} (default {default})")
 
 
 def _config(args) -> LoopConfig:  # noqa: ANN001
@@ -43,7 +44,8 @@ def _run(args, *, demo: bool) -> None:  # noqa: ANN001
         ctx = Context()
     else:  # a data home of its own, so a measurement never mixes with real labels
         run_home = home.home / "loops" / stamp
-        ctx = Context(settings=get_settings(home=run_home, database_url=f"sqlite:///{(run_home / 'pickloop.db').resolve()}",
+        ctx = Context(settings=get_settings(home=run_home,
+                                            database_url=f"sqlite:///{(run_home / 'pickloop.db').resolve()}",
                                             image_store_url=str((run_home / "images").resolve())))
         print(f"loop data home: {run_home.resolve()}")
     result = run_loop(ctx=ctx, config=config, progress=not args.quiet)

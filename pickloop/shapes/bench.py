@@ -11,6 +11,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -35,15 +36,17 @@ class BenchConfig:
             raise ValueError(f"invalid bench config {self}")
 
 
-def load_pipeline(folder: Path):
+def load_pipeline(folder: Path) -> Any:  # a StableDiffusionPipeline
     from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(str(folder), use_safetensors=True)
+    from pickloop.pipelines import open_pipeline
+
+    pipe = open_pipeline(str(folder), pipeline_class=StableDiffusionPipeline)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def draw(pipe, prompts: list[str], seeds: list[int], settings: dict) -> list:
+def draw(pipe: Any, prompts: list[str], seeds: list[int], settings: dict) -> list:
     """One batched pipeline call; image i starts from the noise of seeds[i]."""
     generators = [torch.Generator().manual_seed(s) for s in seeds]
     return pipe(prompts, generator=generators, **settings).images
@@ -61,7 +64,7 @@ def clip_top1(clip_dir: Path, prompts: list[str], images: list, candidates: int,
     rng = random.Random(seed)
     hits = 0
     with torch.no_grad():
-        for i, (prompt, image) in enumerate(zip(prompts, images)):
+        for prompt, image in zip(prompts, images):
             others = [p for p in prompts if p != prompt]
             texts = [prompt] + rng.sample(others, min(candidates - 1, len(others)))
             inputs = processor(text=texts, images=[image], return_tensors="pt", padding="max_length",
@@ -71,7 +74,7 @@ def clip_top1(clip_dir: Path, prompts: list[str], images: list, candidates: int,
     return hits / len(prompts)
 
 
-def time_four(pipe, settings: dict, prompt: str, repeats: int = 3) -> float:
+def time_four(pipe: Any, settings: dict, prompt: str, repeats: int = 3) -> float:
     """Median seconds for one call drawing 4 candidates (after one warm-up call)."""
     draw(pipe, [prompt] * 4, [0, 1, 2, 3], settings)
     times = []

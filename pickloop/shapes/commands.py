@@ -50,7 +50,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     print(format_figures(run_bench(cfg)), flush=True)
 
 
-def register(sub, bench_sub) -> None:
+def register(sub, bench_sub) -> None:  # noqa: ANN001
     """Add `shapes train` to the top-level subparsers and `shapes` to the bench subparsers."""
     from .config import add_arguments
 

@@ -12,7 +12,8 @@ from .models import MODELS_DIR
 class StageConfig:
     """Settings of one training stage."""
 
-    minutes: float = field(default=10.0, metadata={"help": "wall-clock budget, minutes (resumed runs count earlier time)"})
+    minutes: float = field(default=10.0,
+                           metadata={"help": "wall-clock budget, minutes (resumed runs count earlier time)"})
     batch_size: int = field(default=32, metadata={"help": "images per step"})
     lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate, after a linear warmup"})
     warmup_steps: int = field(default=100, metadata={"help": "steps of linear learning-rate warmup"})

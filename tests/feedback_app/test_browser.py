@@ -15,7 +15,7 @@ from tests.feedback_app.helpers import judgements, make_sets
 IMAGES_JS = "() => [...document.querySelectorAll('.pl-set:not([hidden]) img')].map(e => e.src)"
 
 
-def shown_image_shas(page) -> list[str]:  # noqa: ANN001
+def shown_image_shas(page) -> list[str]:
     """sha256 of each candidate image on screen, left to right (images are inline data: URLs)."""
     return [hashlib.sha256(base64.b64decode(src.split(",", 1)[1])).hexdigest() for src in page.evaluate(IMAGES_JS)]
 
@@ -159,10 +159,11 @@ def test_undo_takes_back_exactly_the_last_answer_recorded_or_not(ctx, home, alic
         sha_of = {c.id: c.image_sha256 for c in s.exec(select(Candidate))}
     for j in rows:
         what, shas = final[key_of[j.comparison_id]]
-        assert j.choice == "pick" and sha_of[j.winner_id] == shas[int(what) - 1], (j.id, what, shas.index(sha_of[j.winner_id]) + 1)
+        assert j.choice == "pick" and sha_of[j.winner_id] == shas[int(what) - 1], \
+            (j.id, what, shas.index(sha_of[j.winner_id]) + 1)
 
 
-def _png_text(path) -> tuple[dict, bytes]:  # noqa: ANN001
+def _png_text(path) -> tuple[dict, bytes]:
     from PIL import Image
 
     with Image.open(path) as img:
@@ -203,6 +204,12 @@ def test_create_keep_downloads_the_png_and_stores_one_judgement(ctx, home, alice
         browser.wait_for_create_acknowledged(page)
         page.wait_for_timeout(300)  # a late extra answer (from the presses above) would land now
         texts = [_png_text(d.value.path()) + (d.value.suggested_filename,) for d in (first, second)]
+        page.get_by_role("link", name="History").click()  # away and back: the set and its keep are still there
+        page.locator(".pc-set").wait_for(state="detached")
+        page.get_by_role("link", name="Create").click()
+        page.locator(".pc-set .pl-cand.pc-kept").nth(0).wait_for()
+        assert page.locator(".pc-set").get_attribute("data-key") == key
+        assert "pc-kept" in page.locator(".pc-set .pl-cand").nth(2).get_attribute("class")
     (j,) = judgements(ctx)
     with read_session(ctx.engine) as s:
         comp = s.exec(select(Comparison).where(Comparison.key == key)).one()

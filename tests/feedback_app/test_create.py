@@ -13,7 +13,7 @@ from feedback_app import create, logic
 from pickloop.context import Context
 from pickloop.db import read_session, write_session
 from pickloop.errors import UserError
-from pickloop.schema import Comparison, Judgement, Prompt
+from pickloop.schema import Candidate, Comparison, Judgement, Prompt
 from pickloop.settings import get_settings
 from pickloop.store import add_prompts, ensure_base_version, set_prompt_hidden
 from tests.feedback_app.helpers import PALETTE, count, judgements, make_rater, make_sets
@@ -36,7 +36,7 @@ class FakeDraw:
     def __init__(self) -> None:
         self.calls = 0
 
-    def __call__(self, ctx, *, prompt: str, n: int, version_id: int) -> list[dict]:  # noqa: ANN001
+    def __call__(self, ctx, *, prompt: str, n: int, version_id: int) -> list[dict]:
         self.calls += 1
         out = []
         for slot in range(n):
@@ -48,18 +48,18 @@ class FakeDraw:
         return out
 
 
-def offer(ctx, ident, text="a large red circle", request_id="r1", draw=None):  # noqa: ANN001, ANN201
+def offer(ctx, ident, text="a large red circle", request_id="r1", draw=None):
     return create.create_offer(ctx, identity=ident, text=text, request_id=request_id, draw=draw or FakeDraw())
 
 
-def keep(ctx, ident, view, choice="pick", pos=0):  # noqa: ANN001, ANN201
+def keep(ctx, ident, view, choice="pick", pos=0):
     with write_session(ctx.engine) as s:
         row, created = create.keep(session=s, identity=ident, view=view, choice=choice,
                                    winner_id=view.candidates[pos].id if choice == "pick" else None, time_ms=900)
         return row.id, created
 
 
-def the_set(ctx, key: str) -> Comparison:  # noqa: ANN001
+def the_set(ctx, key: str) -> Comparison:
     with read_session(ctx.engine) as s:
         return s.exec(select(Comparison).where(Comparison.key == key)).one()
 
@@ -153,10 +153,10 @@ def test_a_hidden_prompt_is_not_served(cctx):
                           status="ready", source="queue")
         s.add(comp)
         s.flush()
-        from pickloop.schema import Candidate
         for slot in range(2):
-            s.add(Candidate(comparison_id=comp.id, slot=slot, prompt_id=prompt_id, model_version_id=comp.model_version_id,
-                            seed=slot, params={}, image_sha256=view.candidates[slot].image_sha256))
+            s.add(Candidate(comparison_id=comp.id, slot=slot, prompt_id=prompt_id,
+                            model_version_id=comp.model_version_id, seed=slot, params={},
+                            image_sha256=view.candidates[slot].image_sha256))
     with write_session(cctx.engine) as s:
         set_prompt_hidden(session=s, prompt_id=prompt_id)
     with pytest.raises(UserError, match="An admin has hidden this prompt"):
@@ -164,7 +164,8 @@ def test_a_hidden_prompt_is_not_served(cctx):
     with write_session(cctx.engine) as s:
         got = logic.next_set_for(session=s, rater_id=bob.rater_id, settings=cctx.settings)
         assert got is not None and got.prompt != "something rude"
-        assert logic.next_set_for(session=s, rater_id=bob.rater_id, settings=cctx.settings, skip=[got.comparison_id]) is None
+        after = logic.next_set_for(session=s, rater_id=bob.rater_id, settings=cctx.settings, skip=[got.comparison_id])
+        assert after is None
     with read_session(cctx.engine) as s:  # the worker draws for the other prompt only
         assert missing_sets(session=s, pool="default", depth=2, version_id=comp.model_version_id) == 1
     with write_session(cctx.engine) as s:

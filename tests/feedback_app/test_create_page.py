@@ -33,19 +33,19 @@ def draw(ctx, monkeypatch):
     return fake
 
 
-def page(ident=None) -> AppTest:  # noqa: ANN001
+def page(ident=None) -> AppTest:
     at = AppTest.from_file(str(APP_DIR / "pages" / "create.py"), default_timeout=60)
     if ident is not None:
         at.session_state["identity"] = ident
     return at.run()
 
 
-def data(at) -> dict | None:  # noqa: ANN001
+def data(at) -> dict | None:
     found = [e for e in at.get("bidi_component") if e.proto.component_name == "pickloop.create_panel"]
     return json.loads(found[0].proto.json) if found else None
 
 
-def send(at, *, request=None, outbox=None, held=None):  # noqa: ANN001, ANN201
+def send(at, *, request=None, outbox=None, held=None):
     """Set the component's state as the panel's script does, and rerun."""
     prev = at.session_state[KEY] if KEY in at.session_state else {}
     value = {"request": prev.get("request"), "outbox": prev.get("outbox", []), "held": prev.get("held")}
@@ -99,7 +99,8 @@ def test_create_keep_replay_undo_and_keep_again(ctx, alice, draw):
 
 def test_bad_input_gets_one_line_and_writes_nothing(ctx, alice, draw):
     at = page(alice[0])
-    for text, line in (("x" * 301, "Your prompt is 301 characters; the limit is 300."), ("   ", "Type a prompt first.")):
+    for text, line in (("x" * 301, "Your prompt is 301 characters; the limit is 300."),
+                       ("   ", "Type a prompt first.")):
         send(at, request=text)
         assert data(at)["status"]["text"] == line
     assert draw.calls == 0 and count(ctx, Prompt) == 0 and data(at)["set"] is None
