@@ -30,12 +30,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from feedback_app.logic import CandidateView, Identity, SetView
+from pickloop.audiences import serving_version
 from pickloop.errors import UserError
 from pickloop.schema import (
     MAX_PROMPT_CHARS, AppText, Assignment, Comparison, Judgement, ModelVersion, Prompt, utcnow,
 )
 from pickloop.store import (
-    add_prompts, add_set, candidates_of, record_judgement, serving_version, sha256_text, validate_prompt,
+    add_prompts, add_set, candidates_of, record_judgement, sha256_text, validate_prompt,
 )
 
 SETTINGS_NAME = "create_settings"  # app_texts row holding the admin's Create settings (JSON)
@@ -200,11 +201,13 @@ def _pipeline(ctx, version_id: int):  # noqa: ANN001, ANN202
 def warm_up(ctx, rater_id: int) -> None:  # noqa: ANN001
     """Load the model that serves ``rater_id`` in the background, so that their first Create does not
     wait for it (nothing happens when no version is registered yet)."""
+    from pickloop.audiences import audiences_of
     from pickloop.db import read_session
     from pickloop.store import promoted_version
 
     with read_session(ctx.engine) as s:
-        version = promoted_version(session=s)
+        found = (promoted_version(session=s, audience=a) for a in audiences_of(session=s, rater_id=rater_id))
+        version = next((v for v in found if v is not None), None)
     if version is None:
         return
 

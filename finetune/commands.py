@@ -1,4 +1,4 @@
-"""Command line: ``pickloop finetune run``, ``pickloop models list|promote|export``, ``pickloop bench dpo``.
+"""Command line: ``pickloop finetune run``, ``pickloop models list|promote|serve|export``, ``pickloop bench dpo``.
 
 Heavy imports (torch, diffusers) happen inside handlers so ``pickloop --help`` stays fast.
 """
@@ -42,12 +42,21 @@ def cmd_models_list(args) -> None:  # noqa: ANN001
 
     with read_session(_ctx().engine) as s:
         rows = list(s.exec(select(ModelVersion).order_by(ModelVersion.id)))
-        print("id\tname\tstatus\tmethod\tparent\tsnapshot\twin_rate\tlora_sha256\treason")
+        print("id\tname\tstatus\taudience\tmethod\tparent\tsnapshot\twin_rate\tlora_sha256\treason")
         for r in rows:
             win = r.metrics.get("gate_win_rate")
-            print(f"{r.id}\t{r.name}\t{r.status}\t{r.method}\t{r.parent_id or '-'}\t"
+            print(f"{r.id}\t{r.name}\t{r.status}\t{r.audience}\t{r.method}\t{r.parent_id or '-'}\t"
                   f"{r.data_snapshot if r.data_snapshot is not None else '-'}\t"
                   f"{'-' if win is None else f'{win:.3f}'}\t{(r.lora_sha256 or '-')[:12]}\t{r.reason or ''}")
+
+
+def cmd_models_serve(args) -> None:  # noqa: ANN001
+    from pickloop.audiences import serve
+    from pickloop.db import write_session
+
+    with write_session(_ctx().engine) as s:
+        version = serve(session=s, ref=args.version, audience=args.audience)
+        print(f"{version.name} now serves {version.audience}")
 
 
 def cmd_models_promote(args) -> int:  # noqa: ANN001
@@ -119,6 +128,13 @@ def register(sub, bench_sub) -> None:  # noqa: ANN001
     q.add_argument("--prompts", help="held-out prompts separated by '|' (default: the heldout split)")
     q.add_argument("--seeds", type=int_list, default="1234,5678", help="comma-separated fixed seeds per prompt")
     q.set_defaults(func=cmd_models_promote)
+    q = mo.add_parser("serve", help="make a version the one that serves a group of raters or one rater",
+                      description="The Create page, and load_pipeline(lora='latest', audience=...), draw for "
+                                  "that audience with it; everyone else keeps the shared version. No gate: an "
+                                  "admin's decision.")
+    q.add_argument("version", help="version id or name")
+    q.add_argument("--audience", required=True, help="group:NAME or rater:NAME")
+    q.set_defaults(func=cmd_models_serve)
     q = mo.add_parser("export", help="export a version's LoRA (verified) for other tools")
     q.add_argument("version", help="version id or name")
     q.add_argument("--format", choices=["diffusers", "kohya"], default="diffusers")

@@ -3,6 +3,7 @@
     pipe = load_pipeline()                                  # the embedded shapes model
     pipe = load_pipeline("runwayml/stable-diffusion-v1-5")  # a hub id or a local diffusers folder
     pipe = load_pipeline(lora="latest")                     # the promoted version from the registry
+    pipe = load_pipeline(lora="latest", audience="group:designers")  # the version that serves a group
     pipe = load_pipeline(lora="/path/to/lora_folder")       # any diffusers-format LoRA folder
 
 Weights load from safetensors only. A LoRA is verified before it loads (its sha256 against the manifest
@@ -73,7 +74,8 @@ def resolve_dtype(dtype: Any, device: str) -> Any:  # a torch.dtype
     return named[dtype]
 
 
-def _resolve_lora(lora: str | int | None, model: str | None, ctx) -> tuple[str | None, str | None, Any]:  # noqa: ANN001
+def _resolve_lora(lora: str | int | None, model: str | None, ctx,  # noqa: ANN001
+                  audience: str | None = None) -> tuple[str | None, str | None, Any]:
     """(model ref, LoRA folder or None, version row or None) for the ``lora`` argument."""
     if lora is None:
         return model, None, None
@@ -89,7 +91,7 @@ def _resolve_lora(lora: str | int | None, model: str | None, ctx) -> tuple[str |
 
     ctx = ctx or Context()
     with read_session(ctx.engine) as s:
-        version = find_version(session=s, ref=lora)
+        version = find_version(session=s, ref=lora, audience=audience)
     if model is not None and resolve_model_ref(model) != resolve_model_ref(version.base_model):
         raise UserError(f"model version {version.name} was made for base {version.base_model}, not {model}")
     folder = None
@@ -104,7 +106,8 @@ def _resolve_lora(lora: str | int | None, model: str | None, ctx) -> tuple[str |
 
 
 def load_pipeline(model: str | None = None, lora: str | int | None = None, device: str = "auto",
-                  dtype: Any = "auto", *, ctx=None, lora_sha256: str | None = None) -> Any:  # noqa: ANN001
+                  dtype: Any = "auto", *, ctx=None, lora_sha256: str | None = None,  # noqa: ANN001
+                  audience: str | None = None) -> Any:
     """A text-to-image pipeline for ``model`` with the LoRA ``lora``, cached per (model, LoRA) in this process.
 
     ``model``: local diffusers folder, hub id, or None for the context's base model (the embedded
@@ -112,10 +115,12 @@ def load_pipeline(model: str | None = None, lora: str | int | None = None, devic
     version; its base model is used when ``model`` is None), or a LoRA folder. The pipeline carries
     ``pipe.pickloop_info`` (a :class:`PipelineInfo`) that sampling records with every image.
     ``lora_sha256``: the sha256 a LoRA folder's file must have (a registry version brings its own).
+    ``audience``: with ``lora="latest"``, the version promoted for ``group:NAME`` or ``rater:NAME``, else
+    the shared one (``load_pipeline(lora="latest", audience="group:designers")``).
     """
     from pickloop.context import resolve_model_ref
 
-    model, lora_dir, version = _resolve_lora(lora, model, ctx)
+    model, lora_dir, version = _resolve_lora(lora, model, ctx, audience)
     if model is None:
         model = ctx.base_model if ctx is not None else "embedded:shapes"
     model_path = resolve_model_ref(model)

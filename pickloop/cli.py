@@ -116,6 +116,27 @@ def cmd_raters_list(args) -> None:  # noqa: ANN001
             print(f"{r.id}\t{r.name}\t{r.role}\t{r.kind}\t{'active' if r.active else 'inactive'}")
 
 
+def cmd_groups(args) -> None:  # noqa: ANN001
+    """``groups add NAME``, ``groups join|leave GROUP RATER...``, ``groups list``."""
+    from pickloop import audiences
+    from pickloop.db import read_session, write_session
+
+    ctx = _ctx(args)
+    if args.groups_cmd == "list":
+        with read_session(ctx.engine) as s:
+            for name, members in audiences.groups(session=s).items():
+                print(f"{name}\t{', '.join(members) or '-'}")
+        return
+    with write_session(ctx.engine) as s:
+        if args.groups_cmd == "add":
+            audiences.add_group(session=s, name=args.name)
+            print(f"group {args.name.strip()} added")
+        else:
+            n = audiences.set_membership(session=s, group=args.group, raters=args.raters,
+                                         member=args.groups_cmd == "join")
+            print(f"{n} rater(s) {'joined' if args.groups_cmd == 'join' else 'left'} {args.group}")
+
+
 def cmd_export(args) -> None:  # noqa: ANN001
     from pickloop.db import read_session
     from pickloop.exchange import check_export_path, export_parquet, undecided_path
@@ -177,6 +198,19 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_raters_add)
     q = ra.add_parser("list", help="list raters")
     q.set_defaults(func=cmd_raters_list)
+
+    gr = sub.add_parser("groups", help="groups of raters: audiences a model version can serve").add_subparsers(
+        dest="groups_cmd", required=True)
+    q = gr.add_parser("add", help="add a group")
+    q.add_argument("name")
+    q.set_defaults(func=cmd_groups)
+    for verb, what in (("join", "put raters in a group"), ("leave", "take raters out of a group")):
+        q = gr.add_parser(verb, help=what)
+        q.add_argument("group")
+        q.add_argument("raters", nargs="+", metavar="RATER")
+        q.set_defaults(func=cmd_groups)
+    q = gr.add_parser("list", help="groups and their raters")
+    q.set_defaults(func=cmd_groups)
 
     q = sub.add_parser("export", help="export every label as Pick-a-Pic parquet: decided pairs in OUT, "
                                       "ties/none good/skips in OUT's .undecided.parquet sibling")

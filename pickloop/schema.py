@@ -82,6 +82,25 @@ class ModelVersion(SQLModel, table=True):
     reason: Optional[str] = Field(default=None, max_length=2000, description="why a gate refused it")
     created_at: datetime = Field(default_factory=utcnow)
     promoted_at: Optional[datetime] = None
+    audience: str = Field(default="everyone", max_length=80, index=True,
+                          description="whom it serves once promoted: everyone, group:NAME or rater:NAME")
+
+
+class RaterGroup(SQLModel, table=True):
+    """A named group of raters: an audience a model version can serve."""
+
+    __tablename__ = "rater_groups"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    name: str = Field(max_length=64, unique=True)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class GroupMember(SQLModel, table=True):
+    __tablename__ = "group_members"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    group_id: int = Field(foreign_key="rater_groups.id", index=True)
+    rater_id: int = Field(foreign_key="raters.id", index=True)
+    __table_args__ = (UniqueConstraint("group_id", "rater_id"),)
 
 
 class Comparison(SQLModel, table=True):

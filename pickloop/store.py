@@ -153,8 +153,23 @@ def list_raters(*, session: Session) -> list[Rater]:
 
 # ---------------------------------------------------------------- model versions
 
-def promoted_version(*, session: Session) -> ModelVersion | None:
-    return session.exec(select(ModelVersion).where(ModelVersion.status == "promoted")
+EVERYONE = "everyone"  # the audience of a version that serves every rater (the shared model)
+
+
+def parse_audience(text: str | None) -> str:
+    """``everyone`` (also for None or ""), ``group:NAME`` or ``rater:NAME``; anything else is a UserError."""
+    text = (text or EVERYONE).strip()
+    kind, _, name = text.partition(":")
+    if text == EVERYONE or (kind in ("group", "rater") and name.strip() and len(text) <= 80
+                            and not any(unicodedata.category(c).startswith("C") for c in name)):
+        return text if text == EVERYONE else f"{kind}:{name.strip()}"
+    raise UserError(f"audience must be everyone, group:NAME or rater:NAME, not {text[:80]!r}")
+
+
+def promoted_version(*, session: Session, audience: str = EVERYONE) -> ModelVersion | None:
+    """The version promoted for ``audience`` (by default the shared one), or None."""
+    return session.exec(select(ModelVersion).where(ModelVersion.status == "promoted",
+                                                   ModelVersion.audience == audience)
                         .order_by(ModelVersion.promoted_at.desc(), ModelVersion.id.desc())).first()
 
 
@@ -173,8 +188,9 @@ def ensure_base_version(*, session: Session, base_model: str) -> ModelVersion:
 
 
 def promote(*, session: Session, version: ModelVersion) -> None:
-    """Make ``version`` the one promoted version (the previous one is retired)."""
-    for old in session.exec(select(ModelVersion).where(ModelVersion.status == "promoted")):
+    """Make ``version`` the one promoted version of its audience (that audience's previous one is retired)."""
+    for old in session.exec(select(ModelVersion).where(ModelVersion.status == "promoted",
+                                                       ModelVersion.audience == version.audience)):
         if old.id != version.id:
             old.status = "retired"
             session.add(old)
@@ -185,16 +201,12 @@ def promote(*, session: Session, version: ModelVersion) -> None:
     session.flush()
 
 
-def serving_version(*, session: Session, rater_id: int, base_model: str) -> ModelVersion:
-    """The version that draws for ``rater_id``: the promoted one (the base model's own version, made
-    and promoted when none is). Call inside a write session: it may register the base version."""
-    return promoted_version(session=session) or ensure_base_version(session=session, base_model=base_model)
-
-
-def find_version(*, session: Session, ref: str | int) -> ModelVersion:
-    """A version by id, name or ``latest`` (the promoted one)."""
+def find_version(*, session: Session, ref: str | int, audience: str | None = None) -> ModelVersion:
+    """A version by id, name or ``latest``: the one promoted for ``audience`` (``group:NAME``,
+    ``rater:NAME``), else the shared one."""
     if ref == "latest":
-        row = promoted_version(session=session)
+        aud = parse_audience(audience)
+        row = promoted_version(session=session, audience=aud) or promoted_version(session=session)
     elif isinstance(ref, int) or str(ref).isdigit():
         row = session.get(ModelVersion, int(ref))
     else:

@@ -1,17 +1,21 @@
 """Admin (admin role only): queue, prompts (add, hide), Create settings, model versions and win rates,
-agreement, raters, rating guide, export."""
+audiences (groups, which version serves whom), agreement, raters, rating guide, export."""
 import pandas as pd
 import streamlit as st
 
+from sqlmodel import select
+
 from feedback_app import create, logic, ui
+from pickloop import audiences
 from pickloop.db import read_session
+from pickloop.schema import ModelVersion
 from pickloop.store import list_raters, set_prompt_hidden
 
 ident = ui.require_admin()
 ctx = ui.context()
 st.title("Admin")
-queue, prompts, create_tab, models, agree, raters, guide, export = st.tabs(
-    ["Queue", "Prompts", "Create", "Models", "Agreement", "Raters", "Rating guide", "Export"])
+queue, prompts, create_tab, models, audience_tab, agree, raters, guide, export = st.tabs(
+    ["Queue", "Prompts", "Create", "Models", "Audiences", "Agreement", "Raters", "Rating guide", "Export"])
 
 with read_session(ctx.engine) as s:
     counts = logic.queue_counts(session=s)
@@ -19,6 +23,9 @@ with read_session(ctx.engine) as s:
     report = logic.agreement(session=s)
     guide_text = logic.rating_guide(session=s)
     create_now = create.create_settings(session=s)
+    group_rows = audiences.groups(session=s)
+    serving_rows = [r.__dict__ for r in audiences.serving_table(session=s)]
+    version_names = [v.name for v in s.exec(select(ModelVersion).order_by(ModelVersion.id.desc()))]
     prompt_rows = create.prompt_rows(session=s)
     rater_rows = [{"id": r.id, "name": r.name, "role": r.role, "kind": r.kind, "active": r.active}
                   for r in list_raters(session=s)]  # plain dicts: rows expire when the session ends
@@ -88,6 +95,42 @@ with models:
         chart = df.dropna(subset=["win rate vs parent"]).set_index("version")[["win rate vs parent"]]
         if not chart.empty:
             st.bar_chart(chart)
+
+with audience_tab:
+    def _add_group() -> None:
+        name = st.session_state.get("admin_group_name", "")
+        if ui.run_write(audiences.add_group, name=name) is not None:
+            st.session_state["notice"] = ("success", f"group {name.strip()} added")
+
+    def _membership(member: bool) -> None:
+        group, names = st.session_state.get("admin_group"), st.session_state.get("admin_group_raters") or []
+        n = ui.run_write(audiences.set_membership, group=group or "", raters=names, member=member)
+        if n is not None:
+            st.session_state["notice"] = ("success", f"{n} rater(s) {'joined' if member else 'left'} {group}")
+
+    def _serve() -> None:
+        ref, audience = st.session_state.get("admin_serve_version"), st.session_state.get("admin_serve_audience", "")
+        row = ui.run_write(audiences.serve, ref=ref or "", audience=audience)
+        if row is not None:
+            st.session_state["notice"] = ("success", f"{row.name} now serves {row.audience}")
+
+    st.caption("A version serves everyone (the shared one), a group of raters or one rater; the Create page draws "
+               "each rater's candidates with the first of their own, their groups' (by name) and the shared one.")
+    st.dataframe(pd.DataFrame(serving_rows), hide_index=True)
+    st.selectbox("Version", version_names, key="admin_serve_version")
+    st.text_input("Audience (group:NAME or rater:NAME)", key="admin_serve_audience")
+    st.button("Serve it", key="admin_serve", on_click=_serve)
+    st.subheader("Groups")
+    if group_rows:
+        st.dataframe(pd.DataFrame([{"group": g, "raters": ", ".join(m)} for g, m in group_rows.items()]),
+                     hide_index=True)
+        st.selectbox("Group", list(group_rows), key="admin_group")
+        st.multiselect("Raters", [r["name"] for r in rater_rows], key="admin_group_raters")
+        row = st.container(horizontal=True)
+        row.button("Join", key="admin_group_join", on_click=_membership, args=(True,))
+        row.button("Leave", key="admin_group_leave", on_click=_membership, args=(False,))
+    st.text_input("New group", key="admin_group_name")
+    st.button("Add group", key="admin_add_group", on_click=_add_group)
 
 with agree:
     if report.pairs == 0:

@@ -157,3 +157,28 @@ def test_admins_switch_create_off_cap_prompts_and_hide_one(ctx, alice, admin, dr
     rater.session_state["identity"] = alice[0]
     with pytest.raises(ValueError, match="Could not find a navigation page"):  # gone from a rater's navigation
         rater.run().switch_page("pages/create.py")
+
+
+def test_admins_make_groups_and_serve_a_version_to_one(ctx, alice, admin, draw):
+    from pickloop import audiences
+    from pickloop.db import read_session
+    from pickloop.schema import ModelVersion
+
+    with write_session(ctx.engine) as s:
+        s.add(ModelVersion(name="v-design", base_model=ctx.base_model, method="dpo"))
+    page = AppTest.from_file(str(APP_DIR / "pages" / "admin.py"), default_timeout=60)
+    page.session_state["identity"] = admin[0]
+    page.run()
+    page.text_input(key="admin_group_name").input("designers")
+    page.button(key="admin_add_group").click().run()
+    page.selectbox(key="admin_group").set_value("designers")
+    page.multiselect(key="admin_group_raters").set_value(["alice"])
+    page.button(key="admin_group_join").click().run()
+    page.selectbox(key="admin_serve_version").set_value("v-design")
+    page.text_input(key="admin_serve_audience").input("group:designers")
+    page.button(key="admin_serve").click().run()
+    assert not page.exception and "v-design now serves group:designers" in page.success[0].value
+    with read_session(ctx.engine) as s:
+        assert audiences.groups(session=s) == {"designers": ["alice"]}
+    got = create.create_offer(ctx, identity=alice[0], text="a red circle", request_id="r", draw=draw)
+    assert got.version == "v-design"

@@ -206,7 +206,7 @@ def test_admin_page_refused_to_a_rater(ctx, alice, admin):
     page = app(alice[0], script="pages/admin.py")
     assert "admins only" in page.error[0].value and not page.tabs
     page = app(admin[0], script="pages/admin.py")
-    assert not page.exception and len(page.tabs) == 8
+    assert not page.exception and len(page.tabs) == 9
     assert any(m.label == "overall agreement" for m in page.metric)
     page.button(key="admin_export").click().run()
     assert not page.exception and page.get("download_button")
