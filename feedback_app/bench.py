@@ -8,8 +8,9 @@ at a steady rate. Figures, each taken in the page (``performance.now()``):
 - answer -> next set fully shown (every image decoded): p50 / p95 / max, ms;
 - ``waits``: answers after which the next set was not already held, decoded, in the browser;
 - ``first_set_s``: from starting the worker and the app to the first set fully shown (sign-in included),
-  on a home made as ``pickloop init`` makes it (which draws the first sets; ``--cold``: it does not, so
-  the first set waits for the worker's model to load);
+  with the rater's browser already open (as a rater's is: Chromium starts before the clock does), on a
+  home made as ``pickloop init`` makes it (which draws the first sets; ``--cold``: it does not, so the
+  first set waits for the worker's model to load);
 - ``picks``: answers given; each must be stored exactly once.
 
 ``--pre-drawn N`` writes N ready sets first and starts no worker (the old figure: the page alone).
@@ -21,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pickloop.errors import UserError
@@ -65,6 +66,8 @@ class BenchResult:
     picks: int
     recorded: int
     init_s: float  # drawing the first sets when the home was made (``pickloop init``), seconds
+    start_s: dict[str, float] = field(default_factory=dict)  # the start-up's steps, seconds from the start
+    waited: list[int] = field(default_factory=list)  # the answers (1-based) after which the rater waited
 
 
 def _env(home: Path) -> dict[str, str]:
@@ -118,44 +121,61 @@ def run_app_bench(*, answers: int, rate: float, candidates: int, pre_drawn: int,
                 for i in range(finetune_jobs)]
         worker = None
         latencies: list[float] = []
-        waits = 0
+        waited: list[int] = []
+        steps: dict[str, float] = {}
         try:
-            if jobs:
-                time.sleep(5.0)  # let the training job get past its start-up, so that it really shares the cores
-            t0 = time.perf_counter()
-            if not pre_drawn:
-                worker = _start(["generate", "--watch", "--quiet"], home, "worker.log")
-            with browser.app_server(home=home) as url, browser.chromium_page() as page:
-                browser.sign_in(page, url, name="bench", token=token)
-                key = browser.wait_for_set(page, None, n=candidates, timeout_ms=120_000)
-                first_set_s = time.perf_counter() - t0
-                page.evaluate(KEY_CLOCK_JS)
-                browser.focus_page(page)
-                due = time.perf_counter()
-                for i in tqdm(range(answers), desc="answers", file=sys.stdout, disable=not progress):
-                    due += 1.0 / rate
-                    time.sleep(max(0.0, due - time.perf_counter()))
-                    waits += page.evaluate(AHEAD_JS) == 0
-                    page.keyboard.press(str(i % candidates + 1))
-                    if i == answers - 1:
-                        break
-                    try:
-                        swap = page.wait_for_function(SWAP_JS, arg=[key, candidates], polling="raf",
-                                                      timeout=120_000).json_value()
-                    except Exception:
-                        print("no next set within 120 s; the panel holds:", page.evaluate(PANEL_STATE_JS))
-                        raise
-                    key = swap["key"]
-                    latencies.append(float(swap["ms"]))
-                    due = max(due, time.perf_counter())  # a rater who had to wait starts the next second now
-                browser.wait_for_labels(page, answers, timeout_ms=120_000)
+            # The rater's browser is open before the app starts, as a rater's browser is.
+            with browser.chromium_page() as page:
+                if jobs:
+                    time.sleep(5.0)  # let the training job get past its start-up, so that it really shares the cores
+                t0 = time.perf_counter()
+                if not pre_drawn:
+                    worker = _start(["generate", "--watch", "--quiet"], home, "worker.log")
+                with browser.app_server(home=home) as url:
+                    steps["app_up"] = time.perf_counter() - t0
+                    browser.sign_in(page, url, name="bench", token=token,
+                                    on_form=lambda: steps.__setitem__("sign_in_page", time.perf_counter() - t0))
+                    key = browser.wait_for_set(page, None, n=candidates, timeout_ms=120_000)
+                    first_set_s = time.perf_counter() - t0
+                    page.evaluate(KEY_CLOCK_JS)
+                    browser.focus_page(page)
+                    due = time.perf_counter()
+                    for i in tqdm(range(answers), desc="answers", file=sys.stdout, disable=not progress):
+                        due += 1.0 / rate
+                        time.sleep(max(0.0, due - time.perf_counter()))
+                        if page.evaluate(AHEAD_JS) == 0:
+                            waited.append(i + 1)
+                        page.keyboard.press(str(i % candidates + 1))
+                        if i == answers - 1:
+                            break
+                        try:
+                            swap = page.wait_for_function(SWAP_JS, arg=[key, candidates], polling="raf",
+                                                          timeout=120_000).json_value()
+                        except Exception:
+                            print("no next set within 120 s; the panel holds:", page.evaluate(PANEL_STATE_JS))
+                            raise
+                        key = swap["key"]
+                        latencies.append(float(swap["ms"]))
+                        due = max(due, time.perf_counter())  # a rater who had to wait starts the next second now
+                    browser.wait_for_labels(page, answers, timeout_ms=120_000)
         finally:
             browser.stop_process(worker)
             for job in jobs:
                 browser.stop_process(job)
         with read_session(ctx.engine) as s:
             recorded = s.exec(select(func.count()).select_from(Judgement)).one()
-    return BenchResult(latencies, waits, first_set_s, answers, recorded, init_s)
+    return BenchResult(latencies, len(waited), first_set_s, answers, recorded, init_s, steps, waited)
+
+
+def _ranges(xs: list[int]) -> str:
+    """1,2,3,7,9,10 -> '1-3,7,9-10'."""
+    out: list[str] = []
+    for x in xs:
+        if out and int(out[-1].split("-")[-1]) == x - 1:
+            out[-1] = f"{out[-1].split('-')[0]}-{x}"
+        else:
+            out.append(str(x))
+    return ",".join(out)
 
 
 def cmd_bench_app(args) -> None:  # noqa: ANN001
@@ -174,6 +194,9 @@ def cmd_bench_app(args) -> None:  # noqa: ANN001
           f"{r.recorded} judgements recorded for {r.picks} answers; "
           + ("home made cold (no first sets)" if args.cold or args.pre_drawn else
              f"first sets drawn when the home was made in {r.init_s:.1f} s"))
+    print(f"start: app answering {r.start_s['app_up']:.1f} s, sign-in page {r.start_s['sign_in_page']:.1f} s, "
+          f"first set {r.first_set_s:.1f} s after the app and worker started (browser already open); "
+          f"waited after answers {_ranges(r.waited) or 'none'}")
     print(f"p50_ms={percentile(xs, 50):.0f} p95_ms={percentile(xs, 95):.0f} max_ms={max(xs):.0f} "
           f"waits={r.waits} first_set_s={r.first_set_s:.1f} picks={r.picks}")
 

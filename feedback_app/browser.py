@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from pickloop.errors import UserError
 
@@ -45,7 +45,7 @@ def streamlit_command(*, host: str, port: int) -> list[str]:
     return [sys.executable, "-m", "streamlit", "run", str(APP_PATH),
             "--server.address", host, "--server.port", str(port), "--server.headless", "true",
             "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
-            "--server.runOnSave", "false", "--client.toolbarMode", "minimal", "--global.developmentMode", "false"]
+            "--server.runOnSave", "false", "--runner.postScriptGC", "false", "--client.toolbarMode", "minimal", "--global.developmentMode", "false"]
 
 
 @contextlib.contextmanager
@@ -112,9 +112,12 @@ def chromium_page(*, width: int = 1280, height: int = 900) -> Iterator:
             browser.close()
 
 
-def sign_in(page, url: str, *, name: str, token: str) -> None:  # noqa: ANN001
-    """Sign in through the form and wait for the Rate page."""
+def sign_in(page, url: str, *, name: str, token: str, on_form: Callable[[], None] | None = None) -> None:  # noqa: ANN001
+    """Sign in through the form and wait for the Rate page; ``on_form`` is called when the form is shown."""
     page.goto(url)
+    page.get_by_label("Rater name").wait_for()
+    if on_form is not None:
+        on_form()
     page.get_by_label("Rater name").fill(name)
     page.get_by_label("Token").fill(token)
     page.get_by_role("button", name="Sign in").click()

@@ -13,9 +13,18 @@ def _ctx():  # noqa: ANN202
     return Context()
 
 
+def _job_priority() -> None:
+    """A training process yields the cores to the app and its worker (``finetune/priority.py``)."""
+    from finetune.priority import lower_priority
+    from pickloop.settings import get_settings
+
+    lower_priority(get_settings().finetune_nice)
+
+
 def cmd_finetune_run(args) -> int:  # noqa: ANN001
     from pickloop.errors import UserError
 
+    _job_priority()
     overrides = json_object(args.config)
     if args.method == "auto":
         from finetune.auto import run_auto
@@ -89,6 +98,7 @@ def cmd_models_export(args) -> None:  # noqa: ANN001
 def cmd_bench_dpo(args) -> int:  # noqa: ANN001
     from finetune.bench.dpo import run_bench
 
+    _job_priority()  # a training job like `finetune run` (it is `bench app`'s); figures are on the CPU clock
     figures = run_bench(steps=args.steps, pairs=args.pairs, batch_size=args.batch_size, base=args.base,
                         reference=args.reference, reference_script=args.reference_script)
     return 2 if figures is None else 0  # None: the reference's extra is missing (one line said what to install)

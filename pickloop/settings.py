@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     promote_max_follow_drop: float = Field(0.02, ge=0.0, le=1.0, description="Promotion gate (shapes world): largest allowed fall of the judge's prompt-following accuracy (0.02 = 2 points).")
     promote_gate_steps: int = Field(10, ge=1, le=200, description="Sampling steps for the promotion gate's images.")
     finetune_stale_seconds: float = Field(900.0, gt=0, description="A fine-tuning job whose heartbeat is older than this (s) may be taken over.")
+    finetune_nice: int = Field(10, ge=0, le=19, description="A fine-tuning process raises its nice value to this "
+                               "(lower CPU priority), so that the queue worker and the app keep ahead of the "
+                               "raters while training shares the cores; 0 leaves the priority as it is.")
     reward_trust_min_acc: float = Field(0.70, ge=0.5, le=1.0, description="Fine-tuning uses the reward model's "
                                         "rankings (AI-ranked pairs, DDPO, the gate's win rate) only when its "
                                         "cross-validated accuracy on the human labels reaches this.")

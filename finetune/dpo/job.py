@@ -71,12 +71,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--upto", type=int, help="highest judgement id to train on")
     ap.add_argument("--no-resume", action="store_true")
     args = ap.parse_args(argv)
+    from finetune.priority import lower_priority
     from pickloop.context import Context
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     try:
+        ctx = Context()
+        lower_priority(ctx.settings.finetune_nice)
         cfg = DPOConfig.from_dict(json.loads(args.config))
-        result = run_dpo(Context(), cfg, out_dir=args.out, work_dir=args.work, upto=args.upto,
+        result = run_dpo(ctx, cfg, out_dir=args.out, work_dir=args.work, upto=args.upto,
                          resume=not args.no_resume)
     except UserError as e:
         print(f"pickloop: error: {e}")
