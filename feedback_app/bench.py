@@ -33,14 +33,29 @@ AHEAD_JS = """() => [...document.querySelectorAll('.pl-set[hidden]')]
 # Records when each key reaches the page (before the panel's own handler: window, capture phase).
 KEY_CLOCK_JS = """() => { if (!window.__benchKeys) { window.__benchKeys = true;
   window.addEventListener('keydown', () => { window.__keyAt = performance.now(); }, true); } }"""
-# The next set is fully shown: its key and the time since the key, measured in the page.
-SWAP_JS = """([oldKey, n]) => {
-  const set = document.querySelector('.pl-set:not([hidden])');
-  if (!set || set.dataset.key === oldKey) return null;
-  const imgs = [...set.querySelectorAll('img')];
-  if (imgs.length !== n || !imgs.every(i => i.complete && i.naturalWidth > 0)) return null;
-  return { key: set.dataset.key, ms: performance.now() - window.__keyAt };
+# Records, in the page, each set that comes on screen fully shown (every image decoded): its key and
+# the time from the last key to the frame that shows it. Driven by DOM mutations and image loads, not
+# by polling every frame: a page polled on every frame keeps Chromium drawing frames the whole time the
+# rater waits, which takes CPU from the worker the rater is waiting for.
+SWAP_WATCH_JS = """(n) => { if (window.__benchSwaps) return; window.__benchSwaps = [];
+  const first = document.querySelector('.pl-set:not([hidden])');
+  let last = first ? first.dataset.key : null;
+  const check = () => {
+    const set = document.querySelector('.pl-set:not([hidden])');
+    if (!set || set.dataset.key === last) return;
+    const imgs = [...set.querySelectorAll('img')];
+    if (imgs.length !== n) return;
+    const pending = imgs.filter(i => !(i.complete && i.naturalWidth > 0));
+    if (pending.length) { pending.forEach(i => i.addEventListener('load', check, {once: true})); return; }
+    last = set.dataset.key;
+    const key = last;
+    requestAnimationFrame(() => window.__benchSwaps.push({ key, ms: performance.now() - window.__keyAt }));
+  };
+  new MutationObserver(check).observe(document.body,
+    { subtree: true, childList: true, attributes: true, attributeFilter: ['hidden', 'src'] });
 }"""
+SWAPS_JS = "(i) => window.__benchSwaps.length > i ? window.__benchSwaps[i] : null"
+POLL_MS = 50  # how often Python looks at what the page recorded (the figures are the page's own)
 
 # What the panel holds, for a bench that got stuck.
 PANEL_STATE_JS = """() => { const p = window.__pickloopPanel; return p && {
@@ -84,7 +99,9 @@ def _start(args: list[str], home: Path, log_name: str) -> subprocess.Popen:
 
 
 def run_app_bench(*, answers: int, rate: float, candidates: int, pre_drawn: int, finetune_jobs: int,
-                  first_sets: int = 4, image_size: int = 256, progress: bool = True) -> BenchResult:
+                  first_sets: int | None = None, image_size: int = 256, progress: bool = True) -> BenchResult:
+    """``first_sets``: drawn when the home is made, as ``pickloop init`` does (None: its default,
+    settings.first_sets; 0: none)."""
     from sqlmodel import func, select
     from tqdm import tqdm
 
@@ -103,6 +120,7 @@ def run_app_bench(*, answers: int, rate: float, candidates: int, pre_drawn: int,
                                    candidates_per_set=candidates))
         initialize_home(ctx, first_admin=False, prompts=pre_drawn == 0)
         init_s = 0.0
+        first_sets = ctx.settings.first_sets if first_sets is None else first_sets
         if not pre_drawn and first_sets:
             from generator import draw_first_sets
 
@@ -135,9 +153,10 @@ def run_app_bench(*, answers: int, rate: float, candidates: int, pre_drawn: int,
                     steps["app_up"] = time.perf_counter() - t0
                     browser.sign_in(page, url, name="bench", token=token,
                                     on_form=lambda: steps.__setitem__("sign_in_page", time.perf_counter() - t0))
-                    key = browser.wait_for_set(page, None, n=candidates, timeout_ms=120_000)
+                    browser.wait_for_set(page, None, n=candidates, timeout_ms=120_000, polling=POLL_MS)
                     first_set_s = time.perf_counter() - t0
                     page.evaluate(KEY_CLOCK_JS)
+                    page.evaluate(SWAP_WATCH_JS, candidates)
                     browser.focus_page(page)
                     due = time.perf_counter()
                     for i in tqdm(range(answers), desc="answers", file=sys.stdout, disable=not progress):
@@ -149,12 +168,11 @@ def run_app_bench(*, answers: int, rate: float, candidates: int, pre_drawn: int,
                         if i == answers - 1:
                             break
                         try:
-                            swap = page.wait_for_function(SWAP_JS, arg=[key, candidates], polling="raf",
+                            swap = page.wait_for_function(SWAPS_JS, arg=i, polling=POLL_MS,
                                                           timeout=120_000).json_value()
                         except Exception:
                             print("no next set within 120 s; the panel holds:", page.evaluate(PANEL_STATE_JS))
                             raise
-                        key = swap["key"]
                         latencies.append(float(swap["ms"]))
                         due = max(due, time.perf_counter())  # a rater who had to wait starts the next second now
                     browser.wait_for_labels(page, answers, timeout_ms=120_000)
@@ -185,7 +203,7 @@ def cmd_bench_app(args) -> None:  # noqa: ANN001
     if args.pre_drawn and args.pre_drawn < args.answers:
         raise UserError("--pre-drawn must be at least --answers (there is no worker to draw more)")
     r = run_app_bench(answers=args.answers, rate=args.rate, candidates=args.candidates, pre_drawn=args.pre_drawn,
-                      finetune_jobs=args.finetune_jobs, first_sets=0 if args.cold else 4, image_size=args.image_size)
+                      finetune_jobs=args.finetune_jobs, first_sets=0 if args.cold else None, image_size=args.image_size)
     if r.recorded != r.picks:
         raise UserError(f"{r.picks} answers given but {r.recorded} judgements recorded")
     xs = r.latencies_ms

@@ -140,13 +140,15 @@ def panel_state(page) -> str:  # noqa: ANN001
         return f"(panel state unreadable: {e})"
 
 
-def wait_for_set(page, old_key: str | None, *, n: int, timeout_ms: float = 30_000) -> str:  # noqa: ANN001
+def wait_for_set(page, old_key: str | None, *, n: int, timeout_ms: float = 30_000,  # noqa: ANN001
+                 polling: str | int = "raf") -> str:
     """Wait until a set other than ``old_key`` is fully shown (all ``n`` images loaded); its key.
-    A timeout names what the panel held, so that a failure says why."""
+    ``polling``: "raf" (every frame) or every so many ms. A timeout names what the panel held, so
+    that a failure says why."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     try:
-        handle = page.wait_for_function(SET_SHOWN_JS, arg=[old_key or "", n], polling="raf", timeout=timeout_ms)
+        handle = page.wait_for_function(SET_SHOWN_JS, arg=[old_key or "", n], polling=polling, timeout=timeout_ms)
     except PlaywrightTimeout as e:
         raise AssertionError(f"no set after {old_key!r} within {timeout_ms / 1000:g} s; panel: {panel_state(page)}") from e
     return handle.json_value()

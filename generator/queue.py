@@ -296,7 +296,7 @@ def claim_batch(ctx, *, pool: str, depth: int, worker_id: str, k: int,  # noqa: 
 def fill_queue(*, ctx, pool: str = "default", depth: int | None = None, worker_id: str | None = None,  # noqa: ANN001
                max_sets: int | None = None, progress: bool = True, n: int | None = None,
                stale_after_s: float = STALE_AFTER_S, batch_sets: int | None = None,
-               target: Callable[[], int] | None = None) -> int:
+               target: Callable[[], int] | None = None, desc: str | None = None) -> int:
     """Fill ``pool`` up to ``depth`` ready sets per active prompt for the promoted version; returns sets made.
 
     Safe to run in several processes on one database at once. ``n``: candidates per set
@@ -321,7 +321,7 @@ def fill_queue(*, ctx, pool: str = "default", depth: int | None = None, worker_i
     total = min(todo, max_sets) if max_sets is not None else todo
     made = 0
     reward_model, reward_loaded = None, False
-    with tqdm(total=total, desc=f"sets for pool {pool}", unit="set", disable=not progress) as bar:
+    with tqdm(total=total, desc=desc or f"sets for pool {pool}", unit="set", disable=not progress) as bar:
         while max_sets is None or made < max_sets:
             k = min(batch_sets, max_sets - made) if max_sets is not None else batch_sets
             if target is not None:
@@ -398,16 +398,17 @@ def queue_counts(*, session: Session, pool: str | None = None) -> dict[str, int]
     return out
 
 
-def draw_first_sets(ctx, n: int) -> int:  # noqa: ANN001
-    """Draw ``n`` sets in one batched call when the home has no ready set yet, so that the first rater
-    of a new home sees a set the moment the app is up (the model's start-up is paid here, once)."""
+def draw_first_sets(ctx, n: int, *, progress: bool = False) -> int:  # noqa: ANN001
+    """Draw ``n`` sets (batched as the worker batches them) when the home has no ready set yet, so that
+    the first rater of a new home rates while the app's worker starts: its model loads in some seconds
+    (more on a busy machine), and a rater answering once a second would otherwise be waiting for it."""
     from pickloop.db import read_session
     from pickloop.pace import ready_unanswered
 
     with read_session(ctx.engine) as s:
         if ready_unanswered(session=s) > 0:
             return 0
-    made = fill_queue(ctx=ctx, max_sets=n, batch_sets=n, progress=False)
+    made = fill_queue(ctx=ctx, max_sets=n, progress=progress, desc="drawing the first sets")
     if made:
         print(f"{made} first candidate sets drawn")
     return made
