@@ -41,8 +41,10 @@ def free_port() -> int:
 
 
 def streamlit_command(*, host: str, port: int) -> list[str]:
-    """The ``streamlit run`` command line for the app: headless, no usage statistics, no file watcher."""
-    return [sys.executable, "-m", "streamlit", "run", str(APP_PATH),
+    """The ``streamlit run`` command line for the app (through ``feedback_app.serve``, which warms the
+    app up while the server starts): headless, no usage statistics, no file watcher, no full garbage
+    collection after every script run."""
+    return [sys.executable, "-m", "feedback_app.serve", "run", str(APP_PATH),
             "--server.address", host, "--server.port", str(port), "--server.headless", "true",
             "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
             "--server.runOnSave", "false", "--runner.postScriptGC", "false", "--client.toolbarMode", "minimal", "--global.developmentMode", "false"]
