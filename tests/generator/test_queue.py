@@ -262,16 +262,17 @@ def test_the_watching_worker_loads_its_model_when_a_rater_comes_not_while_init_s
 
     loads = []
     monkeypatch.setattr(generator.pipeline, "load_pipeline", lambda **kw: loads.append(kw))
-    _setup(gen_ctx, [f"prompt {i}" for i in range(12)])
+    first = gen_ctx.settings.first_sets
+    _setup(gen_ctx, [f"prompt {i}" for i in range(first)])
     with write_session(gen_ctx.engine) as s:
         version = ensure_base_version(session=s, base_model=gen_ctx.base_model)
         sets = [Comparison(key=uuid.uuid4().hex, prompt_id=i + 1, model_version_id=version.id, status="ready")
-                for i in range(gen_ctx.settings.first_sets)]
+                for i in range(first)]
         s.add_all(sets)
         rater, _ = add_rater(session=s, name="alice")
     watch = QueueWatch(gen_ctx, worker_id="w")
     assert watch.step() == 0 and watch.step() == 0
-    assert loads == []  # 12 sets wait and no rater is online: nothing to draw, no model needed yet
+    assert loads == []  # init's sets wait and no rater is online: nothing to draw, no model needed yet
     with write_session(gen_ctx.engine) as s:
         s.add(Assignment(comparison_id=sets[0].id, rater_id=rater.id))  # the first rater's page hands a set out
     assert watch.step() == 0  # the queue is still long enough for one rater: nothing drawn yet
