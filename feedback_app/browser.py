@@ -47,7 +47,8 @@ def streamlit_command(*, host: str, port: int) -> list[str]:
     return [sys.executable, "-m", "feedback_app.serve", "run", str(APP_PATH),
             "--server.address", host, "--server.port", str(port), "--server.headless", "true",
             "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
-            "--server.runOnSave", "false", "--runner.postScriptGC", "false", "--client.toolbarMode", "minimal", "--global.developmentMode", "false"]
+            "--server.runOnSave", "false", "--runner.postScriptGC", "false", "--client.toolbarMode", "minimal",
+            "--global.developmentMode", "false"]
 
 
 @contextlib.contextmanager
