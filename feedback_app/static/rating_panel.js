@@ -2,15 +2,17 @@
 // answer swaps to the next set at once, without waiting for the server.
 //
 // Data from Python: {sets: [{token, key, prompt, candidates: [{id, src?}]}], acked: [answer id],
-// undo_s, status: {id, text}, behind, guide: {text, show}, depth, tick_s: {short, idle}}. sets[0] is the set the server wants on
-// screen, the rest come after it. A token names one showing of a set. Images (src, data: URLs) come
-// once per token; the panel keeps them, and asks again ({need}) when it holds none for a set.
+// undo_s, status: {id, text}, behind, guide: {text, show}, depth, tick_s: {short, idle}}. sets[0] is
+// the set the server wants on screen, the rest come after it. A token names one showing of a set.
+// Images (src, data: URLs) come once per token; the panel keeps them, and asks again ({need}) when it
+// holds none for a set.
 // State to Python: {outbox: [{id, token, choice, winner_id, ms}], need: {id, tokens}, guide_seen: id,
-// signout: id, tick: id}. A tick asks the server for a rerun when there has been none for a while:
-// after tick_s.short while the panel holds fewer than depth sets (sets the worker has finished since
-// reach it without an answer), after tick_s.idle otherwise (a sign-out elsewhere, an expired session).
-// Answers rerun the server at once, so a rater answering steadily costs no ticks. The outbox holds every answer not yet acknowledged; sending all of it each time means
-// an answer is never lost when two come faster than the server reruns (the server records each once).
+// signout: id, tick: id}. The outbox holds every answer not yet acknowledged; sending all of it each
+// time means an answer is never lost when two come faster than the server reruns (the server records
+// each once). A tick asks the server for a rerun when there has been none for a while: after
+// tick_s.short while the panel holds fewer than depth sets (sets the worker has finished since reach
+// it without an answer), after tick_s.idle otherwise (a sign-out elsewhere, an expired session).
+// Answers rerun the server at once, so a rater answering steadily costs no ticks.
 //
 // Undo (U or the Undo button) takes back exactly the last answer given here, whether the server has
 // recorded it yet or not: the answer leaves the outbox (if it is still there the server never sees
