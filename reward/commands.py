@@ -1,42 +1,22 @@
 """`pickloop reward train | eval | score` and `pickloop bench reward`. Heavy imports stay inside handlers."""
 from __future__ import annotations
 
-import argparse
-from dataclasses import MISSING, fields
 from pathlib import Path
 
+from pickloop.config_base import add_flags, config_from_args
 from pickloop.typed_config import positive_int
 
 
-def _add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:  # noqa: ANN001
-    """One --flag per dataclass field, with the field's help text; defaults stay in the dataclass."""
-    for f in fields(cls):
-        if f.name in skip:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        help_text = f.metadata.get("help", "")
-        default = f.default if f.default is not MISSING else None
-        if f.type in ("bool", bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                                help=f"{help_text} (default {default})")
-        else:
-            kind = {"int": int, "float": float}.get(str(f.type), str)
-            parser.add_argument(flag, type=kind, default=None, help=f"{help_text} (default {default})")
-
-
-def _dataclass_from_args(cls, args: argparse.Namespace):  # noqa: ANN001, ANN202
-    given = {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
-    return cls(**given)
-
-
 def cmd_train(args) -> None:  # noqa: ANN001
+    from reward.config import RewardConfig
+
+    config = config_from_args(RewardConfig, args)  # a bad setting or --config file: one line before torch loads
     import torch
 
     from pickloop.context import Context
-    from reward.train import RewardConfig, train_reward
+    from reward.train import train_reward
 
     torch.set_num_threads(args.threads)
-    config = _dataclass_from_args(RewardConfig, args)
     ctx = Context()
     model, m = train_reward(ctx=ctx, config=config, progress=True)
     print(f"reward model {m['reward_model_id']} trained on {m['labels']} labels ({m['train_pairs']} train / "
@@ -135,7 +115,7 @@ def register(sub, bench_sub) -> None:  # noqa: ANN001
 
     rw = sub.add_parser("reward", help="the preference reward model").add_subparsers(dest="reward_cmd", required=True)
     q = rw.add_parser("train", help="train on every label so far; saves and registers the model")
-    _add_dataclass_flags(q, RewardConfig)
+    add_flags(q, RewardConfig)
     q.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
     q.set_defaults(func=cmd_train)
 

@@ -1,16 +1,14 @@
 """The reward model's training settings (no torch import, so the CLI's --help stays fast)."""
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
+from pickloop.config_base import ConfigBase
 from pickloop.errors import UserError
-from pickloop.typed_config import check_field_types
 
 
 @dataclass
-class RewardConfig:
+class RewardConfig(ConfigBase):
     """Settings of one reward-model training run."""
 
     backbone: str = field(default="embedded:shapes-clip", metadata={"help": "CLIPModel folder or hub id"})
@@ -33,8 +31,10 @@ class RewardConfig:
     cv_folds: int = field(default=5, metadata={
         "help": "folds of prompts for the cross-validated accuracy that says how far to trust the model (0 = off)"})
 
-    def __post_init__(self) -> None:
-        check_field_types(self, "reward")
+    section = "reward"
+    not_hashed = ("cv_folds",)  # measures; changes no weight
+
+    def validate(self) -> None:
         checks = [
             (self.lr > 0 and self.lora_lr > 0, "learning rates must be > 0"),
             (self.epochs >= 1, "epochs must be >= 1"),
@@ -50,10 +50,6 @@ class RewardConfig:
         for ok, msg in checks:
             if not ok:
                 raise UserError(f"reward config: {msg}")
-
-    def config_hash(self) -> str:
-        data = {k: v for k, v in asdict(self).items() if k != "cv_folds"}  # measures; changes no weight
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def model_kwargs(self) -> dict:
         return dict(head_width=self.head_width, dropout=self.dropout, lora_rank=self.lora_rank, seed=self.seed)
