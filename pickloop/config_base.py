@@ -113,6 +113,16 @@ def _flag_type(tp: Any) -> tuple[Callable[[str], Any] | None, dict[str, Any]]:
     return str, {}
 
 
+def _metavar(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return "|".join(_metavar(a) for a in args) + ("|none" if len(args) < len(typing.get_args(tp)) else "")
+    if origin in (tuple, list):
+        return _metavar(typing.get_args(tp)[0])
+    return {int: "N", float: "X", Path: "PATH"}.get(tp, "TEXT")
+
+
 def _dest(prefix: str, name: str) -> str:
     return f"{prefix.replace('-', '_')}_{name}" if prefix else name
 
@@ -153,6 +163,8 @@ def add_flags(parser: argparse.ArgumentParser, cls: type[ConfigBase], defaults: 
             kw.update(extra, type=kind, default=argparse.SUPPRESS)
             if "choices" in f.metadata:
                 kw["choices"] = f.metadata["choices"]
+            else:  # the kind of value, not the name again: --lr X, --steps N, --size N|none
+                kw["metavar"] = _metavar(hints[f.name])
         parser.add_argument("--" + (f"{prefix}-" if prefix else "") + f.name.replace("_", "-"), **kw)
     parser.set_defaults(**{_defaults_dest(cls, prefix): defaults})
     if config:

@@ -94,8 +94,8 @@ def test_flags_have_kebab_names_help_and_defaults():
     parser = argparse.ArgumentParser()
     add_flags(parser, Toy, {"steps": 99})
     text = parser.format_help()
-    for words in ("--steps STEPS", "optimizer steps (default 99)", "--log-every", "--fast, --no-fast",
-                  "--kind {a,b}", "--targets TARGETS [TARGETS ...]", "(default x y)", "--config FILE.yaml"):
+    for words in ("--steps N", "optimizer steps (default 99)", "--log-every N", "--fast, --no-fast", "--lr X",
+                  "--size N|none", "--kind {a,b}", "--targets TEXT [TEXT ...]", "(default x y)", "--config FILE.yaml"):
         assert words in text, words
 
 
@@ -157,3 +157,21 @@ def test_stage_commands_take_flags_and_a_config_file(tmp_path):
     args = parser.parse_args(["reward", "train", "--config", str(tmp_path / "reward.yaml"), "--no-include-ties",
                               "--heldout-share", "0.3"])
     assert config_from_args(RewardConfig, args) == RewardConfig(epochs=40, lr=1e-2, heldout_share=0.3)
+
+
+def test_finetune_run_takes_each_methods_flags_over_its_config_file(tmp_path):
+    from finetune.commands import run_overrides
+    from pickloop.cli import build_parser
+
+    parser = build_parser()
+    (tmp_path / "dpo.yaml").write_text("steps: 500\nlr: 1e-5\n")
+    args = parser.parse_args(["finetune", "run", "--method", "dpo", "--config", str(tmp_path / "dpo.yaml"),
+                              "--dpo-steps", "3", "--dpo-targets", "to_q", "--no-dpo-since-parent"])
+    assert run_overrides(args) == {"steps": 3, "lr": 1e-5, "targets": ("to_q",), "since_parent": False}
+    (tmp_path / "auto.yaml").write_text("dpo:\n  steps: 10\nddpo:\n  epochs: 2\n  lr: 0.01\n")
+    args = parser.parse_args(["finetune", "run", "--config", str(tmp_path / "auto.yaml"), "--ddpo-epochs", "5",
+                              "--dpo-beta", "5000"])
+    assert run_overrides(args) == {"dpo": {"steps": 10, "beta": 5000.0}, "ddpo": {"epochs": 5, "lr": 0.01}}
+    assert run_overrides(parser.parse_args(["finetune", "run", "--method", "ddpo"])) == {}
+    with pytest.raises(UserError, match="--ddpo-\\* flags \\(epochs\\) set ddpo settings, but --method is dpo"):
+        run_overrides(parser.parse_args(["finetune", "run", "--method", "dpo", "--ddpo-epochs", "2"]))
