@@ -85,16 +85,15 @@ def cmd_score(args) -> None:  # noqa: ANN001
 
 
 def cmd_bench(args) -> None:  # noqa: ANN001
+    from reward.config import RewardBenchConfig, RewardConfig
+
+    cfg = config_from_args(RewardBenchConfig, args)  # a bad setting: one line before torch loads
+    config = RewardConfig(backbone=args.backbone, heldout_share=0.2, seed=cfg.seed)
     import torch
 
-    from reward.bench import BenchConfig, run_bench
-    from reward.train import RewardConfig
+    from reward.bench import run_bench
 
     torch.set_num_threads(args.threads)
-    cfg = BenchConfig(taste=args.taste, labels=args.labels, candidates=args.candidates,
-                      train_prompts=args.train_prompts, test_pairs=args.test_pairs,
-                      off_prompt_share=args.off_prompt_share, seed=args.seed)
-    config = RewardConfig(backbone=args.backbone, heldout_share=0.2, seed=args.seed)
     print(f"reward bench: taste {cfg.taste!r} (hidden from the model), {cfg.labels} labels of "
           f"{cfg.candidates} candidates, backbone {config.backbone}")
     r = run_bench(cfg, config, progress=True)
@@ -111,7 +110,7 @@ def cmd_bench(args) -> None:  # noqa: ANN001
 
 
 def register(sub, bench_sub) -> None:  # noqa: ANN001
-    from reward.config import RewardConfig
+    from reward.config import RewardBenchConfig, RewardConfig
 
     rw = sub.add_parser("reward", help="the preference reward model").add_subparsers(dest="reward_cmd", required=True)
     q = rw.add_parser("train", help="train on every label so far; saves and registers the model")
@@ -134,13 +133,7 @@ def register(sub, bench_sub) -> None:  # noqa: ANN001
     q.set_defaults(func=cmd_score)
 
     q = bench_sub.add_parser("reward", help="learn a simulated rater's hidden taste; held-out accuracy")
-    q.add_argument("--taste", default="large", help="simulated rater's taste (name or FILE.py:FUNC)")
-    q.add_argument("--labels", type=int, default=300, help="training judgements")
-    q.add_argument("--candidates", type=int, default=4, help="images per training set (2-4)")
-    q.add_argument("--train-prompts", type=int, default=100, help="training prompts")
-    q.add_argument("--test-pairs", type=int, default=400, help="held-out pairs, each answered twice")
-    q.add_argument("--off-prompt-share", type=float, default=0.0, help="share of candidates breaking the prompt")
+    add_flags(q, RewardBenchConfig)
     q.add_argument("--backbone", default="embedded:shapes-clip", help="CLIPModel folder or hub id")
-    q.add_argument("--seed", type=int, default=0)
     q.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
     q.set_defaults(func=cmd_bench)
