@@ -1,7 +1,8 @@
 """The one base of every stage's settings, and the one way a command line fills them in.
 
 A stage's settings are a ``@dataclass`` that also derives from ``ConfigBase``; each field carries its help
-text, units included (``field(default=..., metadata={"help": "..."})``), and optionally ``"choices"``. The
+text, units included (``field(default=..., metadata={"help": "..."})``), and optionally ``"choices"`` and
+``"flag"`` (a flag name other than the field's, e.g. ``pipeline`` for ``pipeline_dir``). The
 base gives every such class the same behaviour:
 
 - construction checks each field's type first (``check_field_types``: one line naming the setting), then
@@ -155,8 +156,10 @@ def add_flags(parser: argparse.ArgumentParser, cls: type[ConfigBase], defaults: 
         else:
             default = None
         kind, extra = _flag_type(hints[f.name])
-        kw: dict[str, Any] = {"dest": _dest(prefix, f.name), "help": f"{f.metadata.get('help', '')} "
-                                                                     f"(default {_shown(default)})".lstrip()}
+        help_text = f.metadata.get("help", "")
+        if "default" not in help_text or f.name in defaults:  # "(default: shipped)" already says it
+            help_text = f"{help_text} (default {_shown(default)})".lstrip()
+        kw: dict[str, Any] = {"dest": _dest(prefix, f.name), "help": help_text}
         if "action" in extra:  # a bool: --name / --no-name; None means not given
             kw.update(extra, default=None)
         else:
@@ -165,7 +168,8 @@ def add_flags(parser: argparse.ArgumentParser, cls: type[ConfigBase], defaults: 
                 kw["choices"] = f.metadata["choices"]
             else:  # the kind of value, not the name again: --lr X, --steps N, --size N|none
                 kw["metavar"] = _metavar(hints[f.name])
-        parser.add_argument("--" + (f"{prefix}-" if prefix else "") + f.name.replace("_", "-"), **kw)
+        name = f.metadata.get("flag", f.name.replace("_", "-"))  # a field may keep an older, shorter flag
+        parser.add_argument("--" + (f"{prefix}-" if prefix else "") + name, **kw)
     parser.set_defaults(**{_defaults_dest(cls, prefix): defaults})
     if config:
         parser.add_argument("--config", default=None, metavar="FILE.yaml",

@@ -33,7 +33,7 @@ def _type_name(tp: Any) -> str:
     if origin in (tuple, list):
         return f"a list of {_type_name(typing.get_args(tp)[0])}"
     return {int: "an integer", float: "a finite number", str: "text", bool: "true or false",
-            type(None): "null"}.get(tp, getattr(tp, "__name__", str(tp)))
+            type(None): "null", Path: "a path"}.get(tp, getattr(tp, "__name__", str(tp)))
 
 
 def _fits(value: Any, tp: Any) -> tuple[bool, Any]:
@@ -71,6 +71,8 @@ def _fits(value: Any, tp: Any) -> tuple[bool, Any]:
             return False, value
     if tp is str:
         return isinstance(value, str), value
+    if tp is Path:  # a path from JSON or YAML is text
+        return isinstance(value, (str, Path)), Path(value) if isinstance(value, str) else value
     return True, value  # a type this checker does not know: the config's own checks decide
 
 

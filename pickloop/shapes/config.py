@@ -5,6 +5,9 @@ import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pickloop.config_base import ConfigBase
+from pickloop.errors import UserError
+
 from .models import MODELS_DIR
 
 
@@ -33,6 +36,26 @@ class UnetConfig(StageConfig):
     ema_decay: float = field(default=0.999, metadata={"help": "EMA decay per step of the shipped weights"})
     open_share: float = field(default=0.3, metadata={"help": "share of captions that leave attributes open"})
     pool_size: int = field(default=8192, metadata={"help": "scenes encoded once to latents and reused"})
+
+
+@dataclass
+class ShapesBenchConfig(ConfigBase):
+    """Settings of the shapes bench."""
+
+    n: int = field(default=100, metadata={"help": "held-out prompts drawn and read"})
+    batch: int = field(default=20, metadata={"help": "images per pipeline call while drawing"})
+    seed: int = field(default=0, metadata={"help": "seed of the first image; image i uses seed + i"})
+    pipeline_dir: Path | None = field(default=None, metadata={"help": "pipeline folder (default: shipped)",
+                                                                         "flag": "pipeline"})
+    clip_dir: Path | None = field(default=None, metadata={"help": "CLIP folder (default: shipped)",
+                                                                     "flag": "clip"})
+    candidates: int = field(default=16, metadata={"help": "captions the CLIP chooses among"})
+
+    section = "shapes bench"
+
+    def validate(self) -> None:
+        if self.n < 1 or self.batch < 1 or self.candidates < 2:
+            raise UserError("the shapes bench needs n >= 1, batch >= 1 and candidates >= 2")
 
 
 STAGES = ("vae", "clip", "unet")  # in order: the U-Net needs the trained VAE

@@ -175,3 +175,17 @@ def test_finetune_run_takes_each_methods_flags_over_its_config_file(tmp_path):
     assert run_overrides(parser.parse_args(["finetune", "run", "--method", "ddpo"])) == {}
     with pytest.raises(UserError, match="--ddpo-\\* flags \\(epochs\\) set ddpo settings, but --method is dpo"):
         run_overrides(parser.parse_args(["finetune", "run", "--method", "dpo", "--ddpo-epochs", "2"]))
+
+
+def test_a_field_may_keep_its_older_flag_and_a_path_from_a_file_is_a_path(tmp_path):
+    from pathlib import Path
+
+    from pickloop.cli import build_parser
+    from pickloop.shapes.config import ShapesBenchConfig
+
+    (tmp_path / "b.yaml").write_text("clip_dir: some/clip\nn: 5\n")
+    args = build_parser().parse_args(["bench", "shapes", "--pipeline", "p/q", "--config", str(tmp_path / "b.yaml")])
+    cfg = config_from_args(ShapesBenchConfig, args)
+    assert cfg == ShapesBenchConfig(n=5, pipeline_dir=Path("p/q"), clip_dir=Path("some/clip"))
+    with pytest.raises(UserError, match="shapes bench setting clip_dir must be a path or null, not 3"):
+        ShapesBenchConfig.from_dict({"clip_dir": 3})
