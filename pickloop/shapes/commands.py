@@ -17,10 +17,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
         if not torch.cuda.is_available():
             raise UserError("--device cuda asked, but torch sees no CUDA device")
-    try:
-        cfg = config_from_args(args)
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    cfg = config_from_args(args)  # a bad setting is a UserError from the config base
     if args.ship_only:
         if not (Path(cfg.work) / "unet.ckpt.safetensors").exists():
             raise UserError(f"no checkpoints in {cfg.work}; train first")

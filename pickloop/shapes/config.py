@@ -12,7 +12,7 @@ from .models import MODELS_DIR
 
 
 @dataclass
-class StageConfig:
+class StageConfig(ConfigBase):
     """Settings of one training stage."""
 
     minutes: float = field(default=10.0,
@@ -23,9 +23,11 @@ class StageConfig:
     checkpoint_every_s: float = field(default=120.0, metadata={"help": "seconds between checkpoints"})
     seed: int = field(default=0, metadata={"help": "seed of the data stream and the init"})
 
-    def __post_init__(self) -> None:
+    section = "shapes stage"
+
+    def validate(self) -> None:
         if self.minutes < 0 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError(f"invalid stage config {self}")
+            raise UserError(f"a shapes training stage needs minutes >= 0, batch_size >= 1 and lr > 0, not {self}")
 
 
 @dataclass
@@ -62,7 +64,7 @@ STAGES = ("vae", "clip", "unet")  # in order: the U-Net needs the trained VAE
 
 
 @dataclass
-class RecipeConfig:
+class RecipeConfig(ConfigBase):
     """The whole recipe; the defaults take about 70 minutes on one busy CPU thread (CLIP may run beside)."""
 
     work: Path = field(default=Path("runs/shapes/work"), metadata={"help": "checkpoints live here; rerun to resume"})
@@ -72,9 +74,11 @@ class RecipeConfig:
     clip: StageConfig = field(default_factory=lambda: StageConfig(minutes=15, batch_size=64, lr=5e-4))
     unet: UnetConfig = field(default_factory=lambda: UnetConfig(minutes=55, batch_size=32, lr=7e-4))
 
-    def __post_init__(self) -> None:
+    section = "shapes recipe"
+
+    def validate(self) -> None:
         if self.device not in ("cpu", "cuda"):
-            raise ValueError(f"device must be cpu or cuda, got {self.device!r}")
+            raise UserError(f"device must be cpu or cuda, got {self.device!r}")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -189,3 +189,13 @@ def test_a_field_may_keep_its_older_flag_and_a_path_from_a_file_is_a_path(tmp_pa
     assert cfg == ShapesBenchConfig(n=5, pipeline_dir=Path("p/q"), clip_dir=Path("some/clip"))
     with pytest.raises(UserError, match="shapes bench setting clip_dir must be a path or null, not 3"):
         ShapesBenchConfig.from_dict({"clip_dir": 3})
+
+
+def test_the_shapes_recipe_settings_are_on_the_base_too():
+    from pickloop.shapes.config import RecipeConfig, UnetConfig
+
+    with pytest.raises(UserError, match="shapes stage setting pool_size must be an integer, not 'x'"):
+        UnetConfig.from_dict({"pool_size": "x"})
+    with pytest.raises(UserError, match="batch_size >= 1"):
+        UnetConfig(batch_size=0)
+    assert RecipeConfig(work="w").work.name == "w" and "pool_size" in UnetConfig.help()
