@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, TypeVar
 
 from pickloop.errors import UserError
-from pickloop.typed_config import _hints, check_field_types, config_object
+from pickloop.typed_config import check_field_types, config_object, field_types
 
 C = TypeVar("C", bound="ConfigBase")
 
@@ -143,7 +143,7 @@ def add_flags(parser: argparse.ArgumentParser, cls: type[ConfigBase], defaults: 
     unknown = set(defaults) - {f.name for f in dataclasses.fields(cls)}
     if unknown:  # a programming mistake, not a user's
         raise ValueError(f"defaults for unknown {cls.section} settings: {sorted(unknown)}")
-    hints = _hints(cls)
+    hints = field_types(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
@@ -183,7 +183,7 @@ def _defaults_dest(cls: type, prefix: str) -> str:
 
 def flag_values(cls: type[ConfigBase], args: argparse.Namespace, *, prefix: str = "") -> dict[str, Any]:
     """The settings of ``cls`` given explicitly as flags (those ``add_flags`` made), by field name."""
-    hints = _hints(cls)
+    hints = field_types(cls)
     given = {}
     for f in dataclasses.fields(cls):
         value = getattr(args, _dest(prefix, f.name), argparse.SUPPRESS)

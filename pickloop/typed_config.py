@@ -22,7 +22,8 @@ from pickloop.errors import UserError, one_line
 
 
 @lru_cache(maxsize=None)
-def _hints(cls: type) -> dict[str, Any]:
+def field_types(cls: type) -> dict[str, Any]:
+    """The resolved annotations of dataclass ``cls`` (``from __future__ import annotations`` leaves text)."""
     return typing.get_type_hints(cls)
 
 
@@ -80,7 +81,7 @@ def check_field_types(obj: Any, section: str) -> None:
     """Raise a one-line UserError for the first field of dataclass ``obj`` whose value does not fit its
     annotation (int, finite float, str, bool, ``X | None``, ``tuple[str, ...]``); a list given for a
     tuple field becomes a tuple."""
-    hints = _hints(type(obj))
+    hints = field_types(type(obj))
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         ok, kept = _fits(value, hints[f.name])
