@@ -28,4 +28,5 @@ app: $(STAMP)
 	$(VENV)/bin/pickloop app
 
 test: $(STAMP) browser postgres
+	$(VENV)/bin/ruff check .
 	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q -p no:cacheprovider

@@ -93,7 +93,7 @@ def _env(home: Path) -> dict[str, str]:
 
 
 def _start(args: list[str], home: Path, log_name: str) -> subprocess.Popen:
-    log = open(home / log_name, "ab")  # noqa: SIM115 - the child keeps it; closed when the bench ends
+    log = open(home / log_name, "ab")  # the child keeps it; closed when the bench ends
     return subprocess.Popen([sys.executable, "-m", "pickloop", *args], env=_env(home), stdout=log,
                             stderr=subprocess.STDOUT, cwd=str(home))
 

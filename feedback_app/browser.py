@@ -59,7 +59,7 @@ def app_server(*, home: Path, port: int | None = None, timeout_s: float = 60.0,
     env = {k: v for k, v in os.environ.items()
            if k not in ("PICKLOOP_DATABASE_URL", "PICKLOOP_IMAGE_STORE_URL", "PICKLOOP_CONFIG")}
     env.update(PICKLOOP_HOME=str(home), OMP_NUM_THREADS="1")
-    log = open(log_path or Path(home) / "streamlit.log", "ab")  # noqa: SIM115 - closed below
+    log = open(log_path or Path(home) / "streamlit.log", "ab")  # closed below
     proc = subprocess.Popen(streamlit_command(host="127.0.0.1", port=port), env=env, stdout=log,
                             stderr=subprocess.STDOUT, cwd=str(Path(home)))
     url = f"http://127.0.0.1:{port}"
@@ -132,7 +132,8 @@ PANEL_STATE_JS = """() => { const p = window.__pickloopPanel; if (!p) return 'no
   return JSON.stringify({shown: p.shown, sets: p.sets.map(s => s.token), srcs: [...p.srcs.keys()],
     answered: [...p.answered], outbox: p.outbox.map(a => [a.token, a.choice]), undone: p.undone && p.undone.set.token,
     queue: p.queueNow.map(s => s.token), waiting: p.waiting.hidden ? '' : p.waiting.textContent,
-    status: p.status.textContent, overlay: Boolean(p.overlay), focus: document.activeElement && document.activeElement.tagName}); }"""
+    status: p.status.textContent, overlay: Boolean(p.overlay),
+    focus: document.activeElement && document.activeElement.tagName}); }"""
 
 
 def panel_state(page) -> str:  # noqa: ANN001
@@ -153,7 +154,8 @@ def wait_for_set(page, old_key: str | None, *, n: int, timeout_ms: float = 30_00
     try:
         handle = page.wait_for_function(SET_SHOWN_JS, arg=[old_key or "", n], polling=polling, timeout=timeout_ms)
     except PlaywrightTimeout as e:
-        raise AssertionError(f"no set after {old_key!r} within {timeout_ms / 1000:g} s; panel: {panel_state(page)}") from e
+        raise AssertionError(f"no set after {old_key!r} within {timeout_ms / 1000:g} s; "
+                             f"panel: {panel_state(page)}") from e
     return handle.json_value()
 
 

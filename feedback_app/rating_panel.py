@@ -14,6 +14,7 @@ calls, so tests drive it directly; ``mount`` is the component itself, defined on
 from __future__ import annotations
 
 import logging
+import secrets
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,6 +118,9 @@ class Panel:
     uris: dict[str, str] = field(default_factory=dict)  # image sha256 -> data: URL, for the queue's images
     imaged: set[str] = field(default_factory=set)  # tokens whose images went to the browser already
     need_seen: str | None = None  # the last request of the browser for images again (see ``handle_need``)
+    # Names this panel to the browser: while it is the same, the browser keeps its panel (outbox, answers
+    # not yet acknowledged, the undone set, images) even when Streamlit mounts the component anew.
+    panel_id: str = field(default_factory=lambda: secrets.token_hex(8))
 
     def token(self, view: SetView) -> str:
         if view.comparison_id not in self.tokens:
@@ -210,7 +214,7 @@ class Panel:
         self.imaged = (self.imaged & live) | live
         held = {c.image_sha256 for v in self.queue for c in v.candidates}
         self.uris = {sha: uri for sha, uri in self.uris.items() if sha in held}
-        return {"sets": sets, "acked": list(self.acked)}
+        return {"sets": sets, "acked": list(self.acked), "panel_id": self.panel_id}
 
 
 def _define() -> Callable[..., Any]:

@@ -7,12 +7,10 @@ shapes world's exact renderer, so the app can be exercised in seconds with no mo
 from __future__ import annotations
 
 import random
-import uuid
 
 from pickloop.context import Context
 from pickloop.db import write_session
-from pickloop.schema import Candidate, Comparison
-from pickloop.store import add_prompts, ensure_base_version
+from pickloop.store import add_candidates, add_prompts, add_set, ensure_base_version
 
 
 def make_ready_sets(*, ctx: Context, n: int, per_set: int | None = None, size: int = 128,
@@ -30,15 +28,13 @@ def make_ready_sets(*, ctx: Context, n: int, per_set: int | None = None, size: i
         prompts = add_prompts(session=s, texts=texts)
         for i in range(n):
             prompt = prompts[i % len(prompts)]
-            comp = Comparison(key=uuid.uuid4().hex, prompt_id=prompt.id, model_version_id=version.id,
-                              status="ready", raters_wanted=raters_wanted, source="queue")
-            s.add(comp)
-            s.flush()
+            candidates = []
             for slot in range(per_set):
                 img_seed = rng.randrange(2**31)
                 sha = ctx.images.put(render(scene_from_prompt(prompt.text, random.Random(img_seed)), size))
-                s.add(Candidate(comparison_id=comp.id, slot=slot, prompt_id=prompt.id, model_version_id=version.id,
-                                seed=img_seed, params={"renderer": "shapes.world"}, image_sha256=sha))
+                candidates.append(dict(slot=slot, seed=img_seed, params={"renderer": "shapes.world"}, image_sha256=sha))
+            comp = add_set(session=s, prompt_id=prompt.id, model_version_id=version.id, status="ready",
+                           raters_wanted=raters_wanted, candidates=candidates)
             keys.append(comp.key)
     return keys
 
@@ -54,13 +50,9 @@ def make_answered_sets(*, ctx: Context, rater_id: int, n: int, per_set: int = 4)
         vid = ensure_base_version(session=s, base_model=ctx.base_model).id
         prompts = add_prompts(session=s, texts=[f"history prompt {i} <b>not bold</b>" for i in range(n)])
         for i, prompt in enumerate(prompts):
-            comp = Comparison(key=uuid.uuid4().hex, prompt_id=prompt.id, model_version_id=vid, status="done")
-            s.add(comp)
-            s.flush()
-            cands = [Candidate(comparison_id=comp.id, slot=k, prompt_id=prompt.id, model_version_id=vid,
-                               seed=k, params={}, image_sha256=sha) for k, sha in enumerate(shas)]
-            s.add_all(cands)
-            s.flush()
+            comp = add_set(session=s, prompt_id=prompt.id, model_version_id=vid, status="done")
+            cands = add_candidates(session=s, comparison=comp, candidates=[
+                dict(slot=k, seed=k, params={}, image_sha256=sha) for k, sha in enumerate(shas)])
             s.add(Judgement(comparison_id=comp.id, rater_id=rater_id, choice="pick",
                             winner_id=cands[i % per_set].id, shown_order=[c.id for c in cands],
                             idempotency_key=f"history:{comp.key}"))

@@ -11,6 +11,7 @@ import io
 import logging
 import random
 import time
+from typing import Any, Callable
 
 import streamlit as st
 from PIL import Image, ImageDraw
@@ -100,7 +101,7 @@ def _thumbnail_uri(images_url: str, sha256: str) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def history_html(ctx: Context, items: list) -> str:  # noqa: ANN001
+def history_html(ctx: Context, items: list) -> str:
     """One page of History as one HTML block: prompt, answer, time and the thumbnails as shown, the
     picked one framed. Every text is escaped (prompts are user input)."""
     out = [HISTORY_CSS]
@@ -267,7 +268,7 @@ def require_admin() -> logic.Identity:
     return ident
 
 
-def run_write(fn, *args, **kwargs):  # noqa: ANN001, ANN201
+def run_write(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Run ``fn(session=..., ...)`` in one write transaction; a UserError is shown, not raised.
 
     SQLite under many writers can still say "database is locked" after its busy timeout (a writer

@@ -6,8 +6,8 @@
    concurrent call prints one line and exits ``EXIT_BUSY`` (75, EX_TEMPFAIL) at once;
 2. counts judgements newer than the last finished run of this method; fewer than N: exit 0, no-op;
 3. keys the run by method + data snapshot (highest judgement id) + config hash + the parent LoRA's
-   sha256 (``Job.run_key`` is unique): a run already done is a no-op; a running row with a fresh heartbeat (another machine on the
-   same PostgreSQL) is busy; a running row with a stale heartbeat (``settings.finetune_stale_seconds``)
+   sha256 (``Job.run_key`` is unique): a run already done is a no-op; a running row with a fresh heartbeat (another
+   machine on the same PostgreSQL) is busy; a running row with a stale heartbeat (``settings.finetune_stale_seconds``)
    or a failed one is taken over and resumes from its checkpoints;
 4. trains with a heartbeat thread, registers a candidate ModelVersion and marks the job done in one
    transaction; an exception marks it failed with the error. The LoRA lands by rename
@@ -133,7 +133,9 @@ def claim_job(ctx: Any, *, kind: str, run_key: str, snapshot: int, config_hash: 
                 return "claimed", job
             if job.status == "done":
                 return "already-done", job
-            heartbeat = job.heartbeat_at if job.heartbeat_at.tzinfo else job.heartbeat_at.replace(tzinfo=utcnow().tzinfo)
+            heartbeat = job.heartbeat_at
+            if not heartbeat.tzinfo:
+                heartbeat = heartbeat.replace(tzinfo=utcnow().tzinfo)
             if job.status == "running" and utcnow() - heartbeat < stale:
                 return "busy", job
             previous = job.owner
@@ -168,7 +170,7 @@ class Heartbeat:
         while not self._stop.wait(self.interval):
             try:
                 self.beat()
-            except Exception:  # a busy database must not kill training; the next beat retries
+            except Exception:  # noqa: BLE001 - a busy database must not kill training; the next beat retries
                 pass
 
     def __enter__(self) -> "Heartbeat":

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from pickloop.errors import UserError
+from pickloop.pipelines import open_pipeline
 
 
 @dataclass
@@ -38,12 +39,9 @@ class TrainModels:
 
 def load_train_models(base: str, *, device: str | torch.device = "cpu", resolution: int | None = None) -> TrainModels:
     """Load pipeline ``base`` (a local diffusers folder or hub id); VAE and text encoders frozen, float32."""
-    from diffusers import DDPMScheduler, DiffusionPipeline
+    from diffusers import DDPMScheduler
 
-    try:
-        pipe = DiffusionPipeline.from_pretrained(base, safety_checker=None, requires_safety_checker=False)
-    except (OSError, ValueError, TypeError) as e:
-        raise UserError(f"cannot load base model {base!r}: {str(e).splitlines()[0]}") from None
+    pipe = open_pipeline(base, safety_checker=False)
     sdxl = hasattr(pipe, "text_encoder_2")
     if not hasattr(pipe, "unet") or not hasattr(pipe, "vae"):
         raise UserError(f"base model {base!r} is not a U-Net text-to-image pipeline (SD 1.x/2.x/SDXL)")

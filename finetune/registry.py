@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from pickloop.errors import UserError
+from pickloop.pipelines import open_pipeline
 
 Scorer = Callable[[Sequence[str], Sequence[Any]], Sequence[float]]
 DEFAULT_GATE_SEEDS = (1234, 5678)
@@ -164,12 +165,11 @@ def draw_images(base: str, lora_dir: str | None, lora_sha256: str | None, prompt
 def _draw_images(base: str, lora_dir: str | None, lora_sha256: str | None, prompts: Sequence[str],
                  seeds: Sequence[int], *, steps: int, guidance: float) -> list[Any]:
     import torch
-    from diffusers import DiffusionPipeline
 
     from pickloop.lora_files import load_into_pipeline, verify_lora
 
     lora = verify_lora(lora_dir, expected_sha256=lora_sha256) if lora_dir else None
-    pipe = DiffusionPipeline.from_pretrained(base, safety_checker=None, requires_safety_checker=False)
+    pipe = open_pipeline(base, safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     if lora is not None:
         load_into_pipeline(pipe, lora, adapter_name="gate")

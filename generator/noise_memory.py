@@ -31,7 +31,8 @@ class Winner:
 def winning_seeds(*, session: Session, base_model: str | None = None, limit: int = MAX_WINNERS) -> list[Winner]:
     """Seeds of candidates that won a pick, per prompt, most wins first (optionally for one base model)."""
     wins = func.count(Judgement.id)
-    q = (select(Prompt.text, Candidate.seed, wins).select_from(Judgement).join(Candidate, Judgement.winner_id == Candidate.id)
+    q = (select(Prompt.text, Candidate.seed, wins).select_from(Judgement)
+         .join(Candidate, Judgement.winner_id == Candidate.id)
          .join(Prompt, Candidate.prompt_id == Prompt.id).where(Judgement.choice == "pick"))
     if base_model is not None:
         # a seed means the same starting noise only for the same base model (latent shape)

@@ -21,6 +21,7 @@ from typing import Any
 from pickloop.errors import UserError
 from pickloop.integrity import file_sha256
 from pickloop.lora_files import LORA_WEIGHT_NAME, load_into_pipeline, verify_lora
+from pickloop.pipelines import looks_like_path, open_pipeline
 
 __all__ = ["LORA_WEIGHT_NAME", "PipelineInfo", "clear_cache", "file_sha256", "load_lora", "load_pipeline"]
 
@@ -58,7 +59,7 @@ def resolve_device(device: str = "auto") -> str:
     return "cpu"
 
 
-def resolve_dtype(dtype: Any, device: str):  # noqa: ANN201 - torch.dtype
+def resolve_dtype(dtype: Any, device: str) -> Any:  # a torch.dtype
     import torch
 
     if dtype in ("auto", None):
@@ -72,16 +73,12 @@ def resolve_dtype(dtype: Any, device: str):  # noqa: ANN201 - torch.dtype
     return named[dtype]
 
 
-def _looks_like_path(ref: str) -> bool:
-    return ref.startswith((".", "/", "~")) or "\\" in ref or Path(ref).expanduser().exists() or ref.count("/") > 1
-
-
 def _resolve_lora(lora: str | int | None, model: str | None, ctx) -> tuple[str | None, str | None, Any]:  # noqa: ANN001
     """(model ref, LoRA folder or None, version row or None) for the ``lora`` argument."""
     if lora is None:
         return model, None, None
     if isinstance(lora, (str, Path)) and not str(lora).isdigit() and str(lora) != "latest" and (
-            isinstance(lora, Path) or _looks_like_path(str(lora))):
+            isinstance(lora, Path) or looks_like_path(str(lora))):
         folder = Path(lora).expanduser()
         if not folder.is_dir():
             raise UserError(f"LoRA folder not found: {folder}")
@@ -107,7 +104,7 @@ def _resolve_lora(lora: str | int | None, model: str | None, ctx) -> tuple[str |
 
 
 def load_pipeline(model: str | None = None, lora: str | int | None = None, device: str = "auto",
-                  dtype: Any = "auto", *, ctx=None, lora_sha256: str | None = None):  # noqa: ANN001, ANN201
+                  dtype: Any = "auto", *, ctx=None, lora_sha256: str | None = None) -> Any:  # noqa: ANN001
     """A text-to-image pipeline for ``model`` with the LoRA ``lora``, cached per (model, LoRA) in this process.
 
     ``model``: local diffusers folder, hub id, or None for the context's base model (the embedded
@@ -132,7 +129,7 @@ def load_pipeline(model: str | None = None, lora: str | int | None = None, devic
             return _CACHE[key]
         # the LoRA is checked before the model loads: a damaged file is one line, at once
         verified = verify_lora(lora_dir, expected_sha256=lora_sha256) if lora_dir is not None else None
-        pipe = _from_pretrained(model, model_path, torch_dtype).to(device)
+        pipe = open_pipeline(model, dtype=torch_dtype).to(device)
         info = PipelineInfo(model=model, model_path=model_path, defaults=_read_defaults(model_path))
         if version is not None:
             info.model_version_id, info.model_version_name = version.id, version.name
@@ -148,34 +145,6 @@ def load_pipeline(model: str | None = None, lora: str | int | None = None, devic
 def clear_cache() -> None:
     with _CACHE_LOCK:
         _CACHE.clear()
-
-
-def _from_pretrained(model: str, model_path: str, torch_dtype):  # noqa: ANN001, ANN202
-    from diffusers import AutoPipelineForText2Image, DiffusionPipeline
-    from diffusers.pipelines import pipeline_utils
-
-    # newer diffusers name the argument `dtype` and warn on `torch_dtype`; older ones know only `torch_dtype`
-    dtype_kw = {"dtype" if hasattr(pipeline_utils, "_resolve_dtype") else "torch_dtype": torch_dtype}
-
-    local = Path(model_path).expanduser()
-    if local.exists() or _looks_like_path(model_path):
-        if not (local / "model_index.json").is_file():
-            what = "embedded shapes model (not trained yet?)" if model.startswith("embedded:") else "diffusers folder"
-            raise UserError(f"{what} not found: {local} has no model_index.json")
-        model_path = str(local)
-    try:
-        try:
-            return AutoPipelineForText2Image.from_pretrained(model_path, use_safetensors=True, **dtype_kw)
-        except ValueError as e:
-            if "AutoPipeline" not in str(e):
-                raise
-            # not a text-to-image class AutoPipeline knows; any pipeline with the same call signature will do
-            return DiffusionPipeline.from_pretrained(model_path, use_safetensors=True, **dtype_kw)
-    except UserError:
-        raise
-    except Exception as e:  # hub unreachable, no safetensors, broken config: one line naming the model
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot load model {model}: {first[:300]}") from None
 
 
 def _read_defaults(model_path: str) -> dict[str, Any]:

@@ -39,10 +39,11 @@ from sqlalchemy import and_, exists, func, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from generator.active_learning import (  # noqa: F401 - set_priority is re-exported
+from generator.active_learning import (  # set_priority is re-exported
     load_reward_model_for_queue, rescore_if_new_reward_model, set_priority)
 from pickloop.errors import UserError
-from pickloop.schema import Candidate, Comparison, Judgement, ModelVersion, Prompt, utcnow
+from pickloop.schema import Comparison, Judgement, ModelVersion, Prompt, utcnow
+from pickloop.store import add_candidates, add_set, ensure_base_version, promoted_version
 
 log = logging.getLogger("pickloop.queue")
 
@@ -78,8 +79,6 @@ def _open_count(prompt_id, version_id: int):  # noqa: ANN001, ANN202
 
 def current_version(*, session: Session, base_model: str) -> ModelVersion:
     """The promoted version (the base model's own version, made and promoted when none is)."""
-    from pickloop.store import ensure_base_version, promoted_version
-
     return promoted_version(session=session) or ensure_base_version(session=session, base_model=base_model)
 
 
@@ -130,11 +129,8 @@ def claim_set(*, session: Session, pool: str, depth: int, version_id: int, worke
                 tried.append(prompt.id)
                 continue
             key = uuid.uuid4().hex
-            comp = Comparison(key=key, prompt_id=prompt.id, model_version_id=version_id, status="drawing",
-                              claimed_by=worker_id, claimed_at=utcnow(),
-                              raters_wanted=overlap_wanted(key, overlap_share))
-            session.add(comp)
-            session.flush()
+            comp = add_set(session=session, key=key, prompt_id=prompt.id, model_version_id=version_id,
+                           status="drawing", claimed_by=worker_id, raters_wanted=overlap_wanted(key, overlap_share))
     prompt = session.get(Prompt, comp.prompt_id)
     return Claim(comp.id, prompt.id, prompt.text, comp.model_version_id)
 
@@ -146,9 +142,7 @@ def finish_set(*, session: Session, claim: Claim, worker_id: str, candidates: li
     comp = session.exec(select(Comparison).where(Comparison.id == claim.comparison_id).with_for_update()).one()
     if comp.status != "drawing" or comp.claimed_by != worker_id:
         return False
-    for c in candidates:
-        session.add(Candidate(comparison_id=comp.id, prompt_id=comp.prompt_id,
-                              model_version_id=comp.model_version_id, **c))
+    add_candidates(session=session, comparison=comp, candidates=candidates)
     comp.status = "ready"
     comp.priority = priority
     session.add(comp)

@@ -148,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("init", help="create the data home, migrate the database, add starter prompts")
     q.add_argument("--no-prompts", action="store_true", help="do not add the starter prompt pool")
-    q.add_argument("--starter-prompts", type=non_negative_int, default=200, help="how many starter prompts (embedded model)")
+    q.add_argument("--starter-prompts", type=non_negative_int, default=200,
+                   help="how many starter prompts (embedded model)")
     q.add_argument("--no-admin", action="store_true", help="do not create the first admin rater on a fresh home")
     q.add_argument("--first-sets", type=non_negative_int, default=None,
                    help="candidate sets to draw now when none is ready, so that the first rater rates while the "

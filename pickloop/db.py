@@ -13,7 +13,7 @@ import threading
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from sqlalchemy import event, inspect
 from sqlalchemy.engine import Engine
@@ -45,7 +45,7 @@ def make_engine(url: str, *, busy_timeout_ms: int = 30000) -> Engine:
 
 def _sqlite_pragmas(engine: Engine, busy_timeout_ms: int) -> None:
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn, _record):  # noqa: ANN001
+    def _on_connect(dbapi_conn, _record) -> None:  # noqa: ANN001
         dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (pysqlite's own is DEFERRED, too late)
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
@@ -55,7 +55,7 @@ def _sqlite_pragmas(engine: Engine, busy_timeout_ms: int) -> None:
         cur.close()
 
     @event.listens_for(engine, "begin")
-    def _on_begin(conn):  # noqa: ANN001
+    def _on_begin(conn) -> None:  # noqa: ANN001
         # A read transaction that later writes fails at once with SQLITE_BUSY; writers take the lock first.
         mode = conn.get_execution_options().get("sqlite_begin", "IMMEDIATE")
         conn.exec_driver_sql(f"BEGIN {mode}")
@@ -113,7 +113,7 @@ def check_reachable(engine: Engine) -> None:
         raise _unreachable(engine, e) from None
 
 
-def alembic_config(engine: Engine | None):
+def alembic_config(engine: Engine | None) -> Any:  # an alembic.config.Config
     from alembic.config import Config
 
     cfg = Config()

@@ -42,7 +42,9 @@ from pickloop.errors import UserError, one_line
 from pickloop.exchange_rows import parse_rows
 from pickloop.images import ImageStore
 from pickloop.schema import Candidate, Comparison, Judgement, ModelVersion, Prompt, Rater
-from pickloop.store import add_prompts, candidates_of, record_judgement
+from pickloop.store import (
+    add_candidates, add_prompts, add_set, candidates_of, ensure_rater_without_sign_in, record_judgement,
+)
 
 PICKAPIC_COLUMNS = ["caption", "jpg_0", "jpg_1", "image_0_uid", "image_1_uid", "model_0", "model_1",
                     "label_0", "label_1", "best_image_uid", "are_different", "has_label", "ranking_id",
@@ -185,12 +187,7 @@ def _version_named(session: Session, name: str) -> ModelVersion:
 
 
 def _rater_named(session: Session, name: str) -> Rater:
-    r = session.exec(select(Rater).where(Rater.name == name)).first()
-    if r is None:  # imported raters cannot sign in: their token hash matches no token
-        r = Rater(name=name, token_hash="!imported", role="rater", kind="imported")
-        session.add(r)
-        session.flush()
-    return r
+    return ensure_rater_without_sign_in(session=session, name=name, kind="imported")
 
 
 def public_key(ranking_id: str | int, uid0: str, uid1: str) -> str:
@@ -220,17 +217,14 @@ def _import_set(session: Session, images: ImageStore, rows: list[dict]) -> bool:
     set_key = first["pl_set_key"] if own else hashlib.sha256(key.encode()).hexdigest()[:32]
     comp = session.exec(select(Comparison).where(Comparison.key == set_key)).first()
     if comp is None:
-        comp = Comparison(key=set_key, prompt_id=prompt.id, status="ready", source="import",
-                          model_version_id=_version_named(session, specs[0]["model"]).id,
-                          raters_wanted=first["pl_raters_wanted"])
-        session.add(comp)
-        session.flush()
-        for sp in specs:  # every image comes from the file's bytes (checked: each is there)
-            session.add(Candidate(comparison_id=comp.id, slot=sp["slot"], prompt_id=prompt.id,
-                                  model_version_id=_version_named(session, sp["model"]).id, seed=sp["seed"],
-                                  params=sp["params"], image_sha256=images.put(data[sp["sha"]]),
-                                  from_noise_memory=sp.get("noise_memory", False)))
-        session.flush()
+        comp = add_set(session=session, key=set_key, prompt_id=prompt.id, status="ready", source="import",
+                       model_version_id=_version_named(session, specs[0]["model"]).id,
+                       raters_wanted=first["pl_raters_wanted"])
+        # every image comes from the file's bytes (checked: each is there)
+        add_candidates(session=session, comparison=comp, candidates=[
+            dict(slot=sp["slot"], model_version_id=_version_named(session, sp["model"]).id, seed=sp["seed"],
+                 params=sp["params"], image_sha256=images.put(data[sp["sha"]]),
+                 from_noise_memory=sp.get("noise_memory", False)) for sp in specs])
     by_slot = {c.slot: c.id for c in candidates_of(session=session, comparison_id=comp.id)}
     if own:
         choice, winner_slot, shown_slots = first["pl_choice"], first["pl_winner_slot"], first["pl_shown_slots"]

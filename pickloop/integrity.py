@@ -65,7 +65,7 @@ def parse_safetensors(data: bytes, path: Path | str, *, what: str = "safetensors
         if not isinstance(meta, dict):
             raise ValueError("__metadata__ is not an object")
         tensors = load_tensors(data)
-    except Exception as e:  # safetensors raises its own error types for a bad header or a short file
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for a bad header or a short file
         why = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DamagedFileError(f"{what} {path} is corrupt or not safetensors (truncated or corrupted): "
                                f"{why[:200]}") from None

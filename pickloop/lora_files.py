@@ -133,7 +133,7 @@ def _check_structure(tensors: dict[str, Any], config: dict[str, Any], path: Path
         if where is not None:
             halves.setdefault(where[:2], {})[where[2]] = (key, t)
     uniform = config.get("r") if not config.get("rank_pattern") else None
-    for (comp, layer), ab in halves.items():
+    for (comp, _layer), ab in halves.items():
         if set(ab) != {"A", "B"}:
             key = next(iter(ab.values()))[0]
             raise DamagedFileError(f"LoRA file {path}: {key} has no matching {'up/B' if 'A' in ab else 'down/A'} "

@@ -22,7 +22,8 @@ class Settings(BaseSettings):
     home: Path = Field(Path("data"), description="Data home: database, images, LoRA versions, reports.")
     database_url: str | None = Field(None, description="SQLAlchemy URL; SQLite in the data home when unset.")
     image_store_url: str | None = Field(None, description="fsspec URL of the image store; <home>/images when unset.")
-    base_model: str | None = Field(None, description="Diffusers folder or hub id; the embedded shapes model when unset.")
+    base_model: str | None = Field(None, description="Diffusers folder or hub id; the embedded shapes model "
+                                   "when unset.")
     candidates_per_set: int = Field(4, ge=2, le=4, description="Candidates shown together to a rater (2-4).")
     queue_depth: int = Field(2, ge=1, le=100, description="Ready, unanswered sets kept per active prompt.")
     overlap_share: float = Field(0.1, ge=0.0, le=1.0, description="Share of sets shown to two raters (agreement).")
@@ -45,10 +46,14 @@ class Settings(BaseSettings):
     app_host: str = Field("127.0.0.1", description="Address the rating app binds to.")
     app_port: int = Field(8501, ge=1, le=65535, description="Port of the rating app.")
     sqlite_busy_timeout_ms: int = Field(30000, ge=0, description="How long SQLite waits on a lock, ms.")
-    promote_min_win_rate: float = Field(0.5, ge=0.0, le=1.0, description="Promotion gate: win rate a new model version needs against its parent on held-out prompts (reward model, fixed seeds).")
-    promote_max_follow_drop: float = Field(0.02, ge=0.0, le=1.0, description="Promotion gate (shapes world): largest allowed fall of the judge's prompt-following accuracy (0.02 = 2 points).")
+    promote_min_win_rate: float = Field(0.5, ge=0.0, le=1.0, description="Promotion gate: win rate a new model "
+                                        "version needs against its parent on held-out prompts (reward model, "
+                                        "fixed seeds).")
+    promote_max_follow_drop: float = Field(0.02, ge=0.0, le=1.0, description="Promotion gate (shapes world): largest "
+                                           "allowed fall of the judge's prompt-following accuracy (0.02 = 2 points).")
     promote_gate_steps: int = Field(10, ge=1, le=200, description="Sampling steps for the promotion gate's images.")
-    finetune_stale_seconds: float = Field(900.0, gt=0, description="A fine-tuning job whose heartbeat is older than this (s) may be taken over.")
+    finetune_stale_seconds: float = Field(900.0, gt=0, description="A fine-tuning job whose heartbeat is older "
+                                          "than this (s) may be taken over.")
     finetune_nice: int = Field(10, ge=0, le=19, description="A fine-tuning process raises its nice value to this "
                                "(lower CPU priority), so that the queue worker and the app keep ahead of the "
                                "raters while training shares the cores; 0 leaves the priority as it is.")

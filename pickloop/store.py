@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import secrets
 import unicodedata
+import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Iterable, Sequence
@@ -104,6 +105,17 @@ def add_rater(*, session: Session, name: str, role: str = "rater", kind: str = "
     return rater, token
 
 
+def ensure_rater_without_sign_in(*, session: Session, name: str, kind: str) -> Rater:
+    """The rater ``name``, created on first use for answers that come from elsewhere (``kind``: simulated,
+    imported). It cannot sign in: its token hash ``!<kind>`` is no sha256 of any token."""
+    rater = session.exec(select(Rater).where(Rater.name == name)).first()
+    if rater is None:
+        rater = Rater(name=name, token_hash=f"!{kind}", role="rater", kind=kind)
+        session.add(rater)
+        session.flush()
+    return rater
+
+
 def get_rater(*, session: Session, name: str) -> Rater:
     rater = session.exec(select(Rater).where(Rater.name == name)).first()
     if rater is None or not rater.active:
@@ -168,6 +180,37 @@ def find_version(*, session: Session, ref: str | int) -> ModelVersion:
     if row is None:
         raise UserError(f"no model version {ref!r} in the registry")
     return row
+
+
+# ---------------------------------------------------------------- candidate sets
+
+def add_set(*, session: Session, prompt_id: int, model_version_id: int, status: str = "ready",
+            key: str | None = None, raters_wanted: int = 1, source: str = "queue", claimed_by: str | None = None,
+            candidates: Sequence[dict] = ()) -> Comparison:
+    """A candidate set (``Comparison``) of one prompt, with ``candidates`` (see :func:`add_candidates`).
+
+    ``key``: the set's id in idempotency keys (None: a fresh random one). ``status``: ``drawing`` for a set
+    a worker (``claimed_by``) is still drawing, ``ready`` to be shown, ``done`` once answered.
+    """
+    comp = Comparison(key=key or uuid.uuid4().hex, prompt_id=prompt_id, model_version_id=model_version_id,
+                      status=status, raters_wanted=raters_wanted, source=source, claimed_by=claimed_by,
+                      claimed_at=utcnow() if claimed_by is not None else None)
+    session.add(comp)
+    session.flush()
+    if candidates:
+        add_candidates(session=session, comparison=comp, candidates=candidates)
+    return comp
+
+
+def add_candidates(*, session: Session, comparison: Comparison, candidates: Sequence[dict]) -> list[Candidate]:
+    """The candidate rows of ``comparison``, one per dict of ``slot``, ``seed``, ``params`` and
+    ``image_sha256`` (the image already in the image store), optionally ``from_noise_memory`` and
+    ``model_version_id`` (default: the set's; an imported set may mix models)."""
+    rows = [Candidate(comparison_id=comparison.id, prompt_id=comparison.prompt_id,
+                      **{"model_version_id": comparison.model_version_id, **c}) for c in candidates]
+    session.add_all(rows)
+    session.flush()
+    return rows
 
 
 # ---------------------------------------------------------------- judgements

@@ -15,13 +15,15 @@ import math
 import types
 import typing
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Callable
 
-from pickloop.errors import UserError
+from pickloop.errors import UserError, one_line
 
 
 @lru_cache(maxsize=None)
-def _hints(cls: type) -> dict[str, Any]:
+def field_types(cls: type) -> dict[str, Any]:
+    """The resolved annotations of dataclass ``cls`` (``from __future__ import annotations`` leaves text)."""
     return typing.get_type_hints(cls)
 
 
@@ -32,7 +34,7 @@ def _type_name(tp: Any) -> str:
     if origin in (tuple, list):
         return f"a list of {_type_name(typing.get_args(tp)[0])}"
     return {int: "an integer", float: "a finite number", str: "text", bool: "true or false",
-            type(None): "null"}.get(tp, getattr(tp, "__name__", str(tp)))
+            type(None): "null", Path: "a path"}.get(tp, getattr(tp, "__name__", str(tp)))
 
 
 def _fits(value: Any, tp: Any) -> tuple[bool, Any]:
@@ -70,6 +72,8 @@ def _fits(value: Any, tp: Any) -> tuple[bool, Any]:
             return False, value
     if tp is str:
         return isinstance(value, str), value
+    if tp is Path:  # a path from JSON or YAML is text
+        return isinstance(value, (str, Path)), Path(value) if isinstance(value, str) else value
     return True, value  # a type this checker does not know: the config's own checks decide
 
 
@@ -77,7 +81,7 @@ def check_field_types(obj: Any, section: str) -> None:
     """Raise a one-line UserError for the first field of dataclass ``obj`` whose value does not fit its
     annotation (int, finite float, str, bool, ``X | None``, ``tuple[str, ...]``); a list given for a
     tuple field becomes a tuple."""
-    hints = _hints(type(obj))
+    hints = field_types(type(obj))
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         ok, kept = _fits(value, hints[f.name])
@@ -124,12 +128,43 @@ def int_list(text: str) -> list[int]:
     return values
 
 
-def json_object(text: str) -> dict:
-    """A ``--config`` value: a JSON object of config fields (a user mistake otherwise)."""
+CONFIG_FILE_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+@lru_cache(maxsize=1)
+def _yaml_loader() -> type:
+    """PyYAML's safe loader, but ``1e-5`` is a number as in JSON and YAML 1.2 (PyYAML reads it as text)."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
+        r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+    return Loader
+
+
+def config_object(text: str) -> dict:
+    """A ``--config`` value: a JSON object of config fields, or the path of a YAML (or JSON) file holding
+    one (``--config run.yaml``); anything else is a one-line user mistake."""
+    if text.strip().lower().endswith(CONFIG_FILE_SUFFIXES):
+        import yaml
+
+        try:
+            data = yaml.load(Path(text.strip()).expanduser().read_text(encoding="utf-8"), Loader=_yaml_loader())
+        except OSError as e:
+            raise UserError(f"--config file {text} cannot be read: {e.strerror or e}") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise UserError(f"--config file {text} is not valid YAML: {one_line(str(e))}") from None
+        if not isinstance(data, dict):
+            raise UserError(f"--config file {text} must hold a mapping of config fields")
+        return data
     try:
         data = json.loads(text)
     except ValueError as e:
-        raise UserError(f"--config must be a JSON object: {e}") from None
+        raise UserError(f"--config must be a JSON object or a .yaml file: {e}") from None
     if not isinstance(data, dict):
-        raise UserError("--config must be a JSON object of config fields")
+        raise UserError("--config must be a JSON object of config fields or a .yaml file")
     return data

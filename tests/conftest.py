@@ -40,7 +40,7 @@ def _pg_available() -> bool:
         with create_engine(PG_ADMIN_URL).connect() as c:
             c.exec_driver_sql("SELECT 1")
         return True
-    except Exception:
+    except Exception:  # noqa: BLE001 - any failure to connect means no server
         return False
 
 

@@ -58,7 +58,8 @@ with agree:
     if report.pairs == 0:
         st.info("No overlap set has two answers yet.")
     else:
-        st.metric("overall agreement", f"{report.overall:.0%}", help=f"{report.pairs} rater pairs on {report.sets} sets")
+        st.metric("overall agreement", f"{report.overall:.0%}",
+                  help=f"{report.pairs} rater pairs on {report.sets} sets")
         st.dataframe(pd.DataFrame([{"rater": k, "agreed": a, "pairs": p, "agreement": a / p}
                                    for k, (a, p) in report.per_rater.items()]), hide_index=True)
 

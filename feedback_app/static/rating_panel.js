@@ -283,14 +283,12 @@ function mountPanel(parentElement) {
     }, 2000);
   }));
   window.addEventListener("resize", () => { layout(panel); });
-  panel.heard = performance.now();
-  panel.ticker = setInterval(() => tick(panel), 250);
   return panel;
 }
 
 // Ask the server for a rerun when none has come for a while (see the top of this file).
 function tick(panel) {
-  if (!panel.root.isConnected) { clearInterval(panel.ticker); return; }
+  if (!panel.root.isConnected) { clearInterval(panel.ticker); panel.ticker = null; return; }
   const held = panel.sets.filter((s) => !panel.answered.has(s.token)).length;
   const wait = held < panel.depth || !panel.current ? panel.tickMs.short : panel.tickMs.idle;
   const now = performance.now();
@@ -301,10 +299,17 @@ function tick(panel) {
 
 export default function (component) {
   const { data, parentElement, setStateValue } = component;
-  let panel = parentElement.__pickloopPanel;
-  if (!panel) {
+  const d = data || {};
+  // One panel per server-side panel (d.panel_id), kept on the window: when Streamlit mounts the component
+  // anew (a new parentElement), the same panel moves there with its outbox, its answers not yet
+  // acknowledged and its undone set, so no answer or undo is lost and nothing is shown twice.
+  let panel = window.__pickloopPanel;
+  if (!panel || panel.id !== d.panel_id) {
+    if (panel) { closeOverlay(panel); panel.root.remove(); }
     panel = mountPanel(parentElement);
-    parentElement.__pickloopPanel = panel;
+    panel.id = d.panel_id;
+  } else if (panel.root.parentElement !== parentElement) {
+    parentElement.appendChild(panel.root);
   }
   panel.setStateValue = setStateValue;
   window.__pickloopPanel = panel;
@@ -312,8 +317,8 @@ export default function (component) {
     window.__pickloopKeys = true;
     document.addEventListener("keydown", onKey, true);
   }
-  const d = data || {};
   panel.heard = performance.now(); // the server has just run
+  if (!panel.ticker) panel.ticker = setInterval(() => tick(panel), 250); // again after a remount
   panel.undoMs = 1000 * (d.undo_s ?? 8);
   panel.depth = d.depth ?? panel.depth;
   if (d.tick_s) panel.tickMs = { short: 1000 * d.tick_s.short, idle: 1000 * d.tick_s.idle };

@@ -22,7 +22,7 @@ INSTALL_HINT = ("TRL's DDPOTrainer is not installed: pip install 'pickloop[trl-r
 def trl_available() -> bool:
     try:
         from trl import DDPOTrainer  # noqa: F401
-    except Exception:  # ImportError, or a trl without DDPO (>= 0.24) raising on the name
+    except Exception:  # noqa: BLE001 - ImportError, or a trl without DDPO (>= 0.24) raising on the name
         return False
     return True
 
@@ -70,7 +70,8 @@ def run_reference(spec: dict[str, Any]) -> dict[str, Any]:
                     sample_batch_size=c["sample_batch_size"],
                     sample_num_batches_per_epoch=c["sample_batches_per_epoch"],
                     train_batch_size=c["train_batch_size"], train_learning_rate=c["lr"],
-                    train_adam_weight_decay=c["weight_decay"], train_gradient_accumulation_steps=c["grad_accum_batches"],
+                    train_adam_weight_decay=c["weight_decay"],
+                    train_gradient_accumulation_steps=c["grad_accum_batches"],
                     train_max_grad_norm=c["max_grad_norm"], train_num_inner_epochs=c["inner_epochs"],
                     train_adv_clip_max=c["adv_clip"], train_clip_range=c["clip_range"],
                     train_timestep_fraction=c["timestep_fraction"], per_prompt_stat_tracking=True,

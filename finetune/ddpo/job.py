@@ -20,6 +20,7 @@ from finetune.ddpo.rewards import RewardFn, make_reward
 from finetune.ddpo.train import DDPOState, train_ddpo
 from finetune.lora import ParentLora, save_lora_atomic, start_lora
 from pickloop.errors import UserError
+from pickloop.pipelines import open_pipeline
 
 
 @dataclass
@@ -34,10 +35,7 @@ def load_pipeline(ref: str):  # noqa: ANN201 - a diffusers StableDiffusionPipeli
     """A StableDiffusionPipeline (SD 1.x/2.x layout) from a folder or hub id, no safety checker."""
     from diffusers import StableDiffusionPipeline
 
-    try:
-        pipe = StableDiffusionPipeline.from_pretrained(ref, safety_checker=None, requires_safety_checker=False)
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot load a Stable Diffusion pipeline from {ref}: {str(e).splitlines()[0]}") from None
+    pipe = open_pipeline(ref, pipeline_class=StableDiffusionPipeline, safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -130,7 +128,8 @@ def run_ddpo(ctx: Any, config: DDPOConfig, *, out_dir: Path | str, work_dir: Pat
     def after_epoch(st: DDPOState, unet, optimizer) -> None:  # noqa: ANN001
         if accelerator.is_main_process:
             if work is not None:
-                ckpt.save_checkpoint(work, step=st.epoch, unet=unet, optimizer=getattr(optimizer, "optimizer", optimizer),
+                ckpt.save_checkpoint(work, step=st.epoch, unet=unet,
+                                     optimizer=getattr(optimizer, "optimizer", optimizer),
                                      data_position=st.epoch, extra={"tracker": st.tracker, "history": st.history,
                                                                     "stopped": st.stopped,
                                                                     "config_hash": config.config_hash()})

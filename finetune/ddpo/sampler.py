@@ -97,9 +97,12 @@ def ddim_step_log_prob(scheduler: DDIMScheduler, model_output: torch.Tensor, t: 
     # sigma_t(eta) of DDIM eq. 16, as DDIMScheduler._get_variance computes it.
     variance = (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)
     std = eta * variance ** 0.5
-    # Where alpha_bar_t = 0 (zero terminal SNR) 1 - a_prev - std^2 is 0 in exact arithmetic, and rounding can
-    # make it a hair negative (on a GPU, say): its square root would turn the whole trajectory into NaN.
-    mean = a_prev ** 0.5 * x0 + (1 - a_prev - std ** 2).clamp(min=0) ** 0.5 * eps
+    # The direction term's variance 1 - a_prev - std^2, written as (1 - a_prev) * (1 - eta^2 (1 - a_t/a_prev) /
+    # (1 - a_t)): where alpha_bar_t = 0 (zero terminal SNR) the bracket is exactly 0 in floating point too.
+    # The plain difference rounds to +-1e-7 there, whose square root (3e-4) moved the mean by that much, and a
+    # hair below 0 (on a GPU, say) turned the whole trajectory into NaN.
+    direction_var = (1 - a_prev) * (1 - eta ** 2 * (1 - a_t / a_prev) / (1 - a_t))
+    mean = a_prev ** 0.5 * x0 + direction_var.clamp(min=0) ** 0.5 * eps
     if prev_sample is None:
         noise = randn_tensor(model_output.shape, generator=generator, device=device, dtype=model_output.dtype)
         prev_sample = mean + std * noise

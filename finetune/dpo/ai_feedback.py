@@ -59,8 +59,8 @@ def _latest_reward_model(ctx: Any) -> tuple[Any, int]:
 def ai_feedback_pairs(ctx: Any, cfg: Any, *, base: str, parent: Any = None) -> tuple[list[Any], dict[str, Any]]:
     """Draw ``cfg.ai_feedback_sets`` sets of ``cfg.ai_feedback_candidates`` images with the pipeline
     ``base`` plus the parent's LoRA (``parent``, a ``finetune.lora.ParentLora``; None: the base alone,
-    so the pairs come from the policy the run starts at), store them, rank each set by the latest reward model, and return
-    (best-vs-worst PairSpecs of weight ``cfg.ai_feedback_weight``, a summary for the run's metadata).
+    so the pairs come from the policy the run starts at), store them, rank each set by the latest reward model,
+    and return (best-vs-worst PairSpecs of weight ``cfg.ai_feedback_weight``, a summary for the run's metadata).
 
     A set whose best and worst score the same (or are the same image) gives no pair.
     """

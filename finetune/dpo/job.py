@@ -14,6 +14,7 @@ from finetune import lora as lora_io
 from finetune.dpo.config import DPOConfig, PairSpec
 from finetune.dpo.train import DPOResult, train_dpo
 from pickloop.errors import UserError
+from pickloop.config_base import add_flags, config_from_args
 
 
 def store_pairs(ctx: Any, *, upto: int | None = None, after: int | None = None,
@@ -64,12 +65,13 @@ def run_dpo(ctx: Any, cfg: DPOConfig, *, out_dir: Path | str, work_dir: Path | s
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m finetune.dpo`` (or ``accelerate launch -m finetune.dpo``): train on the store in $PICKLOOP_HOME."""
-    ap = argparse.ArgumentParser(prog="python -m finetune.dpo", description="Diffusion-DPO with a LoRA on the U-Net, trained on the raters' picks.")
+    ap = argparse.ArgumentParser(prog="python -m finetune.dpo",
+                                 description="Diffusion-DPO with a LoRA on the U-Net, trained on the raters' picks.")
     ap.add_argument("--out", required=True, help="folder for the final LoRA")
     ap.add_argument("--work", help="checkpoint folder (resumed from when it holds one)")
-    ap.add_argument("--config", default="{}", help="JSON object of DPOConfig fields")
     ap.add_argument("--upto", type=int, help="highest judgement id to train on")
     ap.add_argument("--no-resume", action="store_true")
+    add_flags(ap, DPOConfig)  # every setting as a flag, and --config FILE.yaml
     args = ap.parse_args(argv)
     from finetune.priority import lower_priority
     from pickloop.context import Context
@@ -78,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ctx = Context()
         lower_priority(ctx.settings.finetune_nice)
-        cfg = DPOConfig.from_dict(json.loads(args.config))
+        cfg = config_from_args(DPOConfig, args)
         result = run_dpo(ctx, cfg, out_dir=args.out, work_dir=args.work, upto=args.upto,
                          resume=not args.no_resume)
     except UserError as e:

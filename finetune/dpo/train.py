@@ -43,6 +43,8 @@ from finetune.dpo.config import DPOConfig, PairSpec
 from finetune.dpo.loss import dpo_loss
 from pickloop.errors import UserError
 
+STAT_NAMES = ("loss", "implicit_acc", "gap_w", "gap_l")  # per-pair statistics of dpo_loss, logged per step
+
 
 @dataclass
 class DPOResult:
@@ -83,6 +85,20 @@ def noise_and_timesteps(positions: Sequence[int], seed: int, shape: tuple[int, .
     return torch.stack(noise), torch.tensor(ts, dtype=torch.long)
 
 
+@dataclass
+class _Run:
+    """One training run's moving parts, set up by :func:`_start_run`."""
+    acc: Any  # accelerate.Accelerator
+    m: fm.TrainModels
+    unet: torch.nn.Module  # m.unet as accelerate wraps it (DDP under several processes)
+    opt: Any  # AdamW over the LoRA parameters, wrapped by accelerate
+    sched: Any  # the LR schedule, stepped once per optimizer step
+    params: list[torch.nn.Parameter]  # the trainable LoRA parameters
+    parent_sha: str | None  # sha256 of the parent LoRA (None: the base)
+    per_step: int  # samples per optimizer step: batch x accumulation x processes
+    shape: tuple[int, int, int]  # one latent (C, h, w)
+
+
 def train_dpo(cfg: DPOConfig, *, base: str, pairs: Sequence[PairSpec], load_image: Callable[[str], Any],
               out_dir: Path | str, work_dir: Path | str | None = None, resume: bool = True,
               on_step: Callable[[int, dict[str, float]], None] | None = None,
@@ -95,15 +111,55 @@ def train_dpo(cfg: DPOConfig, *, base: str, pairs: Sequence[PairSpec], load_imag
     Works as one process or under ``accelerate launch`` (DDP; only the main process writes files).
     ``on_step(step, metrics)`` runs on the main process after each optimizer step (heartbeats).
     """
-    from accelerate import Accelerator
-    from diffusers.optimization import get_scheduler
+    pairs, weights = _usable_pairs(pairs)
+    run, start = _start_run(cfg, base, parent, pairs, load_image, work_dir if resume else None)
+    acc, unet, opt = run.acc, run.unet, run.opt
+    rank, B = acc.process_index, cfg.batch_size
+    step_stats: list[torch.Tensor] = []  # per step, on the device: read back only to log and at the end
+    t0 = time.perf_counter()
+    for step in range(start, cfg.steps):
+        sums: dict[str, torch.Tensor] = {}
+        for micro in range(cfg.grad_accum):
+            first = step * run.per_step + (micro * acc.num_processes + rank) * B
+            positions = list(range(first, first + B))
+            with acc.accumulate(unet):
+                loss, per_pair = _batch_loss(run, cfg, pairs, weights, load_image, positions)
+                acc.backward(loss)
+                if acc.sync_gradients and cfg.max_grad_norm > 0:
+                    acc.clip_grad_norm_(run.params, cfg.max_grad_norm)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            for k, v in per_pair.items():
+                sums[k] = sums.get(k, torch.zeros((), device=acc.device)) + v.sum()
+        run.sched.step()
+        stats = acc.reduce(torch.stack([sums[k] for k in STAT_NAMES]), "sum") / run.per_step
+        step_stats.append(stats.detach())
+        done = step + 1
+        _report(run, cfg, done, stats, on_step, rate=(done - start) / max(time.perf_counter() - t0, 1e-9))
+        if work_dir and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
+            _checkpoint(run, cfg, work_dir, done)
+    history = [dict(zip(STAT_NAMES, row)) for row in torch.stack(step_stats).tolist()] if step_stats else []
+    summary = _summarise(history, cfg.steps - start, time.perf_counter() - t0, len(pairs))
+    return _save_result(run, cfg, Path(out_dir), summary, parent, metadata)
 
+
+def _usable_pairs(pairs: Sequence[PairSpec]) -> tuple[list[PairSpec], list[float] | None]:
+    """The pairs with a positive weight and their normalised weights; a UserError for a bad weight or none."""
     if any(not (math.isfinite(p.weight) and p.weight >= 0) for p in pairs):
         raise UserError("pair weights must be finite and >= 0")
     pairs = [p for p in pairs if p.weight > 0]  # no gradient from them: they would only take batch slots
     if not pairs:
         raise UserError("no preference pairs to train on (need picks, not only ties/skips)")
-    weights = normalised_weights(pairs)
+    return pairs, normalised_weights(pairs)
+
+
+def _start_run(cfg: DPOConfig, base: str, parent: lora_io.ParentLora | None, pairs: Sequence[PairSpec],
+               load_image: Callable[[str], Any], work_dir: Path | str | None) -> tuple[_Run, int]:
+    """Accelerator, models with the LoRA, optimizer and schedule, restored from the newest checkpoint in
+    ``work_dir`` (None: a fresh start); returns the run and the step it starts at."""
+    from accelerate import Accelerator
+    from diffusers.optimization import get_scheduler
+
     # cpu=True without CUDA: under `accelerate launch --multi_gpu` / torchrun that means DDP over gloo.
     acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision,
                       cpu=not torch.cuda.is_available())
@@ -111,87 +167,93 @@ def train_dpo(cfg: DPOConfig, *, base: str, pairs: Sequence[PairSpec], load_imag
     torch.manual_seed(cfg.seed)
     m = fm.load_train_models(base, device=acc.device, resolution=cfg.resolution)
     lora_io.start_lora(m.unet, rank=cfg.rank, alpha=cfg.alpha, targets=cfg.targets, parent=parent, reference=True)
-    parent_sha = parent.sha256 if parent else None
     if cfg.gradient_checkpointing:
         m.unet.enable_gradient_checkpointing()
     m.unet.train()
     params = lora_io.lora_parameters(m.unet)  # found once: walking every parameter is per-step host work
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = get_scheduler("constant_with_warmup", optimizer=opt, num_warmup_steps=cfg.warmup_steps)
-    start = 0
-    latest = ckpt.latest_complete_checkpoint(work_dir) if (work_dir and resume) else None
-    if latest is not None:
-        was = ckpt.checkpoint_extra(latest).get("parent_sha256")
-        if was != parent_sha:
-            raise UserError(f"checkpoint {latest} continues from parent LoRA {was or 'none (the base)'}, "
-                            f"not {parent_sha or 'none (the base)'}; use a fresh work folder")
-        start = ckpt.load_checkpoint(latest, unet=m.unet, optimizer=opt, lr_scheduler=sched).step
-        acc.print(f"resuming from {latest.name}: step {start}, skipping {start} steps of data")
+    parent_sha = parent.sha256 if parent else None
+    start = _resume(acc, m, opt, sched, work_dir, parent_sha)
     if cfg.cache_latents:  # encode every image once, before the loop (the VAE never runs per step)
         keys = list(dict.fromkeys(k for p in pairs for k in (p.winner, p.loser)))
         for i in range(0, len(keys), 16):
             fm.latents_for(m, keys[i:i + 16], load_image, device=acc.device)
         fm.text_conditioning(m, list(dict.fromkeys(p.prompt for p in pairs)), device=acc.device)
     unet, opt = acc.prepare(m.unet, opt)  # the LR scheduler stays ours: accelerate would step it per process
-    world, rank, B = acc.num_processes, acc.process_index, cfg.batch_size
-    per_step = B * cfg.grad_accum * world
-    shape = (m.unet.config.in_channels, m.resolution // _vae_factor(m), m.resolution // _vae_factor(m))
-    names = ("loss", "implicit_acc", "gap_w", "gap_l")
-    step_stats: list[torch.Tensor] = []  # per step, on the device: read back only to log and at the end
-    t0, tick = time.perf_counter(), start
-    for step in range(start, cfg.steps):
-        sums: dict[str, torch.Tensor] = {}
-        for micro in range(cfg.grad_accum):
-            first = step * per_step + (micro * world + rank) * B
-            positions = list(range(first, first + B))
-            slots = sample_slots(len(pairs), cfg.seed, positions)
-            batch = [pairs[i] for i in slots]
-            w = None if weights is None else torch.tensor([weights[i] for i in slots], device=acc.device)
-            with acc.accumulate(unet):
-                lat_w = fm.latents_for(m, [p.winner for p in batch], load_image, cache=cfg.cache_latents, device=acc.device)
-                lat_l = fm.latents_for(m, [p.loser for p in batch], load_image, cache=cfg.cache_latents, device=acc.device)
-                cond = fm.text_conditioning(m, [p.prompt for p in batch], device=acc.device)
-                noise, ts = noise_and_timesteps(positions, cfg.seed, shape, m.noise_scheduler.config.num_train_timesteps)
-                with acc.autocast():
-                    loss, per_pair = dpo_loss(unet, m.noise_scheduler, lat_w, lat_l, cond, noise.to(acc.device),
-                                              ts.to(acc.device), cfg.beta, w)
-                acc.backward(loss)
-                if acc.sync_gradients and cfg.max_grad_norm > 0:
-                    acc.clip_grad_norm_(params, cfg.max_grad_norm)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            for k, v in per_pair.items():
-                sums[k] = sums.get(k, torch.zeros((), device=acc.device)) + v.sum()
-        sched.step()
-        stats = acc.reduce(torch.stack([sums[k] for k in names]), "sum") / per_step
-        step_stats.append(stats.detach())
-        done = step + 1
-        if acc.is_main_process:
-            log = bool(cfg.log_every and done % cfg.log_every == 0)
-            metrics = dict(zip(names, stats.tolist())) if (on_step is not None or log) else {}
-            if on_step is not None:
-                on_step(done, metrics)
-            if log:
-                rate = (done - tick) / max(time.perf_counter() - t0, 1e-9)
-                acc.print(f"dpo step {done}/{cfg.steps} loss {metrics['loss']:.4f} acc {metrics['implicit_acc']:.2f} "
-                          f"gap_w {metrics['gap_w']:+.2e} gap_l {metrics['gap_l']:+.2e} ({rate:.2f} steps/s)")
-        if work_dir and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
-            if acc.is_main_process:
-                ckpt.save_checkpoint(work_dir, step=done, unet=unet, optimizer=opt.optimizer if hasattr(opt, "optimizer") else opt,
-                                     lr_scheduler=sched, data_position=done * per_step, sdxl=m.sdxl,
-                                     keep=cfg.keep_checkpoints,
-                                     extra={"config_hash": cfg.config_hash(), "parent_sha256": parent_sha})
-            acc.wait_for_everyone()
-    elapsed = time.perf_counter() - t0
-    history = [dict(zip(names, row)) for row in torch.stack(step_stats).tolist()] if step_stats else []
-    summary = _summarise(history, cfg.steps - start, elapsed, len(pairs))
-    out = Path(out_dir)
+    side = m.resolution // _vae_factor(m)
+    return _Run(acc=acc, m=m, unet=unet, opt=opt, sched=sched, params=params, parent_sha=parent_sha,
+                per_step=cfg.batch_size * cfg.grad_accum * acc.num_processes,
+                shape=(m.unet.config.in_channels, side, side)), start
+
+
+def _resume(acc: Any, m: fm.TrainModels, opt: torch.optim.Optimizer, sched: Any, work_dir: Path | str | None,
+            parent_sha: str | None) -> int:
+    """Restore the newest complete checkpoint of ``work_dir`` (LoRA, optimizer, schedule, RNG) and return its
+    step; 0 when there is none. A checkpoint of another parent is a UserError."""
+    latest = ckpt.latest_complete_checkpoint(work_dir) if work_dir else None
+    if latest is None:
+        return 0
+    was = ckpt.checkpoint_extra(latest).get("parent_sha256")
+    if was != parent_sha:
+        raise UserError(f"checkpoint {latest} continues from parent LoRA {was or 'none (the base)'}, "
+                        f"not {parent_sha or 'none (the base)'}; use a fresh work folder")
+    start = ckpt.load_checkpoint(latest, unet=m.unet, optimizer=opt, lr_scheduler=sched).step
+    acc.print(f"resuming from {latest.name}: step {start}, skipping {start} steps of data")
+    return start
+
+
+def _batch_loss(run: _Run, cfg: DPOConfig, pairs: Sequence[PairSpec], weights: list[float] | None,
+                load_image: Callable[[str], Any], positions: list[int]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """:func:`dpo_loss` on the pairs at global sample ``positions``: their latents, prompts, noise and
+    timesteps, both U-Net passes. Returns (batch loss, per-pair statistics (B,))."""
+    acc, m = run.acc, run.m
+    slots = sample_slots(len(pairs), cfg.seed, positions)
+    batch = [pairs[i] for i in slots]
+    w = None if weights is None else torch.tensor([weights[i] for i in slots], device=acc.device)
+    lat_w = fm.latents_for(m, [p.winner for p in batch], load_image, cache=cfg.cache_latents, device=acc.device)
+    lat_l = fm.latents_for(m, [p.loser for p in batch], load_image, cache=cfg.cache_latents, device=acc.device)
+    cond = fm.text_conditioning(m, [p.prompt for p in batch], device=acc.device)
+    noise, ts = noise_and_timesteps(positions, cfg.seed, run.shape, m.noise_scheduler.config.num_train_timesteps)
+    with acc.autocast():
+        return dpo_loss(run.unet, m.noise_scheduler, lat_w, lat_l, cond, noise.to(acc.device), ts.to(acc.device),
+                        cfg.beta, w)
+
+
+def _report(run: _Run, cfg: DPOConfig, done: int, stats: torch.Tensor,
+            on_step: Callable[[int, dict[str, float]], None] | None, rate: float) -> None:
+    """Hand step ``done``'s metrics to ``on_step`` and print them every ``cfg.log_every`` steps (main process)."""
+    if not run.acc.is_main_process:
+        return
+    log = bool(cfg.log_every and done % cfg.log_every == 0)
+    metrics = dict(zip(STAT_NAMES, stats.tolist())) if (on_step is not None or log) else {}
+    if on_step is not None:
+        on_step(done, metrics)
+    if log:
+        run.acc.print(f"dpo step {done}/{cfg.steps} loss {metrics['loss']:.4f} acc {metrics['implicit_acc']:.2f} "
+                      f"gap_w {metrics['gap_w']:+.2e} gap_l {metrics['gap_l']:+.2e} ({rate:.2f} steps/s)")
+
+
+def _checkpoint(run: _Run, cfg: DPOConfig, work_dir: Path | str, done: int) -> None:
+    """Checkpoint step ``done`` (the main process writes; every process waits for it)."""
+    if run.acc.is_main_process:
+        ckpt.save_checkpoint(work_dir, step=done, unet=run.unet,
+                             optimizer=run.opt.optimizer if hasattr(run.opt, "optimizer") else run.opt,
+                             lr_scheduler=run.sched, data_position=done * run.per_step, sdxl=run.m.sdxl,
+                             keep=cfg.keep_checkpoints,
+                             extra={"config_hash": cfg.config_hash(), "parent_sha256": run.parent_sha})
+    run.acc.wait_for_everyone()
+
+
+def _save_result(run: _Run, cfg: DPOConfig, out: Path, summary: dict[str, float],
+                 parent: lora_io.ParentLora | None, metadata: dict[str, Any] | None) -> DPOResult:
+    """Write the trained LoRA to ``out`` atomically (main process) with the run's config and metrics."""
     sha = ""
-    if acc.is_main_process:
-        sha = lora_io.save_lora_atomic(m.unet, out, sdxl=m.sdxl, metadata={
+    if run.acc.is_main_process:
+        sha = lora_io.save_lora_atomic(run.m.unet, out, sdxl=run.m.sdxl, metadata={
             "method": "dpo", "config": asdict(cfg), "config_hash": cfg.config_hash(),
             "parent": parent.describe() if parent else None, "metrics": summary, **(metadata or {})})
-    acc.wait_for_everyone()
+    run.acc.wait_for_everyone()
     return DPOResult(lora_dir=out, lora_sha256=sha, steps=cfg.steps, metrics=summary)
 
 

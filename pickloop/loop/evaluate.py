@@ -77,3 +77,34 @@ def follow_detail(taste: Taste, new: FixedSeedImages, base: FixedSeedImages) -> 
 
 def mean_taste(taste: Taste, images: FixedSeedImages) -> float:
     return sum(taste(im, p) for p, im in zip(images.prompts, images.images)) / len(images.images)
+
+
+def taste_agreement(taste: Taste, scores: Sequence[float], images: FixedSeedImages, *, margin: float) -> float | None:
+    """How well a reward model knows the taste itself, not the rater's noisy picks: the share of pairs of
+    images of the same held-out prompt (never labelled) that ``scores`` order as the taste does, over the
+    pairs the taste separates by more than ``margin`` (the rater's tie margin). None without such pairs."""
+    by_prompt: dict[str, list[tuple[float, float]]] = {}
+    for p, im, s in zip(images.prompts, images.images, scores):
+        by_prompt.setdefault(p, []).append((float(taste(im, p)), float(s)))
+    right = total = 0.0
+    for rows in by_prompt.values():
+        for i in range(len(rows)):
+            for k in range(i + 1, len(rows)):
+                (ta, ra), (tb, rb) = rows[i], rows[k]
+                if abs(ta - tb) <= margin:
+                    continue
+                total += 1
+                right += 0.5 if ra == rb else float((ra > rb) == (ta > tb))
+    return right / total if total else None
+
+
+def label_ceiling(taste: Taste, pairs: Sequence[tuple[str, Image.Image, Image.Image]]) -> float | None:
+    """The taste's own accuracy on the rater's decided pairs (prompt, winner, loser): the most any reward
+    model can reach against these labels, as the rater's Bradley-Terry noise picks a worse image at times."""
+    if not pairs:
+        return None
+    right = 0.0
+    for p, won, lost in pairs:
+        sw, sl = taste(won, p), taste(lost, p)
+        right += 1.0 if sw > sl else 0.5 if sw == sl else 0.0
+    return right / len(pairs)

@@ -64,14 +64,19 @@ def write_report(result, folder: Path) -> Path:  # noqa: ANN001 - pickloop.loop.
         f"**Final:** oracle win rate against the base {s['win_rate']:.3f}; prompt following base "
         f"{s['follow_base']:.3f}, promoted {s['follow_final']:.3f}.", "",
         "![curves](curves.png)", "",
-        "| round | labels | reward acc | promoted | win rate | follow base | follow promoted | fine-tune |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "Reward acc: cross-validated against the rater's picks; on taste: how it orders unlabelled held-out "
+        "images against the taste itself; label ceiling: the taste's own accuracy on the picks (their noise).", "",
+        "| round | labels | reward acc | on taste | label ceiling | promoted | win rate | follow base "
+        "| follow promoted "
+        "| fine-tune |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in result.rounds:
         ft = "; ".join(f"{x['method']}: {x['status']}" + (f" ({x['reason']})" if x.get("reason") else "")
                        for x in r["finetune"])
-        acc = "n/a" if r["reward_acc"] is None else f"{r['reward_acc']:.3f}"
-        lines.append(f"| {r['round']} | {r['labels']} | {acc} | {r['version']} | {r['win_rate']:.3f} | "
+        acc, knows, ceil = (_num(r.get(k)) for k in ("reward_acc", "reward_taste_acc", "label_ceiling"))
+        lines.append(f"| {r['round']} | {r['labels']} | {acc} | {knows} | {ceil} | {r['version']} | "
+                     f"{r['win_rate']:.3f} | "
                      f"{r['follow_base']:.3f} | {r['follow_final']:.3f} | {ft} |")
     lines += _candidate_lines(result.rounds)
     lines += ["", "Base (left) and promoted version (right), same prompts and seeds:", "", "![grid](grid.png)", ""]
@@ -79,6 +84,10 @@ def write_report(result, folder: Path) -> Path:  # noqa: ANN001 - pickloop.loop.
     path = folder / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _num(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
 
 
 def _candidate_lines(rounds: list[dict]) -> list[str]:

@@ -16,10 +16,11 @@ from pickloop.context import Context
 from pickloop.db import read_session, write_session
 from pickloop.errors import UserError
 from pickloop.loop.config import LoopConfig
-from pickloop.loop.evaluate import FixedSeedImages, draw_fixed, follow_detail, follow_rate, mean_taste, oracle_win_rate
+from pickloop.loop.evaluate import (FixedSeedImages, draw_fixed, follow_detail, follow_rate, label_ceiling, mean_taste,
+                                    oracle_win_rate, taste_agreement)
 from pickloop.shapes.rating import LOOP_POOL, label_ready_sets, open_prompts, simulated_rater_row
 from pickloop.shapes.tastes import SimulatedRater, load_taste
-from pickloop.store import add_prompts, ensure_base_version, promoted_version
+from pickloop.store import add_prompts, ensure_base_version, preference_pairs, promoted_version
 
 
 @dataclass
@@ -35,6 +36,7 @@ class LoopResult:
         last = self.rounds[-1] if self.rounds else {}
         return {"win_rate": last.get("win_rate", 0.5), "follow_base": last.get("follow_base"),
                 "follow_final": last.get("follow_final"), "reward_acc": last.get("reward_acc"),
+                "reward_taste_acc": last.get("reward_taste_acc"), "label_ceiling": last.get("label_ceiling"),
                 "labels": last.get("labels", 0), "wall_s": round(self.wall_s, 1)}
 
 
@@ -62,7 +64,8 @@ def _finetune(ctx: Context, method: str, cfg: LoopConfig, gate_prompts: list[str
     from finetune import gate_and_promote, run_finetune_job
 
     overrides = ({"steps": cfg.dpo_steps, "lr": cfg.dpo_lr, "beta": cfg.dpo_beta,
-                  "ai_feedback_sets": cfg.dpo_ai_feedback_sets, "ai_feedback_candidates": cfg.dpo_ai_feedback_candidates,
+                  "ai_feedback_sets": cfg.dpo_ai_feedback_sets,
+                  "ai_feedback_candidates": cfg.dpo_ai_feedback_candidates,
                   "ai_feedback_weight": cfg.dpo_ai_feedback_weight} if method == "dpo"
                  else {"epochs": cfg.ddpo_epochs})
     try:
@@ -129,10 +132,12 @@ def run_loop(*, ctx: Context, config: LoopConfig, progress: bool = True, log=pri
         trust = None
         try:
             t = time.perf_counter()
-            _, rmetrics = train_reward(ctx=ctx, progress=progress)
+            rm, rmetrics = train_reward(ctx=ctx, progress=progress)
+            knows = _reward_knows(ctx, rm, taste, base, margin=config.rater_tie_margin)
             stage_s["reward"] = time.perf_counter() - t
         except UserError as e:  # e.g. every answer so far was a tie: nothing to learn from yet
             rmetrics, steps = {}, [{"method": "reward", "status": "skipped", "reason": str(e)}]
+            knows = {"reward_taste_acc": None, "label_ceiling": None}
         else:
             t = time.perf_counter()
             if config.method == "auto":
@@ -145,16 +150,29 @@ def run_loop(*, ctx: Context, config: LoopConfig, progress: bool = True, log=pri
         stage_s["measure"] = time.perf_counter() - t
         result.final = m.pop("_images")
         row = {"round": r, "labels": labels, "reward_acc": rmetrics.get("cv_acc", rmetrics.get("heldout_acc")),
-               "reward_heldout_acc": rmetrics.get("heldout_acc"), "trust": trust, "finetune": steps,
+               "reward_heldout_acc": rmetrics.get("heldout_acc"), **knows, "trust": trust, "finetune": steps,
                **m, "round_s": round(time.perf_counter() - tr, 1),
                "stage_s": {k: round(v, 1) for k, v in stage_s.items()}}
         result.rounds.append(row)
-        log(f"round {r}: labels={labels} reward_acc={_fmt(row['reward_acc'])} promoted={m['version']} "
+        log(f"round {r}: labels={labels} reward_acc={_fmt(row['reward_acc'])} "
+            f"reward_taste_acc={_fmt(row['reward_taste_acc'])} label_ceiling={_fmt(row['label_ceiling'])} "
+            f"promoted={m['version']} "
             f"win_rate={m['win_rate']:.3f} follow_base={m['follow_base']:.3f} "
             f"follow_final={m['follow_final']:.3f} ({'; '.join(_step_line(x) for x in steps)}) "
             f"{row['round_s']}s [" + " ".join(f"{k} {v}s" for k, v in row["stage_s"].items()) + "]")
     result.wall_s = time.perf_counter() - t0
     return result
+
+
+def _reward_knows(ctx: Context, rm, taste, base: FixedSeedImages, *, margin: float) -> dict:  # noqa: ANN001
+    """What the simulation alone can tell about the reward model: how it orders the base's held-out images
+    against the taste itself, and the taste's own accuracy on the labels (their noise ceiling)."""
+    with read_session(ctx.engine) as s:
+        pairs = [(p.prompt, p.a.image_sha256, p.b.image_sha256)
+                 for p in preference_pairs(session=s, include_ties=False)]
+    scores = rm.score(base.prompts, base.images).tolist()
+    return {"reward_taste_acc": taste_agreement(taste, scores, base, margin=margin),
+            "label_ceiling": label_ceiling(taste, [(p, ctx.images.open(a), ctx.images.open(b)) for p, a, b in pairs])}
 
 
 def _fmt(x) -> str:  # noqa: ANN001

@@ -4,7 +4,7 @@ Each entry is one ``pickloop bench loop`` run with the defaults (``--taste`` and
 whatever the suite itself was given for all entries), in a data home of its own, as a subprocess; ``jobs``
 run side by side (two on two cores). Entries: every registered taste, and a careless rater
 (``large`` at temperature 0.2, four times the default noise). One line per entry, then
-``min_win= mean_win= worst_taste= max_follow_drop= min_reward_acc= wall_s=``.
+``min_win= mean_win= worst_taste= max_follow_drop= min_reward_acc= min_reward_taste_acc= wall_s=``.
 """
 from __future__ import annotations
 
@@ -61,10 +61,12 @@ def summarise(rows: dict[str, dict[str, str]], wall_s: float) -> dict[str, objec
     drops = [num(r, "follow_base") - num(r, "follow_final") for r in rows.values()
              if num(r, "follow_base") is not None and num(r, "follow_final") is not None]
     accs = [a for a in (num(r, "reward_acc") for r in rows.values()) if a is not None]
+    knows = [a for a in (num(r, "reward_taste_acc") for r in rows.values()) if a is not None]
     worst = min(wins, key=wins.get)
     return {"min_win": wins[worst], "mean_win": sum(wins.values()) / len(wins), "worst_taste": worst,
             "max_follow_drop": max(drops) if drops else float("nan"),
-            "min_reward_acc": min(accs) if accs else float("nan"), "wall_s": round(wall_s, 1)}
+            "min_reward_acc": min(accs) if accs else float("nan"),
+            "min_reward_taste_acc": min(knows) if knows else float("nan"), "wall_s": round(wall_s, 1)}
 
 
 def format_figures(figures: dict[str, object]) -> str:

@@ -61,7 +61,8 @@ def make_tokenizer() -> CLIPTokenizer:
 
 
 def make_vae() -> AutoencoderKL:
-    """A small AutoencoderKL (8 channels at full resolution, where most of the time goes), factor 4: 3x64x64 image <-> 4x16x16 latent."""
+    """A small AutoencoderKL (8 channels at full resolution, where most of the time goes), factor 4:
+    3x64x64 image <-> 4x16x16 latent."""
     return AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=4, sample_size=64, layers_per_block=1,
         down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
@@ -114,7 +115,8 @@ def make_train_scheduler() -> DDPMScheduler:
 
 def make_sample_scheduler() -> DDIMScheduler:
     """DDIM with trailing spacing, so the first step starts from pure noise (t = 999)."""
-    return DDIMScheduler(**SCHEDULE, clip_sample=False, set_alpha_to_one=False, timestep_spacing="trailing",  # steps_offset unused by trailing
+    # steps_offset is unused by trailing spacing
+    return DDIMScheduler(**SCHEDULE, clip_sample=False, set_alpha_to_one=False, timestep_spacing="trailing",
                          steps_offset=1)
 
 

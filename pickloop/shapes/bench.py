@@ -9,41 +9,28 @@ from __future__ import annotations
 import random
 import statistics
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from .config import ShapesBenchConfig as BenchConfig
 from .judge import follow_accuracy
 from .models import default_clip_dir, default_pipeline_dir, default_sampling
 from .world import prompt_pool, render, scene_from_prompt
 
 
-@dataclass
-class BenchConfig:
-    """Settings of the shapes bench."""
-
-    n: int = field(default=100, metadata={"help": "held-out prompts drawn and read"})
-    batch: int = field(default=20, metadata={"help": "images per pipeline call while drawing"})
-    seed: int = field(default=0, metadata={"help": "seed of the first image; image i uses seed + i"})
-    pipeline_dir: Path | None = field(default=None, metadata={"help": "pipeline folder (default: shipped)"})
-    clip_dir: Path | None = field(default=None, metadata={"help": "CLIP folder (default: shipped)"})
-    candidates: int = field(default=16, metadata={"help": "captions the CLIP chooses among"})
-
-    def __post_init__(self) -> None:
-        if self.n < 1 or self.batch < 1 or self.candidates < 2:
-            raise ValueError(f"invalid bench config {self}")
-
-
-def load_pipeline(folder: Path):
+def load_pipeline(folder: Path) -> Any:  # a StableDiffusionPipeline
     from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(str(folder), use_safetensors=True)
+    from pickloop.pipelines import open_pipeline
+
+    pipe = open_pipeline(str(folder), pipeline_class=StableDiffusionPipeline)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def draw(pipe, prompts: list[str], seeds: list[int], settings: dict) -> list:
+def draw(pipe: Any, prompts: list[str], seeds: list[int], settings: dict) -> list:
     """One batched pipeline call; image i starts from the noise of seeds[i]."""
     generators = [torch.Generator().manual_seed(s) for s in seeds]
     return pipe(prompts, generator=generators, **settings).images
@@ -61,7 +48,7 @@ def clip_top1(clip_dir: Path, prompts: list[str], images: list, candidates: int,
     rng = random.Random(seed)
     hits = 0
     with torch.no_grad():
-        for i, (prompt, image) in enumerate(zip(prompts, images)):
+        for prompt, image in zip(prompts, images):
             others = [p for p in prompts if p != prompt]
             texts = [prompt] + rng.sample(others, min(candidates - 1, len(others)))
             inputs = processor(text=texts, images=[image], return_tensors="pt", padding="max_length",
@@ -71,7 +58,7 @@ def clip_top1(clip_dir: Path, prompts: list[str], images: list, candidates: int,
     return hits / len(prompts)
 
 
-def time_four(pipe, settings: dict, prompt: str, repeats: int = 3) -> float:
+def time_four(pipe: Any, settings: dict, prompt: str, repeats: int = 3) -> float:
     """Median seconds for one call drawing 4 candidates (after one warm-up call)."""
     draw(pipe, [prompt] * 4, [0, 1, 2, 3], settings)
     times = []

@@ -9,10 +9,10 @@ from sqlmodel import select
 
 from pickloop.context import Context
 from pickloop.db import read_session, write_session
-from pickloop.schema import Comparison, Prompt, Rater
+from pickloop.schema import Comparison, Prompt
 from pickloop.shapes.tastes import SimulatedRater
 from pickloop.shapes.world import caption, is_heldout, sample_scene
-from pickloop.store import candidates_of, prompt_split, record_judgement
+from pickloop.store import candidates_of, ensure_rater_without_sign_in, prompt_split, record_judgement
 
 LOOP_POOL = "loop"  # the prompt pool of the simulated rater's sets
 
@@ -35,12 +35,7 @@ def open_prompts(n: int, *, heldout: bool, open_attributes: Sequence[str], seed:
 def simulated_rater_row(ctx: Context, name: str) -> int:
     """The store's row for the simulated rater (it cannot sign in: no token matches its hash)."""
     with write_session(ctx.engine) as s:
-        row = s.exec(select(Rater).where(Rater.name == name)).first()
-        if row is None:
-            row = Rater(name=name, token_hash="!simulated", kind="simulated")
-            s.add(row)
-            s.flush()
-        return row.id
+        return ensure_rater_without_sign_in(session=s, name=name, kind="simulated").id
 
 
 def label_ready_sets(ctx: Context, rater: SimulatedRater, rater_id: int, limit: int) -> int:

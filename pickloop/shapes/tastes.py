@@ -23,9 +23,9 @@ NOTHING = 0.0  # the score of an empty image or one that breaks its prompt
 TASTES: dict[str, Taste] = {}
 
 
-def register_taste(name: str):
+def register_taste(name: str) -> Callable[[Taste], Taste]:
     """Decorator: add a taste to the registry under `name`."""
-    def add(fn):
+    def add(fn: Taste) -> Taste:
         TASTES[name] = fn
         return fn
     return add

@@ -13,26 +13,29 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from PIL import Image
 from tqdm import tqdm
+from transformers import CLIPTextModel, CLIPTokenizer
 
 from pickloop.errors import DamagedFileError
 from pickloop.integrity import parse_safetensors, read_verified, tensors_sha256
 
 from . import architectures as A
 from .config import StageConfig, UnetConfig
-from .world import caption, is_heldout, random_open, render, sample_scene
+from .world import Scene, caption, is_heldout, random_open, render, sample_scene
 
 
 # ---------------------------------------------------------------- data
 
 
-def image_to_tensor(images) -> torch.Tensor:
+def image_to_tensor(images: Iterable[Image.Image]) -> torch.Tensor:
     """PIL images -> float tensor (n, 3, H, W) in [-1, 1]."""
     arr = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) for im in images])
     return torch.from_numpy(arr).permute(0, 3, 1, 2) / 127.5 - 1.0
@@ -42,7 +45,7 @@ def training_scenes(rng: random.Random, n: int, two_share: float = 0.25) -> list
     return [sample_scene(rng, two_share) for _ in range(n)]
 
 
-def training_caption(rng: random.Random, scene, open_share: float) -> str:
+def training_caption(rng: random.Random, scene: Scene, open_share: float) -> str:
     """A caption of the scene that is not a held-out prompt (re-draws the open attributes)."""
     for _ in range(20):
         text = caption(scene, random_open(rng, scene, open_share))
@@ -120,7 +123,7 @@ class Budget:
     def elapsed(self) -> float:
         return time.monotonic() - self.start
 
-    def tick(self, **postfix) -> bool:
+    def tick(self, **postfix: Any) -> bool:
         """Advance the bar; False once the budget is spent."""
         now = int(self.elapsed())
         if now > self.bar.n:
@@ -145,7 +148,8 @@ class ExtraState:
     after_step: Callable[[int], None]  # called with the new step count after each update
 
 
-def run_stage(name: str, model: torch.nn.Module, params: list, loss_fn, cfg: StageConfig, work: Path,
+def run_stage(name: str, model: torch.nn.Module, params: list, loss_fn: Callable[[int, random.Random], torch.Tensor],
+              cfg: StageConfig, work: Path,
               extra_state: ExtraState | None = None) -> int:
     """Train `params` with `loss_fn(step, rng) -> loss` until the budget is spent; resumable.
 
@@ -188,7 +192,8 @@ def run_stage(name: str, model: torch.nn.Module, params: list, loss_fn, cfg: Sta
     return step
 
 
-def _save_stage(path, model, opt, extra_state, step, elapsed, losses, cfg) -> None:
+def _save_stage(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, extra_state: ExtraState | None,
+                step: int, elapsed: float, losses: list[float], cfg: StageConfig) -> None:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     tensors.update(optimizer_tensors(opt))
     if extra_state:
@@ -226,7 +231,7 @@ def train_vae(work: Path, cfg: StageConfig, device: str = "cpu") -> None:
     run_stage("vae", vae, list(vae.parameters()), loss_fn, cfg, work)
 
 
-def load_vae(work: Path, device: str = "cpu"):
+def load_vae(work: Path, device: str = "cpu") -> AutoencoderKL:
     """The trained VAE with scaling_factor set so that scaled latents have unit std."""
     tensors, meta = load_checkpoint(work / "vae.ckpt.safetensors")
     vae = A.make_vae()
@@ -240,7 +245,7 @@ def load_vae(work: Path, device: str = "cpu"):
     return vae
 
 
-def text_encoder_for(work: Path, tokenizer):
+def text_encoder_for(work: Path, tokenizer: CLIPTokenizer) -> CLIPTextModel:
     """The frozen random text encoder, saved once so the U-Net always sees the same one."""
     path = work / "text_encoder.safetensors"
     te = A.make_text_encoder(tokenizer)
@@ -251,7 +256,7 @@ def text_encoder_for(work: Path, tokenizer):
     return te
 
 
-def encode_pool(vae, scenes: list, device: str, batch: int = 128) -> torch.Tensor:
+def encode_pool(vae: AutoencoderKL, scenes: list, device: str, batch: int = 128) -> torch.Tensor:
     """Scaled latent means (n, 4, 16, 16) of the rendered scenes."""
     out = []
     with torch.no_grad():
@@ -303,7 +308,7 @@ def train_unet(work: Path, cfg: UnetConfig, device: str = "cpu") -> None:
     run_stage("unet", unet, list(unet.parameters()), loss_fn, cfg, work, ExtraState(get_ema, set_ema, update_ema))
 
 
-def load_unet_ema(work: Path):
+def load_unet_ema(work: Path) -> tuple[UNet2DConditionModel, dict]:
     tensors, meta = load_checkpoint(work / "unet.ckpt.safetensors")
     unet = A.make_unet()
     ema = prefixed("extra.ema.", tensors)

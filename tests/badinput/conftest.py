@@ -47,7 +47,7 @@ def _fresh_pipeline_cache():
     clear_cache()
 
 
-def register_lora(ctx, folder, sha256: str, name: str = "v1"):  # noqa: ANN001, ANN201 - ModelVersion
+def register_lora(ctx, folder, sha256: str, name: str = "v1"):  # ModelVersion
     """Register ``folder`` as candidate version ``name`` whose LoRA the registry records as ``sha256``."""
     from finetune.registry import register_version
     from pickloop.db import write_session
@@ -58,6 +58,6 @@ def register_lora(ctx, folder, sha256: str, name: str = "v1"):  # noqa: ANN001, 
                                 metrics={}, name=name)
 
 
-def one_line_naming(message: str, path) -> None:  # noqa: ANN001
+def one_line_naming(message: str, path) -> None:
     assert "\n" not in message.strip(), message
     assert str(path) in message, message

@@ -182,7 +182,7 @@ def bomb_png(side: int = 30000) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
 
 
-def plant_in_store(images, data: bytes, sha256: str | None = None) -> str:  # noqa: ANN001 - ImageStore
+def plant_in_store(images, data: bytes, sha256: str | None = None) -> str:  # ImageStore
     """Write ``data`` straight into the image store's folder under ``sha256`` (default: its own sum),
     as a damaged disk or another program would, bypassing every check of ``put``."""
     import hashlib

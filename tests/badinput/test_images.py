@@ -25,14 +25,14 @@ def bomb() -> bytes:
     return bomb_png()
 
 
-def _one_error_line(capsys, *needles: str) -> str:  # noqa: ANN001
+def _one_error_line(capsys, *needles: str) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("pickloop: error: "), err
     assert all(n in err[0] for n in needles), err
     return err[0]
 
 
-def _first_candidate(ctx) -> Candidate:  # noqa: ANN001
+def _first_candidate(ctx) -> Candidate:
     with read_session(ctx.engine) as s:
         return s.exec(select(Candidate).order_by(Candidate.id)).first()
 
@@ -61,14 +61,14 @@ def test_bomb_in_reward_score(bomb, home, tmp_path, capsys, monkeypatch):
     _one_error_line(capsys, "bomb.png", "decompression bomb")
 
 
-def _pickapic_file(path, jpg_0: bytes, jpg_1: bytes) -> None:  # noqa: ANN001
+def _pickapic_file(path, jpg_0: bytes, jpg_1: bytes) -> None:
     pq.write_table(pa.Table.from_pylist([{
         "caption": "a red circle", "jpg_0": jpg_0, "jpg_1": jpg_1, "image_0_uid": "u0", "image_1_uid": "u1",
         "model_0": "m", "model_1": "m", "label_0": 1.0, "label_1": 0.0, "has_label": True, "ranking_id": 1,
         "user_id": "ann"}]), path)
 
 
-def _judgements(ctx) -> int:  # noqa: ANN001
+def _judgements(ctx) -> int:
     with read_session(ctx.engine) as s:
         return len(s.exec(select(Judgement)).all())
 

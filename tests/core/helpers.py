@@ -1,12 +1,10 @@
 """Small builders for store tests: ready sets with real images, without the generator."""
 from __future__ import annotations
 
-import uuid
-
 from PIL import Image
 
-from pickloop.schema import Candidate, Comparison
-from pickloop.store import add_prompts, ensure_base_version
+from pickloop.schema import Comparison
+from pickloop.store import add_prompts, add_set, ensure_base_version
 
 
 def make_ready_set(session, images, *, prompt: str = "a red circle", n: int = 2, raters_wanted: int = 1,
@@ -14,13 +12,8 @@ def make_ready_set(session, images, *, prompt: str = "a red circle", n: int = 2,
     """A ready comparison of ``n`` solid-colour candidates for ``prompt``."""
     p = add_prompts(session=session, texts=[prompt])[0]
     v = ensure_base_version(session=session, base_model="embedded:shapes")
-    comp = Comparison(key=uuid.uuid4().hex, prompt_id=p.id, model_version_id=v.id, status="ready",
-                      raters_wanted=raters_wanted)
-    session.add(comp)
-    session.flush()
-    for slot in range(n):
-        sha = images.put(Image.new("RGB", (8, 8), colors[slot % len(colors)])) if images else "0" * 64
-        session.add(Candidate(comparison_id=comp.id, slot=slot, prompt_id=p.id, model_version_id=v.id,
-                              seed=1000 + slot, params={"steps": 1}, image_sha256=sha))
-    session.flush()
-    return comp
+    shas = [images.put(Image.new("RGB", (8, 8), colors[slot % len(colors)])) if images else "0" * 64
+            for slot in range(n)]
+    return add_set(session=session, prompt_id=p.id, model_version_id=v.id, status="ready", raters_wanted=raters_wanted,
+                   candidates=[dict(slot=slot, seed=1000 + slot, params={"steps": 1}, image_sha256=sha)
+                               for slot, sha in enumerate(shas)])

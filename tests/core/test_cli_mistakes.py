@@ -17,7 +17,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from pickloop.cli import build_parser
 
@@ -39,7 +38,7 @@ def _env() -> dict:
     return {**env, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
 
-def _commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()):  # noqa: ANN202
+def _commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()):
     """(argv prefix, parser, is a group of subcommands) for every command in the tree."""
     subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     yield prefix, parser, bool(subs)
@@ -51,7 +50,7 @@ def _commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()):  #
                 yield from _commands(sub, prefix + (name,))
 
 
-def _refuses(type_fn, value: str) -> bool:  # noqa: ANN001
+def _refuses(type_fn, value: str) -> bool:
     try:
         type_fn(value)
     except (ValueError, TypeError, argparse.ArgumentTypeError):
@@ -109,7 +108,7 @@ MISTAKES = [
     (["finetune", "run", "--method", "dpo", "--config", '{"rank": 1.5}'], "fresh", "rank must be an integer, not 1.5"),
     (["finetune", "run", "--method", "dpo", "--config", '{"since_parent": "no"}'], "fresh",
      "since_parent must be true or false"),
-    (["finetune", "run", "--method", "dpo", "--config", '{"stepz": 3}'], "fresh", "unknown DPO setting"),
+    (["finetune", "run", "--method", "dpo", "--config", '{"stepz": 3}'], "fresh", "unknown dpo setting"),
     (["finetune", "run", "--method", "ddpo", "--config", '{"epochs": "x"}'], "fresh", "epochs must be an integer"),
     (["finetune", "run", "--method", "ddpo", "--config", '{"eta": 0}'], "fresh", "eta must be in"),
     (["finetune", "run", "--config", '{"dpo": {"steps": "abc"}}'], "fresh", "dpo setting steps must be an integer"),
@@ -118,6 +117,7 @@ MISTAKES = [
     (["finetune", "run", "--config", '{"steps": "abc"}'], "fresh", "--method auto takes --config"),
     (["finetune", "run", "--config", "[1]"], "fresh", "JSON object"),
     (["finetune", "run", "--config", "{steps: 1}"], "fresh", "must be a JSON object"),
+    (["finetune", "run", "--config", "no/such/run.yaml"], "fresh", "cannot be read"),
     (["finetune", "run", "--min-new-labels", "-1"], "fresh", "whole number >= 0"),
     (["models", "promote", "v1", "--force", "--seeds", "a,b"], "fresh", "comma-separated whole numbers"),
     (["models", "promote", "v1", "--scorer", "nosuchmodule:f"], "fresh", "cannot import nosuchmodule"),

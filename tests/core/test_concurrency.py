@@ -13,7 +13,7 @@ from tests.core.helpers import make_ready_set
 WORKERS, PER_WORKER = 8, 250
 
 
-def _rate_all(url: str, rater_id: int, sets: list[tuple[int, list[int]]], out) -> None:  # noqa: ANN001
+def _rate_all(url: str, rater_id: int, sets: list[tuple[int, list[int]]], out) -> None:
     try:
         engine = make_engine(url)
         created = 0
@@ -27,7 +27,7 @@ def _rate_all(url: str, rater_id: int, sets: list[tuple[int, list[int]]], out) -
                 created += new
                 assert not (replay and new), "a replay wrote a row"
         out.put(("ok", created))
-    except Exception as e:  # report, don't hang the parent
+    except Exception as e:  # noqa: BLE001 - report, don't hang the parent
         out.put(("error", repr(e)))
 
 

@@ -27,7 +27,7 @@ from tests.core.helpers import make_ready_set
 OTHER_SHA = hashlib.sha256(b"an image that is not in the file").hexdigest()
 
 
-def _png(color) -> bytes:  # noqa: ANN001
+def _png(color) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (4, 4), color).save(buf, format="PNG")
     return buf.getvalue()
@@ -57,7 +57,7 @@ def good_rows(tmp_path_factory) -> list[dict]:
     return _exported_rows(out)
 
 
-def _exported_rows(path) -> list[dict]:  # noqa: ANN001
+def _exported_rows(path) -> list[dict]:
     """The rows of an export: its decided pairs, then the ties and unlabelled rows of its sibling file (one
     file holding both imports the same)."""
     from pickloop.exchange import undecided_path
@@ -66,7 +66,7 @@ def _exported_rows(path) -> list[dict]:  # noqa: ANN001
     return pq.read_table(path).to_pylist() + (pq.read_table(side).to_pylist() if side.is_file() else [])
 
 
-def _set(col, value, rows=(0,)):  # noqa: ANN001, ANN202
+def _set(col, value, rows=(0,)):
     """A change: ``col`` := ``value`` in the given rows (all rows when ``rows`` is None)."""
     def change(table: list[dict]) -> None:
         for i, r in enumerate(table):
@@ -75,14 +75,14 @@ def _set(col, value, rows=(0,)):  # noqa: ANN001, ANN202
     return change
 
 
-def _both(col_a, value_a, col_b, value_b):  # noqa: ANN001, ANN202
+def _both(col_a, value_a, col_b, value_b):
     """A change of two columns of the first row."""
     def change(table: list[dict]) -> None:
         table[0][col_a], table[0][col_b] = value_a, value_b
     return change
 
 
-def _candidates(edit):  # noqa: ANN001, ANN202
+def _candidates(edit):
     """A change to the first row's pl_candidates JSON."""
     def change(table: list[dict]) -> None:
         specs = json.loads(table[0]["pl_candidates"])
@@ -139,14 +139,14 @@ def _state(ctx: Context) -> tuple:
     return counts, sorted(p.name for p in (ctx.home / "images").rglob("*") if p.is_file())
 
 
-def _use_home(mp: pytest.MonkeyPatch, home) -> None:  # noqa: ANN001
+def _use_home(mp: pytest.MonkeyPatch, home) -> None:
     mp.setenv("PICKLOOP_HOME", str(home))
     mp.delenv("PICKLOOP_DATABASE_URL", raising=False)
     mp.delenv("PICKLOOP_CONFIG", raising=False)
 
 
 @pytest.fixture(scope="module")
-def labelled_home(good_rows, tmp_path_factory):  # noqa: ANN001
+def labelled_home(good_rows, tmp_path_factory):
     """A data home holding the good file's labels, imported through the command line. Shared by the
     corpus: each case checks that its refused import left the home exactly as it found it."""
     home = tmp_path_factory.mktemp("store") / "home"
@@ -159,7 +159,7 @@ def labelled_home(good_rows, tmp_path_factory):  # noqa: ANN001
 
 
 @pytest.fixture
-def store_with_labels(labelled_home, monkeypatch, capsys):  # noqa: ANN001
+def store_with_labels(labelled_home, monkeypatch, capsys):
     _use_home(monkeypatch, labelled_home)
     capsys.readouterr()
     return Context()
@@ -190,7 +190,7 @@ def test_import_of_good_rows_into_a_fresh_store_keeps_counts(store_with_labels, 
     assert len(files) == 3  # the solid colours of make_ready_set (sets of 3 and 2 share them)
 
 
-def _public_rows(uids: list[tuple[str, str]], user_ids: list) -> list[dict]:  # noqa: ANN001
+def _public_rows(uids: list[tuple[str, str]], user_ids: list) -> list[dict]:
     return [dict(caption="a cat", jpg_0=_png((255, 0, 0)), jpg_1=_png((0, 0, 255)), image_0_uid=u0,
                  image_1_uid=u1, model_0="sdxl", model_1="sd15", label_0=1.0, label_1=0.0, ranking_id=k,
                  user_id=user, has_label=True) for k, ((u0, u1), user) in enumerate(zip(uids, user_ids))]

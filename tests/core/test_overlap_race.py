@@ -20,14 +20,14 @@ SETS = 40
 
 
 def _answer_all(engine, rater_id: int, sets: list[tuple[int, list[int]]], start: threading.Barrier,
-                errors: list) -> None:  # noqa: ANN001
+                errors: list) -> None:
     try:
         for comp_id, ids in sets:
             start.wait(timeout=60)  # both raters answer this set together
             with write_session(engine) as s:
                 record_judgement(session=s, comparison_id=comp_id, rater_id=rater_id, choice="pick",
                                  winner_id=ids[rater_id % 2], shown_order=ids, idempotency_key=f"{comp_id}:{rater_id}")
-    except Exception as e:  # report to the test, never hang the other thread
+    except Exception as e:  # noqa: BLE001 - report to the test, never hang the other thread
         errors.append(repr(e))
         start.abort()
 

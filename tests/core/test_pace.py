@@ -13,7 +13,7 @@ from pickloop.store import candidates_of, record_judgement
 from tests.feedback_app.helpers import make_rater, make_sets
 
 
-def _answer(ctx, rater_id: int, comparison_ids: list[int], times) -> None:  # noqa: ANN001
+def _answer(ctx, rater_id: int, comparison_ids: list[int], times) -> None:
     with write_session(ctx.engine) as s:
         for cid, at in zip(comparison_ids, times):
             ids = [c.id for c in candidates_of(session=s, comparison_id=cid)]
@@ -23,7 +23,7 @@ def _answer(ctx, rater_id: int, comparison_ids: list[int], times) -> None:  # no
             s.add(j)
 
 
-def test_queue_size_follows_raters_online_and_their_answer_rate(ctx):  # noqa: ANN001
+def test_queue_size_follows_raters_online_and_their_answer_rate(ctx):
     ids = make_sets(ctx, 40)
     alice, _ = make_rater(ctx, "alice")
     make_rater(ctx, "bob")  # signed up, never rating: not online
@@ -42,7 +42,7 @@ def test_queue_size_follows_raters_online_and_their_answer_rate(ctx):  # noqa: A
         assert sets_wanted(session=s, settings=ctx.settings, now=later) == 0
 
 
-def test_wait_line_gives_an_estimate_when_generation_is_behind(ctx):  # noqa: ANN001
+def test_wait_line_gives_an_estimate_when_generation_is_behind(ctx):
     now = utcnow()
     with read_session(ctx.engine) as s:
         assert "No sets are being drawn" in wait_message(pace(session=s, now=now))

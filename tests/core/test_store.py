@@ -8,8 +8,9 @@ from pickloop.db import read_session, write_session
 from pickloop.errors import UserError
 from pickloop.schema import Judgement, Prompt
 from pickloop.store import (
-    add_prompts, add_rater, authenticate, candidates_of, data_snapshot, find_version, get_rater,
-    preference_pairs, prompt_split, record_judgement, undo_judgement,
+    add_candidates, add_prompts, add_rater, add_set, authenticate, candidates_of, data_snapshot,
+    ensure_base_version, ensure_rater_without_sign_in, find_version, get_rater, preference_pairs, prompt_split,
+    record_judgement, undo_judgement,
 )
 from tests.core.helpers import make_ready_set
 
@@ -65,6 +66,37 @@ def test_raters_tokens_and_unknown_rater(engine):
     with pytest.raises(UserError, match="already exists"):
         with write_session(engine) as s:
             add_rater(session=s, name="alice")
+
+
+def test_raters_without_sign_in_are_made_once_and_no_token_opens_them(engine):
+    with write_session(engine) as s:
+        a = ensure_rater_without_sign_in(session=s, name="simulated:large", kind="simulated")
+        again = ensure_rater_without_sign_in(session=s, name="simulated:large", kind="simulated")
+        imported = ensure_rater_without_sign_in(session=s, name="user-17", kind="imported")
+        assert again.id == a.id != imported.id
+        assert (a.kind, a.role, imported.kind) == ("simulated", "rater", "imported")
+    with read_session(engine) as s:
+        for name, hashed in (("simulated:large", "!simulated"), ("user-17", "!imported"), ("user-17", "")):
+            assert authenticate(session=s, name=name, token=hashed) is None
+
+
+def test_a_set_and_its_candidates_in_one_call_or_two(engine):
+    with write_session(engine) as s:
+        p = add_prompts(session=s, texts=["a red circle"])[0]
+        v = ensure_base_version(session=s, base_model="embedded:shapes")
+        ready = add_set(session=s, prompt_id=p.id, model_version_id=v.id, raters_wanted=2, candidates=[
+            dict(slot=k, seed=k, params={"steps": 1}, image_sha256=f"{k}" * 64) for k in range(3)])
+        drawing = add_set(session=s, prompt_id=p.id, model_version_id=v.id, status="drawing", claimed_by="w")
+        assert drawing.claimed_at is not None and ready.claimed_at is None and len(ready.key) == 32
+        added = add_candidates(session=s, comparison=drawing, candidates=[
+            dict(slot=0, seed=5, params={}, image_sha256="a" * 64, from_noise_memory=True)])
+        ready_id, drawing_id, added_id = ready.id, drawing.id, added[0].id
+    with read_session(engine) as s:
+        cands = candidates_of(session=s, comparison_id=ready_id)
+        assert [(c.slot, c.seed, c.prompt_id, c.model_version_id) for c in cands] == [
+            (k, k, p.id, v.id) for k in range(3)]
+        (c,) = candidates_of(session=s, comparison_id=drawing_id)
+        assert c.id == added_id and c.from_noise_memory and c.prompt_id == p.id
 
 
 def test_judgement_is_idempotent_and_validated(engine):

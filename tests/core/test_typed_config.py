@@ -11,6 +11,7 @@ from finetune.ddpo.config import DDPOConfig
 from finetune.dpo.config import DPOConfig
 from pickloop.errors import UserError
 from pickloop.loop.config import LoopConfig
+from pickloop.typed_config import config_object
 from reward.config import RewardConfig
 
 # (config class, settings as JSON would give them, words the one line must hold)
@@ -64,3 +65,29 @@ def test_good_values_pass_and_keep_their_hash():
     assert DDPOConfig(drift_max_pixel=None, guidance=5).guidance == 5
     assert RewardConfig(lr=1).lr == 1 and LoopConfig(open_attributes=["size"]).open_attributes == ("size",)
     assert DPOConfig.from_dict(json.loads('{"steps": 3, "lr": 0.001}')).steps == 3
+
+
+def test_config_from_a_yaml_file_equals_the_same_json(tmp_path):
+    run = tmp_path / "run.yaml"
+    run.write_text("# a run of my own\nsteps: 500\nlr: 1e-5   # a number, as in JSON (PyYAML alone reads text)\n"
+                   "beta: 5000\ntargets: [to_q, to_v]\n")
+    as_json = config_object('{"steps": 500, "lr": 1e-5, "beta": 5000, "targets": ["to_q", "to_v"]}')
+    assert config_object(str(run)) == as_json
+    assert DPOConfig.from_dict(config_object(str(run))).config_hash() == DPOConfig.from_dict(as_json).config_hash()
+    (tmp_path / "auto.yml").write_text("dpo:\n  steps: 10\nddpo:\n  epochs: 2\n")
+    assert config_object(str(tmp_path / "auto.yml")) == {"dpo": {"steps": 10}, "ddpo": {"epochs": 2}}
+
+
+@pytest.mark.parametrize("text,words", [
+    ("- 1\n- 2\n", "must hold a mapping"),
+    ("steps: [1\n", "is not valid YAML"),
+    ("", "must hold a mapping"),
+])
+def test_a_bad_config_file_is_one_line(tmp_path, text, words):
+    f = tmp_path / "bad.yaml"
+    f.write_text(text)
+    with pytest.raises(UserError, match=words) as e:
+        config_object(str(f))
+    assert "\n" not in str(e.value)
+    with pytest.raises(UserError, match="cannot be read"):
+        config_object(str(tmp_path / "missing.yaml"))

@@ -19,7 +19,7 @@ PALETTE = [(220, 40, 40), (40, 170, 60), (40, 70, 220), (245, 220, 40), (140, 50
            (20, 20, 20), (245, 245, 245), (0, 160, 160), (160, 90, 40), (255, 120, 200), (120, 120, 120)]
 
 
-def make_sets(ctx, n: int, *, per_set: int = 4, raters_wanted: int = 1, version=None) -> list[int]:  # noqa: ANN001
+def make_sets(ctx, n: int, *, per_set: int = 4, raters_wanted: int = 1, version=None) -> list[int]:
     """``n`` ready sets of ``per_set`` distinct solid-colour images; returns their comparison ids."""
     ids = []
     with write_session(ctx.engine) as s:
@@ -40,7 +40,7 @@ def make_sets(ctx, n: int, *, per_set: int = 4, raters_wanted: int = 1, version=
     return ids
 
 
-def make_rater(ctx, name: str, role: str = "rater", *, guide_seen: bool = True) -> tuple[Identity, str]:  # noqa: ANN001
+def make_rater(ctx, name: str, role: str = "rater", *, guide_seen: bool = True) -> tuple[Identity, str]:
     """A rater and its token; ``guide_seen``: the rating guide was already shown (so it does not cover the page)."""
     from pickloop.schema import utcnow
 
@@ -51,7 +51,7 @@ def make_rater(ctx, name: str, role: str = "rater", *, guide_seen: bool = True) 
         return Identity(rater_id=r.id, name=r.name, role=r.role, kind=r.kind), token
 
 
-def count(ctx, model, **where) -> int:  # noqa: ANN001
+def count(ctx, model, **where) -> int:
     from sqlmodel import func, select
 
     q = select(func.count()).select_from(model)
@@ -61,7 +61,7 @@ def count(ctx, model, **where) -> int:  # noqa: ANN001
         return s.exec(q).one()
 
 
-def judgements(ctx) -> list[Judgement]:  # noqa: ANN001
+def judgements(ctx) -> list[Judgement]:
     from sqlmodel import select
 
     with read_session(ctx.engine) as s:
@@ -73,25 +73,25 @@ def judgements(ctx) -> list[Judgement]:  # noqa: ANN001
 
 # ---------------------------------------------------------------- the rating panel, as the browser sees it
 
-def panel_data(at) -> dict | None:  # noqa: ANN001
+def panel_data(at) -> dict | None:
     """The data the rating panel component was given in the last run (None when it is not on the page)."""
     found = [e for e in at.get("bidi_component") if e.proto.component_name == "pickloop.rating_panel"]
     assert len(found) <= 1
     return json.loads(found[0].proto.json) if found else None
 
 
-def shown_set(at) -> dict:  # noqa: ANN001
+def shown_set(at) -> dict:
     """The set the panel puts on screen: the first one the server sent."""
     data = panel_data(at)
     assert data and data["sets"], "no set on screen"
     return data["sets"][0]
 
 
-def set_key(at) -> str:  # noqa: ANN001
+def set_key(at) -> str:
     return shown_set(at)["key"]
 
 
-def answer(at, choice: str, position: int | None = None, *, ms: int = 1500, run: bool = True):  # noqa: ANN001, ANN201
+def answer(at, choice: str, position: int | None = None, *, ms: int = 1500, run: bool = True):
     """Answer the set on screen as the panel's script does: add the answer to the outbox of answers
     not yet acknowledged, and send the whole outbox as the component's state."""
     shown = shown_set(at)
@@ -100,18 +100,18 @@ def answer(at, choice: str, position: int | None = None, *, ms: int = 1500, run:
     return send_outbox(at, [*pending_outbox(at), entry], run=run)
 
 
-def pending_outbox(at) -> list[dict]:  # noqa: ANN001
+def pending_outbox(at) -> list[dict]:
     acked = set((panel_data(at) or {}).get("acked", []))
     prev = at.session_state["rating_panel"]["outbox"] if "rating_panel" in at.session_state else []
     return [e for e in prev if e.get("id", e["token"]) not in acked]
 
 
-def send_outbox(at, outbox: list[dict], *, run: bool = True):  # noqa: ANN001, ANN201
+def send_outbox(at, outbox: list[dict], *, run: bool = True):
     at.session_state["rating_panel"] = {"outbox": outbox}
     return at.run() if run else at
 
 
-def send_undo(at, token: str, *, run: bool = True):  # noqa: ANN001, ANN201
+def send_undo(at, token: str, *, run: bool = True):
     """Undo as the panel's script does: the undone answer leaves the outbox (if the server has not
     acknowledged it yet) and an undo entry for its token takes its place at the end."""
     left = [e for e in pending_outbox(at) if e["token"] != token]

@@ -52,7 +52,7 @@ class Provider:
 
 def _handler(p: Provider) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args) -> None:  # noqa: ANN002
+        def log_message(self, *args) -> None:
             pass
 
         def _json(self, body: dict, status: int = 200) -> None:
@@ -63,7 +63,7 @@ def _handler(p: Provider) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(data)
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             url = urlparse(self.path)
             q = {k: v[0] for k, v in parse_qs(url.query).items()}
             if url.path == "/.well-known/openid-configuration":
@@ -85,7 +85,7 @@ def _handler(p: Provider) -> type[BaseHTTPRequestHandler]:
                 return None
             return self._json({"error": "not_found"}, 404)
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             if urlparse(self.path).path != "/token":
                 return self._json({"error": "not_found"}, 404)
             body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
@@ -124,7 +124,7 @@ def oidc_provider() -> Iterator[Provider]:
         server.server_close()
 
 
-def write_secrets(folder, *, provider: Provider, app_port: int) -> None:  # noqa: ANN001
+def write_secrets(folder, *, provider: Provider, app_port: int) -> None:
     """``.streamlit/secrets.toml`` in ``folder`` (the app's working directory) pointing ``st.login`` here."""
     d = folder / ".streamlit"
     d.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ from tests.feedback_app.helpers import judgements, make_sets
 IMAGES_JS = "() => [...document.querySelectorAll('.pl-set:not([hidden]) img')].map(e => e.src)"
 
 
-def shown_image_shas(page) -> list[str]:  # noqa: ANN001
+def shown_image_shas(page) -> list[str]:
     """sha256 of each candidate image on screen, left to right (images are inline data: URLs)."""
     return [hashlib.sha256(base64.b64decode(src.split(",", 1)[1])).hexdigest() for src in page.evaluate(IMAGES_JS)]
 
@@ -173,4 +173,5 @@ def test_undo_takes_back_exactly_the_last_answer_recorded_or_not(ctx, home, alic
         sha_of = {c.id: c.image_sha256 for c in s.exec(select(Candidate))}
     for j in rows:
         what, shas = final[key_of[j.comparison_id]]
-        assert j.choice == "pick" and sha_of[j.winner_id] == shas[int(what) - 1], (j.id, what, shas.index(sha_of[j.winner_id]) + 1)
+        assert j.choice == "pick" and sha_of[j.winner_id] == shas[int(what) - 1], \
+            (j.id, what, shas.index(sha_of[j.winner_id]) + 1)

@@ -13,12 +13,12 @@ def _locked() -> OperationalError:
     return OperationalError("INSERT ...", {}, Exception("database is locked"))
 
 
-def test_a_locked_store_is_retried_then_reported_in_one_line(ctx, monkeypatch):  # noqa: ANN001
+def test_a_locked_store_is_retried_then_reported_in_one_line(ctx, monkeypatch):
     real = ui.write_session
     failures = iter([_locked(), _locked()])  # two busy writers, then the lock is free
 
     @contextlib.contextmanager
-    def flaky(engine):  # noqa: ANN001, ANN202
+    def flaky(engine):
         err = next(failures, None)
         if err is not None:
             raise err
@@ -30,7 +30,7 @@ def test_a_locked_store_is_retried_then_reported_in_one_line(ctx, monkeypatch): 
     assert "notice" not in st.session_state
 
     @contextlib.contextmanager
-    def always_locked(engine):  # noqa: ANN001, ANN202
+    def always_locked(engine):
         raise _locked()
         yield  # pragma: no cover
 

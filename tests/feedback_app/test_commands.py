@@ -17,7 +17,7 @@ from pickloop.db import read_session
 from pickloop.store import list_prompts, promoted_version
 
 
-def pickloop(*args: str, env: dict) -> subprocess.Popen:  # noqa: ANN001
+def pickloop(*args: str, env: dict) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "pickloop", *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 

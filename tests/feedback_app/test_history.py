@@ -12,7 +12,7 @@ from tests.feedback_app.helpers import APP_DIR
 PER_PAGE = 24
 
 
-def test_a_thousand_answers_page_by_page(ctx, alice):  # noqa: ANN001
+def test_a_thousand_answers_page_by_page(ctx, alice):
     make_answered_sets(ctx=ctx, rater_id=alice[0].rater_id, n=1000)
     statements = []
     listen = lambda *a: statements.append(a[2])  # noqa: E731

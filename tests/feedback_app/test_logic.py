@@ -16,12 +16,12 @@ from pickloop.settings import get_settings
 from tests.feedback_app.helpers import count, judgements, make_rater, make_sets
 
 
-def next_for(ctx, ident, **kw):  # noqa: ANN001, ANN201
+def next_for(ctx, ident, **kw):
     with write_session(ctx.engine) as s:
         return logic.next_set_for(session=s, rater_id=ident.rater_id, settings=ctx.settings, **kw)
 
 
-def answer(ctx, ident, view, choice="pick", pos=0):  # noqa: ANN001, ANN201
+def answer(ctx, ident, view, choice="pick", pos=0):
     with write_session(ctx.engine) as s:
         winner = view.candidates[pos].id if choice == "pick" else None
         row, created = logic.submit_choice(session=s, identity=ident, view=view, choice=choice, winner_id=winner)
@@ -247,7 +247,7 @@ def test_concurrent_raters_never_share_a_set(actx):
     raters = [make_rater(actx, f"r{i}")[0] for i in range(6)]
     make_sets(actx, 4)
 
-    def claim(ident):  # noqa: ANN001, ANN202
+    def claim(ident):
         for _ in range(20):
             try:
                 view = next_for(actx, ident)

@@ -15,14 +15,14 @@ from tests.feedback_app.helpers import (APP_DIR, answer, count, judgements, make
 TIMEOUT = 60
 
 
-def app(ident=None, script: str = "app.py") -> AppTest:  # noqa: ANN001
+def app(ident=None, script: str = "app.py") -> AppTest:
     at = AppTest.from_file(str(APP_DIR / script), default_timeout=TIMEOUT)
     if ident is not None:
         at.session_state["identity"] = ident
     return at.run()
 
 
-def shown_order(ctx, key: str) -> list[int]:  # noqa: ANN001
+def shown_order(ctx, key: str) -> list[int]:
     from feedback_app import logic
     from pickloop.schema import Comparison
 

@@ -11,25 +11,26 @@ from pickloop.schema import Rater, utcnow
 from tests.feedback_app.helpers import judgements, make_sets
 
 
-def _start(ctx, rater_id: int, hours: float = 12.0, now=None) -> tuple[str, int]:  # noqa: ANN001
+def _start(ctx, rater_id: int, hours: float = 12.0, now=None) -> tuple[str, int]:
     with write_session(ctx.engine) as s:
         return sessions.start_session(session=s, rater_id=rater_id, hours=hours, now=now)
 
 
-def _resume(ctx, cookie: str, now=None):  # noqa: ANN001, ANN202
+def _resume(ctx, cookie: str, now=None):
     with read_session(ctx.engine) as s:
         found = sessions.resume_session(session=s, cookie=cookie, now=now)
         return None if found is None else found[0].name
 
 
-def test_a_session_resumes_until_it_expires_is_revoked_or_forged(ctx, alice):  # noqa: ANN001
+def test_a_session_resumes_until_it_expires_is_revoked_or_forged(ctx, alice):
     ident, token = alice
     cookie, _ = _start(ctx, ident.rater_id, hours=2)
     assert token not in cookie and _resume(ctx, cookie) == "alice"
     assert _resume(ctx, cookie, now=utcnow() + timedelta(hours=2, seconds=1)) is None  # expired
     sid, expires, sig = cookie.split(".")
     forged = [f"{sid}.{int(expires) + 86400}.{sig}",  # a later expiry under the old signature
-              f"{sid}.{expires}.{'0' * len(sig)}", f"{'B' if sid[0] != 'B' else 'C'}{sid[1:]}.{expires}.{sig}", "", "a.b", "x" * 400]
+              f"{sid}.{expires}.{'0' * len(sig)}", f"{'B' if sid[0] != 'B' else 'C'}{sid[1:]}.{expires}.{sig}",
+              "", "a.b", "x" * 400]
     assert [_resume(ctx, f) for f in forged] == [None] * len(forged)
     other, _ = _start(ctx, ident.rater_id)
     with write_session(ctx.engine) as s:
@@ -37,20 +38,20 @@ def test_a_session_resumes_until_it_expires_is_revoked_or_forged(ctx, alice):  #
     assert _resume(ctx, cookie) is None and _resume(ctx, other) is None
 
 
-def test_a_deactivated_rater_is_signed_out(ctx, alice):  # noqa: ANN001
+def test_a_deactivated_rater_is_signed_out(ctx, alice):
     cookie, _ = _start(ctx, alice[0].rater_id)
     with write_session(ctx.engine) as s:
         s.get(Rater, alice[0].rater_id).active = False
     assert _resume(ctx, cookie) is None
 
 
-def _signed_in(page) -> bool:  # noqa: ANN001
+def _signed_in(page) -> bool:
     return page.get_by_text("labels today").count() > 0
 
 
 @pytest.mark.browser
 @pytest.mark.slow
-def test_reload_and_new_tab_keep_the_session_and_sign_out_ends_it_everywhere(ctx, home, alice):  # noqa: ANN001
+def test_reload_and_new_tab_keep_the_session_and_sign_out_ends_it_everywhere(ctx, home, alice):
     make_sets(ctx, 6)
     with browser.app_server(home=home) as url, browser.chromium_page() as page:
         browser.sign_in(page, url, name="alice", token=alice[1])

@@ -78,7 +78,7 @@ def add_labelled_sets(ctx, *, n_sets: int = 3, per_set: int = 2, choice: str = "
     return ids
 
 
-def labelled_home(base, monkeypatch):  # noqa: ANN001, ANN201 - pickloop.context.Context
+def labelled_home(base, monkeypatch):  # pickloop.context.Context
     """A data home whose base model is ``base``, with 3 picked train sets of 2 (3 pairs)."""
     from pickloop.context import Context
 

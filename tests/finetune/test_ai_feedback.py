@@ -70,7 +70,7 @@ def _max_diff(a: dict, b: dict) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
-def _count(ctx, table) -> int:  # noqa: ANN001
+def _count(ctx, table) -> int:
     with read_session(ctx.engine) as s:
         return int(s.exec(select(func.count()).select_from(table)).one())
 
@@ -164,7 +164,8 @@ def test_settings_validation_and_hash():
                 {"ai_feedback_weight": float("nan")}):
         with pytest.raises(UserError):
             DPOConfig(**bad)
-    assert DPOConfig().config_hash() == DPOConfig(ai_feedback_weight=0.9).config_hash() == DEFAULT_HASH_BEFORE_AI_FEEDBACK
+    assert (DPOConfig().config_hash() == DPOConfig(ai_feedback_weight=0.9).config_hash()
+            == DEFAULT_HASH_BEFORE_AI_FEEDBACK)
     on = DPOConfig(ai_feedback_sets=8)
     assert on.config_hash() != DPOConfig().config_hash()
     assert DPOConfig(ai_feedback_sets=8, ai_feedback_weight=0.25).config_hash() != on.config_hash()

@@ -76,7 +76,7 @@ def test_an_untrusted_reward_model_ranks_nothing(ctx):
 
 
 @pytest.mark.slow
-def test_untrusted_run_trains_human_dpo_only_and_says_so_once(labelled, tiny_clip):
+def test_untrusted_run_trains_human_dpo_only_and_says_so_once(labelled, tiny_clip):  # noqa: F811 - fixtures
     rid = register_reward_model(labelled, tiny_clip)
     _set_metrics(labelled, rid, cv_acc=0.52, cv_pairs=300)
     _heldout_prompts(labelled)
@@ -95,7 +95,7 @@ def test_untrusted_run_trains_human_dpo_only_and_says_so_once(labelled, tiny_cli
 
 
 @pytest.mark.slow
-def test_trusted_run_promotes_the_better_dpo_then_stacks_ddpo_on_it(labelled, tiny_clip, monkeypatch):
+def test_trusted_run_promotes_the_better_dpo_then_stacks_ddpo_on_it(labelled, tiny_clip, monkeypatch):  # noqa: F811 - fixtures
     monkeypatch.setenv("PICKLOOP_PROMOTE_MIN_WIN_RATE", "0")  # a random reward model: let every gate pass
     monkeypatch.setenv("PICKLOOP_AUTO_DPO_VARIANTS", '["dpo", "dpo+ai"]')  # both DPO candidates
     from pickloop.context import Context

@@ -335,7 +335,8 @@ def test_bench_ddpo_prints_its_figures_last(tiny_base, capsys):
                        "2", "--batches", "1", "--train-batch-size", "2", "--steps", "2", "--drift-prompts", "1")
     assert args.func(args) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert re.fullmatch(r"epoch_s=[\d.]+ sample_s=[\d.]+ train_s=[\d.]+ floor_ratio=[\d.]+ peak_rss_mb=[\d.]+", last), last
+    assert re.fullmatch(r"epoch_s=[\d.]+ sample_s=[\d.]+ train_s=[\d.]+ floor_ratio=[\d.]+ peak_rss_mb=[\d.]+",
+                        last), last
 
 
 def test_bench_ddpo_reference_trl_without_the_extra_says_how_to_install(tiny_base, capsys, monkeypatch):

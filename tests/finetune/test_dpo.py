@@ -11,11 +11,23 @@ from finetune import models as fm
 from finetune.dpo import DPOConfig, dpo_loss, noise_and_timesteps, run_dpo, store_pairs
 
 
-def test_only_lora_parameters_change(labelled, tmp_path):
+def test_every_lora_parameter_moves_and_nothing_else_does(labelled, tmp_path, monkeypatch):
     cfg = DPOConfig(steps=3, batch_size=2, lr=1e-2, checkpoint_every=0, log_every=0)
     base = fm.load_train_models(str(labelled.base_model)).unet
     before = {n: p.detach().clone() for n, p in base.named_parameters()}
+    start_lora, seen = lora_io.start_lora, {}
+
+    def watch_start(unet, **kw):  # the trained U-Net and its trainable parameters as the run starts
+        out = start_lora(unet, **kw)
+        seen.update(unet=unet, start={n: p.detach().clone() for n, p in unet.named_parameters() if p.requires_grad})
+        return out
+
+    monkeypatch.setattr(lora_io, "start_lora", watch_start)
     result = run_dpo(labelled, cfg, out_dir=tmp_path / "lora")
+    trainable = {n: p for n, p in seen["unet"].named_parameters() if p.requires_grad}
+    assert set(trainable) == set(seen["start"]) and trainable and all("lora_" in n for n in trainable)
+    still = [n for n, p in trainable.items() if torch.equal(p.detach(), seen["start"][n])]
+    assert not still, f"{len(still)} of {len(trainable)} LoRA parameters did not move, e.g. {still[:3]}"
     m = fm.load_train_models(str(labelled.base_model))
     lora_io.load_lora_into(m.unet, result.lora_dir)
     changed_lora = 0

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from finetune.dpo import dpo_loss_from_errors
 
 
-def check_sign_and_scale(loss_fn) -> None:  # noqa: ANN001 - (err_w, err_l, ref_w, ref_l, beta) -> (loss, stats)
+def check_sign_and_scale(loss_fn) -> None:  # (err_w, err_l, ref_w, ref_l, beta) -> (loss, stats)
     """Asserts what a Diffusion-DPO loss must do; raises AssertionError otherwise."""
     ref = torch.tensor([0.30, 0.30])
     better_on_winner = torch.tensor([0.29, 0.30])  # pair 0: policy denoises the winner 0.01 better; pair 1: same
@@ -36,18 +36,18 @@ def test_dpo_loss_from_errors_has_the_papers_sign_and_scale():
     check_sign_and_scale(dpo_loss_from_errors)
 
 
-def _flipped(err_w, err_l, ref_w, ref_l, beta, weights=None):  # noqa: ANN001, ANN202 - the bug to catch
+def _flipped(err_w, err_l, ref_w, ref_l, beta, weights=None):  # the bug to catch
     inside = +0.5 * beta * ((err_w - ref_w) - (err_l - ref_l))
     losses = -F.logsigmoid(inside)
     return losses.mean(), {"loss": losses, "implicit_acc": (inside > 0).float(),
                            "gap_w": err_w - ref_w, "gap_l": err_l - ref_l}
 
 
-def _no_half(err_w, err_l, ref_w, ref_l, beta, weights=None):  # noqa: ANN001, ANN202 - diffusers' convention
+def _no_half(err_w, err_l, ref_w, ref_l, beta, weights=None):  # diffusers' convention
     return dpo_loss_from_errors(err_w, err_l, ref_w, ref_l, 2 * beta, weights)
 
 
-def _swapped(err_w, err_l, ref_w, ref_l, beta, weights=None):  # noqa: ANN001, ANN202 - winner and loser swapped
+def _swapped(err_w, err_l, ref_w, ref_l, beta, weights=None):  # winner and loser swapped
     return dpo_loss_from_errors(err_l, err_w, ref_l, ref_w, beta, weights)
 
 

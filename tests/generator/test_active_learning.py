@@ -28,7 +28,7 @@ def reward_dir(tmp_path_factory):
     return RewardModel.create(backbone=str(clip), head_width=0, seed=0).save(out)
 
 
-def _ctx(home, tiny_sd_dir, **settings):  # noqa: ANN001, ANN003, ANN202
+def _ctx(home, tiny_sd_dir, **settings):
     from pickloop.context import Context
     from pickloop.settings import get_settings
 
@@ -39,19 +39,19 @@ def _ctx(home, tiny_sd_dir, **settings):  # noqa: ANN001, ANN003, ANN202
     return ctx
 
 
-def _register(ctx, path) -> None:  # noqa: ANN001
+def _register(ctx, path) -> None:
     from reward.registry import weights_sha256
 
     with write_session(ctx.engine) as s:
         s.add(RewardModelRow(path=str(path), sha256=weights_sha256(path), backbone="tiny", data_snapshot=0))
 
 
-def _priorities(ctx) -> dict[int, float | None]:  # noqa: ANN001
+def _priorities(ctx) -> dict[int, float | None]:
     with read_session(ctx.engine) as s:
         return {c.id: c.priority for c in s.exec(select(Comparison).order_by(Comparison.id))}
 
 
-def test_sets_get_the_reward_models_uncertainty_as_priority(home, tiny_sd_dir, reward_dir):  # noqa: ANN001
+def test_sets_get_the_reward_models_uncertainty_as_priority(home, tiny_sd_dir, reward_dir):
     from feedback_app.logic import next_set_for
     from reward.model import RewardModel
     from reward.uncertainty import order_comparisons
@@ -75,7 +75,7 @@ def test_sets_get_the_reward_models_uncertainty_as_priority(home, tiny_sd_dir, r
     assert shown == sorted(prio, key=lambda k: (-prio[k], k))
 
 
-def test_no_priority_when_the_setting_is_off_or_no_reward_model(home, tiny_sd_dir, reward_dir):  # noqa: ANN001
+def test_no_priority_when_the_setting_is_off_or_no_reward_model(home, tiny_sd_dir, reward_dir):
     ctx = _ctx(home, tiny_sd_dir)  # active_learning defaults to off
     assert ctx.settings.active_learning is False
     _register(ctx, reward_dir)
@@ -85,7 +85,7 @@ def test_no_priority_when_the_setting_is_off_or_no_reward_model(home, tiny_sd_di
     assert list(_priorities(ctx).values()) == [None] and list(_priorities(on).values()) == [None]
 
 
-def test_next_set_for_orders_by_priority_nulls_last_pending_first(db_url, home):  # noqa: ANN001
+def test_next_set_for_orders_by_priority_nulls_last_pending_first(db_url, home):
     """On SQLite and PostgreSQL (where DESC puts NULLs first unless told otherwise)."""
     from feedback_app.logic import next_set_for
     from pickloop.context import Context
@@ -114,7 +114,7 @@ def test_next_set_for_orders_by_priority_nulls_last_pending_first(db_url, home):
     assert order == [ids[4], ids[3], ids[0], ids[2]]  # ids[1] is alice's; NULLs last, then oldest
 
 
-def test_waiting_sets_are_rescored_when_a_new_reward_model_arrives(home, tiny_sd_dir, reward_dir, tmp_path):  # noqa: ANN001
+def test_waiting_sets_are_rescored_when_a_new_reward_model_arrives(home, tiny_sd_dir, reward_dir, tmp_path):
     from reward.model import RewardModel
     from reward.uncertainty import order_comparisons
     from tests.tiny_clip import write_random_shapes_clip

@@ -14,17 +14,17 @@ from pickloop.store import add_prompts, ensure_base_version
 PROMPTS = ["a red circle", "a blue square", "a green triangle"]
 
 
-def _setup(ctx) -> None:  # noqa: ANN001
+def _setup(ctx) -> None:
     with write_session(ctx.engine) as s:
         add_prompts(session=s, texts=PROMPTS)
         ensure_base_version(session=s, base_model=ctx.base_model)
 
 
-def _count_calls(monkeypatch) -> list:  # noqa: ANN001
+def _count_calls(monkeypatch) -> list:
     calls = []
     real = sampling._draw
 
-    def counting(pipe, prompt, seeds, *args):  # noqa: ANN001, ANN002, ANN202
+    def counting(pipe, prompt, seeds, *args):
         calls.append((prompt, list(seeds)))
         return real(pipe, prompt, seeds, *args)
 
@@ -32,7 +32,7 @@ def _count_calls(monkeypatch) -> list:  # noqa: ANN001
     return calls
 
 
-def test_three_sets_in_one_pipeline_call_each_redrawn_from_its_row(gen_ctx, monkeypatch):  # noqa: ANN001
+def test_three_sets_in_one_pipeline_call_each_redrawn_from_its_row(gen_ctx, monkeypatch):
     _setup(gen_ctx)
     calls = _count_calls(monkeypatch)
     assert fill_queue(ctx=gen_ctx, depth=1, n=2, worker_id="w", progress=False, batch_sets=3) == 3
@@ -49,7 +49,7 @@ def test_three_sets_in_one_pipeline_call_each_redrawn_from_its_row(gen_ctx, monk
         assert gen_ctx.images.put(redraw(pipe, row)) == row.image_sha256  # bit-identical
 
 
-def test_the_fill_draws_what_its_target_asks_and_no_more(gen_ctx, monkeypatch):  # noqa: ANN001
+def test_the_fill_draws_what_its_target_asks_and_no_more(gen_ctx, monkeypatch):
     _setup(gen_ctx)
     calls = _count_calls(monkeypatch)
     asked = iter([1, 2, 0])  # one set (nothing is ready yet), then two, then the queue is big enough

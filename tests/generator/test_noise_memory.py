@@ -19,7 +19,7 @@ def test_memory_count_follows_the_share():
     assert memory_count(4, 0.5, False) == 0
 
 
-def test_seeds_of_the_most_similar_prompt_come_first(tiny_sd_dir):  # noqa: ANN001
+def test_seeds_of_the_most_similar_prompt_come_first(tiny_sd_dir):
     pipe = load_pipeline(str(tiny_sd_dir))
     winners = [Winner("zq xv kk", 222, 5), Winner("a red circle", 111, 1), Winner("a red circle", 333, 1)]
     assert pick_memory_seeds(pipe, "a red circle", winners, 2) == [111, 333]  # same prompt: similarity 1
@@ -27,7 +27,7 @@ def test_seeds_of_the_most_similar_prompt_come_first(tiny_sd_dir):  # noqa: ANN0
     assert pick_memory_seeds(pipe, "a red circle", [], 2) == []
 
 
-def _judge(ctx, rater_id: int, comp_id: int, pick_slot: int | None) -> None:  # noqa: ANN001
+def _judge(ctx, rater_id: int, comp_id: int, pick_slot: int | None) -> None:
     with write_session(ctx.engine) as s:
         ids = [c.id for c in candidates_of(session=s, comparison_id=comp_id)]
         record_judgement(session=s, comparison_id=comp_id, rater_id=rater_id,
@@ -36,13 +36,13 @@ def _judge(ctx, rater_id: int, comp_id: int, pick_slot: int | None) -> None:  # 
                          idempotency_key=f"{comp_id}:{rater_id}")
 
 
-def _sets(ctx) -> list[tuple[Comparison, list]]:  # noqa: ANN001
+def _sets(ctx) -> list[tuple[Comparison, list]]:
     with read_session(ctx.engine) as s:
         return [(c, candidates_of(session=s, comparison_id=c.id))
                 for c in s.exec(select(Comparison).order_by(Comparison.id))]
 
 
-def test_winning_seeds_return_for_new_sets_and_their_win_rate_is_counted(home, tiny_sd_dir, monkeypatch, capsys):  # noqa: ANN001
+def test_winning_seeds_return_for_new_sets_and_their_win_rate_is_counted(home, tiny_sd_dir, monkeypatch, capsys):
     monkeypatch.setenv("PICKLOOP_BASE_MODEL", str(tiny_sd_dir))
     monkeypatch.setenv("PICKLOOP_NOISE_MEMORY_SHARE", "0.5")
     monkeypatch.setenv("PICKLOOP_OVERLAP_SHARE", "0")  # every set done after one answer: fixed queue counts
@@ -83,7 +83,7 @@ def test_winning_seeds_return_for_new_sets_and_their_win_rate_is_counted(home, t
     assert "labels: pick=3 tie=1 none=0 skip=0" in out
 
 
-def test_memory_off_draws_only_fresh_seeds(home, tiny_sd_dir):  # noqa: ANN001
+def test_memory_off_draws_only_fresh_seeds(home, tiny_sd_dir):
     ctx = Context(settings=get_settings(home=home, base_model=str(tiny_sd_dir), noise_memory=False,
                                         noise_memory_share=1.0, overlap_share=0.0))
     with write_session(ctx.engine) as s:

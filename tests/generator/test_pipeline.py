@@ -18,11 +18,11 @@ from pickloop.store import ensure_base_version, promote
 KW = dict(seeds=[3, 4], steps=2, height=16, width=16)
 
 
-def _images(pipe, **extra):  # noqa: ANN001, ANN202
+def _images(pipe, **extra):
     return [png_bytes(img) for img, _, _ in sample_candidates(pipe, "a red circle", 2, **{**KW, **extra})]
 
 
-def _register_lora(ctx, tiny_lora_dir, name="dpo-1") -> ModelVersion:  # noqa: ANN001
+def _register_lora(ctx, tiny_lora_dir, name="dpo-1") -> ModelVersion:
     with write_session(ctx.engine) as s:
         base = ensure_base_version(session=s, base_model=ctx.base_model)
         v = ModelVersion(name=name, base_model=ctx.base_model, lora_path=str(tiny_lora_dir),
@@ -32,7 +32,7 @@ def _register_lora(ctx, tiny_lora_dir, name="dpo-1") -> ModelVersion:  # noqa: A
         return v
 
 
-def test_cached_per_model_and_lora(tiny_sd_dir, tiny_lora_dir):  # noqa: ANN001
+def test_cached_per_model_and_lora(tiny_sd_dir, tiny_lora_dir):
     a = load_pipeline(str(tiny_sd_dir))
     assert load_pipeline(str(tiny_sd_dir)) is a
     b = load_pipeline(str(tiny_sd_dir), lora=str(tiny_lora_dir))
@@ -40,7 +40,7 @@ def test_cached_per_model_and_lora(tiny_sd_dir, tiny_lora_dir):  # noqa: ANN001
     assert a.pickloop_info.lora_path is None  # loading a LoRA elsewhere left the base pipeline alone
 
 
-def test_lora_folder_changes_the_image_and_is_recorded(tiny_sd_dir, tiny_lora_dir):  # noqa: ANN001
+def test_lora_folder_changes_the_image_and_is_recorded(tiny_sd_dir, tiny_lora_dir):
     base = load_pipeline(str(tiny_sd_dir))
     pipe = load_pipeline(str(tiny_sd_dir), lora=str(tiny_lora_dir))
     assert _images(pipe) != _images(base)
@@ -56,7 +56,7 @@ def test_lora_folder_changes_the_image_and_is_recorded(tiny_sd_dir, tiny_lora_di
     assert png_bytes(redraw(pipe, {"params": half[0][2]})) == png_bytes(half[0][0])
 
 
-def test_lora_by_version_id_name_and_latest(gen_ctx, tiny_lora_dir):  # noqa: ANN001
+def test_lora_by_version_id_name_and_latest(gen_ctx, tiny_lora_dir):
     v = _register_lora(gen_ctx, tiny_lora_dir)
     by_folder = _images(load_pipeline(lora=str(tiny_lora_dir), ctx=gen_ctx))
     by_id = load_pipeline(lora=v.id, ctx=gen_ctx)
@@ -73,7 +73,7 @@ def test_lora_by_version_id_name_and_latest(gen_ctx, tiny_lora_dir):  # noqa: AN
     assert (params["model_version_id"], params["model_version"]) == (v.id, "dpo-1")
 
 
-def test_missing_folders_and_unknown_versions_are_one_line(gen_ctx, tiny_sd_dir, tmp_path):  # noqa: ANN001
+def test_missing_folders_and_unknown_versions_are_one_line(gen_ctx, tiny_sd_dir, tmp_path):
     with pytest.raises(UserError, match="LoRA folder not found"):
         load_pipeline(str(tiny_sd_dir), lora=str(tmp_path / "nope"))
     (tmp_path / "empty").mkdir()
@@ -89,7 +89,7 @@ def test_missing_folders_and_unknown_versions_are_one_line(gen_ctx, tiny_sd_dir,
         load_pipeline(lora="gone", ctx=gen_ctx)
 
 
-def test_corrupt_lora_file(tiny_sd_dir, tiny_lora_dir, tmp_path):  # noqa: ANN001
+def test_corrupt_lora_file(tiny_sd_dir, tiny_lora_dir, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(tiny_lora_dir, bad)
     data = (bad / LORA_WEIGHT_NAME).read_bytes()
@@ -101,7 +101,7 @@ def test_corrupt_lora_file(tiny_sd_dir, tiny_lora_dir, tmp_path):  # noqa: ANN00
         load_pipeline(str(tiny_sd_dir), lora=str(bad))
 
 
-def test_lora_for_another_base(tiny_sdxl_dir, tiny_sd_dir, tiny_lora_dir, tmp_path):  # noqa: ANN001
+def test_lora_for_another_base(tiny_sdxl_dir, tiny_sd_dir, tiny_lora_dir, tmp_path):
     with pytest.raises(UserError, match="does not fit base model .*size mismatch"):
         load_pipeline(str(tiny_sdxl_dir), lora=str(tiny_lora_dir))
     # Half of the layers named by the file do not exist in this U-Net: diffusers only warns; we refuse.
@@ -114,7 +114,7 @@ def test_lora_for_another_base(tiny_sdxl_dir, tiny_sd_dir, tiny_lora_dir, tmp_pa
         load_pipeline(str(tiny_sd_dir), lora=str(tmp_path / "foreign"))
 
 
-def test_version_made_for_another_base(gen_ctx, tiny_lora_dir, tiny_sdxl_dir):  # noqa: ANN001
+def test_version_made_for_another_base(gen_ctx, tiny_lora_dir, tiny_sdxl_dir):
     _register_lora(gen_ctx, tiny_lora_dir)
     with pytest.raises(UserError, match="was made for base"):
         load_pipeline(str(tiny_sdxl_dir), lora="dpo-1", ctx=gen_ctx)

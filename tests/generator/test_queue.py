@@ -21,18 +21,18 @@ from pickloop.store import add_prompts, candidates_of, ensure_base_version, prom
 PROMPTS = ["a red circle", "a blue square", "a green triangle"]
 
 
-def _open_sets(ctx) -> list[tuple[int, int, str]]:  # noqa: ANN001
+def _open_sets(ctx) -> list[tuple[int, int, str]]:
     with read_session(ctx.engine) as s:
         return [(c.prompt_id, c.model_version_id, c.status) for c in s.exec(select(Comparison).order_by(Comparison.id))]
 
 
-def _setup(ctx, prompts=PROMPTS, pool="default") -> None:  # noqa: ANN001
+def _setup(ctx, prompts=PROMPTS, pool="default") -> None:
     with write_session(ctx.engine) as s:
         add_prompts(session=s, texts=prompts, pool=pool)
         ensure_base_version(session=s, base_model=ctx.base_model)
 
 
-def test_fills_each_prompt_to_depth_and_stops(gen_ctx):  # noqa: ANN001
+def test_fills_each_prompt_to_depth_and_stops(gen_ctx):
     _setup(gen_ctx)
     assert fill_queue(ctx=gen_ctx, depth=2, n=2, worker_id="w", progress=False) == 6
     assert fill_queue(ctx=gen_ctx, depth=2, n=2, worker_id="w", progress=False) == 0  # full: nothing to do
@@ -54,7 +54,7 @@ def test_fills_each_prompt_to_depth_and_stops(gen_ctx):  # noqa: ANN001
     assert png_bytes(redraw(pipe, row)) == gen_ctx.images.read_bytes(row.image_sha256)
 
 
-def test_new_sets_come_from_the_newly_promoted_version(gen_ctx, tiny_lora_dir):  # noqa: ANN001
+def test_new_sets_come_from_the_newly_promoted_version(gen_ctx, tiny_lora_dir):
     _setup(gen_ctx, PROMPTS[:2])
     fill_queue(ctx=gen_ctx, depth=1, n=2, worker_id="w", progress=False)
     with write_session(gen_ctx.engine) as s:
@@ -73,7 +73,7 @@ def test_new_sets_come_from_the_newly_promoted_version(gen_ctx, tiny_lora_dir): 
     assert newest.params["lora_path"] == str(tiny_lora_dir) and newest.params["model_version"] == "dpo-1"
 
 
-def test_a_failed_draw_leaves_a_failed_set_not_a_half_ready_one(gen_ctx, tmp_path):  # noqa: ANN001
+def test_a_failed_draw_leaves_a_failed_set_not_a_half_ready_one(gen_ctx, tmp_path):
     _setup(gen_ctx, PROMPTS[:1])
     with write_session(gen_ctx.engine) as s:
         v = ModelVersion(name="broken", base_model=gen_ctx.base_model, lora_path=str(tmp_path / "missing"))
@@ -87,7 +87,7 @@ def test_a_failed_draw_leaves_a_failed_set_not_a_half_ready_one(gen_ctx, tmp_pat
         assert s.exec(select(func.count()).select_from(Candidate)).one() == 0
 
 
-def test_a_dead_workers_claim_is_taken_over(gen_ctx):  # noqa: ANN001
+def test_a_dead_workers_claim_is_taken_over(gen_ctx):
     _setup(gen_ctx, PROMPTS[:2])
     with write_session(gen_ctx.engine) as s:
         vid = ensure_base_version(session=s, base_model=gen_ctx.base_model).id
@@ -106,11 +106,11 @@ def test_a_dead_workers_claim_is_taken_over(gen_ctx):  # noqa: ANN001
         assert queue_counts(session=s) == {"drawing": 1, "ready": 3, "done": 0, "failed": 0}
 
 
-def test_a_sampling_seed_makes_the_candidates_repeat(home, tiny_sd_dir):  # noqa: ANN001
+def test_a_sampling_seed_makes_the_candidates_repeat(home, tiny_sd_dir):
     from pickloop.context import Context
     from pickloop.settings import get_settings
 
-    def seeds(folder, **kw):  # noqa: ANN001, ANN003, ANN202
+    def seeds(folder, **kw):
         ctx = Context(settings=get_settings(home=folder, base_model=str(tiny_sd_dir), noise_memory=False, **kw))
         _setup(ctx, PROMPTS[:2])
         fill_queue(ctx=ctx, depth=2, n=3, worker_id="w", progress=False)
@@ -124,7 +124,7 @@ def test_a_sampling_seed_makes_the_candidates_repeat(home, tiny_sd_dir):  # noqa
     assert seeds(home / "d") != seeds(home / "e")  # unset: fresh randomness every time
 
 
-def test_an_overlap_set_answered_once_no_longer_holds_a_place(gen_ctx):  # noqa: ANN001
+def test_an_overlap_set_answered_once_no_longer_holds_a_place(gen_ctx):
     from pickloop.store import add_rater, record_judgement
 
     _setup(gen_ctx, PROMPTS[:1])
@@ -143,7 +143,7 @@ def test_an_overlap_set_answered_once_no_longer_holds_a_place(gen_ctx):  # noqa:
         assert [c.status for c in s.exec(select(Comparison).order_by(Comparison.id))] == ["ready", "ready"]
 
 
-def test_a_slow_draw_keeps_its_claim_alive(gen_ctx):  # noqa: ANN001
+def test_a_slow_draw_keeps_its_claim_alive(gen_ctx):
     """No race with the wall clock: the claim is aged by hand in the store (as if the draw had run for twice
     the stale limit), and only the heartbeat can make it fresh again."""
     import threading
@@ -154,16 +154,16 @@ def test_a_slow_draw_keeps_its_claim_alive(gen_ctx):  # noqa: ANN001
         claim = claim_set(session=s, pool="default", depth=1, version_id=vid, worker_id="slow")
     stale = 60.0
 
-    def other_worker_claims():  # noqa: ANN202
+    def other_worker_claims():
         with write_session(gen_ctx.engine) as s:
             return claim_set(session=s, pool="default", depth=1, version_id=vid, worker_id="other",
                              stale_after_s=stale)
 
-    def claimed_at():  # noqa: ANN202
+    def claimed_at():
         with read_session(gen_ctx.engine) as s:
             return s.get(Comparison, claim.comparison_id).claimed_at
 
-    def age_claim():  # noqa: ANN202
+    def age_claim():
         with write_session(gen_ctx.engine) as s:
             s.get(Comparison, claim.comparison_id).claimed_at = utcnow() - timedelta(seconds=2 * stale)
         return claimed_at()
@@ -185,7 +185,7 @@ def test_a_slow_draw_keeps_its_claim_alive(gen_ctx):  # noqa: ANN001
         assert s.get(Comparison, claim.comparison_id).claimed_by == "other"
 
 
-def test_cli_generate_with_a_prompt_file(gen_ctx, tiny_sd_dir, tmp_path, monkeypatch, capsys):  # noqa: ANN001
+def test_cli_generate_with_a_prompt_file(gen_ctx, tiny_sd_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PICKLOOP_BASE_MODEL", str(tiny_sd_dir))
     f = tmp_path / "prompts.txt"
     f.write_text("a red circle\na blue square\n\n")
@@ -200,7 +200,7 @@ def test_cli_generate_with_a_prompt_file(gen_ctx, tiny_sd_dir, tmp_path, monkeyp
 
 # ---------------------------------------------------------------- two workers at once
 
-def _worker(settings_kw: dict, version_id: int, name: str, barrier, out) -> None:  # noqa: ANN001
+def _worker(settings_kw: dict, version_id: int, name: str, barrier, out) -> None:
     try:
         import torch
 
@@ -213,12 +213,12 @@ def _worker(settings_kw: dict, version_id: int, name: str, barrier, out) -> None
         load_pipeline(lora=version_id, ctx=ctx)  # warm, so that both start drawing at once
         barrier.wait(timeout=300)
         out.put(("ok", name, fill_queue(ctx=ctx, pool="race", depth=2, n=2, worker_id=name, progress=False)))
-    except Exception as e:  # report, don't hang the parent
+    except Exception as e:  # noqa: BLE001 - report, don't hang the parent
         out.put(("error", name, repr(e)))
 
 
 @pytest.mark.slow
-def test_two_workers_make_no_duplicate_and_lose_no_set(db_url, home, tiny_sd_dir):  # noqa: ANN001
+def test_two_workers_make_no_duplicate_and_lose_no_set(db_url, home, tiny_sd_dir):
     from pickloop.context import Context
     from pickloop.settings import get_settings
 

@@ -13,18 +13,18 @@ SHAPING_KEYS = {"prompt", "negative_prompt", "num_inference_steps", "guidance_sc
                 "lora_scale", "dtype", "torch", "torch_threads"}
 
 
-def _unet_calls(pipe):  # noqa: ANN001, ANN202
+def _unet_calls(pipe):
     calls = []
     handle = pipe.unet.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
     return calls, handle
 
 
 @pytest.fixture(params=["sd", "sdxl"])
-def pipe(request, sd_model_dir, tiny_sdxl_dir):  # noqa: ANN001, ANN201
+def pipe(request, sd_model_dir, tiny_sdxl_dir):
     return load_pipeline(str(sd_model_dir if request.param == "sd" else tiny_sdxl_dir))
 
 
-def test_n_candidates_in_one_batched_call_with_recorded_seeds(pipe):  # noqa: ANN001
+def test_n_candidates_in_one_batched_call_with_recorded_seeds(pipe):
     calls, handle = _unet_calls(pipe)
     try:
         out = sample_candidates(pipe, "a red circle", 4, seeds=[11, 22, 33, 44], steps=2, height=16, width=16)
@@ -45,7 +45,7 @@ def test_n_candidates_in_one_batched_call_with_recorded_seeds(pipe):  # noqa: AN
     assert params["dtype"] == "torch.float32" and params["pipeline"] == type(pipe).__name__
 
 
-def test_same_seed_same_image_other_seed_other_image(pipe):  # noqa: ANN001
+def test_same_seed_same_image_other_seed_other_image(pipe):
     kw = dict(steps=2, height=16, width=16)
     a = sample_candidates(pipe, "a blue square", 2, seeds=[5, 6], **kw)
     b = sample_candidates(pipe, "a blue square", 2, seeds=[5, 7], **kw)
@@ -53,7 +53,7 @@ def test_same_seed_same_image_other_seed_other_image(pipe):  # noqa: ANN001
     assert png_bytes(a[1][0]) != png_bytes(b[1][0])
 
 
-def test_redraw_from_the_row_alone_is_bit_identical(pipe):  # noqa: ANN001
+def test_redraw_from_the_row_alone_is_bit_identical(pipe):
     out = sample_candidates(pipe, "a small green triangle", 3, steps=2, height=16, width=16,
                             negative_prompt="blurry", guidance=3.0)
     for img, seed, params in out:
@@ -61,7 +61,7 @@ def test_redraw_from_the_row_alone_is_bit_identical(pipe):  # noqa: ANN001
         assert png_bytes(redraw(pipe, row)) == png_bytes(img)
 
 
-def test_scheduler_by_name_is_recorded_and_redrawn_without_changing_the_pipeline(pipe):  # noqa: ANN001
+def test_scheduler_by_name_is_recorded_and_redrawn_without_changing_the_pipeline(pipe):
     before = type(pipe.scheduler)
     out = sample_candidates(pipe, "a red circle", 2, steps=2, height=16, width=16,
                             scheduler="DPMSolverMultistepScheduler")
@@ -72,14 +72,14 @@ def test_scheduler_by_name_is_recorded_and_redrawn_without_changing_the_pipeline
         sample_candidates(pipe, "x", 1, scheduler="NoSuchScheduler")
 
 
-def test_defaults_come_from_the_model_folder(tiny_sd_dir):  # noqa: ANN001
+def test_defaults_come_from_the_model_folder(tiny_sd_dir):
     pipe = load_pipeline(str(tiny_sd_dir))
     params = sample_candidates(pipe, "a circle", 1)[0][2]
     assert (params["num_inference_steps"], params["guidance_scale"], params["height"], params["width"]) == \
         (2, 5.0, 16, 16)  # tiny_sd_dir's pickloop_defaults.json
 
 
-def test_bad_arguments_are_one_line_errors(tiny_sd_dir):  # noqa: ANN001
+def test_bad_arguments_are_one_line_errors(tiny_sd_dir):
     pipe = load_pipeline(str(tiny_sd_dir))
     with pytest.raises(UserError, match="2 seeds given for 3 images"):
         sample_candidates(pipe, "x", 3, seeds=[1, 2])

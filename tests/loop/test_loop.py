@@ -8,6 +8,7 @@ import sys
 import pytest
 from sqlmodel import func, select
 
+from pickloop.context import Context
 from pickloop.db import read_session
 from pickloop.loop.config import LoopConfig
 from pickloop.loop.report import write_report
@@ -30,11 +31,15 @@ print(len(pipe.get_active_adapters()))
 
 @pytest.mark.slow
 def test_two_round_loop_leaves_every_stage_behind(ctx, tmp_path):
+    # a gate that passes every version (win rate >= 0, any fall in following): each round must promote what it
+    # trained, stack the next round on it, and measure it
+    ctx = Context(settings=ctx.settings.model_copy(update={"promote_max_follow_drop": 1.0}))
     taste = tmp_path / "my_taste.py"  # a taste of one's own, from a file: prefers brighter images
     taste.write_text("import numpy as np\n"
                      "def bright(image):\n"
                      "    return float(np.asarray(image.convert('L'), dtype=float).mean())\n")
-    config = LoopConfig(taste=f"{taste}:bright", method="dpo", rater_tie_margin=0.0, labels=16, rounds=2, candidates=3, train_prompts=8, eval_prompts=3,
+    config = LoopConfig(taste=f"{taste}:bright", method="dpo", rater_tie_margin=0.0, labels=16, rounds=2, candidates=3,
+                        train_prompts=8, eval_prompts=3,
                         eval_seeds=1, gate_seeds=1, dpo_steps=6, gate_win_rate=0.0, dpo_ai_feedback_sets=2)
     result = run_loop(ctx=ctx, config=config, progress=False, log=lambda *_: None)
     assert [r["round"] for r in result.rounds] == [1, 2]
@@ -42,10 +47,17 @@ def test_two_round_loop_leaves_every_stage_behind(ctx, tmp_path):
         assert s.exec(select(func.count()).select_from(Judgement)).one() == 16
         assert s.exec(select(func.count()).select_from(RewardModelRow)).one() == 2
         versions = s.exec(select(ModelVersion)).all()
-    assert sum(v.status == "promoted" for v in versions) == 1
+    base_row = next(v for v in versions if v.method == "base")
     tuned = [v for v in versions if v.method == "dpo"]
     assert len(tuned) == 2 and all(v.lora_sha256 and v.data_snapshot for v in tuned)
-    assert all(v.status in ("promoted", "retired") or v.reason for v in tuned)  # the gate spoke on each
+    # round 1 trains on the base, round 2 on round 1's version; the last one promoted is the only one in use
+    assert [(v.status, v.parent_id) for v in [base_row, *tuned]] == [
+        ("retired", None), ("retired", base_row.id), ("promoted", tuned[0].id)]
+    assert [r["finetune"][0]["status"] for r in result.rounds] == ["promoted", "promoted"]
+    assert [r["version"] for r in result.rounds] == [v.name for v in tuned]  # each round measures its version
+    # the promoted LoRA is what draws the final figures: not one held-out image is the base's
+    assert result.final.prompts == result.base.prompts and result.final.seeds == result.base.seeds
+    assert all(a.tobytes() != b.tobytes() for a, b in zip(result.final.images, result.base.images))
     # each round's DPO also trained on sets the round's reward model ranked
     assert [v.metrics["ai_pairs"] for v in tuned] == [2, 2] and all(v.name.endswith(("-rm1", "-rm2")) for v in tuned)
     report = write_report(result, tmp_path / "report")

@@ -18,15 +18,21 @@ def test_answers_become_pairs():
 
 
 @pytest.mark.slow
-def test_bench_prints_the_figures_line(clip_dir, capsys):
+def test_bench_learns_a_learnable_taste(clip_dir, capsys):
+    """40 answers of a rater who likes large shapes teach the head that taste: on the 64 held-out pairs the rater
+    decided (of 160 drawn; the rest are ties) it agrees with the rater far above chance: 0.92 at seed 0, where
+    the five untrained heads score 0.23 to 0.75 (0.53 on average)."""
     rc = main(["bench", "reward", "--taste", "large", "--labels", "40", "--train-prompts", "12",
-               "--test-pairs", "40", "--backbone", clip_dir])
+               "--test-pairs", "160", "--seed", "0", "--backbone", clip_dir])
     assert rc == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     fields = dict(kv.split("=") for kv in last.split())
     assert list(fields) == ["heldout_acc", "rater_consistency", "untrained_acc", "labels", "train_s"]
     assert fields["labels"] == "40"
-    assert 0.0 <= float(fields["heldout_acc"]) <= 1.0 and 0.5 <= float(fields["rater_consistency"]) <= 1.0
+    acc, untrained = float(fields["heldout_acc"]), float(fields["untrained_acc"])
+    assert acc >= 0.85, last
+    assert acc >= untrained + 0.25, last
+    assert 0.5 <= float(fields["rater_consistency"]) <= 1.0
     assert float(fields["train_s"]) > 0
 
 

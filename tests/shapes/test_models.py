@@ -78,4 +78,5 @@ def test_bench_last_line_format():
 
     line = format_figures({"bg_acc": 1.0, "color_acc": 0.9, "shape_acc": 0.8, "size_acc": 0.85, "pos_acc": 0.95,
                            "clip_top1": 0.9, "gen_4_s": 1.234})
-    assert line == "bg_acc=1.000 color_acc=0.900 shape_acc=0.800 size_acc=0.850 pos_acc=0.950 clip_top1=0.900 gen_4_s=1.23"
+    assert line == ("bg_acc=1.000 color_acc=0.900 shape_acc=0.800 size_acc=0.850 pos_acc=0.950 clip_top1=0.900 "
+                    "gen_4_s=1.23")
