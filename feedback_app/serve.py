@@ -19,10 +19,10 @@ log = logging.getLogger("pickloop.app")
 def warm() -> None:
     """Import what the pages need and open the store once; a failure here is the page's to report."""
     try:
-        import PIL.Image  # noqa: F401
+        import PIL.Image
         import PIL.PngImagePlugin  # noqa: F401
 
-        import feedback_app.logic  # noqa: F401
+        import feedback_app.logic
         import feedback_app.sessions  # noqa: F401
         import pickloop.pace  # noqa: F401
         from pickloop.context import Context

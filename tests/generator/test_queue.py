@@ -252,7 +252,7 @@ def test_two_workers_make_no_duplicate_and_lose_no_set(db_url, home, tiny_sd_dir
     ctx.engine.dispose()
 
 
-def test_the_watching_worker_loads_its_model_when_a_rater_comes_not_while_init_s_sets_wait(gen_ctx, monkeypatch):  # noqa: ANN001
+def test_the_watching_worker_loads_its_model_when_a_rater_comes_not_while_init_s_sets_wait(gen_ctx, monkeypatch):
     """On a home whose first sets `pickloop init` drew, the worker leaves the model unloaded (its load
     would compete with the app's start) until a rater is online; on a home short of sets, at once."""
     import generator.pipeline
@@ -281,7 +281,7 @@ def test_the_watching_worker_loads_its_model_when_a_rater_comes_not_while_init_s
     assert len(loads) == 1  # loaded once, kept
 
 
-def test_the_watching_worker_loads_its_model_at_once_on_a_home_short_of_sets(gen_ctx, monkeypatch):  # noqa: ANN001
+def test_the_watching_worker_loads_its_model_at_once_on_a_home_short_of_sets(gen_ctx, monkeypatch):
     import generator.pipeline
     from generator.queue import QueueWatch
 
