@@ -8,8 +8,9 @@ at a steady rate. Figures, each taken in the page (``performance.now()``):
 - answer -> next set fully shown (every image decoded): p50 / p95 / max, ms;
 - ``waits``: answers after which the next set was not already held, decoded, in the browser;
 - ``first_set_s``: from starting the worker and the app to the first set fully shown (sign-in included),
-  on a home made as ``pickloop init`` makes it (which draws the first sets; ``--cold``: it does not, so
-  the first set waits for the worker's model to load);
+  with the rater's browser already open (as a rater's is: Chromium starts before the clock does), on a
+  home made as ``pickloop init`` makes it (which draws the first sets; ``--cold``: it does not, so the
+  first set waits for the worker's model to load);
 - ``picks``: answers given; each must be stored exactly once.
 
 ``--pre-drawn N`` writes N ready sets first and starts no worker (the old figure: the page alone).
@@ -21,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pickloop.errors import UserError
@@ -32,14 +33,29 @@ AHEAD_JS = """() => [...document.querySelectorAll('.pl-set[hidden]')]
 # Records when each key reaches the page (before the panel's own handler: window, capture phase).
 KEY_CLOCK_JS = """() => { if (!window.__benchKeys) { window.__benchKeys = true;
   window.addEventListener('keydown', () => { window.__keyAt = performance.now(); }, true); } }"""
-# The next set is fully shown: its key and the time since the key, measured in the page.
-SWAP_JS = """([oldKey, n]) => {
-  const set = document.querySelector('.pl-set:not([hidden])');
-  if (!set || set.dataset.key === oldKey) return null;
-  const imgs = [...set.querySelectorAll('img')];
-  if (imgs.length !== n || !imgs.every(i => i.complete && i.naturalWidth > 0)) return null;
-  return { key: set.dataset.key, ms: performance.now() - window.__keyAt };
+# Records, in the page, each set that comes on screen fully shown (every image decoded): its key and
+# the time from the last key to the frame that shows it. Driven by DOM mutations and image loads, not
+# by polling every frame: a page polled on every frame keeps Chromium drawing frames the whole time the
+# rater waits, which takes CPU from the worker the rater is waiting for.
+SWAP_WATCH_JS = """(n) => { if (window.__benchSwaps) return; window.__benchSwaps = [];
+  const first = document.querySelector('.pl-set:not([hidden])');
+  let last = first ? first.dataset.key : null;
+  const check = () => {
+    const set = document.querySelector('.pl-set:not([hidden])');
+    if (!set || set.dataset.key === last) return;
+    const imgs = [...set.querySelectorAll('img')];
+    if (imgs.length !== n) return;
+    const pending = imgs.filter(i => !(i.complete && i.naturalWidth > 0));
+    if (pending.length) { pending.forEach(i => i.addEventListener('load', check, {once: true})); return; }
+    last = set.dataset.key;
+    const key = last;
+    requestAnimationFrame(() => window.__benchSwaps.push({ key, ms: performance.now() - window.__keyAt }));
+  };
+  new MutationObserver(check).observe(document.body,
+    { subtree: true, childList: true, attributes: true, attributeFilter: ['hidden', 'src'] });
 }"""
+SWAPS_JS = "(i) => window.__benchSwaps.length > i ? window.__benchSwaps[i] : null"
+POLL_MS = 50  # how often Python looks at what the page recorded (the figures are the page's own)
 
 # What the panel holds, for a bench that got stuck.
 PANEL_STATE_JS = """() => { const p = window.__pickloopPanel; return p && {
@@ -65,6 +81,8 @@ class BenchResult:
     picks: int
     recorded: int
     init_s: float  # drawing the first sets when the home was made (``pickloop init``), seconds
+    start_s: dict[str, float] = field(default_factory=dict)  # the start-up's steps, seconds from the start
+    waited: list[int] = field(default_factory=list)  # the answers (1-based) after which the rater waited
 
 
 def _env(home: Path) -> dict[str, str]:
@@ -81,7 +99,9 @@ def _start(args: list[str], home: Path, log_name: str) -> subprocess.Popen:
 
 
 def run_app_bench(*, answers: int, rate: float, candidates: int, pre_drawn: int, finetune_jobs: int,
-                  first_sets: int = 4, image_size: int = 256, progress: bool = True) -> BenchResult:
+                  first_sets: int | None = None, image_size: int = 256, progress: bool = True) -> BenchResult:
+    """``first_sets``: drawn when the home is made, as ``pickloop init`` does (None: its default,
+    settings.first_sets; 0: none)."""
     from sqlmodel import func, select
     from tqdm import tqdm
 
@@ -100,6 +120,7 @@ def run_app_bench(*, answers: int, rate: float, candidates: int, pre_drawn: int,
                                    candidates_per_set=candidates))
         initialize_home(ctx, first_admin=False, prompts=pre_drawn == 0)
         init_s = 0.0
+        first_sets = ctx.settings.first_sets if first_sets is None else first_sets
         if not pre_drawn and first_sets:
             from generator import draw_first_sets
 
@@ -118,44 +139,61 @@ def run_app_bench(*, answers: int, rate: float, candidates: int, pre_drawn: int,
                 for i in range(finetune_jobs)]
         worker = None
         latencies: list[float] = []
-        waits = 0
+        waited: list[int] = []
+        steps: dict[str, float] = {}
         try:
-            if jobs:
-                time.sleep(5.0)  # let the training job get past its start-up, so that it really shares the cores
-            t0 = time.perf_counter()
-            if not pre_drawn:
-                worker = _start(["generate", "--watch", "--quiet"], home, "worker.log")
-            with browser.app_server(home=home) as url, browser.chromium_page() as page:
-                browser.sign_in(page, url, name="bench", token=token)
-                key = browser.wait_for_set(page, None, n=candidates, timeout_ms=120_000)
-                first_set_s = time.perf_counter() - t0
-                page.evaluate(KEY_CLOCK_JS)
-                browser.focus_page(page)
-                due = time.perf_counter()
-                for i in tqdm(range(answers), desc="answers", file=sys.stdout, disable=not progress):
-                    due += 1.0 / rate
-                    time.sleep(max(0.0, due - time.perf_counter()))
-                    waits += page.evaluate(AHEAD_JS) == 0
-                    page.keyboard.press(str(i % candidates + 1))
-                    if i == answers - 1:
-                        break
-                    try:
-                        swap = page.wait_for_function(SWAP_JS, arg=[key, candidates], polling="raf",
-                                                      timeout=120_000).json_value()
-                    except Exception:
-                        print("no next set within 120 s; the panel holds:", page.evaluate(PANEL_STATE_JS))
-                        raise
-                    key = swap["key"]
-                    latencies.append(float(swap["ms"]))
-                    due = max(due, time.perf_counter())  # a rater who had to wait starts the next second now
-                browser.wait_for_labels(page, answers, timeout_ms=120_000)
+            # The rater's browser is open before the app starts, as a rater's browser is.
+            with browser.chromium_page() as page:
+                if jobs:
+                    time.sleep(5.0)  # let the training job get past its start-up, so that it really shares the cores
+                t0 = time.perf_counter()
+                if not pre_drawn:
+                    worker = _start(["generate", "--watch", "--quiet"], home, "worker.log")
+                with browser.app_server(home=home) as url:
+                    steps["app_up"] = time.perf_counter() - t0
+                    browser.sign_in(page, url, name="bench", token=token,
+                                    on_form=lambda: steps.__setitem__("sign_in_page", time.perf_counter() - t0))
+                    browser.wait_for_set(page, None, n=candidates, timeout_ms=120_000, polling=POLL_MS)
+                    first_set_s = time.perf_counter() - t0
+                    page.evaluate(KEY_CLOCK_JS)
+                    page.evaluate(SWAP_WATCH_JS, candidates)
+                    browser.focus_page(page)
+                    due = time.perf_counter()
+                    for i in tqdm(range(answers), desc="answers", file=sys.stdout, disable=not progress):
+                        due += 1.0 / rate
+                        time.sleep(max(0.0, due - time.perf_counter()))
+                        if page.evaluate(AHEAD_JS) == 0:
+                            waited.append(i + 1)
+                        page.keyboard.press(str(i % candidates + 1))
+                        if i == answers - 1:
+                            break
+                        try:
+                            swap = page.wait_for_function(SWAPS_JS, arg=i, polling=POLL_MS,
+                                                          timeout=120_000).json_value()
+                        except Exception:
+                            print("no next set within 120 s; the panel holds:", page.evaluate(PANEL_STATE_JS))
+                            raise
+                        latencies.append(float(swap["ms"]))
+                        due = max(due, time.perf_counter())  # a rater who had to wait starts the next second now
+                    browser.wait_for_labels(page, answers, timeout_ms=120_000)
         finally:
             browser.stop_process(worker)
             for job in jobs:
                 browser.stop_process(job)
         with read_session(ctx.engine) as s:
             recorded = s.exec(select(func.count()).select_from(Judgement)).one()
-    return BenchResult(latencies, waits, first_set_s, answers, recorded, init_s)
+    return BenchResult(latencies, len(waited), first_set_s, answers, recorded, init_s, steps, waited)
+
+
+def _ranges(xs: list[int]) -> str:
+    """1,2,3,7,9,10 -> '1-3,7,9-10'."""
+    out: list[str] = []
+    for x in xs:
+        if out and int(out[-1].split("-")[-1]) == x - 1:
+            out[-1] = f"{out[-1].split('-')[0]}-{x}"
+        else:
+            out.append(str(x))
+    return ",".join(out)
 
 
 def cmd_bench_app(args) -> None:  # noqa: ANN001
@@ -165,7 +203,7 @@ def cmd_bench_app(args) -> None:  # noqa: ANN001
     if args.pre_drawn and args.pre_drawn < args.answers:
         raise UserError("--pre-drawn must be at least --answers (there is no worker to draw more)")
     r = run_app_bench(answers=args.answers, rate=args.rate, candidates=args.candidates, pre_drawn=args.pre_drawn,
-                      finetune_jobs=args.finetune_jobs, first_sets=0 if args.cold else 4, image_size=args.image_size)
+                      finetune_jobs=args.finetune_jobs, first_sets=0 if args.cold else None, image_size=args.image_size)
     if r.recorded != r.picks:
         raise UserError(f"{r.picks} answers given but {r.recorded} judgements recorded")
     xs = r.latencies_ms
@@ -174,6 +212,9 @@ def cmd_bench_app(args) -> None:  # noqa: ANN001
           f"{r.recorded} judgements recorded for {r.picks} answers; "
           + ("home made cold (no first sets)" if args.cold or args.pre_drawn else
              f"first sets drawn when the home was made in {r.init_s:.1f} s"))
+    print(f"start: app answering {r.start_s['app_up']:.1f} s, sign-in page {r.start_s['sign_in_page']:.1f} s, "
+          f"first set {r.first_set_s:.1f} s after the app and worker started (browser already open); "
+          f"waited after answers {_ranges(r.waited) or 'none'}")
     print(f"p50_ms={percentile(xs, 50):.0f} p95_ms={percentile(xs, 95):.0f} max_ms={max(xs):.0f} "
           f"waits={r.waits} first_set_s={r.first_set_s:.1f} picks={r.picks}")
 

@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from pickloop.errors import UserError
 
@@ -41,11 +41,14 @@ def free_port() -> int:
 
 
 def streamlit_command(*, host: str, port: int) -> list[str]:
-    """The ``streamlit run`` command line for the app: headless, no usage statistics, no file watcher."""
-    return [sys.executable, "-m", "streamlit", "run", str(APP_PATH),
+    """The ``streamlit run`` command line for the app (through ``feedback_app.serve``, which warms the
+    app up while the server starts): headless, no usage statistics, no file watcher, no full garbage
+    collection after every script run."""
+    return [sys.executable, "-m", "feedback_app.serve", "run", str(APP_PATH),
             "--server.address", host, "--server.port", str(port), "--server.headless", "true",
             "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
-            "--server.runOnSave", "false", "--client.toolbarMode", "minimal", "--global.developmentMode", "false"]
+            "--server.runOnSave", "false", "--runner.postScriptGC", "false", "--client.toolbarMode", "minimal",
+            "--global.developmentMode", "false"]
 
 
 @contextlib.contextmanager
@@ -112,9 +115,12 @@ def chromium_page(*, width: int = 1280, height: int = 900) -> Iterator:
             browser.close()
 
 
-def sign_in(page, url: str, *, name: str, token: str) -> None:  # noqa: ANN001
-    """Sign in through the form and wait for the Rate page."""
+def sign_in(page, url: str, *, name: str, token: str, on_form: Callable[[], None] | None = None) -> None:  # noqa: ANN001
+    """Sign in through the form and wait for the Rate page; ``on_form`` is called when the form is shown."""
     page.goto(url)
+    page.get_by_label("Rater name").wait_for()
+    if on_form is not None:
+        on_form()
     page.get_by_label("Rater name").fill(name)
     page.get_by_label("Token").fill(token)
     page.get_by_role("button", name="Sign in").click()
@@ -138,13 +144,15 @@ def panel_state(page) -> str:  # noqa: ANN001
         return f"(panel state unreadable: {e})"
 
 
-def wait_for_set(page, old_key: str | None, *, n: int, timeout_ms: float = 30_000) -> str:  # noqa: ANN001
+def wait_for_set(page, old_key: str | None, *, n: int, timeout_ms: float = 30_000,  # noqa: ANN001
+                 polling: str | int = "raf") -> str:
     """Wait until a set other than ``old_key`` is fully shown (all ``n`` images loaded); its key.
-    A timeout names what the panel held, so that a failure says why."""
+    ``polling``: "raf" (every frame) or every so many ms. A timeout names what the panel held, so
+    that a failure says why."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     try:
-        handle = page.wait_for_function(SET_SHOWN_JS, arg=[old_key or "", n], polling="raf", timeout=timeout_ms)
+        handle = page.wait_for_function(SET_SHOWN_JS, arg=[old_key or "", n], polling=polling, timeout=timeout_ms)
     except PlaywrightTimeout as e:
         raise AssertionError(f"no set after {old_key!r} within {timeout_ms / 1000:g} s; "
                              f"panel: {panel_state(page)}") from e

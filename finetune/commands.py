@@ -4,7 +4,12 @@ Heavy imports (torch, diffusers) happen inside handlers so ``pickloop --help`` s
 """
 from __future__ import annotations
 
+from finetune.ddpo.config import DDPOConfig
+from finetune.dpo.config import DPOConfig
+from pickloop.config_base import add_flags, flag_values
 from pickloop.typed_config import config_object, int_list, non_negative_int
+
+METHOD_CONFIGS = {"dpo": DPOConfig, "ddpo": DDPOConfig}  # --dpo-* and --ddpo-* flags of `finetune run`
 
 
 def _ctx():  # noqa: ANN202
@@ -13,18 +18,41 @@ def _ctx():  # noqa: ANN202
     return Context()
 
 
-def cmd_finetune_run(args) -> int:  # noqa: ANN001
+def _job_priority() -> None:
+    """A training process yields the cores to the app and its worker (``finetune/priority.py``)."""
+    from finetune.priority import lower_priority
+    from pickloop.settings import get_settings
+
+    lower_priority(get_settings().finetune_nice)
+
+
+def run_overrides(args) -> dict:  # noqa: ANN001
+    """The settings ``finetune run`` was given: ``--config`` (a file or a JSON object), then the
+    ``--dpo-*``/``--ddpo-*`` flags given, which win. With ``--method auto`` one mapping per method."""
     from pickloop.errors import UserError
 
     overrides = config_object(args.config)
+    flags = {m: flag_values(cls, args, prefix=m) for m, cls in METHOD_CONFIGS.items()}
+    if args.method == "auto":
+        unknown = set(overrides) - {"dpo", "ddpo"}
+        if unknown or not all(isinstance(v, dict) for v in overrides.values()):
+            raise UserError("--method auto takes --config with one mapping per method: {dpo: {...}, ddpo: {...}} "
+                            "(each method's settings)")
+        return {m: {**overrides.get(m, {}), **flags[m]} for m in METHOD_CONFIGS}
+    other = "ddpo" if args.method == "dpo" else "dpo"
+    if flags[other]:
+        raise UserError(f"--{other}-* flags ({', '.join(sorted(flags[other]))}) set {other} settings, but --method "
+                        f"is {args.method}")
+    return {**overrides, **flags[args.method]}
+
+
+def cmd_finetune_run(args) -> int:  # noqa: ANN001
+    overrides = run_overrides(args)
+    _job_priority()
     if args.method == "auto":
         from finetune.auto import run_auto
 
-        unknown = set(overrides) - {"dpo", "ddpo"}
-        if unknown or not all(isinstance(v, dict) for v in overrides.values()):
-            raise UserError('--method auto takes --config \'{"dpo": {...}, "ddpo": {...}}\' (each method\'s fields)')
-        outcome = run_auto(_ctx(), min_new_labels=args.min_new_labels, dpo=overrides.get("dpo"),
-                           ddpo=overrides.get("ddpo"))
+        outcome = run_auto(_ctx(), min_new_labels=args.min_new_labels, dpo=overrides["dpo"], ddpo=overrides["ddpo"])
         print(outcome.message)
         return outcome.exit_code
     from finetune.jobs import run_finetune_job
@@ -98,6 +126,7 @@ def cmd_models_export(args) -> None:  # noqa: ANN001
 def cmd_bench_dpo(args) -> int:  # noqa: ANN001
     from finetune.bench.dpo import run_bench
 
+    _job_priority()  # a training job like `finetune run` (it is `bench app`'s); figures are on the CPU clock
     figures = run_bench(steps=args.steps, pairs=args.pairs, batch_size=args.batch_size, base=args.base,
                         reference=args.reference, reference_script=args.reference_script)
     return 2 if figures is None else 0  # None: the reference's extra is missing (one line said what to install)
@@ -113,8 +142,12 @@ def register(sub, bench_sub) -> None:  # noqa: ANN001
                         "(see finetune/auto.py); dpo or ddpo: one run of that method, left as a candidate")
     q.add_argument("--min-new-labels", type=non_negative_int, default=1,
                    help="do nothing (exit 0) when fewer judgements arrived since the last run")
-    q.add_argument("--config", default="{}", help='config fields as a JSON object, e.g. \'{"steps": 500}\', or '
-                   'a .yaml file of them; with --method auto one object per method: \'{"dpo": {"steps": 500}}\'')
+    q.add_argument("--config", default="{}", metavar="FILE.yaml",
+                   help='settings from a YAML or JSON file, or a JSON object (e.g. \'{"steps": 500}\'); with '
+                        '--method auto one mapping per method (dpo: {steps: 500}); --dpo-*/--ddpo-* flags override it')
+    for method, cls in METHOD_CONFIGS.items():
+        add_flags(q.add_argument_group(f"{method} settings (--method {method} or auto)"), cls, prefix=method,
+                  config=False)
     q.set_defaults(func=cmd_finetune_run)
 
     mo = sub.add_parser("models", help="the model registry").add_subparsers(dest="models_cmd", required=True)

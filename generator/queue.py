@@ -290,7 +290,7 @@ def claim_batch(ctx, *, pool: str, depth: int, worker_id: str, k: int,  # noqa: 
 def fill_queue(*, ctx, pool: str = "default", depth: int | None = None, worker_id: str | None = None,  # noqa: ANN001
                max_sets: int | None = None, progress: bool = True, n: int | None = None,
                stale_after_s: float = STALE_AFTER_S, batch_sets: int | None = None,
-               target: Callable[[], int] | None = None) -> int:
+               target: Callable[[], int] | None = None, desc: str | None = None) -> int:
     """Fill ``pool`` up to ``depth`` ready sets per active prompt for the promoted version; returns sets made.
 
     Safe to run in several processes on one database at once. ``n``: candidates per set
@@ -315,7 +315,7 @@ def fill_queue(*, ctx, pool: str = "default", depth: int | None = None, worker_i
     total = min(todo, max_sets) if max_sets is not None else todo
     made = 0
     reward_model, reward_loaded = None, False
-    with tqdm(total=total, desc=f"sets for pool {pool}", unit="set", disable=not progress) as bar:
+    with tqdm(total=total, desc=desc or f"sets for pool {pool}", unit="set", disable=not progress) as bar:
         while max_sets is None or made < max_sets:
             k = min(batch_sets, max_sets - made) if max_sets is not None else batch_sets
             if target is not None:
@@ -345,41 +345,72 @@ def fill_queue(*, ctx, pool: str = "default", depth: int | None = None, worker_i
 def watch_queue(*, ctx, pool: str = "default", depth: int | None = None, n: int | None = None,  # noqa: ANN001
                 interval_s: float = 5.0, worker_id: str | None = None, progress: bool = False,
                 sized: bool = True) -> None:
-    """Keep the queue full forever: fill, then sleep ``interval_s`` seconds while it is full.
+    """Keep the queue full forever: fill, then sleep ``interval_s`` seconds while it is full
+    (``QueueWatch.step`` is one round)."""
+    watch = QueueWatch(ctx, pool=pool, depth=depth, n=n, worker_id=worker_id, progress=progress, sized=sized)
+    while True:
+        if watch.step() == 0:
+            time.sleep(interval_s)
+
+
+class QueueWatch:
+    """The rounds of ``watch_queue``.
 
     ``sized``: the number of open sets follows the raters online and their answer rate
     (``pickloop.pace.sets_wanted``), within the per-prompt ``depth``; otherwise every prompt is
     filled to ``depth``. A new promoted version is picked up on the next batch; with active learning,
     the sets already waiting are re-scored at start and by each newly registered reward model.
+
+    The model is loaded before the first rater needs a set from it: at once when sets are wanted, else
+    (a home whose first sets ``pickloop init`` drew) as soon as a rater is online. So on a new home its
+    load (seconds of a core: torch, diffusers, the pipeline) does not compete with the app's start
+    and the first rater's sign-in, and it is done while that rater answers the first sets.
     """
-    from pickloop.db import read_session
-    from pickloop.pace import ready_unanswered, sets_wanted
 
-    worker_id = worker_id or default_worker_id()
+    def __init__(self, ctx, *, pool: str = "default", depth: int | None = None, n: int | None = None,  # noqa: ANN001
+                 worker_id: str | None = None, progress: bool = False, sized: bool = True) -> None:
+        self.ctx, self.pool, self.depth, self.n, self.progress, self.sized = ctx, pool, depth, n, progress, sized
+        self.worker_id = worker_id or default_worker_id()
+        self.scored_with = None  # the sets waiting were scored by some earlier model, or none: score them first
+        self.loaded = False  # the model load was tried (a model that cannot load says so at each fill)
 
-    def wanted() -> int:
-        with read_session(ctx.engine) as s:
-            want = sets_wanted(session=s, settings=ctx.settings, pool=pool)
+    def wanted(self) -> int:
+        from pickloop.db import read_session
+        from pickloop.pace import ready_unanswered, sets_wanted
+
+        with read_session(self.ctx.engine) as s:
+            want = sets_wanted(session=s, settings=self.ctx.settings, pool=self.pool)
             # While no set is ready at all a batch is one set: the first appears as soon as it can.
-            return min(want, 1) if ready_unanswered(session=s, pool=pool) == 0 else want
+            return min(want, 1) if ready_unanswered(session=s, pool=self.pool) == 0 else want
 
-    scored_with = None  # the sets waiting now were scored by some earlier model, or none: score them first
-    try:  # load the model now, not when the first rater is already waiting for a set
-        from generator.pipeline import load_pipeline
+    def model_needed(self) -> bool:
+        from pickloop.db import read_session
+        from pickloop.pace import open_sets_wanted, pace
 
-        load_pipeline(lora=_prepare_version(ctx).id, ctx=ctx)
-    except UserError as e:
-        print(f"pickloop generate: {e}", flush=True)
-    while True:
+        if not self.sized:
+            return True
+        with read_session(self.ctx.engine) as s:
+            p = pace(session=s, pool=self.pool)
+        return p.raters_online > 0 or open_sets_wanted(p, self.ctx.settings) > p.open_sets
+
+    def step(self) -> int:
+        """One round: load the model if a rater needs it soon, re-score for a new reward model, fill the
+        queue; returns the sets made (0: the queue is full, or nothing can be drawn now)."""
+        if not self.loaded and self.model_needed():
+            self.loaded = True
+            try:
+                from generator.pipeline import load_pipeline
+
+                load_pipeline(lora=_prepare_version(self.ctx).id, ctx=self.ctx)
+            except UserError as e:
+                print(f"pickloop generate: {e}", flush=True)
         try:
-            scored_with = rescore_if_new_reward_model(ctx, scored_with, pool=pool)
-            made = fill_queue(ctx=ctx, pool=pool, depth=depth, worker_id=worker_id, progress=progress, n=n,
-                              target=wanted if sized else None)
+            self.scored_with = rescore_if_new_reward_model(self.ctx, self.scored_with, pool=self.pool)
+            return fill_queue(ctx=self.ctx, pool=self.pool, depth=self.depth, worker_id=self.worker_id,
+                              progress=self.progress, n=self.n, target=self.wanted if self.sized else None)
         except UserError as e:  # e.g. the model is not trained yet: say so and try again later
             print(f"pickloop generate: {e}", flush=True)
-            made = 0
-        if made == 0:
-            time.sleep(interval_s)
+            return 0
 
 
 def queue_counts(*, session: Session, pool: str | None = None) -> dict[str, int]:
@@ -392,16 +423,17 @@ def queue_counts(*, session: Session, pool: str | None = None) -> dict[str, int]
     return out
 
 
-def draw_first_sets(ctx, n: int) -> int:  # noqa: ANN001
-    """Draw ``n`` sets in one batched call when the home has no ready set yet, so that the first rater
-    of a new home sees a set the moment the app is up (the model's start-up is paid here, once)."""
+def draw_first_sets(ctx, n: int, *, progress: bool = False) -> int:  # noqa: ANN001
+    """Draw ``n`` sets (batched as the worker batches them) when the home has no ready set yet, so that
+    the first rater of a new home rates while the app's worker starts: its model loads in some seconds
+    (more on a busy machine), and a rater answering once a second would otherwise be waiting for it."""
     from pickloop.db import read_session
     from pickloop.pace import ready_unanswered
 
     with read_session(ctx.engine) as s:
         if ready_unanswered(session=s) > 0:
             return 0
-    made = fill_queue(ctx=ctx, max_sets=n, batch_sets=n, progress=False)
+    made = fill_queue(ctx=ctx, max_sets=n, progress=progress, desc="drawing the first sets")
     if made:
         print(f"{made} first candidate sets drawn")
     return made

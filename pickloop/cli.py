@@ -47,10 +47,11 @@ def cmd_init(args) -> None:  # noqa: ANN001
     ready = initialize_home(ctx, starter_prompts=args.starter_prompts, prompts=not args.no_prompts,
                             first_admin=not args.no_admin)
     print(describe(ctx, ready))
-    if args.first_sets:
+    first_sets = ctx.settings.first_sets if args.first_sets is None else args.first_sets
+    if first_sets:
         from generator import draw_first_sets
 
-        draw_first_sets(ctx, args.first_sets)
+        draw_first_sets(ctx, first_sets, progress=True)
 
 
 def cmd_db_upgrade(args) -> None:  # noqa: ANN001
@@ -171,8 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--starter-prompts", type=non_negative_int, default=200,
                    help="how many starter prompts (embedded model)")
     q.add_argument("--no-admin", action="store_true", help="do not create the first admin rater on a fresh home")
-    q.add_argument("--first-sets", type=int, default=4,
-                   help="candidate sets to draw now when none is ready (0: leave it to the app's worker)")
+    q.add_argument("--first-sets", type=non_negative_int, default=None,
+                   help="candidate sets to draw now when none is ready, so that the first rater rates while the "
+                        "app's worker starts (default: setting first_sets, 16; 0: leave it to the worker)")
     q.set_defaults(func=cmd_init)
 
     db = sub.add_parser("db", help="database maintenance").add_subparsers(dest="db_cmd", required=True)

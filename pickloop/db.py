@@ -9,6 +9,7 @@ commits on success and rolls back on error. Reads use ``read_session``.
 """
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -156,12 +157,17 @@ def _cached_engine(url: str, busy_timeout_ms: int) -> Engine:
     return engine
 
 
+_ENGINE_LOCK = threading.Lock()
+
+
 def get_engine(settings=None) -> Engine:  # noqa: ANN001
-    """The engine for the settings' database, migrated to head (once per process)."""
+    """The engine for the settings' database, migrated to head (once per process, also when two threads
+    ask at once: the app's warm-up thread and its first page)."""
     from pickloop.settings import get_settings
 
     s = settings or get_settings()
-    return _cached_engine(s.db_url, s.sqlite_busy_timeout_ms)
+    with _ENGINE_LOCK:
+        return _cached_engine(s.db_url, s.sqlite_busy_timeout_ms)
 
 
 def table_names(engine: Engine) -> list[str]:

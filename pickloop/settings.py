@@ -38,6 +38,8 @@ class Settings(BaseSettings):
                                       "pipeline call (one per prompt).")
     queue_lead_seconds: float = Field(30.0, ge=0.0, description="The worker keeps as many open sets as the raters "
                                       "online answer in this many seconds, plus what their browsers hold.")
+    first_sets: int = Field(16, ge=0, le=100, description="Candidate sets `pickloop init` draws on a home with none "
+                            "ready, so that the first rater rates while the app's worker starts (0: none).")
     queue_min_sets: int = Field(8, ge=1, description="Open sets the worker keeps even with no rater online.")
     queue_max_sets: int = Field(200, ge=1, description="Most open sets the worker keeps, however fast the raters.")
     session_hours: float = Field(12.0, gt=0.0, description="How long a sign-in lasts across reloads and tabs, hours.")
@@ -56,6 +58,9 @@ class Settings(BaseSettings):
     promote_gate_steps: int = Field(10, ge=1, le=200, description="Sampling steps for the promotion gate's images.")
     finetune_stale_seconds: float = Field(900.0, gt=0, description="A fine-tuning job whose heartbeat is older "
                                           "than this (s) may be taken over.")
+    finetune_nice: int = Field(10, ge=0, le=19, description="A fine-tuning process raises its nice value to this "
+                               "(lower CPU priority), so that the queue worker and the app keep ahead of the "
+                               "raters while training shares the cores; 0 leaves the priority as it is.")
     reward_trust_min_acc: float = Field(0.70, ge=0.5, le=1.0, description="Fine-tuning uses the reward model's "
                                         "rankings (AI-ranked pairs, DDPO, the gate's win rate) only when its "
                                         "cross-validated accuracy on the human labels reaches this.")

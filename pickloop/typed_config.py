@@ -22,7 +22,8 @@ from pickloop.errors import UserError, one_line
 
 
 @lru_cache(maxsize=None)
-def _hints(cls: type) -> dict[str, Any]:
+def field_types(cls: type) -> dict[str, Any]:
+    """The resolved annotations of dataclass ``cls`` (``from __future__ import annotations`` leaves text)."""
     return typing.get_type_hints(cls)
 
 
@@ -33,7 +34,7 @@ def _type_name(tp: Any) -> str:
     if origin in (tuple, list):
         return f"a list of {_type_name(typing.get_args(tp)[0])}"
     return {int: "an integer", float: "a finite number", str: "text", bool: "true or false",
-            type(None): "null"}.get(tp, getattr(tp, "__name__", str(tp)))
+            type(None): "null", Path: "a path"}.get(tp, getattr(tp, "__name__", str(tp)))
 
 
 def _fits(value: Any, tp: Any) -> tuple[bool, Any]:
@@ -71,6 +72,8 @@ def _fits(value: Any, tp: Any) -> tuple[bool, Any]:
             return False, value
     if tp is str:
         return isinstance(value, str), value
+    if tp is Path:  # a path from JSON or YAML is text
+        return isinstance(value, (str, Path)), Path(value) if isinstance(value, str) else value
     return True, value  # a type this checker does not know: the config's own checks decide
 
 
@@ -78,7 +81,7 @@ def check_field_types(obj: Any, section: str) -> None:
     """Raise a one-line UserError for the first field of dataclass ``obj`` whose value does not fit its
     annotation (int, finite float, str, bool, ``X | None``, ``tuple[str, ...]``); a list given for a
     tuple field becomes a tuple."""
-    hints = _hints(type(obj))
+    hints = field_types(type(obj))
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         ok, kept = _fits(value, hints[f.name])

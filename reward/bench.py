@@ -12,35 +12,12 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass, field
 
 from PIL import Image
 
 from pickloop.errors import UserError
+from reward.config import RewardBenchConfig as BenchConfig
 from reward.data import ImagePair
-
-
-@dataclass
-class BenchConfig:
-    """Settings of the reward bench."""
-
-    taste: str = field(default="large", metadata={"help": "registered taste name or FILE.py:FUNC"})
-    labels: int = field(default=300, metadata={"help": "judgements the rater gives for training"})
-    candidates: int = field(default=4, metadata={"help": "images per training set (2-4)"})
-    train_prompts: int = field(default=100, metadata={"help": "training prompts the labels spread over"})
-    test_pairs: int = field(default=400, metadata={"help": "held-out pairs, each answered twice"})
-    off_prompt_share: float = field(default=0.0, metadata={"help": "share of candidates that break their prompt"})
-    seed: int = field(default=0, metadata={"help": "seed of prompts, candidates and the rater"})
-
-    def __post_init__(self) -> None:
-        if self.labels < 10:
-            raise UserError("the reward bench needs at least 10 labels")
-        if not 2 <= self.candidates <= 4:
-            raise UserError("candidates per set must be 2-4")
-        if not 0.0 <= self.off_prompt_share <= 1.0:
-            raise UserError("off-prompt share must be in [0, 1]")
-        if self.train_prompts < 2 or self.test_pairs < 10:
-            raise UserError("the reward bench needs >= 2 training prompts and >= 10 test pairs")
 
 
 def make_rater(taste: str, seed: int):  # noqa: ANN201 - pickloop.shapes.tastes.SimulatedRater

@@ -1,42 +1,22 @@
 """`pickloop reward train | eval | score` and `pickloop bench reward`. Heavy imports stay inside handlers."""
 from __future__ import annotations
 
-import argparse
-from dataclasses import MISSING, fields
 from pathlib import Path
 
+from pickloop.config_base import add_flags, config_from_args
 from pickloop.typed_config import positive_int
 
 
-def _add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:  # noqa: ANN001
-    """One --flag per dataclass field, with the field's help text; defaults stay in the dataclass."""
-    for f in fields(cls):
-        if f.name in skip:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        help_text = f.metadata.get("help", "")
-        default = f.default if f.default is not MISSING else None
-        if f.type in ("bool", bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                                help=f"{help_text} (default {default})")
-        else:
-            kind = {"int": int, "float": float}.get(str(f.type), str)
-            parser.add_argument(flag, type=kind, default=None, help=f"{help_text} (default {default})")
-
-
-def _dataclass_from_args(cls, args: argparse.Namespace):  # noqa: ANN001, ANN202
-    given = {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
-    return cls(**given)
-
-
 def cmd_train(args) -> None:  # noqa: ANN001
+    from reward.config import RewardConfig
+
+    config = config_from_args(RewardConfig, args)  # a bad setting or --config file: one line before torch loads
     import torch
 
     from pickloop.context import Context
-    from reward.train import RewardConfig, train_reward
+    from reward.train import train_reward
 
     torch.set_num_threads(args.threads)
-    config = _dataclass_from_args(RewardConfig, args)
     ctx = Context()
     model, m = train_reward(ctx=ctx, config=config, progress=True)
     print(f"reward model {m['reward_model_id']} trained on {m['labels']} labels ({m['train_pairs']} train / "
@@ -105,16 +85,15 @@ def cmd_score(args) -> None:  # noqa: ANN001
 
 
 def cmd_bench(args) -> None:  # noqa: ANN001
+    from reward.config import RewardBenchConfig, RewardConfig
+
+    cfg = config_from_args(RewardBenchConfig, args)  # a bad setting: one line before torch loads
+    config = RewardConfig(backbone=args.backbone, heldout_share=0.2, seed=cfg.seed)
     import torch
 
-    from reward.bench import BenchConfig, run_bench
-    from reward.train import RewardConfig
+    from reward.bench import run_bench
 
     torch.set_num_threads(args.threads)
-    cfg = BenchConfig(taste=args.taste, labels=args.labels, candidates=args.candidates,
-                      train_prompts=args.train_prompts, test_pairs=args.test_pairs,
-                      off_prompt_share=args.off_prompt_share, seed=args.seed)
-    config = RewardConfig(backbone=args.backbone, heldout_share=0.2, seed=args.seed)
     print(f"reward bench: taste {cfg.taste!r} (hidden from the model), {cfg.labels} labels of "
           f"{cfg.candidates} candidates, backbone {config.backbone}")
     r = run_bench(cfg, config, progress=True)
@@ -131,11 +110,11 @@ def cmd_bench(args) -> None:  # noqa: ANN001
 
 
 def register(sub, bench_sub) -> None:  # noqa: ANN001
-    from reward.config import RewardConfig
+    from reward.config import RewardBenchConfig, RewardConfig
 
     rw = sub.add_parser("reward", help="the preference reward model").add_subparsers(dest="reward_cmd", required=True)
     q = rw.add_parser("train", help="train on every label so far; saves and registers the model")
-    _add_dataclass_flags(q, RewardConfig)
+    add_flags(q, RewardConfig)
     q.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
     q.set_defaults(func=cmd_train)
 
@@ -154,13 +133,7 @@ def register(sub, bench_sub) -> None:  # noqa: ANN001
     q.set_defaults(func=cmd_score)
 
     q = bench_sub.add_parser("reward", help="learn a simulated rater's hidden taste; held-out accuracy")
-    q.add_argument("--taste", default="large", help="simulated rater's taste (name or FILE.py:FUNC)")
-    q.add_argument("--labels", type=int, default=300, help="training judgements")
-    q.add_argument("--candidates", type=int, default=4, help="images per training set (2-4)")
-    q.add_argument("--train-prompts", type=int, default=100, help="training prompts")
-    q.add_argument("--test-pairs", type=int, default=400, help="held-out pairs, each answered twice")
-    q.add_argument("--off-prompt-share", type=float, default=0.0, help="share of candidates breaking the prompt")
+    add_flags(q, RewardBenchConfig)
     q.add_argument("--backbone", default="embedded:shapes-clip", help="CLIPModel folder or hub id")
-    q.add_argument("--seed", type=int, default=0)
     q.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
     q.set_defaults(func=cmd_bench)

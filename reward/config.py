@@ -1,16 +1,14 @@
 """The reward model's training settings (no torch import, so the CLI's --help stays fast)."""
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
+from pickloop.config_base import ConfigBase
 from pickloop.errors import UserError
-from pickloop.typed_config import check_field_types
 
 
 @dataclass
-class RewardConfig:
+class RewardConfig(ConfigBase):
     """Settings of one reward-model training run."""
 
     backbone: str = field(default="embedded:shapes-clip", metadata={"help": "CLIPModel folder or hub id"})
@@ -33,8 +31,10 @@ class RewardConfig:
     cv_folds: int = field(default=5, metadata={
         "help": "folds of prompts for the cross-validated accuracy that says how far to trust the model (0 = off)"})
 
-    def __post_init__(self) -> None:
-        check_field_types(self, "reward")
+    section = "reward"
+    not_hashed = ("cv_folds",)  # measures; changes no weight
+
+    def validate(self) -> None:
         checks = [
             (self.lr > 0 and self.lora_lr > 0, "learning rates must be > 0"),
             (self.epochs >= 1, "epochs must be >= 1"),
@@ -51,9 +51,30 @@ class RewardConfig:
             if not ok:
                 raise UserError(f"reward config: {msg}")
 
-    def config_hash(self) -> str:
-        data = {k: v for k, v in asdict(self).items() if k != "cv_folds"}  # measures; changes no weight
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
-
     def model_kwargs(self) -> dict:
         return dict(head_width=self.head_width, dropout=self.dropout, lora_rank=self.lora_rank, seed=self.seed)
+
+
+@dataclass
+class RewardBenchConfig(ConfigBase):
+    """Settings of the reward bench."""
+
+    taste: str = field(default="large", metadata={"help": "registered taste name or FILE.py:FUNC"})
+    labels: int = field(default=300, metadata={"help": "judgements the rater gives for training"})
+    candidates: int = field(default=4, metadata={"help": "images per training set (2-4)"})
+    train_prompts: int = field(default=100, metadata={"help": "training prompts the labels spread over"})
+    test_pairs: int = field(default=400, metadata={"help": "held-out pairs, each answered twice"})
+    off_prompt_share: float = field(default=0.0, metadata={"help": "share of candidates that break their prompt"})
+    seed: int = field(default=0, metadata={"help": "seed of prompts, candidates and the rater"})
+
+    section = "reward bench"
+
+    def validate(self) -> None:
+        if self.labels < 10:
+            raise UserError("the reward bench needs at least 10 labels")
+        if not 2 <= self.candidates <= 4:
+            raise UserError("candidates per set must be 2-4")
+        if not 0.0 <= self.off_prompt_share <= 1.0:
+            raise UserError("off-prompt share must be in [0, 1]")
+        if self.train_prompts < 2 or self.test_pairs < 10:
+            raise UserError("the reward bench needs >= 2 training prompts and >= 10 test pairs")

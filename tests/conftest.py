@@ -8,6 +8,10 @@ import pytest
 import torch
 
 torch.set_num_threads(1)  # two threads on a busy 2-core box make steps ~100x slower
+# Tests call `pickloop finetune run` in this process: it would lower the whole test run's CPU priority
+# (for good: a process cannot raise it back). tests/finetune/test_priority.py checks the default in
+# processes of its own.
+os.environ.setdefault("PICKLOOP_FINETUNE_NICE", "0")
 
 PG_ADMIN_URL = os.environ.get("PICKLOOP_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 

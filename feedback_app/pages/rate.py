@@ -4,9 +4,11 @@ G the rating guide, Shift+1-4 enlarge.
 Speed: the rating panel (``feedback_app/rating_panel.py``) holds the set on screen and the next ones
 (``app_sets_ahead``), already decoded in the browser, and swaps to the next set the moment the rater
 answers. The answer reaches the server on the rerun that follows, which records it, hands out the sets
-after, and sends them ahead. The panel's fragment also reruns every second, so sets the generator
-finishes reach a browser that ran short without waiting for an answer. All of this is kept in this
-browser session's state only.
+after, and sends them ahead. The panel also asks for a rerun of its fragment (a ``tick``) after a
+second without one while it holds fewer sets than it should, so sets the generator finishes reach a
+browser that ran short without waiting for an answer, and after ``IDLE_TICK_S`` without one otherwise
+(a sign-out in another tab, an expired session). All of this is kept in this browser session's state
+only.
 """
 import streamlit as st
 
@@ -16,6 +18,8 @@ from pickloop.db import read_session
 from pickloop.pace import pace, wait_message
 
 PANEL_KEY = "rating_panel"
+SHORT_TICK_S = 1.0  # a panel holding fewer sets than it should asks for a rerun after this long without one
+IDLE_TICK_S = 5.0  # a full panel, after this long without one
 
 ident = ui.require_identity()
 ctx = ui.context()
@@ -98,7 +102,7 @@ def behind(p: Panel) -> str:
         return wait_message(pace(session=s))
 
 
-@st.fragment(run_every=1.0)
+@st.fragment
 def rating_view() -> None:
     """The bar above the panel and the panel; the panel's answers rerun only this fragment."""
     if ui.identity() is None:  # signed out in another tab (or the session expired): to the sign-in page
@@ -114,11 +118,13 @@ def rating_view() -> None:
     if issue:
         notice(issue[1])
     data = p.data(lambda sha: ui.image_data_uri(ctx, sha))
-    data.update(undo_s=ctx.settings.undo_seconds, status=state.get("status"), behind=behind(p), guide=guide())
+    data.update(undo_s=ctx.settings.undo_seconds, status=state.get("status"), behind=behind(p), guide=guide(),
+                depth=p.depth, tick_s={"short": SHORT_TICK_S, "idle": IDLE_TICK_S})
     rating_panel.mount(key=PANEL_KEY, data=data,
-                       default={"outbox": [], "need": None, "guide_seen": None, "signout": None},
+                       default={"outbox": [], "need": None, "guide_seen": None, "signout": None, "tick": None},
                        on_outbox_change=lambda: None, on_need_change=lambda: None,
-                       on_guide_seen_change=lambda: None, on_signout_change=lambda: None)
+                       on_guide_seen_change=lambda: None, on_signout_change=lambda: None,
+                       on_tick_change=lambda: None)
 
 
 st.html(ui.CSS)

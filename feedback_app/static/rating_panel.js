@@ -2,12 +2,17 @@
 // answer swaps to the next set at once, without waiting for the server.
 //
 // Data from Python: {sets: [{token, key, prompt, candidates: [{id, src?}]}], acked: [answer id],
-// undo_s, status: {id, text}, behind, guide: {text, show}}. sets[0] is the set the server wants on
-// screen, the rest come after it. A token names one showing of a set. Images (src, data: URLs) come
-// once per token; the panel keeps them, and asks again ({need}) when it holds none for a set.
+// undo_s, status: {id, text}, behind, guide: {text, show}, depth, tick_s: {short, idle}}. sets[0] is
+// the set the server wants on screen, the rest come after it. A token names one showing of a set.
+// Images (src, data: URLs) come once per token; the panel keeps them, and asks again ({need}) when it
+// holds none for a set.
 // State to Python: {outbox: [{id, token, choice, winner_id, ms}], need: {id, tokens}, guide_seen: id,
-// signout: id}. The outbox holds every answer not yet acknowledged; sending all of it each time means
-// an answer is never lost when two come faster than the server reruns (the server records each once).
+// signout: id, tick: id}. The outbox holds every answer not yet acknowledged; sending all of it each
+// time means an answer is never lost when two come faster than the server reruns (the server records
+// each once). A tick asks the server for a rerun when there has been none for a while: after
+// tick_s.short while the panel holds fewer than depth sets (sets the worker has finished since reach
+// it without an answer), after tick_s.idle otherwise (a sign-out elsewhere, an expired session).
+// Answers rerun the server at once, so a rater answering steadily costs no ticks.
 //
 // Undo (U or the Undo button) takes back exactly the last answer given here, whether the server has
 // recorded it yet or not: the answer leaves the outbox (if it is still there the server never sees
@@ -36,6 +41,7 @@ function answer(panel, set, choice, winnerId) {
   panel.last = { entry, set, srcs: panel.srcs.get(set.token), at: now };
   if (panel.undone && panel.undone.set.token === set.token) panel.undone = null;
   panel.setStateValue("outbox", panel.outbox.slice());
+  panel.heard = now;
   setStatus(panel, "");
   show(panel);
 }
@@ -209,7 +215,8 @@ function mountPanel(parentElement) {
   parentElement.appendChild(root);
   const panel = { root, status, sets_el, waiting, row, nodes: new Map(), srcs: new Map(), answered: new Set(),
                   outbox: [], sets: [], queueNow: [], shown: null, shownAt: 0, current: null, asked: "", askedAt: 0,
-                  last: null, undone: null, overlay: null, undoMs: 8000, guide: "", behind: "" };
+                  last: null, undone: null, overlay: null, undoMs: 8000, guide: "", behind: "",
+                  depth: 1, tickMs: { short: 1000, idle: 5000 }, heard: 0, ticker: null };
   const on = (choice) => () => { if (panel.current) answer(panel, panel.current, choice); };
   row.appendChild(button("Tie", "pl-btn", "key T", on("tie")));
   row.appendChild(button("None good", "pl-btn", "key N", on("none")));
@@ -240,6 +247,17 @@ function mountPanel(parentElement) {
   return panel;
 }
 
+// Ask the server for a rerun when none has come for a while (see the top of this file).
+function tick(panel) {
+  if (!panel.root.isConnected) { clearInterval(panel.ticker); panel.ticker = null; return; }
+  const held = panel.sets.filter((s) => !panel.answered.has(s.token)).length;
+  const wait = held < panel.depth || !panel.current ? panel.tickMs.short : panel.tickMs.idle;
+  const now = performance.now();
+  if (now - panel.heard < wait) return;
+  panel.heard = now;
+  panel.setStateValue("tick", uid());
+}
+
 export default function (component) {
   const { data, parentElement, setStateValue } = component;
   const d = data || {};
@@ -260,7 +278,11 @@ export default function (component) {
     window.__pickloopKeys = true;
     document.addEventListener("keydown", onKey, true);
   }
+  panel.heard = performance.now(); // the server has just run
+  if (!panel.ticker) panel.ticker = setInterval(() => tick(panel), 250); // again after a remount
   panel.undoMs = 1000 * (d.undo_s ?? 8);
+  panel.depth = d.depth ?? panel.depth;
+  if (d.tick_s) panel.tickMs = { short: 1000 * d.tick_s.short, idle: 1000 * d.tick_s.idle };
   panel.guide = (d.guide && d.guide.text) || "";
   panel.behind = d.behind || "";
   const acked = new Set(d.acked || []);

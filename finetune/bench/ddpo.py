@@ -28,26 +28,27 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from finetune.ddpo.config import DDPOConfig
+from pickloop.config_base import add_flags, config_from_args
 from pickloop.errors import UserError
 
 EXIT_MISSING_EXTRA = 2
+# The bench's own defaults: a few quick epochs at 10 DDIM steps, against the judge, measuring drift but
+# never stopping on it (the timing is the point).
+BENCH_DEFAULTS = dict(epochs=3, sample_batch_size=8, sample_batches_per_epoch=2, train_batch_size=8, steps=10,
+                      reward="judge", drift_prompts=4, drift_max_pixel=None, drift_max_follow_drop=None)
 
 
 def register_bench(bench_sub) -> None:  # noqa: ANN001 - argparse subparsers of `pickloop bench`
     q = bench_sub.add_parser("ddpo", help="DDPO seconds per epoch (sampling, training) and peak RSS",
                              description=__doc__.split("\n\n")[0])
-    q.add_argument("--epochs", type=int, default=3, help="epochs to time (default 3)")
     q.add_argument("--reference", choices=["none", "trl"], default="none",
                    help="also run TRL 0.23.1's DDPOTrainer (extra: pip install 'pickloop[trl-reference]')")
     q.add_argument("--base", default=None, help="pipeline folder (default: the settings' base model, "
                                                  "else the embedded shapes model)")
-    q.add_argument("--reward", default="judge", help="reward: judge (default), brightness, redness, taste:NAME, "
-                                                     "reward-model")
-    q.add_argument("--sample-batch-size", type=int, default=8, help="images per sampling batch")
-    q.add_argument("--batches", type=int, default=2, help="sampling batches per epoch")
-    q.add_argument("--train-batch-size", type=int, default=8, help="trajectories per training batch")
-    q.add_argument("--steps", type=int, default=10, help="DDIM steps per image")
-    q.add_argument("--drift-prompts", type=int, default=4, help="held-out prompts of the drift guard (0: off)")
+    add_flags(q, DDPOConfig, BENCH_DEFAULTS)  # every DDPO setting, the bench's quick defaults, --config FILE.yaml
+    q.add_argument("--batches", dest="sample_batches_per_epoch", type=int, default=argparse.SUPPRESS,
+                   help="sampling batches per epoch (the same as --sample-batches-per-epoch)")
     q.set_defaults(func=cmd_bench_ddpo)
     from finetune.bench.ddpo_curve import register_curve_bench
 
@@ -67,15 +68,12 @@ def _base_folder(ref: str | None) -> str:
     return folder
 
 
-def bench_config(args: argparse.Namespace):  # noqa: ANN201 - DDPOConfig
-    from finetune.ddpo.config import DDPOConfig
-
-    # TRL's DDPOTrainer draws every image's prompt on its own and trains on every step: so do we beside it.
-    as_trl = dict(images_per_prompt=1, min_step_std=0.0) if getattr(args, "reference", "none") == "trl" else {}
-    return DDPOConfig(epochs=args.epochs, sample_batch_size=args.sample_batch_size,
-                      sample_batches_per_epoch=args.batches, train_batch_size=args.train_batch_size,
-                      steps=args.steps, reward=args.reward, drift_prompts=args.drift_prompts,
-                      drift_max_pixel=None, drift_max_follow_drop=None, **as_trl)
+def bench_config(args: argparse.Namespace) -> DDPOConfig:
+    config = config_from_args(DDPOConfig, args)
+    if getattr(args, "reference", "none") == "trl":
+        # TRL's DDPOTrainer draws every image's prompt on its own and trains on every step: so do we beside it.
+        config = replace(config, images_per_prompt=1, min_step_std=0.0)
+    return config
 
 
 def _run_trl(base: str, prompts: list[str], config) -> dict | None:  # noqa: ANN001
@@ -98,6 +96,7 @@ def _run_trl(base: str, prompts: list[str], config) -> dict | None:  # noqa: ANN
 
 
 def cmd_bench_ddpo(args: argparse.Namespace) -> int:
+    config = bench_config(args)  # a bad setting: one line before torch loads
     import torch
 
     from finetune.bench import peak_rss_mb
@@ -114,7 +113,6 @@ def cmd_bench_ddpo(args: argparse.Namespace) -> int:
             print(INSTALL_HINT)
             return EXIT_MISSING_EXTRA
     base = _base_folder(args.base)
-    config = bench_config(args)
     prompts = prompt_pool("train", n=64)
     drift = prompt_pool("heldout", n=config.drift_prompts) if config.drift_prompts else []
     print(f"ddpo bench on {base}: {config.epochs} epochs x {config.sample_batches_per_epoch} batches x "

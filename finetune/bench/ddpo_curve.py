@@ -25,6 +25,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from finetune.ddpo.config import DDPOConfig
+from pickloop.config_base import add_flags, config_from_args
 from pickloop.errors import UserError
 
 OPEN_ATTRIBUTES = ("color", "size")
@@ -174,13 +176,13 @@ def register_curve_bench(bench_sub) -> None:  # noqa: ANN001 - argparse subparse
     q.add_argument("--candidates", type=int, default=4, help="candidates per labelled set, 2-4 (default 4)")
     q.add_argument("--prompts", type=int, default=8, help="prompts leaving colour and size open, labelled and "
                                                           "trained on (default 8: each epoch draws every one)")
-    q.add_argument("--epochs", type=int, default=None, help="DDPO epochs (default: the DDPOConfig default)")
-    q.add_argument("--config", default="{}", help='DDPO settings: a JSON object, e.g. \'{"lr": 0.001}\', or a '
-                   '.yaml file of them')
     q.add_argument("--plot", default=None, help="PNG of the curve (default: <reports>/ddpo-curve-<time>.png)")
     q.add_argument("--home", default=None, help="build the data home here and keep it (default: a temporary "
                                                 "folder, removed afterwards)")
     q.add_argument("--quiet", action="store_true", help="no progress bars")
+    # Every DDPO setting as a flag and --config FILE.yaml; the drift guard measures but does not stop the run
+    # unless they set its limits: the curve is the point.
+    add_flags(q, DDPOConfig, {"drift_max_pixel": None, "drift_max_follow_drop": None})
     q.set_defaults(func=cmd_bench_ddpo_curve)
 
 
@@ -189,16 +191,10 @@ def cmd_bench_ddpo_curve(args: argparse.Namespace) -> int:
 
     import torch
 
-    from finetune.ddpo.config import DDPOConfig
     from pickloop.settings import get_settings
-    from pickloop.typed_config import config_object
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    # The drift guard measures but does not stop the run unless --config sets its limits: the curve is the point.
-    overrides = {"drift_max_pixel": None, "drift_max_follow_drop": None, **config_object(args.config)}
-    if args.epochs is not None:
-        overrides["epochs"] = args.epochs
-    config = DDPOConfig.from_dict(overrides)
+    config = config_from_args(DDPOConfig, args)
     if args.labels < 2 or not 2 <= args.candidates <= 4 or args.prompts < 2:
         raise UserError("need --labels >= 2, --candidates 2-4 and --prompts >= 2")
     if args.home and Path(args.home).exists() and any(Path(args.home).iterdir()):

@@ -12,23 +12,21 @@ stat_buffer 32 / stat_min_count 16; fits in under 10 GB with LoRA.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
+from pickloop.config_base import ConfigBase
 from pickloop.errors import UserError
-from pickloop.typed_config import check_field_types
 
 DRIFT_ACTIONS = ("rollback", "stop")
 
 
-def _f(default: Any, help: str) -> Any:  # the argparse word
-    return field(default=default, metadata={"help": help})
+def _f(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:  # help: the argparse word
+    return field(default=default, metadata={"help": help, **({"choices": choices} if choices else {})})
 
 
 @dataclass
-class DDPOConfig:
+class DDPOConfig(ConfigBase):
     """DDPO (Black et al. 2023) with LoRA on the U-Net. Counts are per process unless stated."""
 
     # --- sampling
@@ -56,7 +54,7 @@ class DDPOConfig:
     max_grad_norm: float = _f(1.0, "gradient norm clip")
     lora_rank: int = _f(4, "LoRA rank on the U-Net attention projections (alpha = rank)")
     seed: int = _f(0, "seed of prompts, noise and LoRA init")
-    mixed_precision: str = _f("no", "accelerate mixed precision: no, fp16 or bf16 (GPU)")
+    mixed_precision: str = _f("no", "accelerate mixed precision: no, fp16 or bf16 (GPU)", ("no", "fp16", "bf16"))
     # --- per-prompt stat tracking
     stat_buffer: int = _f(32, "rewards kept per prompt for normalising its advantages (16-32)")
     stat_min_count: int = _f(4, "a prompt uses batch statistics until it has this many rewards (at most "
@@ -70,10 +68,13 @@ class DDPOConfig:
                                              "None disables")
     drift_max_follow_drop: float | None = _f(0.25, "max drop of the judge's prompt-following vs base (shapes "
                                                    "prompts only); None disables")
-    drift_action: str = _f("rollback", "when drift crosses a limit: rollback (to the last good LoRA) or stop")
+    drift_action: str = _f("rollback", "when drift crosses a limit: rollback (to the last good LoRA) or stop",
+                           DRIFT_ACTIONS)
 
-    def __post_init__(self) -> None:
-        check_field_types(self, "ddpo")
+    section = "ddpo"
+    hash_tag = "ddpo"
+
+    def validate(self) -> None:
         positive = ("epochs", "sample_batch_size", "sample_batches_per_epoch", "images_per_prompt", "steps",
                     "train_batch_size",
                     "inner_epochs", "grad_accum_batches", "lora_rank", "stat_buffer", "stat_min_count")
@@ -104,25 +105,3 @@ class DDPOConfig:
             v = getattr(self, name)
             if v is not None and v <= 0:
                 raise UserError(f"ddpo {name} must be > 0 or None, not {v}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def config_hash(self) -> str:
-        """First 16 hex digits of the sha256 of the settings (sorted JSON), to key a run by its configuration."""
-        return hashlib.sha256(json.dumps({"method": "ddpo", **self.to_dict()}, sort_keys=True)
-                              .encode()).hexdigest()[:16]
-
-    @classmethod
-    def help(cls) -> dict[str, str]:
-        """Each setting's help text (units, meaning), for CLIs and docs."""
-        return {f.name: f.metadata["help"] for f in fields(cls)}
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "DDPOConfig":
-        """Build from a mapping (YAML section, CLI); unknown keys are a UserError."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise UserError(f"unknown ddpo setting(s): {', '.join(unknown)}")
-        return cls(**values)

@@ -1,20 +1,17 @@
 """Diffusion-DPO settings (no torch import, so that a bad setting is refused before any model loads)."""
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field
 
+from pickloop.config_base import ConfigBase
 from pickloop.errors import UserError
-from pickloop.typed_config import check_field_types
 
 DEFAULT_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")  # U-Net attention projections
 
 
 @dataclass
-class DPOConfig:
+class DPOConfig(ConfigBase):
     """Diffusion-DPO settings. Defaults work on the embedded shapes model; for SD 1.5 use beta 5000,
     lr 1e-5, rank 8; for SDXL beta 5000 (see README).
 
@@ -36,7 +33,8 @@ class DPOConfig:
     warmup_steps: int = field(default=0, metadata={"help": "linear LR warm-up, steps"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (L2); 0 = off"})
-    mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16 (accelerate autocast)"})
+    mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16 (accelerate autocast)",
+                                                         "choices": ("no", "fp16", "bf16")})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute U-Net activations"})
     seed: int = field(default=0, metadata={"help": "seed of init, data order, noise and timesteps"})
     checkpoint_every: int = field(default=50, metadata={"help": "checkpoint every N steps; 0 = never"})
@@ -52,8 +50,13 @@ class DPOConfig:
     since_parent: bool = field(default=True, metadata={
         "help": "continuing from a parent LoRA: train on labels newer than its data snapshot only"})
 
-    def __post_init__(self) -> None:
-        check_field_types(self, "dpo")
+    section = "dpo"
+    hash_tag = "dpo"
+    # Fields that do not change the trained weights stay out of the hash (a rerun is still a no-op).
+    not_hashed = ("checkpoint_every", "keep_checkpoints", "cache_latents", "log_every")
+    _AI_FEEDBACK = ("ai_feedback_sets", "ai_feedback_candidates", "ai_feedback_weight")
+
+    def validate(self) -> None:
         if not self.targets:
             raise UserError("dpo setting targets must name at least one module")
         if self.alpha is not None and not self.alpha > 0:
@@ -75,25 +78,10 @@ class DPOConfig:
         if not (math.isfinite(self.ai_feedback_weight) and self.ai_feedback_weight >= 0):
             raise UserError(f"ai_feedback_weight must be a finite number >= 0, not {self.ai_feedback_weight}")
 
-    # Fields that do not change the trained weights stay out of the hash (a rerun is still a no-op).
-    _NOT_HASHED = ("checkpoint_every", "keep_checkpoints", "cache_latents", "log_every")
-    _AI_FEEDBACK = ("ai_feedback_sets", "ai_feedback_candidates", "ai_feedback_weight")
-
-    def config_hash(self) -> str:
+    def hash_excluded(self) -> tuple[str, ...]:
         # With AI feedback off its settings change nothing, so they stay out and older hashes still hold.
-        skip = self._NOT_HASHED + (self._AI_FEEDBACK if self.ai_feedback_sets == 0 else ())
-        skip += ("since_parent",) if self.since_parent else ()  # the default: older hashes still hold
-        data = {k: v for k, v in asdict(self).items() if k not in skip}
-        return hashlib.sha256(json.dumps({"method": "dpo", **data}, sort_keys=True, default=list)
-                              .encode()).hexdigest()[:16]
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "DPOConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise UserError(f"unknown DPO setting(s): {', '.join(sorted(unknown))}")
-        return cls(**data)
+        skip = self.not_hashed + (self._AI_FEEDBACK if self.ai_feedback_sets == 0 else ())
+        return skip + (("since_parent",) if self.since_parent else ())  # the default: older hashes still hold
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from finetune import lora as lora_io
 from finetune.dpo.config import DPOConfig, PairSpec
 from finetune.dpo.train import DPOResult, train_dpo
 from pickloop.errors import UserError
-from pickloop.typed_config import config_object
+from pickloop.config_base import add_flags, config_from_args
 
 
 def store_pairs(ctx: Any, *, upto: int | None = None, after: int | None = None,
@@ -69,16 +69,19 @@ def main(argv: list[str] | None = None) -> int:
                                  description="Diffusion-DPO with a LoRA on the U-Net, trained on the raters' picks.")
     ap.add_argument("--out", required=True, help="folder for the final LoRA")
     ap.add_argument("--work", help="checkpoint folder (resumed from when it holds one)")
-    ap.add_argument("--config", default="{}", help="DPOConfig fields: a JSON object or a .yaml file")
     ap.add_argument("--upto", type=int, help="highest judgement id to train on")
     ap.add_argument("--no-resume", action="store_true")
+    add_flags(ap, DPOConfig)  # every setting as a flag, and --config FILE.yaml
     args = ap.parse_args(argv)
+    from finetune.priority import lower_priority
     from pickloop.context import Context
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     try:
-        cfg = DPOConfig.from_dict(config_object(args.config))
-        result = run_dpo(Context(), cfg, out_dir=args.out, work_dir=args.work, upto=args.upto,
+        ctx = Context()
+        lower_priority(ctx.settings.finetune_nice)
+        cfg = config_from_args(DPOConfig, args)
+        result = run_dpo(ctx, cfg, out_dir=args.out, work_dir=args.work, upto=args.upto,
                          resume=not args.no_resume)
     except UserError as e:
         print(f"pickloop: error: {e}")

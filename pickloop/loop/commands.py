@@ -1,33 +1,17 @@
 """``pickloop bench loop`` and ``pickloop demo``."""
 from __future__ import annotations
 
-import argparse
 import time
-from dataclasses import fields
 
-from pickloop.loop.config import METHODS, LoopConfig
+from pickloop.config_base import add_flags, config_from_args
+from pickloop.loop.config import LoopConfig
 
 DEMO = dict(taste="large", labels=80, rounds=2, train_prompts=20, eval_prompts=8, eval_seeds=4, gate_seeds=2,
             dpo_steps=300, dpo_ai_feedback_sets=0, ddpo_epochs=4)
 
 
-def _add_config_args(p: argparse.ArgumentParser, defaults: dict) -> None:
-    for f in fields(LoopConfig):
-        default = defaults.get(f.name, f.default)
-        flag = "--" + f.name.replace("_", "-")
-        if f.name == "open_attributes":
-            p.add_argument(flag, nargs="+", default=list(default), help=f.metadata["help"])
-        elif f.name == "method":
-            p.add_argument(flag, choices=METHODS, default=default, help=f.metadata["help"])
-        else:
-            p.add_argument(flag, type=type(f.default), default=default,
-                           help=f"{f.metadata['help']} (default {default})")
-
-
 def _config(args) -> LoopConfig:  # noqa: ANN001
-    values = {f.name: getattr(args, f.name) for f in fields(LoopConfig)}
-    values["open_attributes"] = tuple(values["open_attributes"])
-    return LoopConfig(**values)
+    return config_from_args(LoopConfig, args)
 
 
 def _run(args, *, demo: bool) -> None:  # noqa: ANN001
@@ -59,12 +43,12 @@ def _run(args, *, demo: bool) -> None:  # noqa: ANN001
 
 def register(sub, bench_sub) -> None:  # noqa: ANN001
     p = bench_sub.add_parser("loop", help="the closed loop with a simulated rater: win rate vs base")
-    _add_config_args(p, {})
+    add_flags(p, LoopConfig)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--in-place", action="store_true", help="run in the configured data home, not a fresh one")
     p.set_defaults(func=lambda a: _run(a, demo=False))
     p = sub.add_parser("demo", help="a quick tour of the whole loop on the embedded model (<10 min)")
-    _add_config_args(p, DEMO)
+    add_flags(p, LoopConfig, DEMO)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--in-place", action="store_true", help="run in the configured data home, not a fresh one")
     p.set_defaults(func=lambda a: _run(a, demo=True))

@@ -1,20 +1,21 @@
 """The closed loop's settings: one typed config, validated on construction."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
+from pickloop.config_base import ConfigBase
 from pickloop.errors import UserError
-from pickloop.typed_config import check_field_types
 
 METHODS = ("auto", "dpo", "ddpo", "both")
 
 
 @dataclass
-class LoopConfig:
+class LoopConfig(ConfigBase):
     taste: str = field(default="large", metadata={"help": "registered taste or FILE.py:FUNCTION"})
     labels: int = field(default=400, metadata={"help": "labels in all, split evenly over the rounds"})
     rounds: int = field(default=2, metadata={"help": "label -> reward -> fine-tune -> gate rounds"})
     method: str = field(default="auto", metadata={
+        "choices": METHODS,
         "help": "auto (as `finetune run`: the data decide; see finetune/auto.py), dpo, ddpo or both (dpo then ddpo)"})
     candidates: int = field(default=4, metadata={"help": "candidates per labelled set (2-4)"})
     open_attributes: tuple[str, ...] = field(default=("color", "size"),
@@ -37,8 +38,9 @@ class LoopConfig:
     gate_win_rate: float = field(default=0.5, metadata={"help": "reward-model win rate vs parent to promote"})
     seed: int = field(default=0, metadata={"help": "seed of the rater, prompts and evaluation"})
 
-    def __post_init__(self) -> None:
-        check_field_types(self, "loop")
+    section = "loop"
+
+    def validate(self) -> None:
         if self.method not in METHODS:
             raise UserError(f"--method must be one of {', '.join(METHODS)}, not {self.method!r}")
         if self.rounds < 1 or self.labels < self.rounds:
@@ -62,6 +64,3 @@ class LoopConfig:
     @property
     def labels_per_round(self) -> int:
         return self.labels // self.rounds
-
-    def to_dict(self) -> dict:
-        return asdict(self)

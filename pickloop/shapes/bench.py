@@ -9,31 +9,15 @@ from __future__ import annotations
 import random
 import statistics
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .config import ShapesBenchConfig as BenchConfig
 from .judge import follow_accuracy
 from .models import default_clip_dir, default_pipeline_dir, default_sampling
 from .world import prompt_pool, render, scene_from_prompt
-
-
-@dataclass
-class BenchConfig:
-    """Settings of the shapes bench."""
-
-    n: int = field(default=100, metadata={"help": "held-out prompts drawn and read"})
-    batch: int = field(default=20, metadata={"help": "images per pipeline call while drawing"})
-    seed: int = field(default=0, metadata={"help": "seed of the first image; image i uses seed + i"})
-    pipeline_dir: Path | None = field(default=None, metadata={"help": "pipeline folder (default: shipped)"})
-    clip_dir: Path | None = field(default=None, metadata={"help": "CLIP folder (default: shipped)"})
-    candidates: int = field(default=16, metadata={"help": "captions the CLIP chooses among"})
-
-    def __post_init__(self) -> None:
-        if self.n < 1 or self.batch < 1 or self.candidates < 2:
-            raise ValueError(f"invalid bench config {self}")
 
 
 def load_pipeline(folder: Path) -> Any:  # a StableDiffusionPipeline

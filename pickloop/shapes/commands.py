@@ -17,10 +17,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
         if not torch.cuda.is_available():
             raise UserError("--device cuda asked, but torch sees no CUDA device")
-    try:
-        cfg = config_from_args(args)
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    cfg = config_from_args(args)  # a bad setting is a UserError from the config base
     if args.ship_only:
         if not (Path(cfg.work) / "unet.ckpt.safetensors").exists():
             raise UserError(f"no checkpoints in {cfg.work}; train first")
@@ -30,16 +27,16 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
+    from pickloop.config_base import config_from_args
+
+    from .config import ShapesBenchConfig
+
+    cfg = config_from_args(ShapesBenchConfig, args)  # a bad setting: one line before torch loads
     import torch
 
-    from .bench import BenchConfig, format_figures, run_bench
+    from .bench import format_figures, run_bench
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    try:
-        cfg = BenchConfig(n=args.n, batch=args.batch, seed=args.seed, pipeline_dir=args.pipeline,
-                          clip_dir=args.clip)
-    except ValueError as e:
-        raise UserError(str(e)) from None
     for folder in (cfg.pipeline_dir, cfg.clip_dir):
         if folder is not None and not Path(folder).is_dir():
             raise UserError(f"model folder {folder} does not exist")
@@ -52,7 +49,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 def register(sub, bench_sub) -> None:  # noqa: ANN001
     """Add `shapes train` to the top-level subparsers and `shapes` to the bench subparsers."""
-    from .config import add_arguments
+    from pickloop.config_base import add_flags
+
+    from .config import ShapesBenchConfig, add_arguments
 
     shapes = sub.add_parser("shapes", help="the embedded shapes world and its tiny models")
     shapes_sub = shapes.add_subparsers(dest="shapes_cmd", required=True)
@@ -61,9 +60,5 @@ def register(sub, bench_sub) -> None:  # noqa: ANN001
     q.set_defaults(func=cmd_train)
 
     q = bench_sub.add_parser("shapes", help="judge the shipped pipeline on held-out prompts; CLIP top-1; speed")
-    q.add_argument("--n", type=int, default=100, help="held-out prompts to draw")
-    q.add_argument("--batch", type=int, default=20, help="images per pipeline call")
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--pipeline", type=Path, default=None, help="pipeline folder (default: shipped)")
-    q.add_argument("--clip", type=Path, default=None, help="CLIP folder (default: shipped)")
+    add_flags(q, ShapesBenchConfig)
     q.set_defaults(func=cmd_bench)

@@ -5,11 +5,14 @@ import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pickloop.config_base import ConfigBase
+from pickloop.errors import UserError
+
 from .models import MODELS_DIR
 
 
 @dataclass
-class StageConfig:
+class StageConfig(ConfigBase):
     """Settings of one training stage."""
 
     minutes: float = field(default=10.0,
@@ -20,9 +23,11 @@ class StageConfig:
     checkpoint_every_s: float = field(default=120.0, metadata={"help": "seconds between checkpoints"})
     seed: int = field(default=0, metadata={"help": "seed of the data stream and the init"})
 
-    def __post_init__(self) -> None:
+    section = "shapes stage"
+
+    def validate(self) -> None:
         if self.minutes < 0 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError(f"invalid stage config {self}")
+            raise UserError(f"a shapes training stage needs minutes >= 0, batch_size >= 1 and lr > 0, not {self}")
 
 
 @dataclass
@@ -35,11 +40,31 @@ class UnetConfig(StageConfig):
     pool_size: int = field(default=8192, metadata={"help": "scenes encoded once to latents and reused"})
 
 
+@dataclass
+class ShapesBenchConfig(ConfigBase):
+    """Settings of the shapes bench."""
+
+    n: int = field(default=100, metadata={"help": "held-out prompts drawn and read"})
+    batch: int = field(default=20, metadata={"help": "images per pipeline call while drawing"})
+    seed: int = field(default=0, metadata={"help": "seed of the first image; image i uses seed + i"})
+    pipeline_dir: Path | None = field(default=None, metadata={"help": "pipeline folder (default: shipped)",
+                                                                         "flag": "pipeline"})
+    clip_dir: Path | None = field(default=None, metadata={"help": "CLIP folder (default: shipped)",
+                                                                     "flag": "clip"})
+    candidates: int = field(default=16, metadata={"help": "captions the CLIP chooses among"})
+
+    section = "shapes bench"
+
+    def validate(self) -> None:
+        if self.n < 1 or self.batch < 1 or self.candidates < 2:
+            raise UserError("the shapes bench needs n >= 1, batch >= 1 and candidates >= 2")
+
+
 STAGES = ("vae", "clip", "unet")  # in order: the U-Net needs the trained VAE
 
 
 @dataclass
-class RecipeConfig:
+class RecipeConfig(ConfigBase):
     """The whole recipe; the defaults take about 70 minutes on one busy CPU thread (CLIP may run beside)."""
 
     work: Path = field(default=Path("runs/shapes/work"), metadata={"help": "checkpoints live here; rerun to resume"})
@@ -49,9 +74,11 @@ class RecipeConfig:
     clip: StageConfig = field(default_factory=lambda: StageConfig(minutes=15, batch_size=64, lr=5e-4))
     unet: UnetConfig = field(default_factory=lambda: UnetConfig(minutes=55, batch_size=32, lr=7e-4))
 
-    def __post_init__(self) -> None:
+    section = "shapes recipe"
+
+    def validate(self) -> None:
         if self.device not in ("cpu", "cuda"):
-            raise ValueError(f"device must be cpu or cuda, got {self.device!r}")
+            raise UserError(f"device must be cpu or cuda, got {self.device!r}")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

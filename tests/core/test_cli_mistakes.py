@@ -108,7 +108,7 @@ MISTAKES = [
     (["finetune", "run", "--method", "dpo", "--config", '{"rank": 1.5}'], "fresh", "rank must be an integer, not 1.5"),
     (["finetune", "run", "--method", "dpo", "--config", '{"since_parent": "no"}'], "fresh",
      "since_parent must be true or false"),
-    (["finetune", "run", "--method", "dpo", "--config", '{"stepz": 3}'], "fresh", "unknown DPO setting"),
+    (["finetune", "run", "--method", "dpo", "--config", '{"stepz": 3}'], "fresh", "unknown dpo setting"),
     (["finetune", "run", "--method", "ddpo", "--config", '{"epochs": "x"}'], "fresh", "epochs must be an integer"),
     (["finetune", "run", "--method", "ddpo", "--config", '{"eta": 0}'], "fresh", "eta must be in"),
     (["finetune", "run", "--config", '{"dpo": {"steps": "abc"}}'], "fresh", "dpo setting steps must be an integer"),

@@ -110,6 +110,20 @@ def test_oidc_sign_in_needs_the_allow_list(ctx, home):
     assert j.rater_id == eve_id and j.choice == "pick"
 
 
+@pytest.mark.browser
+@pytest.mark.slow
+def test_a_set_drawn_while_the_page_waits_reaches_it_without_an_answer(ctx, home, alice):
+    """A panel that holds no set says why, and asks the server again (a tick) until one is ready: the
+    set the worker finishes appears with no click, key or reload."""
+    with browser.app_server(home=home) as url, browser.chromium_page() as page:
+        browser.sign_in(page, url, name="alice", token=alice[1])
+        page.get_by_text("No sets are being drawn").wait_for()
+        make_sets(ctx, 2)
+        browser.wait_for_set(page, None, n=4, timeout_ms=20_000)
+        assert page.locator(".pl-waiting").is_hidden()
+    assert judgements(ctx) == []
+
+
 # Where each candidate of the set on screen is drawn (x, y, width, height), in CSS pixels.
 CELL_BOXES_JS = """() => [...document.querySelectorAll('.pl-set:not([hidden]) .pl-cand')]
   .map(e => { const r = e.getBoundingClientRect(); return [r.x, r.y, r.width, r.height].map(Math.round); })"""

@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 
 from feedback_app.browser import free_port
-from feedback_app.bench import percentile
+from feedback_app.bench import _ranges, percentile
 from pickloop.context import Context
 from pickloop.db import read_session
 from pickloop.store import list_prompts, promoted_version
@@ -60,6 +60,11 @@ def test_percentile():
     assert percentile([5, 1, 3], 50) == 3
     assert percentile(list(range(101)), 95) == 95
     assert percentile([10.0], 95) == 10.0
+
+
+def test_waits_are_listed_as_ranges():
+    assert _ranges([1, 2, 3, 7, 9, 10]) == "1-3,7,9-10"
+    assert _ranges([]) == "" and _ranges([4]) == "4"
 
 
 @pytest.mark.slow

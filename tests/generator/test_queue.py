@@ -250,3 +250,44 @@ def test_two_workers_make_no_duplicate_and_lose_no_set(db_url, home, tiny_sd_dir
         assert sorted(per_prompt.values()) == [2] * len(prompts)  # none duplicated, none lost
         assert {c.claimed_by for c in sets} == {"w0", "w1"}
     ctx.engine.dispose()
+
+
+def test_the_watching_worker_loads_its_model_when_a_rater_comes_not_while_init_s_sets_wait(gen_ctx, monkeypatch):
+    """On a home whose first sets `pickloop init` drew, the worker leaves the model unloaded (its load
+    would compete with the app's start) until a rater is online; on a home short of sets, at once."""
+    import generator.pipeline
+    from generator.queue import QueueWatch
+    from pickloop.schema import Assignment
+    from pickloop.store import add_rater
+
+    loads = []
+    monkeypatch.setattr(generator.pipeline, "load_pipeline", lambda **kw: loads.append(kw))
+    first = gen_ctx.settings.first_sets
+    _setup(gen_ctx, [f"prompt {i}" for i in range(first)])
+    with write_session(gen_ctx.engine) as s:
+        version = ensure_base_version(session=s, base_model=gen_ctx.base_model)
+        sets = [Comparison(key=uuid.uuid4().hex, prompt_id=i + 1, model_version_id=version.id, status="ready")
+                for i in range(first)]
+        s.add_all(sets)
+        rater, _ = add_rater(session=s, name="alice")
+    watch = QueueWatch(gen_ctx, worker_id="w")
+    assert watch.step() == 0 and watch.step() == 0
+    assert loads == []  # init's sets wait and no rater is online: nothing to draw, no model needed yet
+    with write_session(gen_ctx.engine) as s:
+        s.add(Assignment(comparison_id=sets[0].id, rater_id=rater.id))  # the first rater's page hands a set out
+    assert watch.step() == 0  # the queue is still long enough for one rater: nothing drawn yet
+    assert len(loads) == 1
+    watch.step()
+    assert len(loads) == 1  # loaded once, kept
+
+
+def test_the_watching_worker_loads_its_model_at_once_on_a_home_short_of_sets(gen_ctx, monkeypatch):
+    import generator.pipeline
+    from generator.queue import QueueWatch
+
+    loads = []
+    monkeypatch.setattr(generator.pipeline, "load_pipeline", lambda **kw: loads.append(kw))
+    with write_session(gen_ctx.engine) as s:  # no prompts: the fill itself draws nothing
+        ensure_base_version(session=s, base_model=gen_ctx.base_model)
+    assert QueueWatch(gen_ctx, worker_id="w").step() == 0
+    assert len(loads) == 1
