@@ -22,6 +22,11 @@ parent and the best that passes is promoted before the next stage starts from it
 3. **Stage 2, DDPO** against the same (trusted) reward model, starting from stage 1's winner (or the
    parent when stage 1 was refused): in the loop it lifted ``large`` from 0.72 to 0.85 where DPO alone
    could not, and where it hacks the reward model (off-prompt images) the gate's follow check refuses it.
+   It is skipped (one line in the log) when the promoted line already holds a DDPO version trained
+   against a reward model more accurate than this one (``ddpo_doubtful``): that version already climbed
+   a better reward model, and climbing a worse one adds its errors. In the loop such a second DDPO was
+   refused by the gate (win rate 0.447, cross-validated accuracy 0.721 after 0.778); skipping it saves
+   its training and its gate's images.
 
 Every candidate is an ordinary keyed, resumable ``run_finetune_job``; a rerun with no new labels is a
 no-op. The outcome lists every candidate with its gate figures and why it won or lost.
@@ -116,6 +121,39 @@ def reward_trust(ctx: Any) -> Trust:
     return Trust(True, rid, acc, pairs, f"reward model {rid}: cross-validated accuracy {acc:.3f} on {pairs} pairs")
 
 
+def ddpo_ancestor(ctx: Any) -> tuple[str, int, float] | None:
+    """The nearest DDPO version in the promoted version's line (itself included): (its name, the reward
+    model it was trained against, that model's cross-validated accuracy); None when there is none or
+    the reward model or its accuracy is not recorded."""
+    from pickloop.db import read_session
+    from pickloop.schema import ModelVersion, RewardModelRow
+    from pickloop.store import promoted_version
+
+    with read_session(ctx.engine) as s:
+        v, seen = promoted_version(session=s), set()
+        while v is not None and v.id not in seen:
+            seen.add(v.id)
+            if v.method == "ddpo":
+                rid = (v.metrics or {}).get("reward_model_id")
+                row = s.get(RewardModelRow, rid) if rid is not None else None
+                acc = (row.metrics or {}).get("cv_acc") if row is not None else None
+                return None if acc is None else (v.name, int(rid), float(acc))
+            v = s.get(ModelVersion, v.parent_id) if v.parent_id else None
+    return None
+
+
+def ddpo_doubtful(ctx: Any, trust: Trust) -> str | None:
+    """Why DDPO is not worth its cost this run (see the module docstring), or None."""
+    found = ddpo_ancestor(ctx)
+    if found is None or trust.cv_acc is None:
+        return None
+    name, rid, acc = found
+    if trust.cv_acc < acc:
+        return (f"{name} was already trained by DDPO against reward model {rid} (cross-validated accuracy "
+                f"{acc:.3f}); reward model {trust.reward_model_id} is less accurate ({trust.cv_acc:.3f})")
+    return None
+
+
 def plan_candidates(trust: Trust, *, dpo: dict[str, Any] | None = None, ddpo: dict[str, Any] | None = None,
                     variants: Sequence[str] = ("dpo+ai",)) -> list[list[Candidate]]:
     """The stages of candidates a run trains: a list of stages, each a list of alternatives.
@@ -174,6 +212,11 @@ def run_auto(ctx: Any, *, min_new_labels: int = 1, dpo: dict[str, Any] | None = 
     else:
         log(f"trusting the reward model: {trust.reason}")
     stages = plan_candidates(trust, dpo=dpo, ddpo=ddpo, variants=ctx.settings.auto_dpo_variants)
+    doubtful = ddpo_doubtful(ctx, trust) if len(stages) > 1 else None
+    if doubtful:
+        log(f"no DDPO this run: {doubtful}")
+        for c in stages[1]:
+            c.status, c.reason = "skipped", f"no DDPO: {doubtful}"
     seeds = list(gate_seeds or DEFAULT_GATE_SEEDS)
     done: list[Candidate] = []
     promoted: list[str] = []
@@ -181,6 +224,8 @@ def run_auto(ctx: Any, *, min_new_labels: int = 1, dpo: dict[str, Any] | None = 
         passed: list[Candidate] = []
         for c in stage:
             done.append(c)
+            if c.status == "skipped":
+                continue
             try:
                 # every candidate of the run trains on the same snapshot, so none waits for newer labels
                 outcome = run_finetune_job(ctx, method=c.method, min_new_labels=0, overrides=c.overrides)

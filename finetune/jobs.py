@@ -293,9 +293,12 @@ def _train_and_register(ctx: Any, method: str, config: Any, job: Any, snapshot: 
                                       on_step=lambda step, metrics: None, parent=parent)
             hb.beat()
         with write_session(ctx.engine) as s:
+            metrics = dict(result.metrics)
+            if reward_id is not None:  # which reward model it learned from (``finetune.auto`` reads it back)
+                metrics["reward_model_id"] = reward_id
             version = register_version(session=s, base_model=ctx.base_model, parent_id=parent_id, method=method,
                                        lora_dir=out_dir, lora_sha256=result.lora_sha256, data_snapshot=snapshot,
-                                       config_hash=job.config_hash, metrics=dict(result.metrics), name=name)
+                                       config_hash=job.config_hash, metrics=metrics, name=name)
             row = s.get(Job, job.id)
             row.status, row.finished_at, row.heartbeat_at = "done", utcnow(), utcnow()
             row.output = {**(row.output or {}), "version": version.name, "metrics": dict(result.metrics)}

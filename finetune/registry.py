@@ -34,6 +34,7 @@ Scorer = Callable[[Sequence[str], Sequence[Any]], Sequence[float]]
 DEFAULT_GATE_SEEDS = (1234, 5678)
 FOLLOW_NOISE_Z = 1.0  # standard errors of the paired follow drop forgiven beyond max_follow_drop
 WIN_NOISE_Z = 1.0  # standard errors by which the win rate must clear its threshold
+GATE_BATCH = 32  # images per pipeline call when the gate draws (a CPU draws 32 at a fifth less per image than 8)
 
 
 def register_version(*, session: Any, base_model: str, parent_id: int | None, method: str, lora_dir: Path | str,
@@ -174,8 +175,8 @@ def _draw_images(base: str, lora_dir: str | None, lora_sha256: str | None, promp
     if lora is not None:
         load_into_pipeline(pipe, lora, adapter_name="gate")
     out = []
-    for start in range(0, len(prompts), 8):
-        ps, ss = list(prompts[start:start + 8]), seeds[start:start + 8]
+    for start in range(0, len(prompts), GATE_BATCH):
+        ps, ss = list(prompts[start:start + GATE_BATCH]), seeds[start:start + GATE_BATCH]
         gens = [torch.Generator().manual_seed(int(s)) for s in ss]
         out += pipe(ps, num_inference_steps=steps, guidance_scale=guidance, generator=gens).images
     return out

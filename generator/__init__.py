@@ -12,7 +12,7 @@ from pickloop.lazy import lazy_exports
 
 _EXPORTS = {
     "load_pipeline": "generator.pipeline", "load_lora": "generator.pipeline",
-    "sample_candidates": "generator.sampling", "redraw": "generator.sampling",
+    "sample_candidates": "generator.sampling", "sample_sets": "generator.sampling", "redraw": "generator.sampling",
     "fill_queue": "generator.queue", "watch_queue": "generator.queue", "draw_first_sets": "generator.queue",
     "noise_memory_stats": "generator.noise_memory",
 }

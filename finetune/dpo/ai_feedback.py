@@ -5,7 +5,8 @@ Lee et al. 2023), at its own loss weight.
 
 The sets are a pure function of (store prompts, config seed): the prompts are chosen from the
 store's training split and every image's seed is drawn from a generator seeded by ``cfg.seed``, so
-a rerun (or each process of a DDP run) draws and ranks the same sets. The images go into the
+a rerun (or each process of a DDP run) draws and ranks the same sets. They are drawn
+``settings.generator_batch_sets`` sets to a pipeline call, as the queue worker draws. The images go into the
 content-addressed image store so training loads them like any other; no Comparison or Judgement
 rows are written, because these rankings are not labels.
 """
@@ -66,7 +67,7 @@ def ai_feedback_pairs(ctx: Any, cfg: Any, *, base: str, parent: Any = None) -> t
     """
     from tqdm import tqdm
 
-    from generator import load_pipeline, sample_candidates
+    from generator import load_pipeline, sample_sets
 
     reward_model, reward_id = _latest_reward_model(ctx)  # fail before the minutes of drawing
     plan = plan_sets(_training_prompts(ctx), cfg.ai_feedback_sets, cfg.ai_feedback_candidates, cfg.seed)
@@ -74,15 +75,22 @@ def ai_feedback_pairs(ctx: Any, cfg: Any, *, base: str, parent: Any = None) -> t
                          lora_sha256=parent.sha256 if parent is not None else None)
     pairs: list[PairSpec] = []
     margins: list[float] = []
-    for prompt, seeds in tqdm(plan, desc="dpo ai feedback", unit="set"):
-        images = [img for img, _, _ in sample_candidates(pipe, prompt, len(seeds), seeds=seeds)]
-        keys = [ctx.images.put(img) for img in images]
-        scores = reward_model.score(prompt, images).reshape(-1).tolist()
-        best = max(range(len(scores)), key=scores.__getitem__)
-        worst = min(range(len(scores)), key=scores.__getitem__)
-        if scores[best] > scores[worst] and keys[best] != keys[worst]:
-            pairs.append(PairSpec(prompt, keys[best], keys[worst], weight=float(cfg.ai_feedback_weight)))
-            margins.append(scores[best] - scores[worst])
+    # several sets in one pipeline call: on a CPU a batch of 32 images costs a fifth less per image than 8
+    k = max(1, int(ctx.settings.generator_batch_sets))
+    with tqdm(total=len(plan), desc="dpo ai feedback", unit="set") as bar:
+        for start in range(0, len(plan), k):
+            chunk = plan[start:start + k]
+            drawn = sample_sets(pipe, [p for p, _ in chunk], [seeds for _, seeds in chunk])
+            for (prompt, _), made in zip(chunk, drawn):
+                images = [img for img, _, _ in made]
+                keys = [ctx.images.put(img) for img in images]
+                scores = reward_model.score(prompt, images).reshape(-1).tolist()
+                best = max(range(len(scores)), key=scores.__getitem__)
+                worst = min(range(len(scores)), key=scores.__getitem__)
+                if scores[best] > scores[worst] and keys[best] != keys[worst]:
+                    pairs.append(PairSpec(prompt, keys[best], keys[worst], weight=float(cfg.ai_feedback_weight)))
+                    margins.append(scores[best] - scores[worst])
+            bar.update(len(chunk))
     summary = {"reward_model_id": reward_id, "drawn_by": parent.name if parent is not None else "base",
                "sets": len(plan), "pairs": len(pairs),
                "weight": float(cfg.ai_feedback_weight),

@@ -20,17 +20,21 @@ class FixedSeedImages:
     images: list[Image.Image]
 
 
-def draw_fixed(pipe, prompts: Sequence[str], seeds_per_prompt: int, *, seed: int = 0) -> FixedSeedImages:  # noqa: ANN001
-    """Every prompt drawn with the same fixed seeds, one batched call per prompt."""
-    from generator import sample_candidates
+def draw_fixed(pipe, prompts: Sequence[str], seeds_per_prompt: int, *, seed: int = 0,  # noqa: ANN001
+               prompts_per_call: int = 4) -> FixedSeedImages:
+    """Every prompt drawn with the same fixed seeds, ``prompts_per_call`` prompts to a batched call."""
+    from generator import sample_sets
 
     seeds = [1_000_003 * (seed + 1) + k for k in range(seeds_per_prompt)]
     out = FixedSeedImages([], [], [])
-    for p in prompts:
-        for img, s, _ in sample_candidates(pipe, p, seeds_per_prompt, seeds=seeds):
-            out.prompts.append(p)
-            out.seeds.append(s)
-            out.images.append(img)
+    prompts = list(prompts)
+    for start in range(0, len(prompts), prompts_per_call):
+        chunk = prompts[start:start + prompts_per_call]
+        for p, made in zip(chunk, sample_sets(pipe, chunk, [seeds] * len(chunk))):
+            for img, s, _ in made:
+                out.prompts.append(p)
+                out.seeds.append(s)
+                out.images.append(img)
     return out
 
 

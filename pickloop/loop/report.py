@@ -60,7 +60,7 @@ def write_report(result, folder: Path) -> Path:  # noqa: ANN001 - pickloop.loop.
     lines = [
         "# pickloop loop report", "",
         f"Taste `{result.config['taste']}`, method `{result.config['method']}`, {result.config['rounds']} rounds, "
-        f"{s['labels']} labels, {s['wall_s']} s.", "",
+        f"{s['labels']} labels, {s['wall_s']} s wall, {s.get('cpu_s', 'n/a')} s CPU.", "",
         f"**Final:** oracle win rate against the base {s['win_rate']:.3f}; prompt following base "
         f"{s['follow_base']:.3f}, promoted {s['follow_final']:.3f}.", "",
         "![curves](curves.png)", "",
@@ -92,7 +92,7 @@ def _num(x: float | None) -> str:
 
 def _candidate_lines(rounds: list[dict]) -> list[str]:
     """Per round: whether the reward model was trusted, each candidate's gate figures and why it won or lost,
-    and the wall time of each stage."""
+    and the wall and CPU time of each stage."""
     lines = ["", "## Candidates and stages", "",
              "| round | candidate | version | status | gate win rate | follow parent -> new | why |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -113,8 +113,12 @@ def _candidate_lines(rounds: list[dict]) -> list[str]:
             lines.append(f"- Round {r['round']}: {'trusted' if trust['trusted'] else 'did not trust'} the "
                          f"reward model ({trust['reason']}).")
         if r.get("stage_s"):
+            cpu = r.get("stage_cpu_s") or {}
             lines.append(f"- Round {r['round']} wall time by stage: "
-                         + ", ".join(f"{k} {v} s" for k, v in r["stage_s"].items()) + f" (round {r['round_s']} s).")
+                         + ", ".join(f"{k} {v} s" + (f" ({cpu[k]} s CPU)" if k in cpu else "")
+                                     for k, v in r["stage_s"].items())
+                         + f" (round {r['round_s']} s" + (f", {r['round_cpu_s']} s CPU" if "round_cpu_s" in r else "")
+                         + ").")
     return lines
 
 

@@ -30,6 +30,7 @@ class LoopResult:
     base: FixedSeedImages | None = None
     final: FixedSeedImages | None = None
     wall_s: float = 0.0
+    cpu_s: float = 0.0  # this process's CPU time (all its threads): on a loaded machine wall time says little
 
     @property
     def summary(self) -> dict[str, Any]:
@@ -37,7 +38,7 @@ class LoopResult:
         return {"win_rate": last.get("win_rate", 0.5), "follow_base": last.get("follow_base"),
                 "follow_final": last.get("follow_final"), "reward_acc": last.get("reward_acc"),
                 "reward_taste_acc": last.get("reward_taste_acc"), "label_ceiling": last.get("label_ceiling"),
-                "labels": last.get("labels", 0), "wall_s": round(self.wall_s, 1)}
+                "labels": last.get("labels", 0), "wall_s": round(self.wall_s, 1), "cpu_s": round(self.cpu_s, 1)}
 
 
 def _finetune_auto(ctx: Context, cfg: LoopConfig, gate_prompts: list[str], log) -> tuple[list[dict], dict]:  # noqa: ANN001
@@ -97,7 +98,7 @@ def run_loop(*, ctx: Context, config: LoopConfig, progress: bool = True, log=pri
     from generator import fill_queue, load_pipeline
     from reward import train_reward
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     # One simulated rater: no overlap sets (they would wait for a second rater); the loop's own gate threshold;
     # candidate seeds from the loop's seed (unless the settings name one), so a run's labels repeat.
     seed = ctx.settings.sampling_seed if ctx.settings.sampling_seed is not None else config.seed
@@ -121,46 +122,49 @@ def run_loop(*, ctx: Context, config: LoopConfig, progress: bool = True, log=pri
     methods = ["dpo", "ddpo"] if config.method == "both" else [config.method]
     labels = 0
     for r in range(1, config.rounds + 1):
-        tr = time.perf_counter()
+        tr, cr = time.perf_counter(), time.process_time()
         want = config.labels_per_round
-        # one set per pipeline call, as when the measured figures were taken: a batch of several
-        # prompts rounds differently in floating point, so the same seeds would draw other labels
+        # settings.generator_batch_sets sets per pipeline call, as the queue worker draws them
         fill_queue(ctx=ctx, pool=LOOP_POOL, depth=ceil(want / len(train_prompts)), max_sets=want,
-                   n=config.candidates, progress=progress, batch_sets=1)
+                   n=config.candidates, progress=progress)
         labels += label_ready_sets(ctx, rater, rater_id, want)
         stage_s = {"label": time.perf_counter() - tr}
+        stage_cpu = {"label": time.process_time() - cr}
         trust = None
         try:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             rm, rmetrics = train_reward(ctx=ctx, progress=progress)
             knows = _reward_knows(ctx, rm, taste, base, margin=config.rater_tie_margin)
-            stage_s["reward"] = time.perf_counter() - t
+            stage_s["reward"], stage_cpu["reward"] = time.perf_counter() - t, time.process_time() - c
         except UserError as e:  # e.g. every answer so far was a tie: nothing to learn from yet
             rmetrics, steps = {}, [{"method": "reward", "status": "skipped", "reason": str(e)}]
             knows = {"reward_taste_acc": None, "label_ceiling": None}
         else:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             if config.method == "auto":
                 steps, trust = _finetune_auto(ctx, config, eval_prompts, log)
             else:
                 steps = [_finetune(ctx, m, config, eval_prompts) for m in methods]
-            stage_s["finetune"] = time.perf_counter() - t
-        t = time.perf_counter()
+            stage_s["finetune"], stage_cpu["finetune"] = time.perf_counter() - t, time.process_time() - c
+        t, c = time.perf_counter(), time.process_time()
         m = _measure(ctx, config, taste, eval_prompts, base)
-        stage_s["measure"] = time.perf_counter() - t
+        stage_s["measure"], stage_cpu["measure"] = time.perf_counter() - t, time.process_time() - c
         result.final = m.pop("_images")
         row = {"round": r, "labels": labels, "reward_acc": rmetrics.get("cv_acc", rmetrics.get("heldout_acc")),
                "reward_heldout_acc": rmetrics.get("heldout_acc"), **knows, "trust": trust, "finetune": steps,
-               **m, "round_s": round(time.perf_counter() - tr, 1),
-               "stage_s": {k: round(v, 1) for k, v in stage_s.items()}}
+               **m, "round_s": round(time.perf_counter() - tr, 1), "round_cpu_s": round(time.process_time() - cr, 1),
+               "stage_s": {k: round(v, 1) for k, v in stage_s.items()},
+               "stage_cpu_s": {k: round(v, 1) for k, v in stage_cpu.items()}}
         result.rounds.append(row)
         log(f"round {r}: labels={labels} reward_acc={_fmt(row['reward_acc'])} "
             f"reward_taste_acc={_fmt(row['reward_taste_acc'])} label_ceiling={_fmt(row['label_ceiling'])} "
             f"promoted={m['version']} "
             f"win_rate={m['win_rate']:.3f} follow_base={m['follow_base']:.3f} "
             f"follow_final={m['follow_final']:.3f} ({'; '.join(_step_line(x) for x in steps)}) "
-            f"{row['round_s']}s [" + " ".join(f"{k} {v}s" for k, v in row["stage_s"].items()) + "]")
+            f"{row['round_s']}s ({row['round_cpu_s']}s cpu) ["
+            + " ".join(f"{k} {v}s/{row['stage_cpu_s'][k]}s cpu" for k, v in row["stage_s"].items()) + "]")
     result.wall_s = time.perf_counter() - t0
+    result.cpu_s = time.process_time() - c0
     return result
 
 

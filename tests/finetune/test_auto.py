@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlmodel import select
 
-from finetune.auto import AI_CANDIDATES, AI_SETS, plan_candidates, reward_trust, run_auto
+from finetune.auto import AI_CANDIDATES, AI_SETS, ddpo_doubtful, plan_candidates, reward_trust, run_auto
 from pickloop.db import read_session, write_session
 from pickloop.schema import Job, ModelVersion, RewardModelRow
 from tests.finetune.test_ai_feedback import fast_base, labelled, register_reward_model, tiny_clip  # noqa: F401
@@ -120,3 +120,56 @@ def test_trusted_run_promotes_the_better_dpo_then_stacks_ddpo_on_it(labelled, ti
     assert by_name[ddpo.version].status == "promoted" and by_name[best.version].status == "retired"
     assert by_name[other.version].status == "candidate"
     assert [by_name[c.version].metrics["ai_pairs"] > 0 for c in dpo_pair] == [False, True]
+
+
+def _version(ctx, name: str, method: str, parent_id: int | None, status: str, **metrics) -> int:
+    with write_session(ctx.engine) as s:
+        row = ModelVersion(name=name, base_model="embedded:shapes", method=method, parent_id=parent_id,
+                           status=status, metrics=metrics)
+        s.add(row)
+        s.flush()
+        return int(row.id)
+
+
+def test_ddpo_is_doubtful_after_a_ddpo_that_climbed_a_more_accurate_reward_model(ctx):
+    from finetune.auto import Trust
+
+    with write_session(ctx.engine) as s:
+        rows = [RewardModelRow(path=f"r{i}", sha256=str(i) * 64, backbone="b", data_snapshot=0, metrics=m)
+                for i, m in enumerate([{"cv_acc": 0.78, "cv_pairs": 250}, {}])]
+        s.add_all(rows)
+        s.flush()
+        better, unknown = rows[0].id, rows[1].id
+    base = _version(ctx, "base-1", "base", None, "retired")
+    assert ddpo_doubtful(ctx, Trust(True, 9, 0.72, 300, "")) is None  # no promoted version yet
+    ddpo = _version(ctx, "ddpo-2", "ddpo", base, "retired", reward_model_id=better)
+    _version(ctx, "dpo-3", "dpo", ddpo, "promoted", reward_model_id=better)
+    why = ddpo_doubtful(ctx, Trust(True, 9, 0.72, 300, ""))  # the DDPO ancestor climbed a 0.78 model
+    assert "ddpo-2" in why and "0.780" in why and "0.720" in why
+    assert ddpo_doubtful(ctx, Trust(True, 9, 0.80, 300, "")) is None  # a better reward model: DDPO again
+    with write_session(ctx.engine) as s:  # an ancestor whose reward model has no accuracy: no opinion
+        row = s.get(ModelVersion, ddpo)
+        row.metrics = {"reward_model_id": unknown}
+        s.add(row)
+    assert ddpo_doubtful(ctx, Trust(True, 9, 0.72, 300, "")) is None
+
+
+@pytest.mark.slow
+def test_a_doubtful_ddpo_is_skipped_and_said_once(labelled, tiny_clip, monkeypatch):  # noqa: F811 - fixtures
+    monkeypatch.setenv("PICKLOOP_PROMOTE_MIN_WIN_RATE", "0")
+    from pickloop.context import Context
+
+    ctx = Context()
+    rid = register_reward_model(ctx, tiny_clip)
+    _set_metrics(ctx, rid, cv_acc=0.9, cv_pairs=300)
+    _heldout_prompts(ctx)
+    monkeypatch.setattr("finetune.auto.ddpo_doubtful", lambda ctx, trust: "it climbed a better one")
+    lines: list[str] = []
+    out = run_auto(ctx, dpo=DPO, ddpo=DDPO, log=lines.append)
+    assert sum("no DDPO this run: it climbed a better one" in x for x in lines) == 1
+    assert [(c.name, c.status) for c in out.candidates][1] == ("ddpo", "skipped")
+    assert out.candidates[1].reason == "no DDPO: it climbed a better one"
+    with read_session(ctx.engine) as s:
+        assert {j.kind for j in s.exec(select(Job))} == {"finetune-dpo"}
+        (v,) = [v for v in s.exec(select(ModelVersion)) if v.method == "dpo"]
+    assert v.metrics["reward_model_id"] == rid  # a run that read the reward model records which

@@ -104,9 +104,10 @@ def test_default_loop_decides_from_its_data_and_reports_why(ctx, tmp_path):
     assert v.metrics["ai_pairs"] == 0 and (v.status == "promoted") == (step["status"] == "promoted")
     assert set(row["stage_s"]) == {"label", "reward", "finetune", "measure"} and all(
         x >= 0 for x in row["stage_s"].values())
+    assert set(row["stage_cpu_s"]) == set(row["stage_s"]) and result.summary["cpu_s"] > 0
     text = write_report(result, tmp_path / "report").read_text()
     assert "did not trust the reward model" in text and f"| 1 | dpo | {v.name} | {step['status']} |" in text
-    assert "wall time by stage: label" in text
+    assert "wall time by stage: label" in text and "s CPU)" in text
 
 
 def test_bad_loop_settings_are_one_line():
