@@ -248,8 +248,24 @@ function mountPanel(parentElement) {
 }
 
 // Ask the server for a rerun when none has come for a while (see the top of this file).
+// Ask for images the page lacks; again if they have not come a second and a half later (a rerun that
+// carried them can be cut short by the next one, and the server then thinks they were sent). Called when
+// data arrives and from the tick timer: while the server thinks it sent them, every rerun brings the
+// same data, and Streamlit need not call the component again for data it already gave.
+function askForImages(panel) {
+  const missing = panel.sets.filter((s) => !panel.srcs.has(s.token)).map((s) => s.token);
+  const now = performance.now();
+  if (missing.length && (missing.join() !== panel.asked || now - panel.askedAt > 1500)) {
+    panel.asked = missing.join();
+    panel.askedAt = now;
+    panel.heard = now;
+    panel.setStateValue("need", { id: uid(), tokens: missing });
+  }
+}
+
 function tick(panel) {
   if (!panel.root.isConnected) { clearInterval(panel.ticker); panel.ticker = null; return; }
+  askForImages(panel);
   const held = panel.sets.filter((s) => !panel.answered.has(s.token)).length;
   const wait = held < panel.depth || !panel.current ? panel.tickMs.short : panel.tickMs.idle;
   const now = performance.now();
@@ -300,15 +316,7 @@ export default function (component) {
   for (const s of panel.sets) {
     if (s.candidates.every((c) => c.src)) panel.srcs.set(s.token, s.candidates.map((c) => c.src));
   }
-  // Ask for images the page lacks; again if they have not come a second and a half later (a rerun
-  // that carried them can be cut short by the next one, and the server then thinks they were sent).
-  const missing = panel.sets.filter((s) => !panel.srcs.has(s.token)).map((s) => s.token);
-  const now = performance.now();
-  if (missing.length && (missing.join() !== panel.asked || now - panel.askedAt > 1500)) {
-    panel.asked = missing.join();
-    panel.askedAt = now;
-    setStateValue("need", { id: uid(), tokens: missing });
-  }
+  askForImages(panel);
   const known = new Set([...panel.sets.map((s) => s.token), ...panel.outbox.map((a) => a.token)]);
   for (const token of [...panel.answered]) if (!known.has(token)) panel.answered.delete(token);
   if (d.status && d.status.id !== panel.lastServerStatus) {

@@ -124,6 +124,33 @@ def test_a_set_drawn_while_the_page_waits_reaches_it_without_an_answer(ctx, home
     assert judgements(ctx) == []
 
 
+# Forget the images of every set after the one on screen, as when the rerun that carried them was cut short
+# (the server has marked them sent); returns how many sets lost them.
+DROP_IMAGES_JS = """() => { const p = window.__pickloopPanel; let n = 0;
+  for (const s of p.sets) if (s.token !== p.shown && p.srcs.delete(s.token)) n += 1;
+  p.asked = ''; p.askedAt = performance.now(); return n; }"""
+HOLDS_ALL_IMAGES_JS = "() => { const p = window.__pickloopPanel; return p.sets.every(s => p.srcs.has(s.token)); }"
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_images_the_page_lost_are_asked_for_again_without_an_answer(ctx, home, alice):
+    """Sets whose images never reached the page (the server thinks they did, so every rerun brings the
+    same data) are asked for again from the panel's own timer, and the next answer swaps at once."""
+    make_sets(ctx, 4)
+    with browser.app_server(home=home) as url, browser.chromium_page() as page:
+        browser.sign_in(page, url, name="alice", token=alice[1])
+        key = browser.wait_for_set(page, None, n=4)
+        page.wait_for_function(HOLDS_ALL_IMAGES_JS, polling=100, timeout=20_000)
+        assert page.evaluate(DROP_IMAGES_JS) >= 1
+        page.wait_for_function(HOLDS_ALL_IMAGES_JS, polling=100, timeout=20_000)  # no key pressed meanwhile
+        browser.focus_page(page)
+        page.keyboard.press("1")
+        browser.wait_for_set(page, key, n=4, timeout_ms=5_000)
+        browser.wait_for_labels(page, 1)
+    assert len(judgements(ctx)) == 1
+
+
 # Where each candidate of the set on screen is drawn (x, y, width, height), in CSS pixels.
 CELL_BOXES_JS = """() => [...document.querySelectorAll('.pl-set:not([hidden]) .pl-cand')]
   .map(e => { const r = e.getBoundingClientRect(); return [r.x, r.y, r.width, r.height].map(Math.round); })"""
