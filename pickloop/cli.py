@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--no-admin", action="store_true", help="do not create the first admin rater on a fresh home")
     q.add_argument("--first-sets", type=non_negative_int, default=None,
                    help="candidate sets to draw now when none is ready, so that the first rater rates while the "
-                        "app's worker starts (default: setting first_sets, 16; 0: leave it to the worker)")
+                        "app's worker starts (default: setting first_sets, 24; 0: leave it to the worker)")
     q.set_defaults(func=cmd_init)
 
     db = sub.add_parser("db", help="database maintenance").add_subparsers(dest="db_cmd", required=True)

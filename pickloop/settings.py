@@ -38,7 +38,7 @@ class Settings(BaseSettings):
                                       "pipeline call (one per prompt).")
     queue_lead_seconds: float = Field(30.0, ge=0.0, description="The worker keeps as many open sets as the raters "
                                       "online answer in this many seconds, plus what their browsers hold.")
-    first_sets: int = Field(16, ge=0, le=100, description="Candidate sets `pickloop init` draws on a home with none "
+    first_sets: int = Field(24, ge=0, le=100, description="Candidate sets `pickloop init` draws on a home with none "
                             "ready, so that the first rater rates while the app's worker starts (0: none).")
     queue_min_sets: int = Field(8, ge=1, description="Open sets the worker keeps even with no rater online.")
     queue_max_sets: int = Field(200, ge=1, description="Most open sets the worker keeps, however fast the raters.")

@@ -114,9 +114,14 @@ def test_oidc_sign_in_needs_the_allow_list(ctx, home):
 @pytest.mark.slow
 def test_a_set_drawn_while_the_page_waits_reaches_it_without_an_answer(ctx, home, alice):
     """A panel that holds no set says why, and asks the server again (a tick) until one is ready: the
-    set the worker finishes appears with no click, key or reload."""
+    set the worker finishes appears with no click, key or reload; also after a visit to another page
+    (the panel, kept on the window, is mounted again and ticks again)."""
     with browser.app_server(home=home) as url, browser.chromium_page() as page:
         browser.sign_in(page, url, name="alice", token=alice[1])
+        page.get_by_text("No sets are being drawn").wait_for()
+        page.get_by_role("link", name="History").click()
+        page.locator(".pl-panel").wait_for(state="detached")
+        page.get_by_role("link", name="Rate").click()
         page.get_by_text("No sets are being drawn").wait_for()
         make_sets(ctx, 2)
         browser.wait_for_set(page, None, n=4, timeout_ms=20_000)
