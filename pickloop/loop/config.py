@@ -26,10 +26,10 @@ class LoopConfig(ConfigBase):
     gate_seeds: int = field(default=8, metadata={"help": "fixed seeds per held-out prompt for the gate (other seeds)"})
     rater_temperature: float = field(default=0.05, metadata={"help": "Bradley-Terry noise of the rater"})
     rater_tie_margin: float = field(default=0.02, metadata={"help": "rater says tie below this score gap"})
-    dpo_steps: int = field(default=800, metadata={"help": "DPO optimiser steps per round"})
+    dpo_steps: int = field(default=500, metadata={"help": "DPO optimiser steps per round"})
     dpo_lr: float = field(default=3e-4, metadata={"help": "DPO learning rate"})
     dpo_beta: float = field(default=2500.0, metadata={"help": "DPO KL strength beta"})
-    dpo_ai_feedback_sets: int = field(default=300, metadata={
+    dpo_ai_feedback_sets: int = field(default=150, metadata={
         "help": "extra candidate sets the reward model ranks for DPO each round (best vs worst); 0 = off; "
                 "with --method auto the run decides"})
     dpo_ai_feedback_candidates: int = field(default=8, metadata={"help": "images per AI-feedback set (2-16)"})
