@@ -38,7 +38,8 @@ from typing import Any, Callable, Sequence
 
 from pickloop.errors import DamagedFileError, UserError
 
-AI_SETS = 150  # AI-ranked sets per DPO run when the reward model ranks (in the loop 300 drew twice the images for no higher win rate)
+# AI-ranked sets per DPO run when the reward model ranks (in the loop 300 drew twice the images for no higher win rate)
+AI_SETS = 150
 AI_CANDIDATES = 8  # images per AI-ranked set: best vs worst of 8 is a sharper pair than of 4
 AI_WEIGHT = 1.0
 
