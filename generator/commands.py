@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from pickloop.errors import UserError
-from pickloop.typed_config import positive_int
+from pickloop.typed_config import non_negative_int, positive_int
 
 BENCH_PROMPTS = ("a large red circle on a blue background", "a small green square on a white background",
                  "a yellow triangle in the top left", "a blue circle and a red square")
@@ -30,6 +30,11 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from generator.queue import fill_queue, watch_queue
 
     ctx = Context()
+    threads = ctx.settings.worker_threads if args.threads is None else args.threads
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     if args.prompts:
         texts = _read_prompt_file(args.prompts)
         with write_session(ctx.engine) as s:
@@ -144,6 +149,8 @@ def register(sub, bench_sub) -> None:  # noqa: ANN001
     q.add_argument("--worker-id", default=None, help="name of this worker in claims (default host:pid:random)")
     q.add_argument("--stale-after", type=float, default=900.0,
                    help="seconds after which another worker's unfinished claim is taken over")
+    q.add_argument("--threads", type=non_negative_int, default=None,
+                   help="torch threads to draw with (default: setting worker_threads, 1; 0: torch's default)")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=cmd_generate)
 

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
                                    "own prompt (2-4).")
     create_threads: int = Field(1, ge=0, le=256, description="Torch threads the app draws Create's candidates with "
                                 "on a CPU (the queue worker draws on the other cores); 0: torch's default.")
+    worker_threads: int = Field(1, ge=0, le=256, description="Torch threads the queue worker (`pickloop generate`) "
+                                "draws with on a CPU; 0: torch's default. One thread each keeps the worker, the app "
+                                "and a fine-tuning job from slowing each other down on a small machine.")
     app_host: str = Field("127.0.0.1", description="Address the rating app binds to.")
     app_port: int = Field(8501, ge=1, le=65535, description="Port of the rating app.")
     sqlite_busy_timeout_ms: int = Field(30000, ge=0, description="How long SQLite waits on a lock, ms.")

@@ -291,3 +291,24 @@ def test_the_watching_worker_loads_its_model_at_once_on_a_home_short_of_sets(gen
         ensure_base_version(session=s, base_model=gen_ctx.base_model)
     assert QueueWatch(gen_ctx, worker_id="w").step() == 0
     assert len(loads) == 1
+
+
+def test_the_worker_draws_with_the_threads_its_setting_names(gen_ctx, tiny_sd_dir, tmp_path, monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setenv("PICKLOOP_BASE_MODEL", str(tiny_sd_dir))
+    f = tmp_path / "prompts.txt"
+    f.write_text("a red circle\n")
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.setenv("PICKLOOP_WORKER_THREADS", "1")  # the default, named: a worker beside the app and training
+        assert cli_main(["generate", "--prompts", str(f), "--n", "2", "--sets", "1", "--quiet"]) == 0
+        assert torch.get_num_threads() == 1
+        assert cli_main(["generate", "--n", "2", "--sets", "1", "--threads", "3", "--quiet"]) == 0
+        assert torch.get_num_threads() == 3  # the flag wins over the setting
+        with pytest.raises(SystemExit) as refused:  # refused while the arguments are read, before any drawing
+            cli_main(["generate", "--threads", "-1"])
+        assert refused.value.code == 2 and "--threads" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)
