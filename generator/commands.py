@@ -42,7 +42,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
                     worker_id=args.worker_id, progress=not args.quiet)
         return
     made = fill_queue(ctx=ctx, pool=args.pool, depth=args.sets, n=args.n, worker_id=args.worker_id,
-                      max_sets=args.max_sets, progress=not args.quiet, stale_after_s=args.stale_after)
+                      max_sets=args.max_sets, progress=not args.quiet, stale_after_s=args.stale_after,
+                      per_audience=True)
     print(f"{made} sets drawn for pool {args.pool}")
     if made == 0:
         from pickloop.db import read_session
