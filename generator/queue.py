@@ -1,5 +1,12 @@
 """The ready queue: keep K unanswered candidate sets per active prompt, drawn by the promoted model version.
 
+Per audience (``fill_queue(per_audience=True)``: the Rate page's worker, ``pickloop generate``): the shared
+version and every audience's own promoted version (``pickloop.audiences.drawing_versions``) each keep
+their own sets, drawn in turns of one batch, and the watching worker sizes each by the raters that
+version serves (``pickloop.audiences.raters_served``). A set records the version that drew it
+(``Comparison.model_version_id``); the Rate page hands a rater only the sets of the version that serves
+them. Without ``per_audience`` (the measured loop, benches) only the shared version draws, as before.
+
 A worker makes one set in three steps, so that no transaction is held while the model draws:
 
 1. claim (one short write transaction): pick the prompt with the fewest open sets for the promoted
