@@ -323,6 +323,8 @@ def fill_queue(*, ctx, pool: str = "default", depth: int | None = None, worker_i
     is never larger than it says. ``per_audience``: fill for every audience with a promoted version of
     its own as well as the shared one (the Rate page's worker), each to its own depth and target, in
     turns of one batch; the list is read again after every turn, so a promotion takes effect at once.
+    An audience's version that cannot draw (a UserError: its LoRA is missing) is said and skipped for
+    this call, so the other audiences' raters keep rating; the shared version's raises, as ever.
     """
     from tqdm.auto import tqdm
 
@@ -367,8 +369,15 @@ def fill_queue(*, ctx, pool: str = "default", depth: int | None = None, worker_i
                                 fail_set(session=s, claim=claim, worker_id=worker_id)
                         raise
                     reward_loaded = True
-                got = draw_sets(ctx, claims, n, worker_id=worker_id, reward_model=reward_model,
-                                stale_after_s=stale_after_s)
+                try:
+                    got = draw_sets(ctx, claims, n, worker_id=worker_id, reward_model=reward_model,
+                                    stale_after_s=stale_after_s)
+                except UserError as e:  # e.g. its LoRA is missing: its sets failed, the others still draw
+                    if vid == versions[0]:
+                        raise
+                    print(f"pickloop generate: version {vid} cannot draw, skipped: {e}", flush=True)
+                    full.add(vid)
+                    continue
                 made += got
                 bar.update(got)
             if per_audience:

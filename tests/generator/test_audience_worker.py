@@ -83,3 +83,18 @@ def test_the_worker_draws_each_audiences_sets_with_its_version(db_url, home, tin
     out = capsys.readouterr().out
     assert "  group:designers: dpo-designers vs base-1, 1 rater(s), 1 labels; won 0, lost 0, tied 0 of 0 pairs (-)" \
         in out and "  everyone: base-1 vs -, 1 rater(s), 0 labels;" in out
+
+
+def test_an_audience_version_that_cannot_draw_leaves_the_others_drawing(gen_ctx, tmp_path, capsys):
+    with write_session(gen_ctx.engine) as s:
+        add_prompts(session=s, texts=["a red circle"])
+        ensure_base_version(session=s, base_model=gen_ctx.base_model)
+        add_rater(session=s, name="bob")
+        s.add(ModelVersion(name="broken", base_model=gen_ctx.base_model, lora_path=str(tmp_path / "missing")))
+        s.flush()
+        audiences.serve(session=s, ref="broken", audience="rater:bob")
+    assert fill_queue(ctx=gen_ctx, depth=1, n=2, worker_id="w", progress=False, per_audience=True) == 1
+    assert "cannot draw, skipped: LoRA folder of model version broken not found" in capsys.readouterr().out
+    with read_session(gen_ctx.engine) as s:
+        assert sorted((s.get(ModelVersion, c.model_version_id).name, c.status) for c in s.exec(select(Comparison))) \
+            == [("base-1", "ready"), ("broken", "failed")]
