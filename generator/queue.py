@@ -177,14 +177,20 @@ def missing_sets(*, session: Session, pool: str, depth: int, version_id: int) ->
 def _prepare_versions(ctx, per_audience: bool = False) -> list[int]:  # noqa: ANN001
     """The ids of the versions to draw with: the shared one, then (``per_audience``) every other audience's
     promoted version (``pickloop.audiences.drawing_versions``)."""
-    from pickloop.db import write_session
+    from pickloop.db import read_session, write_session
 
+    def ids(s: Session) -> list[int]:
+        if per_audience:
+            return [v.id for v in drawing_versions(session=s, base_model=ctx.base_model)]
+        return [current_version(session=s, base_model=ctx.base_model).id]
+
+    with read_session(ctx.engine) as s:  # read after every turn: no write lock while nothing is to be made
+        if promoted_version(session=s) is not None:
+            return ids(s)
     for attempt in range(3):  # two workers may both create the base version: one wins, the other retries
         try:
             with write_session(ctx.engine) as s:
-                if per_audience:
-                    return [v.id for v in drawing_versions(session=s, base_model=ctx.base_model)]
-                return [current_version(session=s, base_model=ctx.base_model).id]
+                return ids(s)
         except IntegrityError:
             if attempt == 2:
                 raise
