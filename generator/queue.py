@@ -405,9 +405,11 @@ def watch_queue(*, ctx, pool: str = "default", depth: int | None = None, n: int 
 class QueueWatch:
     """The rounds of ``watch_queue``.
 
-    ``sized``: the number of open sets follows the raters online and their answer rate
-    (``pickloop.pace.sets_wanted``), within the per-prompt ``depth``; otherwise every prompt is
-    filled to ``depth``. A new promoted version is picked up on the next batch; with active learning,
+    Every audience with a promoted version of its own keeps its own sets beside the shared version's
+    (``fill_queue(per_audience=True)``). ``sized``: the number of open sets of each version follows the
+    raters it serves that are online and their answer rate (``pickloop.pace.sets_wanted``, read at
+    ``clock()``), within the per-prompt ``depth``; otherwise every prompt is filled to ``depth`` for
+    each version. A new promoted version is picked up on the next batch; with active learning,
     the sets already waiting are re-scored at start and by each newly registered reward model.
 
     The model is loaded before the first rater needs a set from it: at once when sets are wanted, else

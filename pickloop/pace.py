@@ -3,7 +3,8 @@
 The generator keeps as many sets open as the raters online will answer in the next
 ``queue_lead_seconds`` (plus what their browsers hold ahead); the rating page, when a rater has no
 set, says how long the next one should take. Both read the same figures from the store, so they
-hold across processes and machines.
+hold across processes and machines. Both are read per audience: the sets one version draws and the
+raters it serves (``pickloop.audiences.raters_served``).
 """
 from __future__ import annotations
 
