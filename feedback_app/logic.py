@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Sequence
 
-from sqlalchemy import and_, exists, func, or_
+from sqlalchemy import and_, exists, func, or_, true
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, select
 
+from pickloop.audiences import raters_served, serving_version_id
 from pickloop.errors import UserError
 from pickloop.schema import AppText, Assignment, Candidate, Comparison, Judgement, Prompt, Rater, utcnow
+from pickloop.pace import pace, wait_message
 from pickloop.settings import Settings
 from pickloop.store import authenticate, candidates_of, record_judgement, undo_judgement
 
@@ -121,11 +123,19 @@ def _prompt_shown():  # noqa: ANN202
     return exists().where(Prompt.id == Comparison.prompt_id, Prompt.active == True)  # noqa: E712
 
 
-def _pending_for(session: Session, rater_id: int, skip: list[int]) -> Comparison | None:
+def _drawn_by(version_id: int | None):  # noqa: ANN202
+    """The set was drawn by ``version_id``, the version that serves the rater (None: no version is promoted
+    at all, and any set goes). A version that stops serving leaves its ready sets in the store, unanswered
+    and handed out no more (they come back if it serves again)."""
+    return true() if version_id is None else Comparison.model_version_id == version_id
+
+
+def _pending_for(session: Session, rater_id: int, skip: list[int], version_id: int | None) -> Comparison | None:
     """The oldest ready set already handed to this rater and not yet answered (reloads, two tabs)."""
     q = (select(Comparison).join(Assignment, Assignment.comparison_id == Comparison.id)
          .where(Assignment.rater_id == rater_id, Comparison.status == "ready", _prompt_shown(),
-                Comparison.id.not_in(_answered_by(rater_id)), Comparison.id.not_in(skip or [-1]))
+                _drawn_by(version_id), Comparison.id.not_in(_answered_by(rater_id)),
+                Comparison.id.not_in(skip or [-1]))
          .order_by(Assignment.id))
     return session.exec(q).first()
 
@@ -139,25 +149,28 @@ def _taken_count(comparison_id_col, now: datetime):  # noqa: ANN001, ANN202
             .scalar_subquery())
 
 
-def _claimable(rater_id: int, now: datetime, refused: list[int]):  # noqa: ANN202
-    """Ready sets of prompts not hidden that still want a rater and that this rater neither holds nor
-    answered; the highest ``priority`` first (active learning: the sets the reward model can least tell
-    apart; sets without one last), then partly rated overlap sets, then the oldest."""
+def _claimable(rater_id: int, now: datetime, refused: list[int], version_id: int | None):  # noqa: ANN202
+    """Ready sets drawn by the rater's version (``_drawn_by``), of prompts not hidden, that still want a
+    rater and that this rater neither holds nor answered; the highest ``priority`` first (active learning:
+    the sets the reward model can least tell apart; sets without one last), then partly rated overlap
+    sets, then the oldest."""
     mine = exists().where(Assignment.comparison_id == Comparison.id, Assignment.rater_id == rater_id)
     taken = _taken_count(Comparison.id, now)
     return (select(Comparison)
             .where(Comparison.status == "ready", taken < Comparison.raters_wanted, ~mine, _prompt_shown(),
-                   Comparison.id.not_in(_answered_by(rater_id)), Comparison.id.not_in(refused or [-1]))
+                   _drawn_by(version_id), Comparison.id.not_in(_answered_by(rater_id)),
+                   Comparison.id.not_in(refused or [-1]))
             .order_by(Comparison.priority.desc().nulls_last(), taken.desc(), Comparison.id).limit(1))
 
 
-def _claim(session: Session, rater_id: int, settings: Settings, skip: list[int]) -> Comparison | None:
+def _claim(session: Session, rater_id: int, settings: Settings, skip: list[int],
+           version_id: int | None) -> Comparison | None:
     """Hand this rater a ready set that still wants a rater (an Assignment row)."""
     now = utcnow()
     refused: list[int] = list(skip)
     for _ in range(5):
         # PostgreSQL: concurrent raters skip each other's locked row instead of waiting for it.
-        comp = session.exec(_claimable(rater_id, now, refused).with_for_update(skip_locked=True)).first()
+        comp = session.exec(_claimable(rater_id, now, refused, version_id).with_for_update(skip_locked=True)).first()
         if comp is None:
             return None
         # Re-count now that the row is locked: the first count may predate another rater's commit.
@@ -184,8 +197,9 @@ def _drop_expired_assignments(session: Session, comparison_id: int, now: datetim
 
 def has_set_for(*, session: Session, rater_id: int) -> bool:
     """Whether ``next_set_for`` would find a set: a cheap read, for polling an empty queue."""
-    return (_pending_for(session, rater_id, []) is not None
-            or session.exec(_claimable(rater_id, utcnow(), [])).first() is not None)
+    version_id = serving_version_id(session=session, rater_id=rater_id)
+    return (_pending_for(session, rater_id, [], version_id) is not None
+            or session.exec(_claimable(rater_id, utcnow(), [], version_id)).first() is not None)
 
 
 def next_set_for(*, session: Session, rater_id: int, settings: Settings,
@@ -195,13 +209,17 @@ def next_set_for(*, session: Session, rater_id: int, settings: Settings,
     A set already handed to this rater and not answered comes first (a reload or a second tab
     shows the same set); otherwise a new ready set is handed out (an ``Assignment`` row), so two
     raters never get one set unless it is an overlap set (``raters_wanted`` >= 2, which the
-    generator sets for a share ``settings.overlap_share`` of sets).
+    generator sets for a share ``settings.overlap_share`` of sets). Only sets drawn by the version that
+    serves the rater (``pickloop.audiences.serving_version_id``: their own, their groups', else the
+    shared one) are handed to them, so an overlap set's two raters are served by one version.
     ``skip`` lists set ids not to return (the page passes the set on screen to get the one after it
     ready in advance). Call inside a write session: it may add an assignment.
     """
     skip = list(skip)
+    version_id = serving_version_id(session=session, rater_id=rater_id)
     for _ in range(3):
-        comp = _pending_for(session, rater_id, skip) or _claim(session, rater_id, settings, skip)
+        comp = (_pending_for(session, rater_id, skip, version_id)
+                or _claim(session, rater_id, settings, skip, version_id))
         if comp is None:
             return None
         view = set_view(session=session, comparison_id=comp.id, rater_id=rater_id)
@@ -211,6 +229,14 @@ def next_set_for(*, session: Session, rater_id: int, settings: Settings,
         session.add(comp)
         session.flush()
     return None
+
+
+def wait_line(*, session: Session, rater_id: int) -> str:
+    """Why this rater has no set, and for how long (``pickloop.pace.wait_message``), from the pace of the
+    version that serves them and the raters it serves."""
+    version_id = serving_version_id(session=session, rater_id=rater_id)
+    raters = None if version_id is None else raters_served(session=session).get(version_id, {rater_id})
+    return wait_message(pace(session=session, version_id=version_id, rater_ids=raters))
 
 
 # ---------------------------------------------------------------- answers

@@ -10,7 +10,7 @@ import io
 import json
 import tempfile
 import zipfile
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
@@ -18,6 +18,7 @@ from pathlib import Path
 from sqlalchemy import func
 from sqlmodel import Session, select
 
+from pickloop.audiences import WinTally, parent_tally
 from pickloop.errors import UserError
 from pickloop.schema import Candidate, Comparison, Judgement, ModelVersion, Prompt, Rater
 from pickloop.store import add_prompts, add_rater, list_prompts
@@ -72,7 +73,7 @@ def agreement(*, session: Session) -> AgreementReport:
 # ---------------------------------------------------------------- win rates against the parent
 
 @dataclass(frozen=True)
-class VersionWinRate:
+class VersionWinRate(WinTally):
     """How often a version's images beat its parent's when both were shown in one set.
 
     Counted per pair of candidates (one from each version) in a set: the picked one wins, a tie
@@ -87,37 +88,11 @@ class VersionWinRate:
     losses: int
     ties: int
 
-    @property
-    def pairs(self) -> int:
-        return self.wins + self.losses + self.ties
-
-    @property
-    def win_rate(self) -> float | None:
-        return (self.wins + 0.5 * self.ties) / self.pairs if self.pairs else None
-
 
 def win_rates_by_version(*, session: Session) -> list[VersionWinRate]:
     """Each model version with a parent against that parent, from the labels so far."""
     versions = {v.id: v for v in session.exec(select(ModelVersion).order_by(ModelVersion.id))}
-    judged = list(session.exec(select(Judgement).where(Judgement.choice.in_(("pick", "tie")))))
-    cands_by_set: dict[int, list[Candidate]] = defaultdict(list)
-    set_ids = sorted({j.comparison_id for j in judged})
-    for start in range(0, len(set_ids), 500):  # bounded IN lists
-        for c in session.exec(select(Candidate).where(Candidate.comparison_id.in_(set_ids[start:start + 500]))):
-            cands_by_set[c.comparison_id].append(c)
-    tally: dict[int, Counter] = defaultdict(Counter)
-    for j in judged:
-        cands = cands_by_set[j.comparison_id]
-        for x in cands:
-            parent = versions.get(x.model_version_id)
-            parent_id = parent.parent_id if parent else None
-            for y in (c for c in cands if parent_id is not None and c.model_version_id == parent_id):
-                if j.choice == "tie":
-                    tally[x.model_version_id]["ties"] += 1
-                elif j.winner_id == x.id:
-                    tally[x.model_version_id]["wins"] += 1
-                elif j.winner_id == y.id:
-                    tally[x.model_version_id]["losses"] += 1
+    tally = parent_tally(session=session)
     out = []
     for v in versions.values():
         if v.parent_id is None:

@@ -47,7 +47,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
                     worker_id=args.worker_id, progress=not args.quiet)
         return
     made = fill_queue(ctx=ctx, pool=args.pool, depth=args.sets, n=args.n, worker_id=args.worker_id,
-                      max_sets=args.max_sets, progress=not args.quiet, stale_after_s=args.stale_after)
+                      max_sets=args.max_sets, progress=not args.quiet, stale_after_s=args.stale_after,
+                      per_audience=True)
     print(f"{made} sets drawn for pool {args.pool}")
     if made == 0:
         from pickloop.db import read_session
@@ -62,6 +63,7 @@ def cmd_stats(args: argparse.Namespace) -> None:
     from sqlalchemy import func
     from sqlmodel import select
 
+    from pickloop.audiences import audience_win_rates
     from pickloop.context import Context
     from pickloop.db import read_session
     from pickloop.schema import Judgement
@@ -78,6 +80,7 @@ def cmd_stats(args: argparse.Namespace) -> None:
         version = promoted_version(session=s)
         nm = noise_memory_stats(session=s)
         top = winning_seeds(session=s, limit=args.top)
+        per_audience = audience_win_rates(session=s)
     st = ctx.settings
     print(f"prompts: {n_prompts} active" + (f" in pool {args.pool}" if args.pool else ""))
     print("sets: " + " ".join(f"{k}={v}" for k, v in sets.items()))
@@ -90,6 +93,10 @@ def cmd_stats(args: argparse.Namespace) -> None:
           f"fresh seeds won {nm.fresh_wins}/{nm.fresh_shown} ({rate(nm.fresh_win_rate)})")
     for w in top:
         print(f"  seed {w.seed} won {w.wins}x for {w.prompt!r}")
+    print("audiences (version against its parent, answers of the raters it serves):")
+    for r in per_audience:
+        print(f"  {r.audience}: {r.version} vs {r.parent or '-'}, {r.raters} rater(s), {r.labels} labels; "
+              f"won {r.wins}, lost {r.losses}, tied {r.ties} of {r.pairs} pairs ({rate(r.win_rate)})")
 
 
 def _timed_images_per_s(fn, n_images: int) -> float:  # noqa: ANN001
@@ -154,7 +161,7 @@ def register(sub, bench_sub) -> None:  # noqa: ANN001
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=cmd_generate)
 
-    q = sub.add_parser("stats", help="queue and label counts, and noise-memory win rates")
+    q = sub.add_parser("stats", help="queue and label counts, noise-memory win rates, win rates per audience")
     q.add_argument("--pool", default=None, help="only this prompt pool (sets and prompts)")
     q.add_argument("--top", type=int, default=5, help="how many of the most-winning seeds to list")
     q.set_defaults(func=cmd_stats)

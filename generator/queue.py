@@ -1,5 +1,12 @@
 """The ready queue: keep K unanswered candidate sets per active prompt, drawn by the promoted model version.
 
+Per audience (``fill_queue(per_audience=True)``: the Rate page's worker, ``pickloop generate``): the shared
+version and every audience's own promoted version (``pickloop.audiences.drawing_versions``) each keep
+their own sets, drawn in turns of one batch, and the watching worker sizes each by the raters that
+version serves (``pickloop.audiences.raters_served``). A set records the version that drew it
+(``Comparison.model_version_id``); the Rate page hands a rater only the sets of the version that serves
+them. Without ``per_audience`` (the measured loop, benches) only the shared version draws, as before.
+
 A worker makes one set in three steps, so that no transaction is held while the model draws:
 
 1. claim (one short write transaction): pick the prompt with the fewest open sets for the promoted
@@ -32,7 +39,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Callable
 
 from sqlalchemy import and_, exists, func, or_, update
@@ -41,6 +48,7 @@ from sqlmodel import Session, select
 
 from generator.active_learning import (  # set_priority is re-exported
     load_reward_model_for_queue, rescore_if_new_reward_model, set_priority)
+from pickloop.audiences import drawing_versions, raters_served
 from pickloop.errors import UserError
 from pickloop.schema import Comparison, Judgement, ModelVersion, Prompt, utcnow
 from pickloop.store import add_candidates, add_set, ensure_base_version, promoted_version
@@ -84,12 +92,15 @@ def current_version(*, session: Session, base_model: str) -> ModelVersion:
 
 def _take_over_stale(session: Session, *, pool: str, version_id: int, worker_id: str,
                      stale_after_s: float) -> Comparison | None:
-    """Reclaim the oldest dead ``drawing`` set of the current version; dead claims of older versions fail."""
+    """Reclaim the oldest dead ``drawing`` set of ``version_id``; dead claims of versions no longer promoted
+    fail; those of another audience's promoted version are left to the batches that draw for it."""
     cutoff = utcnow() - timedelta(seconds=stale_after_s)
     while True:
         comp = session.exec(
             select(Comparison).join(Prompt, Comparison.prompt_id == Prompt.id)
-            .where(Prompt.pool == pool, Comparison.status == "drawing", Comparison.claimed_at < cutoff)
+            .join(ModelVersion, ModelVersion.id == Comparison.model_version_id)
+            .where(Prompt.pool == pool, Comparison.status == "drawing", Comparison.claimed_at < cutoff,
+                   or_(Comparison.model_version_id == version_id, ModelVersion.status != "promoted"))
             .order_by(Comparison.id).limit(1).with_for_update(skip_locked=True, of=Comparison)).first()
         if comp is None:
             return None
@@ -163,13 +174,23 @@ def missing_sets(*, session: Session, pool: str, depth: int, version_id: int) ->
     return sum(max(0, depth - int(k)) for _, k in rows)
 
 
-def _prepare_version(ctx) -> ModelVersion:  # noqa: ANN001
-    from pickloop.db import write_session
+def _prepare_versions(ctx, per_audience: bool = False) -> list[int]:  # noqa: ANN001
+    """The ids of the versions to draw with: the shared one, then (``per_audience``) every other audience's
+    promoted version (``pickloop.audiences.drawing_versions``)."""
+    from pickloop.db import read_session, write_session
 
+    def ids(s: Session) -> list[int]:
+        if per_audience:
+            return [v.id for v in drawing_versions(session=s, base_model=ctx.base_model)]
+        return [current_version(session=s, base_model=ctx.base_model).id]
+
+    with read_session(ctx.engine) as s:  # read after every turn: no write lock while nothing is to be made
+        if promoted_version(session=s) is not None:
+            return ids(s)
     for attempt in range(3):  # two workers may both create the base version: one wins, the other retries
         try:
             with write_session(ctx.engine) as s:
-                return current_version(session=s, base_model=ctx.base_model)
+                return ids(s)
         except IntegrityError:
             if attempt == 2:
                 raise
@@ -266,14 +287,20 @@ def draw_set(ctx, claim: Claim, n: int, *, worker_id: str, reward_model=None,  #
 
 
 def claim_batch(ctx, *, pool: str, depth: int, worker_id: str, k: int,  # noqa: ANN001
-                stale_after_s: float = STALE_AFTER_S) -> list[Claim]:
-    """Claim up to ``k`` missing sets on distinct prompts in one write transaction (one batch)."""
+                stale_after_s: float = STALE_AFTER_S, version_id: int | None = None) -> list[Claim]:
+    """Claim up to ``k`` missing sets on distinct prompts in one write transaction (one batch), for
+    ``version_id`` (None: the shared promoted version); none when that version is no longer promoted."""
     from pickloop.db import write_session
 
     claims: list[Claim] = []
     with write_session(ctx.engine) as s:
         # read the promoted version per batch: a promotion mid-run takes effect at the next batch
-        version = current_version(session=s, base_model=ctx.base_model)
+        if version_id is None:
+            version = current_version(session=s, base_model=ctx.base_model)
+        else:
+            version = s.get(ModelVersion, version_id)
+            if version is None or version.status != "promoted":
+                return []
         while len(claims) < k:
             claim = claim_set(session=s, pool=pool, depth=depth, version_id=version.id, worker_id=worker_id,
                               overlap_share=ctx.settings.overlap_share, stale_after_s=stale_after_s,
@@ -290,14 +317,20 @@ def claim_batch(ctx, *, pool: str, depth: int, worker_id: str, k: int,  # noqa: 
 def fill_queue(*, ctx, pool: str = "default", depth: int | None = None, worker_id: str | None = None,  # noqa: ANN001
                max_sets: int | None = None, progress: bool = True, n: int | None = None,
                stale_after_s: float = STALE_AFTER_S, batch_sets: int | None = None,
-               target: Callable[[], int] | None = None, desc: str | None = None) -> int:
+               target: Callable[[int], int] | None = None, desc: str | None = None,
+               per_audience: bool = False) -> int:
     """Fill ``pool`` up to ``depth`` ready sets per active prompt for the promoted version; returns sets made.
 
     Safe to run in several processes on one database at once. ``n``: candidates per set
     (settings.candidates_per_set by default); ``depth``: settings.queue_depth by default; ``batch_sets``:
     sets drawn per pipeline call (settings.generator_batch_sets); ``target``: when given, a function
-    giving how many more sets are wanted now (``pickloop.pace``), read before each batch; the fill
-    stops when it says 0, and a batch is never larger than it says.
+    giving how many more sets of a version (its argument, a version id) are wanted now
+    (``pickloop.pace``), read before each batch; that version's fill stops when it says 0, and a batch
+    is never larger than it says. ``per_audience``: fill for every audience with a promoted version of
+    its own as well as the shared one (the Rate page's worker), each to its own depth and target, in
+    turns of one batch; the list is read again after every turn, so a promotion takes effect at once.
+    An audience's version that cannot draw (a UserError: its LoRA is missing) is said and skipped for
+    this call, so the other audiences' raters keep rating; the shared version's raises, as ever.
     """
     from tqdm.auto import tqdm
 
@@ -309,36 +342,52 @@ def fill_queue(*, ctx, pool: str = "default", depth: int | None = None, worker_i
     if not 1 <= n <= 16:
         raise UserError("candidates per set must be 1-16")
     worker_id = worker_id or default_worker_id()
-    version = _prepare_version(ctx)
+    versions = _prepare_versions(ctx, per_audience)
     with read_session(ctx.engine) as s:
-        todo = missing_sets(session=s, pool=pool, depth=depth, version_id=version.id)
+        todo = sum(missing_sets(session=s, pool=pool, depth=depth, version_id=v) for v in versions)
     total = min(todo, max_sets) if max_sets is not None else todo
     made = 0
+    full: set[int] = set()  # versions with nothing more to draw in this call
     reward_model, reward_loaded = None, False
     with tqdm(total=total, desc=desc or f"sets for pool {pool}", unit="set", disable=not progress) as bar:
-        while max_sets is None or made < max_sets:
-            k = min(batch_sets, max_sets - made) if max_sets is not None else batch_sets
-            if target is not None:
-                wanted = target()
-                if wanted <= 0:
-                    break
-                k = min(k, wanted)
-            claims = claim_batch(ctx, pool=pool, depth=depth, worker_id=worker_id, k=k, stale_after_s=stale_after_s)
-            if not claims:
-                break
-            if not reward_loaded:  # once per call, and only when there is a set to draw
+        while any(v not in full for v in versions):
+            for vid in [v for v in versions if v not in full]:
+                if max_sets is not None and made >= max_sets:
+                    return made
+                k = min(batch_sets, max_sets - made) if max_sets is not None else batch_sets
+                if target is not None:
+                    wanted = target(vid)
+                    if wanted <= 0:
+                        full.add(vid)
+                        continue
+                    k = min(k, wanted)
+                claims = claim_batch(ctx, pool=pool, depth=depth, worker_id=worker_id, k=k,
+                                     stale_after_s=stale_after_s, version_id=vid if per_audience else None)
+                if not claims:
+                    full.add(vid)
+                    continue
+                if not reward_loaded:  # once per call, and only when there is a set to draw
+                    try:
+                        reward_model = load_reward_model_for_queue(ctx)
+                    except BaseException:
+                        with write_session(ctx.engine) as s:
+                            for claim in claims:
+                                fail_set(session=s, claim=claim, worker_id=worker_id)
+                        raise
+                    reward_loaded = True
                 try:
-                    reward_model = load_reward_model_for_queue(ctx)
-                except BaseException:
-                    with write_session(ctx.engine) as s:
-                        for claim in claims:
-                            fail_set(session=s, claim=claim, worker_id=worker_id)
-                    raise
-                reward_loaded = True
-            got = draw_sets(ctx, claims, n, worker_id=worker_id, reward_model=reward_model,
-                            stale_after_s=stale_after_s)
-            made += got
-            bar.update(got)
+                    got = draw_sets(ctx, claims, n, worker_id=worker_id, reward_model=reward_model,
+                                    stale_after_s=stale_after_s)
+                except UserError as e:  # e.g. its LoRA is missing: its sets failed, the others still draw
+                    if vid == versions[0]:
+                        raise
+                    print(f"pickloop generate: version {vid} cannot draw, skipped: {e}", flush=True)
+                    full.add(vid)
+                    continue
+                made += got
+                bar.update(got)
+            if per_audience:
+                versions = _prepare_versions(ctx, per_audience)
     return made
 
 
@@ -356,9 +405,11 @@ def watch_queue(*, ctx, pool: str = "default", depth: int | None = None, n: int 
 class QueueWatch:
     """The rounds of ``watch_queue``.
 
-    ``sized``: the number of open sets follows the raters online and their answer rate
-    (``pickloop.pace.sets_wanted``), within the per-prompt ``depth``; otherwise every prompt is
-    filled to ``depth``. A new promoted version is picked up on the next batch; with active learning,
+    Every audience with a promoted version of its own keeps its own sets beside the shared version's
+    (``fill_queue(per_audience=True)``). ``sized``: the number of open sets of each version follows the
+    raters it serves that are online and their answer rate (``pickloop.pace.sets_wanted``, read at
+    ``clock()``), within the per-prompt ``depth``; otherwise every prompt is filled to ``depth`` for
+    each version. A new promoted version is picked up on the next batch; with active learning,
     the sets already waiting are re-scored at start and by each newly registered reward model.
 
     The model is loaded before the first rater needs a set from it: at once when sets are wanted, else
@@ -368,20 +419,30 @@ class QueueWatch:
     """
 
     def __init__(self, ctx, *, pool: str = "default", depth: int | None = None, n: int | None = None,  # noqa: ANN001
-                 worker_id: str | None = None, progress: bool = False, sized: bool = True) -> None:
+                 worker_id: str | None = None, progress: bool = False, sized: bool = True,
+                 clock: Callable[[], datetime] = utcnow) -> None:
         self.ctx, self.pool, self.depth, self.n, self.progress, self.sized = ctx, pool, depth, n, progress, sized
+        self.clock = clock  # the time the pace is read at (tests set it)
         self.worker_id = worker_id or default_worker_id()
         self.scored_with = None  # the sets waiting were scored by some earlier model, or none: score them first
         self.loaded = False  # the model load was tried (a model that cannot load says so at each fill)
 
-    def wanted(self) -> int:
+    def wanted(self, version_id: int) -> int:
+        """More sets of ``version_id`` wanted now: sized by the raters it serves (online, answer rate) and its
+        own open sets. A version of a group or rater that serves nobody now (every member has a version
+        of their own, or the group is empty) wants none."""
         from pickloop.db import read_session
         from pickloop.pace import ready_unanswered, sets_wanted
 
         with read_session(self.ctx.engine) as s:
-            want = sets_wanted(session=s, settings=self.ctx.settings, pool=self.pool)
-            # While no set is ready at all a batch is one set: the first appears as soon as it can.
-            return min(want, 1) if ready_unanswered(session=s, pool=self.pool) == 0 else want
+            raters = raters_served(session=s).get(version_id, set())
+            shared = promoted_version(session=s)
+            if not raters and (shared is None or shared.id != version_id):
+                return 0
+            want = sets_wanted(session=s, settings=self.ctx.settings, pool=self.pool, now=self.clock(),
+                               version_id=version_id, rater_ids=raters)
+            # While no set of it is ready a batch is one set: the first appears as soon as it can.
+            return min(want, 1) if ready_unanswered(session=s, pool=self.pool, version_id=version_id) == 0 else want
 
     def model_needed(self) -> bool:
         from pickloop.db import read_session
@@ -401,13 +462,14 @@ class QueueWatch:
             try:
                 from generator.pipeline import load_pipeline
 
-                load_pipeline(lora=_prepare_version(self.ctx).id, ctx=self.ctx)
+                load_pipeline(lora=_prepare_versions(self.ctx)[0], ctx=self.ctx)
             except UserError as e:
                 print(f"pickloop generate: {e}", flush=True)
         try:
             self.scored_with = rescore_if_new_reward_model(self.ctx, self.scored_with, pool=self.pool)
             return fill_queue(ctx=self.ctx, pool=self.pool, depth=self.depth, worker_id=self.worker_id,
-                              progress=self.progress, n=self.n, target=self.wanted if self.sized else None)
+                              progress=self.progress, n=self.n, target=self.wanted if self.sized else None,
+                              per_audience=True)
         except UserError as e:  # e.g. the model is not trained yet: say so and try again later
             print(f"pickloop generate: {e}", flush=True)
             return 0

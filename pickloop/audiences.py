@@ -8,12 +8,14 @@ Keyword-only functions over the caller's session, as in ``pickloop.store``.
 from __future__ import annotations
 
 import unicodedata
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 
+from sqlalchemy import func
 from sqlmodel import Session, select
 
 from pickloop.errors import UserError
-from pickloop.schema import GroupMember, ModelVersion, Rater, RaterGroup
+from pickloop.schema import Candidate, Comparison, GroupMember, Judgement, ModelVersion, Rater, RaterGroup
 from pickloop.store import EVERYONE, ensure_base_version, find_version, get_rater, parse_audience, promote, \
     promoted_version
 
@@ -66,6 +68,10 @@ def groups(*, session: Session) -> dict[str, list[str]]:
     return out
 
 
+def _audience_list(name: str, group_names: list[str]) -> list[str]:
+    return [f"rater:{name}", *(f"group:{g}" for g in group_names), EVERYONE]
+
+
 def audiences_of(*, session: Session, rater_id: int) -> list[str]:
     """The audiences a rater belongs to, first served first: their own, their groups' (by name), everyone."""
     rater = session.get(Rater, rater_id)
@@ -73,18 +79,62 @@ def audiences_of(*, session: Session, rater_id: int) -> list[str]:
         return [EVERYONE]
     q = (select(RaterGroup.name).join(GroupMember, GroupMember.group_id == RaterGroup.id)
          .where(GroupMember.rater_id == rater_id).order_by(RaterGroup.name))
-    return [f"rater:{rater.name}", *(f"group:{g}" for g in session.exec(q)), EVERYONE]
+    return _audience_list(rater.name, list(session.exec(q)))
+
+
+def _promoted_ids(session: Session) -> dict[str, int]:
+    """audience -> id of its promoted version (the newest promoted, as ``promoted_version`` chooses)."""
+    rows = session.exec(select(ModelVersion).where(ModelVersion.status == "promoted")).all()
+    newest: dict[str, ModelVersion] = {}
+    for v in rows:
+        old = newest.get(v.audience)
+        if old is None or (v.promoted_at or v.created_at, v.id) > (old.promoted_at or old.created_at, old.id):
+            newest[v.audience] = v
+    return {a: v.id for a, v in newest.items()}
+
+
+def _first_promoted(audiences: list[str], promoted: dict[str, int]) -> int | None:
+    return next((promoted[a] for a in audiences if a in promoted), None)
+
+
+def serving_version_id(*, session: Session, rater_id: int) -> int | None:
+    """The id of the version that serves ``rater_id`` (their own, their groups', else the shared one), read
+    only; None while no version is promoted at all (``serving_version`` then registers the base one)."""
+    return _first_promoted(audiences_of(session=session, rater_id=rater_id), _promoted_ids(session))
 
 
 def serving_version(*, session: Session, rater_id: int, base_model: str) -> ModelVersion:
     """The version that draws for ``rater_id``: the one promoted for the first of their audiences that has
     one, else the shared one (the base model's own version, made and promoted when none is). Call inside a
     write session: it may register the base version."""
-    for audience in audiences_of(session=session, rater_id=rater_id):
-        row = promoted_version(session=session, audience=audience)
-        if row is not None:
-            return row
-    return ensure_base_version(session=session, base_model=base_model)
+    vid = serving_version_id(session=session, rater_id=rater_id)
+    return session.get(ModelVersion, vid) if vid is not None else ensure_base_version(session=session,
+                                                                                        base_model=base_model)
+
+
+def raters_served(*, session: Session) -> dict[int, set[int]]:
+    """Version id -> the ids of the active raters it serves now (each rater under exactly one version;
+    none while no version is promoted)."""
+    promoted = _promoted_ids(session)
+    groups_of: dict[int, list[str]] = defaultdict(list)
+    for rater_id, g in session.exec(select(GroupMember.rater_id, RaterGroup.name)
+                                    .join(RaterGroup, RaterGroup.id == GroupMember.group_id).order_by(RaterGroup.name)):
+        groups_of[rater_id].append(g)
+    out: dict[int, set[int]] = defaultdict(set)
+    for rater_id, name in session.exec(select(Rater.id, Rater.name).where(Rater.active == True)):  # noqa: E712
+        vid = _first_promoted(_audience_list(name, groups_of[rater_id]), promoted)
+        if vid is not None:
+            out[vid].add(rater_id)
+    return dict(out)
+
+
+def drawing_versions(*, session: Session, base_model: str) -> list[ModelVersion]:
+    """The versions the Rate page's queue draws with: the shared one first (the base model's own version,
+    made and promoted when none is), then each other audience's promoted version, by audience. Call
+    inside a write session."""
+    shared = promoted_version(session=session) or ensure_base_version(session=session, base_model=base_model)
+    promoted = _promoted_ids(session)
+    return [shared, *(session.get(ModelVersion, promoted[a]) for a in sorted(promoted) if a != EVERYONE)]
 
 
 def serve(*, session: Session, ref: str | int, audience: str) -> ModelVersion:
@@ -116,3 +166,87 @@ def serving_table(*, session: Session) -> list[Serving]:
     rows = session.exec(select(ModelVersion).where(ModelVersion.status == "promoted")
                         .order_by(ModelVersion.audience != EVERYONE, ModelVersion.audience)).all()
     return [Serving(v.audience, v.name, v.method) for v in rows]
+
+
+# ---------------------------------------------------------------- win rates against the parent
+
+class WinTally:
+    """Wins, losses and ties of a version's candidates against its parent's (a mixin of frozen dataclasses)."""
+
+    wins: int
+    losses: int
+    ties: int
+
+    @property
+    def pairs(self) -> int:
+        return self.wins + self.losses + self.ties
+
+    @property
+    def win_rate(self) -> float | None:
+        return (self.wins + 0.5 * self.ties) / self.pairs if self.pairs else None
+
+
+def parent_tally(*, session: Session, rater_ids: set[int] | None = None) -> dict[int, Counter]:
+    """Version id -> Counter of wins, losses and ties against its parent, per pair of candidates (one of the
+    version's, one of its parent's) shown together in a set answered with a pick or a tie (only answers of
+    ``rater_ids`` when given): the picked one wins, a tie is a tie, a pick of a third says nothing."""
+    parents = dict(session.exec(select(ModelVersion.id, ModelVersion.parent_id)).all())
+    q = select(Judgement).where(Judgement.choice.in_(("pick", "tie")))
+    if rater_ids is not None:
+        q = q.where(Judgement.rater_id.in_(sorted(rater_ids) or [-1]))
+    judged = list(session.exec(q))
+    cands_by_set: dict[int, list[Candidate]] = defaultdict(list)
+    set_ids = sorted({j.comparison_id for j in judged})
+    for start in range(0, len(set_ids), 500):  # bounded IN lists
+        for c in session.exec(select(Candidate).where(Candidate.comparison_id.in_(set_ids[start:start + 500]))):
+            cands_by_set[c.comparison_id].append(c)
+    tally: dict[int, Counter] = defaultdict(Counter)
+    for j in judged:
+        cands = cands_by_set[j.comparison_id]
+        for x in cands:
+            parent_id = parents.get(x.model_version_id)
+            for y in (c for c in cands if parent_id is not None and c.model_version_id == parent_id):
+                if j.choice == "tie":
+                    tally[x.model_version_id]["ties"] += 1
+                elif j.winner_id == x.id:
+                    tally[x.model_version_id]["wins"] += 1
+                elif j.winner_id == y.id:
+                    tally[x.model_version_id]["losses"] += 1
+    return tally
+
+
+@dataclass(frozen=True)
+class AudienceWinRate(WinTally):
+    """An audience's version against its parent, from the answers of the raters it serves.
+
+    ``labels``: their answers (skips left out) to sets the version drew; ``wins``/``losses``/``ties``:
+    pairs of candidates, one the version's and one its parent's, shown together in a set they answered
+    (as ``win_rates_by_version`` counts them; a set drawn by one version alone gives labels, no pair).
+    """
+
+    audience: str
+    version: str
+    parent: str | None
+    raters: int
+    labels: int
+    wins: int
+    losses: int
+    ties: int
+
+
+def audience_win_rates(*, session: Session) -> list[AudienceWinRate]:
+    """One row per audience with a promoted version (everyone first), as ``serving_table`` lists them."""
+    served = raters_served(session=session)
+    out = []
+    for row in serving_table(session=session):
+        v = session.exec(select(ModelVersion).where(ModelVersion.name == row.version)).one()
+        raters = served.get(v.id, set())
+        t = parent_tally(session=session, rater_ids=raters)[v.id]
+        labels = session.exec(select(func.count()).select_from(Judgement)
+                              .join(Comparison, Comparison.id == Judgement.comparison_id)
+                              .where(Comparison.model_version_id == v.id, Judgement.choice != "skip",
+                                     Judgement.rater_id.in_(sorted(raters) or [-1]))).one()
+        parent = session.get(ModelVersion, v.parent_id) if v.parent_id is not None else None
+        out.append(AudienceWinRate(row.audience, v.name, parent.name if parent else None, len(raters), int(labels),
+                                   t["wins"], t["losses"], t["ties"]))
+    return out

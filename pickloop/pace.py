@@ -3,13 +3,15 @@
 The generator keeps as many sets open as the raters online will answer in the next
 ``queue_lead_seconds`` (plus what their browsers hold ahead); the rating page, when a rater has no
 set, says how long the next one should take. Both read the same figures from the store, so they
-hold across processes and machines.
+hold across processes and machines. Both are read per audience: the sets one version draws and the
+raters it serves (``pickloop.audiences.raters_served``).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Collection
 
 from sqlalchemy import and_, exists, func, or_
 from sqlmodel import Session, select
@@ -52,23 +54,34 @@ def _aware(t: datetime) -> datetime:
     return t if t.tzinfo is not None else t.replace(tzinfo=timezone.utc)
 
 
-def pace(*, session: Session, pool: str | None = None, now: datetime | None = None) -> Pace:
-    """The figures above, at ``now`` (default: the current time)."""
+def pace(*, session: Session, pool: str | None = None, now: datetime | None = None, version_id: int | None = None,
+         rater_ids: Collection[int] | None = None) -> Pace:
+    """The figures above, at ``now`` (default: the current time). ``version_id``: only the sets that
+    version draws (open, ready, drawing, drawn); ``rater_ids``: only these raters (online, answers): one
+    audience's queue (``generator.queue``)."""
     now = now or utcnow()
     window, online = now - timedelta(seconds=RATE_WINDOW_S), now - timedelta(seconds=ONLINE_S)
-    raters = session.exec(select(Judgement.rater_id).where(Judgement.created_at > online)
-                          .union(select(Assignment.rater_id).where(Assignment.assigned_at > online))).all()
-    n_ans, first_ans = session.exec(select(func.count(), func.min(Judgement.created_at))
-                                    .where(Judgement.created_at > window)).one()
-    finished = (select(Candidate.comparison_id, func.max(Candidate.created_at).label("at"))
+    who_j, who_a = [Judgement.created_at > online], [Assignment.assigned_at > online]
+    answers = [Judgement.created_at > window]
+    if rater_ids is not None:
+        ids = sorted(rater_ids) or [-1]
+        who_j.append(Judgement.rater_id.in_(ids))
+        who_a.append(Assignment.rater_id.in_(ids))
+        answers.append(Judgement.rater_id.in_(ids))
+    raters = session.exec(select(Judgement.rater_id).where(*who_j)
+                          .union(select(Assignment.rater_id).where(*who_a))).all()
+    n_ans, first_ans = session.exec(select(func.count(), func.min(Judgement.created_at)).where(*answers)).one()
+    drawn = [] if version_id is None else [Candidate.model_version_id == version_id]
+    finished = (select(Candidate.comparison_id, func.max(Candidate.created_at).label("at")).where(*drawn)
                 .group_by(Candidate.comparison_id).subquery())
     n_sets, first_set = session.exec(select(func.count(), func.min(finished.c.at))
                                      .where(finished.c.at > window)).one()
-    last_set = session.exec(select(func.max(Candidate.created_at))).one()
+    last_set = session.exec(select(func.max(Candidate.created_at)).where(*drawn)).one()
     answered = exists().where(Judgement.comparison_id == Comparison.id)
+    of_version = [] if version_id is None else [Comparison.model_version_id == version_id]
     counts = dict(session.exec(_pool(select(Comparison.status, func.count()), pool)
                                .where(or_(Comparison.status == "drawing",
-                                          and_(Comparison.status == "ready", ~answered)))
+                                          and_(Comparison.status == "ready", ~answered)), *of_version)
                                .group_by(Comparison.status)).all())
     ready, drawing = int(counts.get("ready", 0)), int(counts.get("drawing", 0))
     return Pace(raters_online=len(set(raters)), answers_per_s=_rate(int(n_ans), first_ans, now),
@@ -84,14 +97,16 @@ def open_sets_wanted(p: Pace, settings) -> int:  # noqa: ANN001
     return max(settings.queue_min_sets, min(settings.queue_max_sets, want))
 
 
-def sets_wanted(*, session: Session, settings, pool: str | None = None, now: datetime | None = None) -> int:  # noqa: ANN001
-    """How many more sets the generator should draw now (0: the queue is big enough)."""
-    p = pace(session=session, pool=pool, now=now)
+def sets_wanted(*, session: Session, settings, pool: str | None = None, now: datetime | None = None,  # noqa: ANN001
+                version_id: int | None = None, rater_ids: Collection[int] | None = None) -> int:
+    """How many more sets the generator should draw now (0: the queue is big enough); with ``version_id``
+    and ``rater_ids``, for one audience's version and the raters it serves."""
+    p = pace(session=session, pool=pool, now=now, version_id=version_id, rater_ids=rater_ids)
     return max(0, open_sets_wanted(p, settings) - p.open_sets)
 
 
-def ready_unanswered(*, session: Session, pool: str | None = None) -> int:
-    return pace(session=session, pool=pool).ready_sets
+def ready_unanswered(*, session: Session, pool: str | None = None, version_id: int | None = None) -> int:
+    return pace(session=session, pool=pool, version_id=version_id).ready_sets
 
 
 def wait_message(p: Pace) -> str:

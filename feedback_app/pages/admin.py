@@ -25,6 +25,9 @@ with read_session(ctx.engine) as s:
     create_now = create.create_settings(session=s)
     group_rows = audiences.groups(session=s)
     serving_rows = [r.__dict__ for r in audiences.serving_table(session=s)]
+    audience_rates = [{"audience": r.audience, "version": r.version, "parent": r.parent, "raters served": r.raters,
+                       "labels": r.labels, "wins": r.wins, "losses": r.losses, "ties": r.ties, "pairs": r.pairs,
+                       "win rate vs parent": r.win_rate} for r in audiences.audience_win_rates(session=s)]
     version_names = [v.name for v in s.exec(select(ModelVersion).order_by(ModelVersion.id.desc()))]
     prompt_rows = create.prompt_rows(session=s)
     rater_rows = [{"id": r.id, "name": r.name, "role": r.role, "kind": r.kind, "active": r.active}
@@ -114,9 +117,14 @@ with audience_tab:
         if row is not None:
             st.session_state["notice"] = ("success", f"{row.name} now serves {row.audience}")
 
-    st.caption("A version serves everyone (the shared one), a group of raters or one rater; the Create page draws "
-               "each rater's candidates with the first of their own, their groups' (by name) and the shared one.")
+    st.caption("A version serves everyone (the shared one), a group of raters or one rater: the first of a rater's "
+               "own, their groups' (by name) and the shared one draws their Create candidates and the Rate sets "
+               "they are handed.")
     st.dataframe(pd.DataFrame(serving_rows), hide_index=True)
+    st.subheader("Win rates per audience")
+    st.caption("Each audience's version against its parent, from the answers of the raters it serves: labels on "
+               "the sets it drew, and pairs of its candidates and its parent's shown together in one set.")
+    st.dataframe(pd.DataFrame(audience_rates), hide_index=True)
     st.selectbox("Version", version_names, key="admin_serve_version")
     st.text_input("Audience (group:NAME or rater:NAME)", key="admin_serve_audience")
     st.button("Serve it", key="admin_serve", on_click=_serve)

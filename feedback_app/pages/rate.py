@@ -15,7 +15,6 @@ import streamlit as st
 from feedback_app import logic, rating_panel, ui
 from feedback_app.rating_panel import Panel
 from pickloop.db import read_session
-from pickloop.pace import pace, wait_message
 
 PANEL_KEY = "rating_panel"
 SHORT_TICK_S = 1.0  # a panel holding fewer sets than it should asks for a rerun after this long without one
@@ -99,7 +98,7 @@ def behind(p: Panel) -> str:
     if len(p.queue) > 1:
         return ""
     with read_session(ctx.engine) as s:
-        return wait_message(pace(session=s))
+        return logic.wait_line(session=s, rater_id=ident.rater_id)
 
 
 @st.fragment

@@ -9,8 +9,8 @@ from sqlmodel import select
 
 from feedback_app import browser
 from pickloop.db import read_session
-from pickloop.schema import Candidate, Comparison
-from tests.feedback_app.helpers import judgements, make_sets
+from pickloop.schema import Assignment, Candidate, Comparison
+from tests.feedback_app.helpers import count, judgements, make_sets
 
 IMAGES_JS = "() => [...document.querySelectorAll('.pl-set:not([hidden]) img')].map(e => e.src)"
 
@@ -271,3 +271,30 @@ def test_create_keep_downloads_the_png_and_stores_one_judgement(ctx, home, alice
         assert name == f"pickloop-{key[:8]}-{cand.seed}.png"
         stored = Image.open(ctx.images.local_path(cand.image_sha256)).convert("RGB").tobytes()
         assert pixels == stored  # the file is the candidate kept
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_a_rater_in_a_group_sees_only_the_set_the_groups_version_drew(ctx, home, alice):
+    from pickloop import audiences
+    from pickloop.db import write_session
+    from pickloop.schema import ModelVersion
+
+    make_sets(ctx, 3)  # drawn by the shared version: not alice's
+    with write_session(ctx.engine) as s:
+        audiences.add_group(session=s, name="designers")
+        audiences.set_membership(session=s, group="designers", raters=["alice"])
+        s.add(ModelVersion(name="v-design", base_model=ctx.base_model, method="dpo"))
+        s.flush()
+        vid = audiences.serve(session=s, ref="v-design", audience="group:designers").id
+    [group_set] = make_sets(ctx, 1, version=vid)
+    with read_session(ctx.engine) as s:
+        group_key = s.get(Comparison, group_set).key
+    with browser.app_server(home=home) as url, browser.chromium_page() as page:
+        browser.sign_in(page, url, name="alice", token=alice[1])
+        assert browser.wait_for_set(page, None, n=4) == group_key
+        browser.visible_set(page).locator(".pl-cand").nth(0).click()
+        page.locator(".pl-waiting").wait_for()  # nothing more: the shared version's three are not hers
+        browser.wait_for_acknowledged(page)
+    assert [j.comparison_id for j in judgements(ctx)] == [group_set]
+    assert count(ctx, Assignment) == 1  # nothing else was handed to her

@@ -182,3 +182,7 @@ def test_admins_make_groups_and_serve_a_version_to_one(ctx, alice, admin, draw):
         assert audiences.groups(session=s) == {"designers": ["alice"]}
     got = create.create_offer(ctx, identity=alice[0], text="a red circle", request_id="r", draw=draw)
     assert got.version == "v-design"
+    page.run()  # the Audiences tab: which version serves whom, and each audience's win rate and labels
+    rates = next(d.value for d in page.dataframe if {"audience", "win rate vs parent"} <= set(d.value.columns))
+    assert rates[["audience", "version", "raters served", "labels"]].values.tolist() == [
+        ["everyone", "base-1", 1, 0], ["group:designers", "v-design", 1, 0]]

@@ -8,11 +8,9 @@ import pytest
 from sqlmodel import select
 
 from feedback_app import logic
-from pickloop.context import Context
 from pickloop.db import read_session, write_session
 from pickloop.errors import UserError
 from pickloop.schema import Assignment, Comparison, Judgement, ModelVersion
-from pickloop.settings import get_settings
 from tests.feedback_app.helpers import count, judgements, make_rater, make_sets
 
 
@@ -26,14 +24,6 @@ def answer(ctx, ident, view, choice="pick", pos=0):
         winner = view.candidates[pos].id if choice == "pick" else None
         row, created = logic.submit_choice(session=s, identity=ident, view=view, choice=choice, winner_id=winner)
         return row.id, created
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def actx(request, tmp_path, monkeypatch):
-    """A Context on SQLite and on PostgreSQL (handing out sets must hold on both)."""
-    monkeypatch.setenv("PICKLOOP_HOME", str(tmp_path / "home"))
-    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
-    return Context(get_settings(home=tmp_path / "home", database_url=url, overlap_share=0.0))
 
 
 def test_two_raters_get_different_sets_and_a_reload_shows_the_same(actx):

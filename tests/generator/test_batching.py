@@ -54,5 +54,5 @@ def test_the_fill_draws_what_its_target_asks_and_no_more(gen_ctx, monkeypatch):
     calls = _count_calls(monkeypatch)
     asked = iter([1, 2, 0])  # one set (nothing is ready yet), then two, then the queue is big enough
     made = fill_queue(ctx=gen_ctx, depth=5, n=2, worker_id="w", progress=False, batch_sets=4,
-                      target=lambda: next(asked))
+                      target=lambda version_id: next(asked))
     assert made == 3 and [len(seeds) for _, seeds in calls] == [2, 4]
