@@ -96,7 +96,8 @@ def cmd_stats(args: argparse.Namespace) -> None:
     print("audiences (version against its parent, answers of the raters it serves):")
     for r in per_audience:
         print(f"  {r.audience}: {r.version} vs {r.parent or '-'}, {r.raters} rater(s), {r.labels} labels; "
-              f"won {r.wins}, lost {r.losses}, tied {r.ties} of {r.pairs} pairs ({rate(r.win_rate)})")
+              f"won {r.wins}, lost {r.losses}, tied {r.ties} of {r.pairs} pairs ({rate(r.win_rate)}); "
+              f"gate {rate(r.gate_win_rate)}")
 
 
 def _timed_images_per_s(fn, n_images: int) -> float:  # noqa: ANN001

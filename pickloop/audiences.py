@@ -222,6 +222,9 @@ class AudienceWinRate(WinTally):
     ``labels``: their answers (skips left out) to sets the version drew; ``wins``/``losses``/``ties``:
     pairs of candidates, one the version's and one its parent's, shown together in a set they answered
     (as ``win_rates_by_version`` counts them; a set drawn by one version alone gives labels, no pair).
+    ``gate_win_rate``: the promotion gate's paired win rate of the version against its parent on held-out
+    prompts (for an audience's own version: with that audience's reward model); None for a version
+    promoted without a gate (the base, ``models serve``).
     """
 
     audience: str
@@ -232,6 +235,7 @@ class AudienceWinRate(WinTally):
     wins: int
     losses: int
     ties: int
+    gate_win_rate: float | None = None
 
 
 def audience_win_rates(*, session: Session) -> list[AudienceWinRate]:
@@ -248,5 +252,5 @@ def audience_win_rates(*, session: Session) -> list[AudienceWinRate]:
                                      Judgement.rater_id.in_(sorted(raters) or [-1]))).one()
         parent = session.get(ModelVersion, v.parent_id) if v.parent_id is not None else None
         out.append(AudienceWinRate(row.audience, v.name, parent.name if parent else None, len(raters), int(labels),
-                                   t["wins"], t["losses"], t["ties"]))
+                                   t["wins"], t["losses"], t["ties"], (v.metrics or {}).get("gate_win_rate")))
     return out

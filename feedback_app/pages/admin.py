@@ -27,7 +27,8 @@ with read_session(ctx.engine) as s:
     serving_rows = [r.__dict__ for r in audiences.serving_table(session=s)]
     audience_rates = [{"audience": r.audience, "version": r.version, "parent": r.parent, "raters served": r.raters,
                        "labels": r.labels, "wins": r.wins, "losses": r.losses, "ties": r.ties, "pairs": r.pairs,
-                       "win rate vs parent": r.win_rate} for r in audiences.audience_win_rates(session=s)]
+                       "win rate vs parent": r.win_rate, "gate win rate": r.gate_win_rate}
+                      for r in audiences.audience_win_rates(session=s)]
     version_names = [v.name for v in s.exec(select(ModelVersion).order_by(ModelVersion.id.desc()))]
     prompt_rows = create.prompt_rows(session=s)
     rater_rows = [{"id": r.id, "name": r.name, "role": r.role, "kind": r.kind, "active": r.active}

@@ -147,6 +147,7 @@ def test_win_rates_per_audience(actx, world):
         vg = s.exec(select(ModelVersion).where(ModelVersion.name == "v-group")).one().id
         base = s.exec(select(ModelVersion).where(ModelVersion.name == "base-1")).one().id
     with write_session(actx.engine) as s:
+        s.get(ModelVersion, vg).metrics = {"gate_win_rate": 0.75}  # as the gate records it on promotion
         for comp in s.exec(select(Comparison)):
             comp.status = "done"  # only the mixed sets below are handed out
         ids = []
@@ -182,6 +183,7 @@ def test_win_rates_per_audience(actx, world):
     g = rows["group:designers"]
     assert (g.version, g.parent, g.raters, g.labels) == ("v-group", "base-1", 2, 3)
     assert (g.wins, g.losses, g.ties, g.pairs, g.win_rate) == (2, 2, 4, 8, 0.5)
+    assert g.gate_win_rate == pytest.approx(0.75)  # what the gate measured when v-group was promoted
     e = rows["everyone"]
     assert (e.version, e.parent, e.raters, e.labels, e.pairs, e.win_rate) == ("base-1", None, 2, 0, 0, None)
     assert (by_version["v-group"].wins, by_version["v-group"].pairs) == (4, 10)  # every rater's answers
