@@ -57,11 +57,6 @@ SWAP_WATCH_JS = """(n) => { if (window.__benchSwaps) return; window.__benchSwaps
 SWAPS_JS = "(i) => window.__benchSwaps.length > i ? window.__benchSwaps[i] : null"
 POLL_MS = 50  # how often Python looks at what the page recorded (the figures are the page's own)
 
-# What the panel holds, for a bench that got stuck.
-PANEL_STATE_JS = """() => { const p = window.__pickloopPanel; return p && {
-  sets: p.sets.map(s => s.token), srcs: [...p.srcs.keys()], answered: [...p.answered], outbox: p.outbox,
-  shown: p.shown, asked: p.asked, waiting: p.waiting.textContent }; }"""
-
 
 def percentile(values: list[float], q: float) -> float:
     """The q-th percentile (0-100), linear between the closest ranks."""
@@ -171,7 +166,7 @@ def run_app_bench(*, answers: int, rate: float, candidates: int, pre_drawn: int,
                             swap = page.wait_for_function(SWAPS_JS, arg=i, polling=POLL_MS,
                                                           timeout=120_000).json_value()
                         except Exception:
-                            print("no next set within 120 s; the panel holds:", page.evaluate(PANEL_STATE_JS))
+                            print("no next set within 120 s; the panel holds:", browser.panel_state(page))
                             raise
                         latencies.append(float(swap["ms"]))
                         due = max(due, time.perf_counter())  # a rater who had to wait starts the next second now
@@ -260,14 +255,6 @@ def cmd_bench_history(args) -> None:  # noqa: ANN001
 ENTER_CLOCK_JS = """() => { if (!window.__benchEnter) { window.__benchEnter = true;
   window.addEventListener('keydown', (e) => { if (e.key === 'Enter') window.__enterAt = performance.now(); },
                           true); } }"""
-# The Create panel shows a set other than oldKey, every image decoded: its key and the time since Enter.
-CREATE_SWAP_JS = """([oldKey, n]) => {
-  const set = document.querySelector('.pc-set:not([hidden])');
-  if (!set || !set.dataset.key || set.dataset.key === oldKey) return null;
-  const imgs = [...set.querySelectorAll('img')];
-  if (imgs.length !== n || !imgs.every(i => i.complete && i.naturalWidth > 0)) return null;
-  return { key: set.dataset.key, ms: performance.now() - window.__enterAt };
-}"""
 
 
 def _create_home(home: Path, candidates: int, threads: int):  # noqa: ANN202
@@ -339,13 +326,13 @@ def run_create_browser_bench(*, runs: int, candidates: int, threads: int) -> tup
                 box.fill(text)
                 box.press("Enter")
                 try:
-                    swap = page.wait_for_function(CREATE_SWAP_JS, arg=[key, candidates], polling="raf",
+                    swap = page.wait_for_function(browser.CREATE_SHOWN_JS, arg=[key, candidates], polling="raf",
                                                   timeout=60_000).json_value()
                 except Exception:
                     print("no candidates within 60 s; the panel holds:", page.evaluate(browser.CREATE_STATE_JS))
                     raise
                 key = swap["key"]
-                times.append(float(swap["ms"]))
+                times.append(float(swap["at"]) - float(page.evaluate("window.__enterAt")))
     return times, first_s
 
 

@@ -180,13 +180,14 @@ def focus_page(page) -> None:  # noqa: ANN001
     page.evaluate("() => { if (document.activeElement) document.activeElement.blur(); }")
 
 
-# The Create panel shows a set other than oldKey with all n images decoded: its key.
+# The Create panel shows a set other than oldKey with all n images decoded: its key, and the page's clock
+# then (performance.now(), ms; `bench create` times the answer with it).
 CREATE_SHOWN_JS = """([oldKey, n]) => {
   const set = document.querySelector('.pc-set:not([hidden])');
   if (!set || !set.dataset.key || set.dataset.key === oldKey) return null;
   const imgs = [...set.querySelectorAll('img')];
   if (imgs.length !== n || !imgs.every(i => i.complete && i.naturalWidth > 0)) return null;
-  return set.dataset.key;
+  return { key: set.dataset.key, at: performance.now() };
 }"""
 CREATE_STATE_JS = """() => { const p = window.__pickloopCreate; if (!p) return 'no Create panel';
   return JSON.stringify({set: p.set && p.set.token, srcs: [...p.srcs.keys()], answer: p.answer, pending: p.pending,
@@ -205,7 +206,7 @@ def create(page, prompt: str, *, n: int, old_key: str | None = None, timeout_ms:
     except PlaywrightTimeout as e:
         state = page.evaluate(CREATE_STATE_JS)
         raise AssertionError(f"no candidates within {timeout_ms / 1000:g} s; panel: {state}") from e
-    return handle.json_value()
+    return handle.json_value()["key"]
 
 
 def wait_for_create_acknowledged(page, *, timeout_ms: float = 30_000) -> None:  # noqa: ANN001

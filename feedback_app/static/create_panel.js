@@ -215,25 +215,13 @@ function mountCreate(parentElement) {
 export default function (component) {
   const { data, parentElement, setStateValue } = component;
   const d = data || {};
-  // One panel per server-side panel (d.panel_id), kept on the window as the rating panel is: when Streamlit
-  // mounts the component anew (back from another page), the same panel moves there with its outbox, its
-  // images and its answer, and sends what the server has not acknowledged again.
-  let panel = window.__pickloopCreate;
-  if (!panel || panel.id !== d.panel_id) {
-    if (panel) panel.root.remove();
-    panel = mountCreate(parentElement);
-    panel.id = d.panel_id;
-    if (!d.set) panel.input.focus(); // a fresh page: ready to type
-  } else if (panel.root.parentElement !== parentElement) {
-    parentElement.appendChild(panel.root);
+  // Kept on the window as the rating panel is (keptPanel): a remount keeps the outbox, the images and the
+  // answer, and sends what the server has not acknowledged again.
+  const [panel, how] = keptPanel("__pickloopCreate", d, parentElement, setStateValue, mountCreate, () => {}, onKey);
+  if (how === "new" && !d.set) panel.input.focus(); // a fresh page: ready to type
+  if (how === "moved") {
     panel.held = undefined; // the server may have forgotten what this page holds: say it again
     if (panel.outbox.length) setStateValue("outbox", panel.outbox.slice());
-  }
-  panel.setStateValue = setStateValue;
-  window.__pickloopCreate = panel;
-  if (!window.__pickloopCreateKeys) {
-    window.__pickloopCreateKeys = true;
-    document.addEventListener("keydown", onKey, true);
   }
   panel.undoMs = 1000 * (d.undo_s ?? 8);
   panel.n = d.n || panel.n;

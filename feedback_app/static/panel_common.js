@@ -62,3 +62,29 @@ function squareLayout(root, n, chrome) {
   root.style.setProperty("--pl-cols", String(best.cols));
   root.style.setProperty("--pl-side", `${Math.max(96, best.side)}px`);
 }
+
+// The panel of server-side panel `d.panel_id`, kept on the window under `key`: when Streamlit mounts the
+// component anew (a new parentElement, e.g. back from another page), the same panel moves there with its
+// outbox, its unacknowledged answers, its images and its undo, so nothing is lost or shown twice. A new
+// server-side panel gets a new one (`drop` tidies the old one first). Keys are listened to once per
+// window (`onKey`, captured). Returns [panel, how]: "new", "moved" or "same".
+function keptPanel(key, d, parentElement, setStateValue, mount, drop, onKey) {
+  let panel = window[key];
+  let how = "same";
+  if (!panel || panel.id !== d.panel_id) {
+    if (panel) { drop(panel); panel.root.remove(); }
+    panel = mount(parentElement);
+    panel.id = d.panel_id;
+    how = "new";
+  } else if (panel.root.parentElement !== parentElement) {
+    parentElement.appendChild(panel.root);
+    how = "moved";
+  }
+  panel.setStateValue = setStateValue;
+  window[key] = panel;
+  if (!window[`${key}Keys`]) {
+    window[`${key}Keys`] = true;
+    document.addEventListener("keydown", onKey, true);
+  }
+  return [panel, how];
+}

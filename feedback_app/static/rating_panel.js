@@ -277,23 +277,9 @@ function tick(panel) {
 export default function (component) {
   const { data, parentElement, setStateValue } = component;
   const d = data || {};
-  // One panel per server-side panel (d.panel_id), kept on the window: when Streamlit mounts the component
-  // anew (a new parentElement), the same panel moves there with its outbox, its answers not yet
-  // acknowledged and its undone set, so no answer or undo is lost and nothing is shown twice.
-  let panel = window.__pickloopPanel;
-  if (!panel || panel.id !== d.panel_id) {
-    if (panel) { closeOverlay(panel); panel.root.remove(); }
-    panel = mountPanel(parentElement);
-    panel.id = d.panel_id;
-  } else if (panel.root.parentElement !== parentElement) {
-    parentElement.appendChild(panel.root);
-  }
-  panel.setStateValue = setStateValue;
-  window.__pickloopPanel = panel;
-  if (!window.__pickloopKeys) {
-    window.__pickloopKeys = true;
-    document.addEventListener("keydown", onKey, true);
-  }
+  // One panel per server-side panel, kept on the window (keptPanel): a remount keeps its outbox, its
+  // answers not yet acknowledged and its undone set, so no answer or undo is lost and nothing is shown twice.
+  const [panel] = keptPanel("__pickloopPanel", d, parentElement, setStateValue, mountPanel, closeOverlay, onKey);
   panel.heard = performance.now(); // the server has just run
   if (!panel.ticker) panel.ticker = setInterval(() => tick(panel), 250); // again after a remount
   panel.undoMs = 1000 * (d.undo_s ?? 8);
