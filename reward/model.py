@@ -118,9 +118,11 @@ def load_backbone(ref: str):  # noqa: ANN201 - (CLIPModel, tokenizer, image proc
     if ref.startswith("embedded:") and not Path(folder).is_dir():
         raise UserError(f"the embedded CLIP is not installed at {folder}; pass a CLIP folder as backbone")
     try:
-        clip = CLIPModel.from_pretrained(folder)
+        # safetensors only: a backbone published only as a pickle (pytorch_model.bin) is refused, never unpickled
+        clip = CLIPModel.from_pretrained(folder, use_safetensors=True)
     except (OSError, ValueError) as e:
-        raise UserError(f"cannot load CLIP backbone {ref!r}: {str(e).splitlines()[0]}") from None
+        raise UserError(f"cannot load CLIP backbone {ref!r} (safetensors weights only): "
+                        f"{str(e).splitlines()[0]}") from None
     try:
         proc = CLIPProcessor.from_pretrained(folder)
         tokenizer, image_processor = proc.tokenizer, proc.image_processor

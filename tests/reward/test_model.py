@@ -77,3 +77,25 @@ def test_least_certain_sets_come_first(clip_dir, pairs):
         assert ranked[0].key == "distinct" and ranked[0].margin == pytest.approx(0.0, abs=1e-6)
     assert ranked[0].p_best == pytest.approx(0.5, abs=1e-6)
     assert ranked[1].margin == pytest.approx(abs((scores[0] - scores[1]).item()), abs=1e-5)
+
+
+def test_a_backbone_published_only_as_a_pickle_is_refused_unopened(clip_dir, tmp_path, monkeypatch):
+    """A CLIP folder with pytorch_model.bin and no safetensors: one line, and the pickle is never loaded."""
+    import pickle
+    import shutil
+
+    from transformers import CLIPModel
+
+    folder = tmp_path / "clip-bin"
+    shutil.copytree(clip_dir, folder)
+    torch.save(CLIPModel.from_pretrained(folder).state_dict(), folder / "pytorch_model.bin")  # the pickle layout
+    (folder / "model.safetensors").unlink()
+    assert (folder / "pytorch_model.bin").is_file()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a pickle was opened")
+
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    with pytest.raises(UserError, match="safetensors weights only"):
+        RewardModel.create(str(folder))
