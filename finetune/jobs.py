@@ -114,13 +114,11 @@ def labels_since_last_run(session: Any, kind: str, scope: LabelScope | None = No
     from pickloop.schema import Job, Judgement
 
     scope = scope or LabelScope()
+    theirs = ~Job.run_key.contains(":for-") if scope.shared else Job.run_key.contains(f":{scope.audience_key()}")
+    last = int(session.exec(select(func.coalesce(func.max(Job.data_snapshot), 0))
+                            .where(Job.kind == kind, Job.status == "done", theirs)).one())
     if scope.shared:
-        last = session.exec(select(func.coalesce(func.max(Job.data_snapshot), 0))
-                            .where(Job.kind == kind, Job.status == "done", ~Job.run_key.contains(":for-"))).one()
-        new = session.exec(select(func.count()).select_from(Judgement).where(Judgement.id > last)).one()
-        return int(new), int(last)
-    last = session.exec(select(func.coalesce(func.max(Job.data_snapshot), 0))
-                        .where(Job.kind == kind, Job.status == "done", Job.run_key.contains(f":{scope.key()}"))).one()
+        return int(session.exec(select(func.count()).select_from(Judgement).where(Judgement.id > last)).one()), last
     return audience_labels(session=session, audience=scope.audience, after=int(last)), int(last)
 
 

@@ -138,11 +138,15 @@ class LabelScope:
     def shared(self) -> bool:
         return self.audience == EVERYONE
 
+    def audience_key(self) -> str:
+        """The audience's part of ``key``: every run for the audience has it, whatever the weight."""
+        return "" if self.shared else "for-" + hashlib.sha256(self.audience.encode()).hexdigest()[:12]
+
     def key(self) -> str:
-        """What a run key and a version name add for this scope ("" for everyone, so older keys still hold)."""
+        """What a run key adds for this scope ("" for everyone, so older keys still hold)."""
         if self.shared:
             return ""
-        return "for-" + hashlib.sha256(f"{self.audience}|{self.others_weight!r}".encode()).hexdigest()[:12]
+        return self.audience_key() + (f"-w{self.others_weight!r}" if self.others_weight else "")
 
     def label(self) -> str:
         """A readable suffix for a version name: ``for-rater-alice`` (``-w0.25`` with others' labels)."""
