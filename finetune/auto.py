@@ -30,6 +30,11 @@ parent and the best that passes is promoted before the next stage starts from it
 
 Every candidate is an ordinary keyed, resumable ``run_finetune_job``; a rerun with no new labels is a
 no-op. The outcome lists every candidate with its gate figures and why it won or lost.
+
+``audience`` (``group:NAME``, ``rater:NAME``) runs all of this for one audience: its labels (everyone
+else's at ``others_weight``), the reward model trained on its labels (trust, AI-ranked pairs, DDPO, the
+gate), its promoted version as the parent (else the shared one), and its promotions (the shared version
+stays as it is). Its newest reward model missing, the gate's win rate is not scored (prompt following decides).
 """
 from __future__ import annotations
 
@@ -93,17 +98,18 @@ class AutoOutcome:
         return "\n".join(lines + [last])
 
 
-def reward_trust(ctx: Any) -> Trust:
-    """Whether the newest reward model may rank images for this run (see the module docstring)."""
+def reward_trust(ctx: Any, audience: str = "everyone") -> Trust:
+    """Whether the newest reward model (of ``audience``) may rank images for this run (see the module docstring)."""
     from pickloop.db import read_session
     from reward import find_reward_model
 
     st = ctx.settings
     with read_session(ctx.engine) as s:
         try:
-            row = find_reward_model(session=s)
+            row = find_reward_model(session=s, audience=audience)
         except UserError:
-            return Trust(False, None, None, 0, "no reward model trained yet")
+            return Trust(False, None, None, 0, "no reward model trained yet" + (
+                "" if audience == "everyone" else f" for {audience} (`pickloop reward train --audience {audience}`)"))
         rid, m = int(row.id), dict(row.metrics)
     acc, pairs = m.get("cv_acc"), int(m.get("cv_pairs") or 0)
     if acc is None:
@@ -122,16 +128,16 @@ def reward_trust(ctx: Any) -> Trust:
     return Trust(True, rid, acc, pairs, f"reward model {rid}: cross-validated accuracy {acc:.3f} on {pairs} pairs")
 
 
-def ddpo_ancestor(ctx: Any) -> tuple[str, int, float] | None:
-    """The nearest DDPO version in the promoted version's line (itself included): (its name, the reward
-    model it was trained against, that model's cross-validated accuracy); None when there is none or
-    the reward model or its accuracy is not recorded."""
+def ddpo_ancestor(ctx: Any, audience: str = "everyone") -> tuple[str, int, float] | None:
+    """The nearest DDPO version in the line of the run's parent (``audience``'s promoted version, else the
+    shared one; itself included): (its name, the reward model it was trained against, that model's
+    cross-validated accuracy); None when there is none or the reward model or its accuracy is not recorded."""
     from pickloop.db import read_session
     from pickloop.schema import ModelVersion, RewardModelRow
     from pickloop.store import promoted_version
 
     with read_session(ctx.engine) as s:
-        v, seen = promoted_version(session=s), set()
+        v, seen = promoted_version(session=s, audience=audience) or promoted_version(session=s), set()
         while v is not None and v.id not in seen:
             seen.add(v.id)
             if v.method == "ddpo":
@@ -143,9 +149,9 @@ def ddpo_ancestor(ctx: Any) -> tuple[str, int, float] | None:
     return None
 
 
-def ddpo_doubtful(ctx: Any, trust: Trust) -> str | None:
+def ddpo_doubtful(ctx: Any, trust: Trust, audience: str = "everyone") -> str | None:
     """Why DDPO is not worth its cost this run (see the module docstring), or None."""
-    found = ddpo_ancestor(ctx)
+    found = ddpo_ancestor(ctx, audience)
     if found is None or trust.cv_acc is None:
         return None
     name, rid, acc = found
@@ -181,28 +187,34 @@ def _rank(c: Candidate, judged_win: bool) -> tuple[float, float]:
 
 def run_auto(ctx: Any, *, min_new_labels: int = 1, dpo: dict[str, Any] | None = None,
              ddpo: dict[str, Any] | None = None, gate_prompts: Sequence[str] | None = None,
-             gate_seeds: Sequence[int] | None = None, log: Callable[[str], None] = print) -> AutoOutcome:
-    """One ``--method auto`` run: trust check, then each stage's candidates trained, gated, the best promoted."""
-    from finetune.jobs import busy_outcome, lock_taken, method_config, prepare_home, run_finetune_job
+             gate_seeds: Sequence[int] | None = None, log: Callable[[str], None] = print,
+             audience: str = "everyone", others_weight: float = 0.0) -> AutoOutcome:
+    """One ``--method auto`` run: trust check, then each stage's candidates trained, gated, the best promoted;
+    ``audience``/``others_weight``: for that audience (see the module docstring)."""
+    from finetune.jobs import busy_outcome, check_scope, lock_taken, method_config, prepare_home, run_finetune_job
     from finetune.registry import DEFAULT_GATE_SEEDS, gate_and_promote, promote_version
 
+    from pickloop.audiences import label_scope
     from pickloop.db import read_session
     from finetune.jobs import labels_since_last_run
     from finetune.registry import is_shapes_world
 
     method_config("dpo", dpo or {})  # a bad override is one line before any model loads
     method_config("ddpo", ddpo or {})
+    scope = label_scope(audience, others_weight)  # so is a bad audience or weight, or too few labels
+    check_scope(ctx, scope)
     if lock_taken(ctx):  # another run is training: say so before torch loads
         busy = busy_outcome(ctx)
         log(busy.message)
         return AutoOutcome(Trust(False, None, None, 0, "not checked: another run holds the lock"), [], [],
                            busy.exit_code)
-    prepare_home(ctx)  # stale temporary folders go; a damaged parent LoRA is one line
+    prepare_home(ctx, scope.audience)  # stale temporary folders go; a damaged parent LoRA is one line
     with read_session(ctx.engine) as s:
-        new, last = labels_since_last_run(s, "finetune-dpo")
-    trust = reward_trust(ctx)
+        new, last = labels_since_last_run(s, "finetune-dpo", scope)
+    trust = reward_trust(ctx, scope.audience)
     if new < min_new_labels:
-        log(f"{new} new labels since the last run (snapshot {last}); need {min_new_labels}: nothing to do")
+        whose = "" if scope.shared else f" of {scope.audience}"
+        log(f"{new} new labels{whose} since the last run (snapshot {last}); need {min_new_labels}: nothing to do")
         return AutoOutcome(trust, [], [])
     if trust.ranks and not trust.trusted:
         log(f"trusting the reward model's rankings only: {trust.reason}; no DDPO, and its win rate does not "
@@ -213,12 +225,14 @@ def run_auto(ctx: Any, *, min_new_labels: int = 1, dpo: dict[str, Any] | None = 
     else:
         log(f"trusting the reward model: {trust.reason}")
     stages = plan_candidates(trust, dpo=dpo, ddpo=ddpo, variants=ctx.settings.auto_dpo_variants)
-    doubtful = ddpo_doubtful(ctx, trust) if len(stages) > 1 else None
+    doubtful = ddpo_doubtful(ctx, trust, scope.audience) if len(stages) > 1 else None
     if doubtful:
         log(f"no DDPO this run: {doubtful}")
         for c in stages[1]:
             c.status, c.reason = "skipped", f"no DDPO: {doubtful}"
     seeds = list(gate_seeds or DEFAULT_GATE_SEEDS)
+    # without a reward model of its own an audience's gate scores no win rate (it would not decide anyway)
+    scorer = None if trust.reward_model_id is not None else (lambda prompts, images: [0.0] * len(prompts))
     done: list[Candidate] = []
     promoted: list[str] = []
     for stage in stages:
@@ -229,7 +243,8 @@ def run_auto(ctx: Any, *, min_new_labels: int = 1, dpo: dict[str, Any] | None = 
                 continue
             try:
                 # every candidate of the run trains on the same snapshot, so none waits for newer labels
-                outcome = run_finetune_job(ctx, method=c.method, min_new_labels=0, overrides=c.overrides)
+                outcome = run_finetune_job(ctx, method=c.method, min_new_labels=0, overrides=c.overrides,
+                                           audience=scope.audience, others_weight=scope.others_weight)
             except DamagedFileError:  # a damaged file in the data home stops the run: its one line, exit 2
                 raise
             except UserError as e:  # e.g. no usable pairs: the next candidate may still have some
@@ -241,8 +256,8 @@ def run_auto(ctx: Any, *, min_new_labels: int = 1, dpo: dict[str, Any] | None = 
                     return AutoOutcome(trust, done, promoted, outcome.exit_code)
                 continue
             c.version = outcome.version
-            gate = gate_and_promote(ctx, c.version, prompts=gate_prompts, seeds=seeds, judge_win=trust.trusted,
-                                    promote_if_passed=False)
+            gate = gate_and_promote(ctx, c.version, scorer=scorer, prompts=gate_prompts, seeds=seeds,
+                                    judge_win=trust.trusted, promote_if_passed=False)
             c.gate = gate.as_metrics()
             if gate.passed and not trust.trusted and not is_shapes_world(ctx.base_model):
                 c.status, c.reason = "candidate", "no trusted judge (reward model untrusted, no prompt-following " \

@@ -47,17 +47,22 @@ def run_overrides(args) -> dict:  # noqa: ANN001
 
 
 def cmd_finetune_run(args) -> int:  # noqa: ANN001
+    from pickloop.audiences import label_scope
+
     overrides = run_overrides(args)
+    scope = label_scope(args.audience, args.others_weight)  # a bad audience or weight: one line, nothing loaded
     _job_priority()
     if args.method == "auto":
         from finetune.auto import run_auto
 
-        outcome = run_auto(_ctx(), min_new_labels=args.min_new_labels, dpo=overrides["dpo"], ddpo=overrides["ddpo"])
+        outcome = run_auto(_ctx(), min_new_labels=args.min_new_labels, dpo=overrides["dpo"], ddpo=overrides["ddpo"],
+                           audience=scope.audience, others_weight=scope.others_weight)
         print(outcome.message)
         return outcome.exit_code
     from finetune.jobs import run_finetune_job
 
-    outcome = run_finetune_job(_ctx(), method=args.method, min_new_labels=args.min_new_labels, overrides=overrides)
+    outcome = run_finetune_job(_ctx(), method=args.method, min_new_labels=args.min_new_labels, overrides=overrides,
+                               audience=scope.audience, others_weight=scope.others_weight)
     print(outcome.message)
     return outcome.exit_code
 
@@ -91,7 +96,8 @@ def cmd_models_promote(args) -> int:  # noqa: ANN001
     from finetune.registry import gate_and_promote, resolve_scorer
 
     ctx = _ctx()
-    scorer = None if args.force else resolve_scorer(ctx, args.scorer)
+    # "reward": the version's own audience's reward model, which gate_and_promote reads
+    scorer = None if args.force or args.scorer == "reward" else resolve_scorer(ctx, args.scorer)
     prompts = [p for p in (args.prompts or "").split("|") if p.strip()] or None
     result = gate_and_promote(ctx, args.version, scorer=scorer, prompts=prompts, seeds=args.seeds,
                               force=args.force)
@@ -141,7 +147,13 @@ def register(sub, bench_sub) -> None:  # noqa: ANN001
                    help="auto (default): trust check, DPO candidates then DDPO, each gated, the best promoted "
                         "(see finetune/auto.py); dpo or ddpo: one run of that method, left as a candidate")
     q.add_argument("--min-new-labels", type=non_negative_int, default=1,
-                   help="do nothing (exit 0) when fewer judgements arrived since the last run")
+                   help="do nothing (exit 0) when fewer judgements arrived since the last run (of the audience's)")
+    q.add_argument("--audience", default="everyone",
+                   help="everyone (default: the shared version, every label), group:NAME or rater:NAME: train on "
+                        "that audience's labels, with its reward model, from its promoted version (else the shared "
+                        "one), and promote the result for that audience only")
+    q.add_argument("--others-weight", default="0", metavar="W",
+                   help="with --audience: the loss weight of everyone else's picks, 0-1 (default 0: left out)")
     q.add_argument("--config", default="{}", metavar="FILE.yaml",
                    help='settings from a YAML or JSON file, or a JSON object (e.g. \'{"steps": 500}\'); with '
                         '--method auto one mapping per method (dpo: {steps: 500}); --dpo-*/--ddpo-* flags override it')
@@ -157,7 +169,8 @@ def register(sub, bench_sub) -> None:  # noqa: ANN001
     q.add_argument("version", help="version id or name")
     q.add_argument("--force", action="store_true", help="skip the gate")
     q.add_argument("--scorer", default="reward",
-                   help="reward (newest reward model) or MODULE:FUNC / FILE.py:FUNC taking (prompts, images)")
+                   help="reward (the newest reward model of the version's audience) or MODULE:FUNC / FILE.py:FUNC "
+                        "taking (prompts, images)")
     q.add_argument("--prompts", help="held-out prompts separated by '|' (default: the heldout split)")
     q.add_argument("--seeds", type=int_list, default="1234,5678", help="comma-separated fixed seeds per prompt")
     q.set_defaults(func=cmd_models_promote)

@@ -17,8 +17,13 @@ Each run continues from its parent, the version promoted when the run is keyed: 
 the parent's LoRA (``finetune.lora.start_lora``; from a fresh LoRA when the parent is the base) and the
 new version is registered as that parent's child, even if another version was promoted meanwhile.
 
+``--audience group:NAME|rater:NAME`` (a ``pickloop.audiences.LabelScope``) makes the same run one for that
+audience: its own labels (everyone else's at ``--others-weight``, 0 leaving them out), its reward model,
+its promoted version as the parent (the shared one when it has none), its own run key and version name,
+and the version registered for it (``ModelVersion.audience``), so promoting it leaves the shared one be.
+
 Trainer contract for every method in ``METHOD_TABLE`` (``finetune.dpo.job.run_dpo``,
-``finetune.ddpo.job.run_ddpo``): ``run_x(ctx, config, *, out_dir, work_dir, upto, on_step, parent) -> result``
+``finetune.ddpo.job.run_ddpo``): ``run_x(ctx, config, *, out_dir, work_dir, upto, on_step, parent, scope) -> result``
 with ``result.lora_sha256`` and ``result.metrics``; ``config.config_hash()``.
 """
 from __future__ import annotations
@@ -37,6 +42,7 @@ from typing import Any, Callable, Iterator
 from finetune import ddpo, dpo
 from finetune.ddpo.config import DDPOConfig
 from finetune.dpo.config import DPOConfig
+from pickloop.audiences import LabelScope, label_scope
 from pickloop.errors import UserError
 
 EXIT_BUSY = 75  # EX_TEMPFAIL: "try again later"; distinct from 0 (done / nothing to do) and 2 (user error)
@@ -98,17 +104,34 @@ def _trainer(method: str) -> Callable[..., Any]:
     return METHOD_TABLE[method][1]()
 
 
-def labels_since_last_run(session: Any, kind: str) -> tuple[int, int]:
-    """(judgements newer than the last finished ``kind`` run, that run's snapshot)."""
+def labels_since_last_run(session: Any, kind: str, scope: LabelScope | None = None) -> tuple[int, int]:
+    """(judgements newer than the last finished ``kind`` run, that run's snapshot); with an audience's
+    ``scope``, its raters' labels (picks and ties) newer than the last finished run for that audience."""
     from sqlalchemy import func
     from sqlmodel import select
 
+    from pickloop.audiences import audience_labels
     from pickloop.schema import Job, Judgement
 
-    last = session.exec(select(func.coalesce(func.max(Job.data_snapshot), 0))
-                        .where(Job.kind == kind, Job.status == "done")).one()
-    new = session.exec(select(func.count()).select_from(Judgement).where(Judgement.id > last)).one()
-    return int(new), int(last)
+    scope = scope or LabelScope()
+    theirs = ~Job.run_key.contains(":for-") if scope.shared else Job.run_key.contains(f":{scope.audience_key()}")
+    last = int(session.exec(select(func.coalesce(func.max(Job.data_snapshot), 0))
+                            .where(Job.kind == kind, Job.status == "done", theirs)).one())
+    if scope.shared:
+        return int(session.exec(select(func.count()).select_from(Judgement).where(Judgement.id > last)).one()), last
+    return audience_labels(session=session, audience=scope.audience, after=int(last)), int(last)
+
+
+def check_scope(ctx: Any, scope: LabelScope) -> None:
+    """Before a run for an audience loads anything: the group or rater exists and has enough labels of its
+    own (``settings.audience_min_labels``); one UserError line otherwise."""
+    if scope.shared:
+        return
+    from pickloop.audiences import require_audience_labels
+    from pickloop.db import read_session
+
+    with read_session(ctx.engine) as s:
+        require_audience_labels(session=s, audience=scope.audience, minimum=ctx.settings.audience_min_labels)
 
 
 def claim_job(ctx: Any, *, kind: str, run_key: str, snapshot: int, config_hash: str,
@@ -187,16 +210,20 @@ def _safe_name(text: str) -> str:
 
 
 def run_finetune_job(ctx: Any, *, method: str = "dpo", min_new_labels: int = 1,
-                     overrides: dict[str, Any] | None = None) -> JobOutcome:
-    """One scheduled run (see module docstring). Never raises for "busy" or "nothing to do"."""
+                     overrides: dict[str, Any] | None = None, audience: str = "everyone",
+                     others_weight: float = 0.0) -> JobOutcome:
+    """One scheduled run (see module docstring). Never raises for "busy" or "nothing to do".
+    ``audience``/``others_weight``: train for that audience (``pickloop.audiences.label_scope``)."""
     if min_new_labels < 0:
         raise UserError("--min-new-labels must be >= 0")
     config = method_config(method, overrides)
+    scope = label_scope(audience, others_weight)
+    check_scope(ctx, scope)
     kind = f"finetune-{method}"
     with file_lock(lock_path(ctx)) as held:
         if not held:
             return busy_outcome(ctx)
-        return _run_locked(ctx, method, kind, config, min_new_labels)
+        return _run_locked(ctx, method, kind, config, min_new_labels, scope)
 
 
 def lock_path(ctx: Any) -> Path:
@@ -214,10 +241,10 @@ def lock_taken(ctx: Any) -> bool:
         return not held
 
 
-def prepare_home(ctx: Any) -> None:
+def prepare_home(ctx: Any, audience: str = "everyone") -> None:
     """Before a run: remove the temporary folders a run killed mid-write left in ``loras/``, and check
-    that the promoted version's LoRA (the next run's parent) is the file the registry recorded (one
-    line, before any model loads)."""
+    that the promoted version's LoRA (the next run's parent: ``audience``'s, else the shared one) is the
+    file the registry recorded (one line, before any model loads)."""
     from finetune.registry import verify_version_lora
     from pickloop.atomic import remove_stale_temporaries
     from pickloop.db import read_session
@@ -225,13 +252,13 @@ def prepare_home(ctx: Any) -> None:
 
     remove_stale_temporaries(ctx.settings.lora_dir)
     with read_session(ctx.engine) as s:
-        parent = promoted_version(session=s)
+        parent = promoted_version(session=s, audience=audience) or promoted_version(session=s)
     if parent is not None:
         verify_version_lora(parent)
 
 
-def _reward_model_used(ctx: Any, method: str, config: Any) -> int | None:
-    """The registry id of the reward model a run will read (the newest one), or None when it reads none:
+def _reward_model_used(ctx: Any, method: str, config: Any, audience: str = "everyone") -> int | None:
+    """The registry id of the reward model a run will read (``audience``'s newest), or None when it reads none:
     DPO with AI-feedback pairs, DDPO rewarded by the registry's newest reward model."""
     uses = (getattr(config, "ai_feedback_sets", 0) > 0 if method == "dpo" else
             getattr(config, "reward", None) == "reward-model" and not getattr(config, "reward_path", None))
@@ -241,27 +268,32 @@ def _reward_model_used(ctx: Any, method: str, config: Any) -> int | None:
     from reward import latest_reward_model_id
 
     with read_session(ctx.engine) as s:
-        return latest_reward_model_id(session=s)
+        return latest_reward_model_id(session=s, audience=audience)
 
 
-def _run_locked(ctx: Any, method: str, kind: str, config: Any, min_new_labels: int) -> JobOutcome:
+def _run_locked(ctx: Any, method: str, kind: str, config: Any, min_new_labels: int,
+                scope: LabelScope) -> JobOutcome:
     from finetune.lora import parent_lora
+    from pickloop.audiences import parent_for
     from pickloop.db import read_session, write_session
-    from pickloop.store import data_snapshot, ensure_base_version, promoted_version
+    from pickloop.store import data_snapshot
 
-    prepare_home(ctx)
+    prepare_home(ctx, scope.audience)
     with write_session(ctx.engine) as s:
-        parent_row = promoted_version(session=s) or ensure_base_version(session=s, base_model=ctx.base_model)
+        parent_row = parent_for(session=s, audience=scope.audience, base_model=ctx.base_model)
         parent_id, parent = parent_row.id, parent_lora(parent_row)
     with read_session(ctx.engine) as s:
         snapshot = data_snapshot(session=s)
-        new, last = labels_since_last_run(s, kind)
+        new, last = labels_since_last_run(s, kind, scope)
     if new < min_new_labels:
-        return JobOutcome("nothing-new", f"{new} new labels since the last {method} run (snapshot {last}); "
+        whose = "" if scope.shared else f" of {scope.audience}"
+        return JobOutcome("nothing-new", f"{new} new labels{whose} since the last {method} run (snapshot {last}); "
                                          f"need {min_new_labels}: nothing to do")
     chash = config.config_hash()
     run_key = f"{kind}:{snapshot}:{chash}" + (f":from-{parent.sha256[:16]}" if parent else "")
-    reward_id = _reward_model_used(ctx, method, config)
+    if not scope.shared:  # a run for an audience is another run than the shared one on the same snapshot
+        run_key += f":{scope.key()}"
+    reward_id = _reward_model_used(ctx, method, config, scope.audience)
     if reward_id is not None:  # a newer reward model makes it a different run
         run_key += f":rm-{reward_id}"
     state, job = claim_job(ctx, kind=kind, run_key=run_key, snapshot=snapshot, config_hash=chash, owner=owner_id())
@@ -273,35 +305,41 @@ def _run_locked(ctx: Any, method: str, kind: str, config: Any, min_new_labels: i
                           EXIT_BUSY)
     if state == "taken-over":
         print(f"taking over stale run {run_key} from {job.output.get('taken_over_from')}")
-    return _train_and_register(ctx, method, config, job, snapshot, parent_id, parent, reward_id)
+    return _train_and_register(ctx, method, config, job, snapshot, parent_id, parent, reward_id, scope)
 
 
 def _train_and_register(ctx: Any, method: str, config: Any, job: Any, snapshot: int, parent_id: int,
-                        parent: Any, reward_id: int | None = None) -> JobOutcome:
+                        parent: Any, reward_id: int | None = None, scope: LabelScope | None = None) -> JobOutcome:
     from finetune.registry import register_version
     from pickloop.db import write_session
     from pickloop.schema import Job, utcnow
 
+    scope = scope or LabelScope()
     name = _safe_name(f"{method}-s{snapshot}-{job.config_hash[:8]}" + (f"-p{parent_id}" if parent else "")
-                      + (f"-rm{reward_id}" if reward_id is not None else ""))
+                      + (f"-rm{reward_id}" if reward_id is not None else "")
+                      + ("" if scope.shared else f"-{scope.label()}"))
     out_dir = ctx.settings.lora_dir / name
     work_dir = ctx.home / "runs" / _safe_name(job.run_key)
     interval = max(1.0, min(30.0, ctx.settings.finetune_stale_seconds / 5))
     try:
         with Heartbeat(ctx, job.id, interval) as hb:
             result = _trainer(method)(ctx, config, out_dir=out_dir, work_dir=work_dir, upto=snapshot,
-                                      on_step=lambda step, metrics: None, parent=parent)
+                                      on_step=lambda step, metrics: None, parent=parent, scope=scope)
             hb.beat()
         with write_session(ctx.engine) as s:
             metrics = dict(result.metrics)
             if reward_id is not None:  # which reward model it learned from (``finetune.auto`` reads it back)
                 metrics["reward_model_id"] = reward_id
+            if not scope.shared:
+                metrics["others_weight"] = scope.others_weight
             version = register_version(session=s, base_model=ctx.base_model, parent_id=parent_id, method=method,
                                        lora_dir=out_dir, lora_sha256=result.lora_sha256, data_snapshot=snapshot,
-                                       config_hash=job.config_hash, metrics=metrics, name=name)
+                                       config_hash=job.config_hash, metrics=metrics, name=name,
+                                       audience=scope.audience)
             row = s.get(Job, job.id)
             row.status, row.finished_at, row.heartbeat_at = "done", utcnow(), utcnow()
-            row.output = {**(row.output or {}), "version": version.name, "metrics": dict(result.metrics)}
+            row.output = {**(row.output or {}), "version": version.name, "metrics": dict(result.metrics),
+                          **({} if scope.shared else scope.describe())}
             s.add(row)
     except BaseException as e:
         with write_session(ctx.engine) as s:
@@ -310,5 +348,7 @@ def _train_and_register(ctx: Any, method: str, config: Any, job: Any, snapshot: 
             row.error = f"{type(e).__name__}: {e}"[:4000]
             s.add(row)
         raise
-    return JobOutcome("done", f"trained {name} on labels up to {snapshot}; registered as a candidate "
+    whose = "" if scope.shared else f" of {scope.audience}" + (
+        f" (others' at weight {scope.others_weight:g})" if scope.others_weight else "")
+    return JobOutcome("done", f"trained {name} on labels{whose} up to {snapshot}; registered as a candidate "
                               f"(promote with `pickloop models promote {name}`)", 0, name, job.id)

@@ -169,6 +169,7 @@ class ParentLora:
     lora_dir: str
     sha256: str | None = None
     data_snapshot: int | None = None  # highest judgement id the parent was trained on
+    audience: str = "everyone"  # whom the parent serves: a run for another audience learns from all its labels
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "sha256": self.sha256, "data_snapshot": self.data_snapshot}
@@ -178,7 +179,8 @@ def parent_lora(version: Any) -> ParentLora | None:
     """The ParentLora of a model-version row; None when it has no LoRA (the base)."""
     if version is None or not version.lora_path:
         return None
-    return ParentLora(version.name, str(version.lora_path), version.lora_sha256, version.data_snapshot)
+    return ParentLora(version.name, str(version.lora_path), version.lora_sha256, version.data_snapshot,
+                      getattr(version, "audience", None) or "everyone")
 
 
 def start_lora(unet: torch.nn.Module, *, rank: int = 8, alpha: float | None = None,

@@ -39,8 +39,9 @@ GATE_BATCH = 32  # images per pipeline call when the gate draws (a CPU draws 32 
 
 def register_version(*, session: Any, base_model: str, parent_id: int | None, method: str, lora_dir: Path | str,
                      lora_sha256: str, data_snapshot: int | None, config_hash: str | None,
-                     metrics: dict[str, Any], name: str | None = None) -> Any:
-    """Add a candidate ModelVersion for a trained LoRA (the caller owns the transaction)."""
+                     metrics: dict[str, Any], name: str | None = None, audience: str = "everyone") -> Any:
+    """Add a candidate ModelVersion for a trained LoRA (the caller owns the transaction); ``audience``: whom it
+    serves once promoted (a run for ``group:NAME`` or ``rater:NAME`` is promoted for that audience only)."""
     from sqlalchemy import func
     from sqlmodel import select
 
@@ -53,7 +54,7 @@ def register_version(*, session: Any, base_model: str, parent_id: int | None, me
         raise UserError(f"a model version named {name!r} already exists")
     row = ModelVersion(name=name, base_model=base_model, lora_path=str(lora_dir), lora_sha256=lora_sha256,
                        parent_id=parent_id, method=method, status="candidate", data_snapshot=data_snapshot,
-                       config_hash=config_hash, metrics=dict(metrics))
+                       config_hash=config_hash, metrics=dict(metrics), audience=audience)
     session.add(row)
     session.flush()
     return row
@@ -182,15 +183,24 @@ def _draw_images(base: str, lora_dir: str | None, lora_sha256: str | None, promp
     return out
 
 
-def gate_prompts(ctx: Any, prompts: Sequence[str] | None = None, n: int = 16) -> list[str]:
-    """Held-out prompts: the given list, else the store's ``heldout`` split, else (embedded) the shapes pool."""
+def gate_prompts(ctx: Any, prompts: Sequence[str] | None = None, n: int = 16, audience: str = "everyone") -> list[str]:
+    """Held-out prompts: the given list, else the store's ``heldout`` split (for an audience, the held-out
+    prompts its raters labelled first), else (embedded) the shapes pool."""
     if prompts:
         return list(prompts)
     from pickloop.db import read_session
     from pickloop.store import list_prompts
 
     with read_session(ctx.engine) as s:
-        found = [p.text for p in list_prompts(session=s, split="heldout")][:n]
+        found = [p.text for p in list_prompts(session=s, split="heldout")]
+        if audience != "everyone":
+            from pickloop.audiences import audience_rater_ids
+            from pickloop.store import preference_pairs
+
+            ids = audience_rater_ids(session=s, audience=audience)
+            theirs = {p.prompt for p in preference_pairs(session=s, split="heldout", rater_ids=ids)}
+            found = [t for t in found if t in theirs] + [t for t in found if t not in theirs]
+        found = found[:n]
     if not found and ctx.base_model.startswith("embedded:"):
         from pickloop.shapes.world import prompt_pool
 
@@ -200,12 +210,13 @@ def gate_prompts(ctx: Any, prompts: Sequence[str] | None = None, n: int = 16) ->
     return found
 
 
-def resolve_scorer(ctx: Any, spec: str = "reward") -> Scorer:
-    """``reward``: the newest reward model; ``MODULE:FUNC`` or ``FILE.py:FUNC``: any scorer callable."""
+def resolve_scorer(ctx: Any, spec: str = "reward", audience: str = "everyone") -> Scorer:
+    """``reward``: the newest reward model of ``audience`` (trained on its labels; everyone's by default);
+    ``MODULE:FUNC`` or ``FILE.py:FUNC``: any scorer callable."""
     if spec == "reward":
         from reward import load_latest
 
-        model = load_latest(ctx=ctx)
+        model = load_latest(ctx=ctx, audience=audience)
         return lambda prompts, images: model.score(list(prompts), list(images)).tolist()
     if ":" not in spec:
         raise UserError(f"scorer must be 'reward' or MODULE:FUNC / FILE.py:FUNC, not {spec!r}")
@@ -244,7 +255,9 @@ def gate_and_promote(ctx: Any, ref: str | int, *, scorer: Scorer | None = None, 
                      shapes: bool | None = None, follow_noise_z: float = FOLLOW_NOISE_Z,
                      win_noise_z: float = WIN_NOISE_Z, judge_win: bool = True,
                      promote_if_passed: bool = True) -> GateResult | None:
-    """Run the gate for version ``ref`` against its parent; promote it when it passes (or ``force``).
+    """Run the gate for version ``ref`` against its parent; promote it when it passes (or ``force``), for the
+    audience it was trained for (``ModelVersion.audience``), whose reward model scores it (unless ``scorer``)
+    and whose held-out prompts come first.
 
     Returns the gate result (None when forced). A failed version stays a candidate with ``reason`` set.
     ``promote_if_passed=False`` records the gate's figures only (to choose among several candidates of
@@ -268,7 +281,8 @@ def gate_and_promote(ctx: Any, ref: str | int, *, scorer: Scorer | None = None, 
     if parent is None:
         raise UserError(f"version {version.name} has no parent to be compared with; use --force")
     st = ctx.settings
-    texts = gate_prompts(ctx, prompts)
+    scorer = scorer or resolve_scorer(ctx, audience=version.audience)  # no reward model: one line before drawing
+    texts = gate_prompts(ctx, prompts, audience=version.audience)
     all_prompts = [t for t in texts for _ in seeds]
     all_seeds = [sd for _ in texts for sd in seeds]
     base = resolve_model_ref(version.base_model)
@@ -277,7 +291,7 @@ def gate_and_promote(ctx: Any, ref: str | int, *, scorer: Scorer | None = None, 
     old_imgs = draw_images(resolve_model_ref(parent.base_model), parent.lora_path, parent.lora_sha256,
                            all_prompts, all_seeds, steps=st.promote_gate_steps)
     shapes = is_shapes_world(version.base_model) if shapes is None else shapes
-    result = judge_gate(all_prompts, new_imgs, old_imgs, scorer or resolve_scorer(ctx),
+    result = judge_gate(all_prompts, new_imgs, old_imgs, scorer,
                         min_win_rate=st.promote_min_win_rate,
                         max_follow_drop=st.promote_max_follow_drop if shapes else None,
                         follow_noise_z=follow_noise_z, win_noise_z=win_noise_z, judge_win=judge_win)

@@ -72,6 +72,9 @@ class Settings(BaseSettings):
                                            "(best against worst of a set: pairs the reward model separates by far) "
                                            "are still used when its cross-validated accuracy on the quarter of "
                                            "pairs it separates most, less one standard error, reaches this.")
+    audience_min_labels: int = Field(20, ge=1, description="`finetune run --audience` and `reward train "
+                                     "--audience` refuse, in one line, an audience with fewer labels (picks and "
+                                     "ties) of its own than this.")
     auto_dpo_variants: tuple[str, ...] = Field(("dpo+ai",), description="The Diffusion-DPO candidates "
                                                "`finetune run --method auto` trains when the reward model is trusted "
                                                "(dpo: human picks only; dpo+ai: also AI-ranked pairs); the gate "

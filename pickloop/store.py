@@ -12,7 +12,7 @@ import unicodedata
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Iterable, Sequence
+from typing import Collection, Iterable, Sequence
 
 from sqlalchemy import func
 from sqlmodel import Session, select
@@ -363,15 +363,18 @@ class Pair:
 
 
 def preference_pairs(*, session: Session, upto_id: int | None = None, include_ties: bool = True,
-                     split: str | None = None) -> list[Pair]:
+                     split: str | None = None, rater_ids: Collection[int] | None = None) -> list[Pair]:
     """Pairs from judgements: the winner against every other candidate shown (label 1.0); for a tie,
-    every pair of the set (label 0.5) when ``include_ties``. none good and skip give no pair."""
+    every pair of the set (label 0.5) when ``include_ties``. none good and skip give no pair.
+    ``rater_ids``: only these raters' judgements (an audience's, ``pickloop.audiences.audience_rater_ids``)."""
     q = (select(Judgement, Comparison, Prompt).join(Comparison, Judgement.comparison_id == Comparison.id)
          .join(Prompt, Comparison.prompt_id == Prompt.id).order_by(Judgement.id))
     if upto_id is not None:
         q = q.where(Judgement.id <= upto_id)
     if split is not None:
         q = q.where(Prompt.split == split)
+    if rater_ids is not None:
+        q = q.where(Judgement.rater_id.in_(sorted(rater_ids)))
     pairs: list[Pair] = []
     for j, comp, prompt in session.exec(q):
         if j.choice not in ("pick", "tie") or (j.choice == "tie" and not include_ties):

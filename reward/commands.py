@@ -11,6 +11,9 @@ def cmd_train(args) -> None:  # noqa: ANN001
     from reward.config import RewardConfig
 
     config = config_from_args(RewardConfig, args)  # a bad setting or --config file: one line before torch loads
+    from pickloop.audiences import parse_audience
+
+    audience = parse_audience(args.audience)
     import torch
 
     from pickloop.context import Context
@@ -18,9 +21,10 @@ def cmd_train(args) -> None:  # noqa: ANN001
 
     torch.set_num_threads(args.threads)
     ctx = Context()
-    model, m = train_reward(ctx=ctx, config=config, progress=True)
-    print(f"reward model {m['reward_model_id']} trained on {m['labels']} labels ({m['train_pairs']} train / "
-          f"{m['heldout_pairs']} held-out pairs over {m['train_prompts']} / {m['heldout_prompts']} prompts) "
+    model, m = train_reward(ctx=ctx, config=config, progress=True, audience=audience)
+    print(f"reward model {m['reward_model_id']} for {audience} trained on {m['labels']} labels "
+          f"({m['train_pairs']} train / {m['heldout_pairs']} held-out pairs over {m['train_prompts']} / "
+          f"{m['heldout_prompts']} prompts) "
           f"up to judgement {m['data_snapshot']} in {m['train_s']:.1f} s")
     print(f"held-out accuracy {m['heldout_acc']:.3f}, held-out loss {m['heldout_loss']:.4f} "
           f"(best epoch {m['best_epoch'] + 1} of {m['epochs_run']})")
@@ -115,6 +119,9 @@ def register(sub, bench_sub) -> None:  # noqa: ANN001
     rw = sub.add_parser("reward", help="the preference reward model").add_subparsers(dest="reward_cmd", required=True)
     q = rw.add_parser("train", help="train on every label so far; saves and registers the model")
     add_flags(q, RewardConfig)
+    q.add_argument("--audience", default="everyone",
+                   help="everyone (default: every label), group:NAME or rater:NAME: train on that audience's labels "
+                        "only, as the reward model its `finetune run --audience` reads")
     q.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
     q.set_defaults(func=cmd_train)
 

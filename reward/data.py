@@ -123,13 +123,17 @@ def featurize(model, pairs: Sequence[ImagePair], progress: bool = False) -> Pair
     )
 
 
-def pairs_from_store(*, ctx, upto_id: int | None = None, include_ties: bool = True) -> list[ImagePair]:  # noqa: ANN001
-    """Every preference pair in the store (up to judgement ``upto_id``), with images from the image store."""
+def pairs_from_store(*, ctx, upto_id: int | None = None, include_ties: bool = True,  # noqa: ANN001
+                     audience: str = "everyone") -> list[ImagePair]:
+    """Every preference pair in the store (up to judgement ``upto_id``) of ``audience``'s raters (``everyone``:
+    all; ``group:NAME``, ``rater:NAME``), with images from the image store."""
+    from pickloop.audiences import audience_rater_ids
     from pickloop.db import read_session
     from pickloop.store import preference_pairs
 
     with read_session(ctx.engine) as s:
-        rows = preference_pairs(session=s, upto_id=upto_id, include_ties=include_ties)
+        rows = preference_pairs(session=s, upto_id=upto_id, include_ties=include_ties,
+                                rater_ids=audience_rater_ids(session=s, audience=audience))
         raw = [(r.prompt, r.a.image_sha256, r.b.image_sha256, r.label, r.judgement_id) for r in rows]
     opened: dict[str, Image.Image] = {}
 

@@ -13,17 +13,26 @@ def weights_sha256(folder: str | Path) -> str:
     return file_sha256(Path(folder) / WEIGHTS_FILE)
 
 
-def find_reward_model(*, session, ref: str | int = "latest"):  # noqa: ANN001, ANN201 - RewardModelRow
-    """The registered reward model with id ``ref``, or the newest one for ``latest``."""
+def reward_audience(row) -> str:  # noqa: ANN001 - RewardModelRow
+    """The audience whose labels a registered reward model was trained on (``everyone`` before audiences)."""
+    return (row.metrics or {}).get("audience") or "everyone"
+
+
+def find_reward_model(*, session, ref: str | int = "latest", audience: str = "everyone"):  # noqa: ANN001, ANN201
+    """The registered reward model (a RewardModelRow) with id ``ref``, or for ``latest`` the newest one trained
+    on ``audience``'s labels (``everyone``: the shared one, on every label)."""
     from sqlmodel import select
 
     from pickloop.schema import RewardModelRow
 
     if ref == "latest":
-        row = session.exec(select(RewardModelRow).order_by(RewardModelRow.id.desc())).first()
-        if row is None:
-            raise UserError("no reward model trained yet: run `pickloop reward train`")
-        return row
+        for row in session.exec(select(RewardModelRow).order_by(RewardModelRow.id.desc())):
+            if reward_audience(row) == audience:
+                return row
+        if audience != "everyone":
+            raise UserError(f"no reward model trained for {audience} yet: run `pickloop reward train --audience "
+                            f"{audience}`")
+        raise UserError("no reward model trained yet: run `pickloop reward train`")
     if isinstance(ref, int) or str(ref).isdigit():
         row = session.get(RewardModelRow, int(ref))
         if row is not None:
@@ -31,10 +40,10 @@ def find_reward_model(*, session, ref: str | int = "latest"):  # noqa: ANN001, A
     raise UserError(f"no reward model {ref!r} in the registry (use an id or latest)")
 
 
-def latest_reward_model_id(*, session) -> int | None:  # noqa: ANN001
-    """The registry id of the newest reward model, or None when none is registered."""
+def latest_reward_model_id(*, session, audience: str = "everyone") -> int | None:  # noqa: ANN001
+    """The registry id of the newest reward model of ``audience``, or None when it has none."""
     try:
-        return int(find_reward_model(session=session).id)
+        return int(find_reward_model(session=session, audience=audience).id)
     except UserError:
         return None
 
@@ -44,8 +53,10 @@ def resolve_reward_path(*, ctx, ref: str = "latest") -> Path:  # noqa: ANN001
     return resolve_reward_model(ctx=ctx, ref=ref)[0]
 
 
-def resolve_reward_model(*, ctx, ref: str = "latest") -> tuple[Path, str | None]:  # noqa: ANN001
-    """(folder, the weights' sha256 the registry recorded, or None for a folder it does not know)."""
+def resolve_reward_model(*, ctx, ref: str = "latest",  # noqa: ANN001
+                         audience: str = "everyone") -> tuple[Path, str | None]:
+    """(folder, the weights' sha256 the registry recorded, or None for a folder it does not know);
+    ``latest`` is ``audience``'s newest."""
     from sqlmodel import select
 
     from pickloop.db import read_session
@@ -60,19 +71,19 @@ def resolve_reward_model(*, ctx, ref: str = "latest") -> tuple[Path, str | None]
                          .order_by(RewardModelRow.id.desc())).first()
         return path, row.sha256 if row is not None else None
     with read_session(ctx.engine) as s:
-        row = find_reward_model(session=s, ref=ref)
+        row = find_reward_model(session=s, ref=ref, audience=audience)
         return Path(row.path), row.sha256
 
 
-def load_reward_model(*, ctx, ref: str = "latest"):  # noqa: ANN001, ANN201 - RewardModel
-    """A saved reward model (folder, registry id or ``latest``), its weights checked against the
-    sha256 the registry recorded when it was trained."""
+def load_reward_model(*, ctx, ref: str = "latest", audience: str = "everyone"):  # noqa: ANN001, ANN201
+    """A saved reward model (folder, registry id or ``latest``: ``audience``'s newest), its weights checked
+    against the sha256 the registry recorded when it was trained."""
     from reward.model import RewardModel
 
-    path, sha = resolve_reward_model(ctx=ctx, ref=ref)
+    path, sha = resolve_reward_model(ctx=ctx, ref=ref, audience=audience)
     return RewardModel.load(path, expected_sha256=sha)
 
 
-def load_latest(*, ctx):  # noqa: ANN001, ANN201 - RewardModel
-    """The newest registered reward model, loaded (for the loop, DDPO and the promotion gate)."""
-    return load_reward_model(ctx=ctx, ref="latest")
+def load_latest(*, ctx, audience: str = "everyone"):  # noqa: ANN001, ANN201 - RewardModel
+    """The newest registered reward model of ``audience``, loaded (for the loop, DDPO and the promotion gate)."""
+    return load_reward_model(ctx=ctx, ref="latest", audience=audience)

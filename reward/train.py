@@ -234,10 +234,13 @@ def train_on_pairs(pairs: Sequence[ImagePair] | PairFeatures, *, config: RewardC
 # ---------------------------------------------------------------- from the store
 
 def train_reward(*, ctx, config: RewardConfig | None = None,  # noqa: ANN001
-                 progress: bool = True) -> tuple[RewardModel, dict]:
+                 progress: bool = True, audience: str = "everyone") -> tuple[RewardModel, dict]:
     """Train on every pair in the store, save under ``<home>/reward/<id>/`` and register a RewardModelRow
     naming the data snapshot (highest judgement id) it saw. One transaction: the row exists only if the
-    folder was written."""
+    folder was written. ``audience`` (``group:NAME``, ``rater:NAME``): on that audience's labels only, and
+    registered as its reward model (``metrics["audience"]``), which its fine-tuning reads; one line when it
+    has fewer than ``settings.audience_min_labels``."""
+    from pickloop.audiences import parse_audience, require_audience_labels
     from pickloop.db import read_session, write_session
     from pickloop.schema import RewardModelRow
     from pickloop.store import data_snapshot
@@ -245,11 +248,15 @@ def train_reward(*, ctx, config: RewardConfig | None = None,  # noqa: ANN001
     from reward.registry import weights_sha256
 
     config = config or RewardConfig()
+    audience = parse_audience(audience)
     with read_session(ctx.engine) as s:
         snapshot = data_snapshot(session=s)
-    pairs = pairs_from_store(ctx=ctx, upto_id=snapshot, include_ties=config.include_ties)
+        require_audience_labels(session=s, audience=audience, minimum=ctx.settings.audience_min_labels,
+                                upto=snapshot)
+    pairs = pairs_from_store(ctx=ctx, upto_id=snapshot, include_ties=config.include_ties, audience=audience)
     model, metrics = train_on_pairs(pairs, config=config, progress=progress)
-    metrics.update(data_snapshot=snapshot, labels=len({p.group for p in pairs}), config_hash=config.config_hash())
+    metrics.update(data_snapshot=snapshot, labels=len({p.group for p in pairs}), config_hash=config.config_hash(),
+                   audience=audience)
     with write_session(ctx.engine) as s:
         row = RewardModelRow(path="", sha256="", backbone=config.backbone, data_snapshot=snapshot, metrics={})
         s.add(row)

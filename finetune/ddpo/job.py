@@ -19,6 +19,7 @@ from finetune.ddpo.config import DDPOConfig
 from finetune.ddpo.rewards import RewardFn, make_reward
 from finetune.ddpo.train import DDPOState, train_ddpo
 from finetune.lora import ParentLora, save_lora_atomic, start_lora
+from pickloop.audiences import LabelScope
 from pickloop.errors import UserError
 from pickloop.pipelines import open_pipeline
 
@@ -101,8 +102,9 @@ def run_ddpo(ctx: Any, config: DDPOConfig, *, out_dir: Path | str, work_dir: Pat
              upto: int | None = None, base: str | None = None, resume: bool = True,
              on_step: Callable[[int, dict], None] | None = None, prompts: Sequence[str] | None = None,
              reward_fn: RewardFn | None = None, progress: bool = True,
-             parent: ParentLora | None = None) -> DDPOResult:
+             parent: ParentLora | None = None, scope: LabelScope | None = None) -> DDPOResult:
     """DDPO on the data home's prompts against ``config.reward``; LoRA to ``out_dir``, checkpoints in ``work_dir``.
+    ``scope``: whose reward model ``reward-model`` reads (its audience's newest; None: the shared one).
 
     ``parent``: the promoted LoRA the run continues from (its LoRA is the starting point; None: a fresh
     LoRA on the base, see ``finetune.lora.start_lora``).
@@ -119,7 +121,8 @@ def run_ddpo(ctx: Any, config: DDPOConfig, *, out_dir: Path | str, work_dir: Pat
     pipe = load_pipeline(resolve_model_ref(base or ctx.base_model))
     prompts = list(prompts or training_prompts(ctx))
     drift = _drift_prompts(ctx, prompts, config.drift_prompts)
-    reward_fn = reward_fn or make_reward(config.reward, path=config.reward_path, ctx=ctx)
+    reward_fn = reward_fn or make_reward(config.reward, path=config.reward_path, ctx=ctx,
+                                       audience=(scope or LabelScope()).audience)
     work = Path(work_dir) if work_dir else None
     state = _resume_state(pipe, work, config, parent) if resume else None
     if state is None and parent is not None:

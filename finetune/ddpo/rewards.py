@@ -68,8 +68,10 @@ def judge_reward(**_: Any) -> RewardFn:
 
 
 @register_reward("reward-model")
-def reward_model_reward(path: str | None = None, ctx: Any = None, **_: Any) -> RewardFn:
-    """The learned preference model's score; ``path`` is a folder, a registry id or "latest" (default)."""
+def reward_model_reward(path: str | None = None, ctx: Any = None, audience: str = "everyone",
+                        **_: Any) -> RewardFn:
+    """The learned preference model's score; ``path`` is a folder, a registry id or "latest" (default:
+    the newest reward model of ``audience``)."""
     from reward import RewardModel
 
     ref = path or "latest"
@@ -78,7 +80,8 @@ def reward_model_reward(path: str | None = None, ctx: Any = None, **_: Any) -> R
     if ctx is not None:
         from reward import load_reward_model
 
-        model = load_reward_model(ctx=ctx, ref=str(ref))  # weights checked against the registry's sha256
+        # weights checked against the registry's sha256
+        model = load_reward_model(ctx=ctx, ref=str(ref), audience=audience)
     else:
         model = RewardModel.load(ref)
 
@@ -104,9 +107,10 @@ def taste_reward(name: str | None = None, **_: Any) -> RewardFn:
     return score
 
 
-def make_reward(spec: str, *, path: str | None = None, ctx: Any = None) -> RewardFn:
-    """The reward function named by ``spec`` ("judge", "taste:NAME", "reward-model", ...)."""
+def make_reward(spec: str, *, path: str | None = None, ctx: Any = None, audience: str = "everyone") -> RewardFn:
+    """The reward function named by ``spec`` ("judge", "taste:NAME", "reward-model", ...); ``audience``:
+    whose reward model "reward-model" reads when ``path`` is unset."""
     name, _, arg = spec.partition(":")
     if name not in REWARDS:
         raise UserError(f"unknown reward {spec!r}; choose one of {', '.join(sorted(REWARDS))} (taste:NAME)")
-    return REWARDS[name](name=arg or None, path=path, ctx=ctx)
+    return REWARDS[name](name=arg or None, path=path, ctx=ctx, audience=audience)

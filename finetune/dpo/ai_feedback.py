@@ -40,27 +40,26 @@ def _training_prompts(ctx: Any) -> list[str]:
         return [p.text for p in list_prompts(session=s, split="train")]
 
 
-def _latest_reward_model(ctx: Any) -> tuple[Any, int]:
-    """The newest registered reward model, loaded, and its registry id; one UserError line if none."""
-    from sqlmodel import select
-
+def _latest_reward_model(ctx: Any, audience: str = "everyone") -> tuple[Any, int]:
+    """The newest registered reward model of ``audience``, loaded, and its registry id; one UserError line if none."""
     from pickloop.db import read_session
-    from pickloop.schema import RewardModelRow
-    from reward import load_latest
+    from reward import latest_reward_model_id, load_reward_model
 
     with read_session(ctx.engine) as s:
-        row = s.exec(select(RewardModelRow).order_by(RewardModelRow.id.desc())).first()
-        row_id = row.id if row is not None else None
+        row_id = latest_reward_model_id(session=s, audience=audience)
     if row_id is None:
-        raise UserError("ai_feedback_sets > 0 needs a trained reward model: run `pickloop reward train` "
+        train = "pickloop reward train" + ("" if audience == "everyone" else f" --audience {audience}")
+        raise UserError(f"ai_feedback_sets > 0 needs a trained reward model: run `{train}` "
                         "first, or set ai_feedback_sets to 0")
-    return load_latest(ctx=ctx), int(row_id)
+    return load_reward_model(ctx=ctx, ref=str(row_id)), int(row_id)
 
 
-def ai_feedback_pairs(ctx: Any, cfg: Any, *, base: str, parent: Any = None) -> tuple[list[Any], dict[str, Any]]:
+def ai_feedback_pairs(ctx: Any, cfg: Any, *, base: str, parent: Any = None,
+                      audience: str = "everyone") -> tuple[list[Any], dict[str, Any]]:
     """Draw ``cfg.ai_feedback_sets`` sets of ``cfg.ai_feedback_candidates`` images with the pipeline
     ``base`` plus the parent's LoRA (``parent``, a ``finetune.lora.ParentLora``; None: the base alone,
-    so the pairs come from the policy the run starts at), store them, rank each set by the latest reward model,
+    so the pairs come from the policy the run starts at), store them, rank each set by the latest reward
+    model of ``audience``,
     and return (best-vs-worst PairSpecs of weight ``cfg.ai_feedback_weight``, a summary for the run's metadata).
 
     A set whose best and worst score the same (or are the same image) gives no pair.
@@ -69,7 +68,7 @@ def ai_feedback_pairs(ctx: Any, cfg: Any, *, base: str, parent: Any = None) -> t
 
     from generator import load_pipeline, sample_sets
 
-    reward_model, reward_id = _latest_reward_model(ctx)  # fail before the minutes of drawing
+    reward_model, reward_id = _latest_reward_model(ctx, audience)  # fail before the minutes of drawing
     plan = plan_sets(_training_prompts(ctx), cfg.ai_feedback_sets, cfg.ai_feedback_candidates, cfg.seed)
     pipe = load_pipeline(model=base, lora=parent.lora_dir if parent is not None else None, ctx=ctx,
                          lora_sha256=parent.sha256 if parent is not None else None)

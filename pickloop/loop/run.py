@@ -20,7 +20,7 @@ from pickloop.loop.evaluate import (FixedSeedImages, draw_fixed, follow_detail, 
                                     oracle_win_rate, taste_agreement)
 from pickloop.shapes.rating import LOOP_POOL, label_ready_sets, open_prompts, simulated_rater_row
 from pickloop.shapes.tastes import SimulatedRater, load_taste
-from pickloop.store import add_prompts, ensure_base_version, preference_pairs, promoted_version
+from pickloop.store import EVERYONE, add_prompts, ensure_base_version, preference_pairs, promoted_version
 
 
 @dataclass
@@ -41,15 +41,17 @@ class LoopResult:
                 "labels": last.get("labels", 0), "wall_s": round(self.wall_s, 1), "cpu_s": round(self.cpu_s, 1)}
 
 
-def _finetune_auto(ctx: Context, cfg: LoopConfig, gate_prompts: list[str], log) -> tuple[list[dict], dict]:  # noqa: ANN001
-    """The production default (``finetune run --method auto``): the run decides what to train from its data."""
+def finetune_auto(ctx: Context, cfg: LoopConfig, gate_prompts: list[str], log,  # noqa: ANN001
+                  audience: str = EVERYONE) -> tuple[list[dict], dict]:
+    """The production default (``finetune run --method auto``, for ``audience``): the run decides what to
+    train from its data."""
     from finetune import run_auto
 
     dpo = {"steps": cfg.dpo_steps, "lr": cfg.dpo_lr, "beta": cfg.dpo_beta, "ai_feedback_sets": cfg.dpo_ai_feedback_sets,
            "ai_feedback_candidates": cfg.dpo_ai_feedback_candidates, "ai_feedback_weight": cfg.dpo_ai_feedback_weight}
     outcome = run_auto(ctx, min_new_labels=1, dpo=dpo,
                        ddpo={"epochs": cfg.ddpo_epochs}, gate_prompts=gate_prompts, gate_seeds=_gate_seeds(cfg),
-                       log=lambda line: log(f"  {line}"))
+                       log=lambda line: log(f"  {line}"), audience=audience)
     steps = [{"method": c.name, "stage": c.stage, "status": c.status, "version": c.version, "gate": c.gate,
               "reason": c.reason} for c in outcome.candidates]
     return steps or [{"method": "auto", "status": "skipped", "reason": "no new labels"}], outcome.trust.as_dict()
@@ -80,33 +82,44 @@ def _finetune(ctx: Context, method: str, cfg: LoopConfig, gate_prompts: list[str
             "gate": gate.as_metrics(), "reason": None if gate.passed else gate.reason}
 
 
-def _measure(ctx: Context, cfg: LoopConfig, taste, eval_prompts: list[str], base: FixedSeedImages) -> dict:  # noqa: ANN001
+def draw_version(ctx: Context, cfg: LoopConfig, eval_prompts: list[str], version) -> FixedSeedImages:  # noqa: ANN001
+    """A model version's images of the held-out prompts at the loop's fixed seeds."""
     from generator import load_pipeline
 
+    pipe = load_pipeline(model=ctx.base_model, lora=version.id if version.lora_path else None, ctx=ctx)
+    return draw_fixed(pipe, eval_prompts, cfg.eval_seeds, seed=cfg.seed)
+
+
+def _measure(ctx: Context, cfg: LoopConfig, taste, eval_prompts: list[str], base: FixedSeedImages) -> dict:  # noqa: ANN001
     with read_session(ctx.engine) as s:
         current = promoted_version(session=s)
-    pipe = load_pipeline(model=ctx.base_model, lora=current.id if current.lora_path else None, ctx=ctx)
-    now = draw_fixed(pipe, eval_prompts, cfg.eval_seeds, seed=cfg.seed)
+    now = draw_version(ctx, cfg, eval_prompts, current)
     return {"version": current.name, "win_rate": oracle_win_rate(taste, now, base),
             "follow_base": follow_rate(base), "follow_final": follow_rate(now),
             "taste_base": mean_taste(taste, base), "taste_final": mean_taste(taste, now),
             "detail": follow_detail(taste, now, base), "_images": now}
 
 
-def run_loop(*, ctx: Context, config: LoopConfig, progress: bool = True, log=print) -> LoopResult:  # noqa: ANN001
-    """Run ``config.rounds`` rounds; returns per-round figures and the fixed-seed images of base and final."""
-    from generator import fill_queue, load_pipeline
-    from reward import train_reward
+@dataclass
+class LoopSetup:
+    """What every simulated loop starts from: its data home (with the loop's settings), its training and
+    held-out prompts (in the store's loop pool) and the base model's fixed-seed images of the held-out ones."""
 
-    t0, c0 = time.perf_counter(), time.process_time()
-    # One simulated rater: no overlap sets (they would wait for a second rater); the loop's own gate threshold;
+    ctx: Context
+    train_prompts: list[str]
+    eval_prompts: list[str]
+    base: FixedSeedImages
+
+
+def setup_loop(ctx: Context, config: LoopConfig) -> LoopSetup:
+    """The loop's data home and prompts, the base version registered, the base's held-out images drawn."""
+    from generator import load_pipeline
+
+    # Simulated raters: no overlap sets (they would wait for a second rater); the loop's own gate threshold;
     # candidate seeds from the loop's seed (unless the settings name one), so a run's labels repeat.
     seed = ctx.settings.sampling_seed if ctx.settings.sampling_seed is not None else config.seed
     ctx = Context(settings=ctx.settings.model_copy(update={"overlap_share": 0.0, "sampling_seed": seed,
                                                            "promote_min_win_rate": config.gate_win_rate}))
-    taste = load_taste(config.taste)
-    rater = SimulatedRater(config.taste, temperature=config.rater_temperature, tie_margin=config.rater_tie_margin,
-                           seed=config.seed)
     train_prompts = open_prompts(config.train_prompts, heldout=False, open_attributes=config.open_attributes,
                                  seed=config.seed)
     eval_prompts = open_prompts(config.eval_prompts, heldout=True, open_attributes=config.open_attributes,
@@ -116,17 +129,37 @@ def run_loop(*, ctx: Context, config: LoopConfig, progress: bool = True, log=pri
     with write_session(ctx.engine) as s:
         ensure_base_version(session=s, base_model=ctx.base_model)
         add_prompts(session=s, texts=train_prompts, pool=LOOP_POOL)
-    rater_id = simulated_rater_row(ctx, f"simulated:{rater.name}")
     base = draw_fixed(load_pipeline(model=ctx.base_model, ctx=ctx), eval_prompts, config.eval_seeds, seed=config.seed)
+    return LoopSetup(ctx, train_prompts, eval_prompts, base)
+
+
+def draw_round_sets(setup: LoopSetup, config: LoopConfig, want: int, progress: bool) -> None:
+    """A round's candidate sets for the raters to label, drawn as the queue worker draws them (the shared
+    promoted version, ``settings.generator_batch_sets`` sets per pipeline call)."""
+    from generator import fill_queue
+
+    fill_queue(ctx=setup.ctx, pool=LOOP_POOL, depth=ceil(want / len(setup.train_prompts)), max_sets=want,
+               n=config.candidates, progress=progress)
+
+
+def run_loop(*, ctx: Context, config: LoopConfig, progress: bool = True, log=print) -> LoopResult:  # noqa: ANN001
+    """Run ``config.rounds`` rounds; returns per-round figures and the fixed-seed images of base and final."""
+    from reward import train_reward
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    setup = setup_loop(ctx, config)
+    ctx, eval_prompts, base = setup.ctx, setup.eval_prompts, setup.base
+    taste = load_taste(config.taste)
+    rater = SimulatedRater(config.taste, temperature=config.rater_temperature, tie_margin=config.rater_tie_margin,
+                           seed=config.seed)
+    rater_id = simulated_rater_row(ctx, f"simulated:{rater.name}")
     result = LoopResult(config=config.to_dict(), base=base, final=base)
     methods = ["dpo", "ddpo"] if config.method == "both" else [config.method]
     labels = 0
     for r in range(1, config.rounds + 1):
         tr, cr = time.perf_counter(), time.process_time()
         want = config.labels_per_round
-        # settings.generator_batch_sets sets per pipeline call, as the queue worker draws them
-        fill_queue(ctx=ctx, pool=LOOP_POOL, depth=ceil(want / len(train_prompts)), max_sets=want,
-                   n=config.candidates, progress=progress)
+        draw_round_sets(setup, config, want, progress)
         labels += label_ready_sets(ctx, rater, rater_id, want)
         stage_s = {"label": time.perf_counter() - tr}
         stage_cpu = {"label": time.process_time() - cr}
@@ -142,7 +175,7 @@ def run_loop(*, ctx: Context, config: LoopConfig, progress: bool = True, log=pri
         else:
             t, c = time.perf_counter(), time.process_time()
             if config.method == "auto":
-                steps, trust = _finetune_auto(ctx, config, eval_prompts, log)
+                steps, trust = finetune_auto(ctx, config, eval_prompts, log)
             else:
                 steps = [_finetune(ctx, m, config, eval_prompts) for m in methods]
             stage_s["finetune"], stage_cpu["finetune"] = time.perf_counter() - t, time.process_time() - c

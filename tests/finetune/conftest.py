@@ -38,22 +38,22 @@ def tiny_base(tmp_path_factory) -> Path:
 
 
 def add_labelled_sets(ctx, *, n_sets: int = 3, per_set: int = 2, choice: str = "pick", seed: int = 0,
-                      split: str | None = None) -> list[int]:
+                      split: str | None = None, rater: str | None = None) -> list[int]:
     """Add ``n_sets`` judged comparisons of rendered shapes images; returns the judgement ids.
 
-    Each set draws ``per_set`` images of scenes fitting one prompt; the rater picks slot 0 (``choice``
-    "pick") or answers ``choice`` (tie, none, skip).
+    Each set draws ``per_set`` images of scenes fitting one prompt; the rater (a new one, or the one named
+    ``rater``) picks slot 0 (``choice`` "pick") or answers ``choice`` (tie, none, skip).
     """
     from pickloop.db import write_session
     from pickloop.schema import Candidate, Comparison
     from pickloop.shapes.world import Scene, Shape, caption, render, sample_scene
-    from pickloop.store import add_prompts, add_rater, candidates_of, ensure_base_version, record_judgement
+    from pickloop.store import add_prompts, add_rater, candidates_of, ensure_base_version, get_rater, record_judgement
 
     rng = random.Random(seed)
     ids = []
     with write_session(ctx.engine) as s:
         version = ensure_base_version(session=s, base_model=ctx.base_model)
-        rater, _ = add_rater(session=s, name=f"r{uuid.uuid4().hex[:8]}")
+        rater = get_rater(session=s, name=rater) if rater else add_rater(session=s, name=f"r{uuid.uuid4().hex[:8]}")[0]
         for _ in range(n_sets):
             scene = sample_scene(rng, two_share=0.0)
             prompt = add_prompts(session=s, texts=[caption(scene, ("size", "position"))])[0]

@@ -163,7 +163,7 @@ def test_a_doubtful_ddpo_is_skipped_and_said_once(labelled, tiny_clip, monkeypat
     rid = register_reward_model(ctx, tiny_clip)
     _set_metrics(ctx, rid, cv_acc=0.9, cv_pairs=300)
     _heldout_prompts(ctx)
-    monkeypatch.setattr("finetune.auto.ddpo_doubtful", lambda ctx, trust: "it climbed a better one")
+    monkeypatch.setattr("finetune.auto.ddpo_doubtful", lambda ctx, trust, audience=None: "it climbed a better one")
     lines: list[str] = []
     out = run_auto(ctx, dpo=DPO, ddpo=DDPO, log=lines.append)
     assert sum("no DDPO this run: it climbed a better one" in x for x in lines) == 1
