@@ -33,10 +33,13 @@ def test_open_pipeline_loads_safetensors_and_refuses_pickled_weights(folders):
     assert open_pipeline(safe).unet is not None
     with pytest.raises(UserError, match="cannot load model .*pickled"):
         open_pipeline(pickled)
-    from diffusers import StableDiffusionPipeline
-
-    # the pickled folder is whole: only the refusal to unpickle stops it
-    assert StableDiffusionPipeline.from_pretrained(pickled, use_safetensors=False).unet is not None
+    # the pickled folder is whole (every weights file has its pickled twin, the configs are the same), so only
+    # the refusal to unpickle stops it; checked by name, without ever loading a pickle
+    twins = {f.parent.relative_to(safe) / PICKLED_NAME[f.name] for f in Path(safe).rglob("*.safetensors")}
+    assert twins and twins == {f.relative_to(pickled) for f in Path(pickled).rglob("*.bin")}
+    assert not list(Path(pickled).rglob("*.safetensors"))
+    configs = {f.relative_to(safe) for f in Path(safe).rglob("*.json")}
+    assert configs == {f.relative_to(pickled) for f in Path(pickled).rglob("*.json")}
     with pytest.raises(UserError, match="no model_index.json"):
         open_pipeline(str(Path(safe).parent))
 
