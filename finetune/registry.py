@@ -8,7 +8,10 @@ a version the reward model cannot tell from its parent (0.53 on 152 images, say)
 swapping in, and a promotion on such noise once replaced a better parent with a worse child. A
 version that wins clearly (0.6+) passes; ``win_noise_z=0`` gives the plain threshold. In the shapes world
 the judge's prompt-following accuracy (``pickloop.shapes.judge.follows``, every fixed attribute right)
-must also not fall by more than ``settings.promote_max_follow_drop`` (2 points) beyond its noise.
+must also not fall by more than ``settings.promote_max_follow_drop`` (2 points) beyond its noise, both
+against the parent and against the base model (no LoRA): judged against its parent alone, each round may
+lose up to the allowance and the drops add up over rounds (in the loop suite following fell from 0.757 to
+0.717 over two promotions that each passed).
 
 The follow check is paired: both versions draw every (prompt, seed), so only the images where the two
 disagree carry information. With b images the parent follows and the new version does not, c the other
@@ -81,6 +84,8 @@ class GateResult:
     follow_new: float | None = None
     follow_parent: float | None = None
     follow_drop_se: float | None = None  # standard error of the paired drop (see the module docstring)
+    follow_base: float | None = None  # the base model's (no LoRA) on the same images; None when the parent is it
+    follow_base_drop_se: float | None = None
     reason: str | None = None
     judged_win: bool = True  # False: the win rate was recorded, not required (an untrusted reward model)
 
@@ -117,11 +122,13 @@ def paired_follow(prompts: Sequence[str], new_images: Sequence[Any],
 def judge_gate(prompts: Sequence[str], new_images: Sequence[Any], parent_images: Sequence[Any], scorer: Scorer, *,
                min_win_rate: float, max_follow_drop: float | None,
                follow_noise_z: float = FOLLOW_NOISE_Z, win_noise_z: float = WIN_NOISE_Z,
-               judge_win: bool = True) -> GateResult:
+               judge_win: bool = True, base_images: Sequence[Any] | None = None) -> GateResult:
     """Apply the gate to images already drawn (same prompt and seed at each index).
 
     ``judge_win=False``: the scorer's win rate is recorded but not required (a reward model too inaccurate
-    to trust must not refuse, or pass, a version on its say); prompt following still decides."""
+    to trust must not refuse, or pass, a version on its say); prompt following still decides.
+    ``base_images``: the base model's (no LoRA) when the parent is a fine-tuned version: following must
+    not have fallen against the base either (the same allowance), so drops cannot add up over rounds."""
     outcomes = win_outcomes(list(scorer(prompts, new_images)), list(scorer(prompts, parent_images)))
     n = len(outcomes)
     rate = sum(outcomes) / n
@@ -138,13 +145,21 @@ def judge_gate(prompts: Sequence[str], new_images: Sequence[Any], parent_images:
         if result.follow_new < result.follow_parent - allowed - 1e-12:
             reasons.append(f"prompt-following fell from {result.follow_parent:.3f} to {result.follow_new:.3f} "
                            f"(more than {max_follow_drop:.2f} + {follow_noise_z:g} x {se:.3f} noise)")
+        if base_images is not None:
+            _, result.follow_base, se = paired_follow(prompts, new_images, base_images)
+            result.follow_base_drop_se = se
+            allowed = max_follow_drop + follow_noise_z * se
+            if result.follow_new < result.follow_base - allowed - 1e-12:
+                reasons.append(f"prompt-following {result.follow_new:.3f} is below the base model's "
+                               f"{result.follow_base:.3f} (more than {max_follow_drop:.2f} + {follow_noise_z:g} x "
+                               f"{se:.3f} noise)")
     if reasons:
         result.passed, result.reason = False, "; ".join(reasons)
     return result
 
 
 _DRAWN: dict[tuple, list[Any]] = {}  # the gate's images of recent versions: a parent is drawn once per process
-_DRAWN_KEEP = 4
+_DRAWN_KEEP = 6  # the base's images, the parent's and a few candidates'
 
 
 def draw_images(base: str, lora_dir: str | None, lora_sha256: str | None, prompts: Sequence[str],
@@ -156,6 +171,7 @@ def draw_images(base: str, lora_dir: str | None, lora_sha256: str | None, prompt
     its images instead of drawing them again (the sha256 names the exact weights, so they are the same)."""
     key = (base, lora_sha256 if lora_dir else None, tuple(prompts), tuple(int(s) for s in seeds), steps, guidance)
     if key in _DRAWN:
+        _DRAWN[key] = _DRAWN.pop(key)  # the most recently used is kept longest
         return list(_DRAWN[key])
     images = _draw_images(base, lora_dir, lora_sha256, prompts, seeds, steps=steps, guidance=guidance)
     _DRAWN[key] = images
@@ -291,10 +307,14 @@ def gate_and_promote(ctx: Any, ref: str | int, *, scorer: Scorer | None = None, 
     old_imgs = draw_images(resolve_model_ref(parent.base_model), parent.lora_path, parent.lora_sha256,
                            all_prompts, all_seeds, steps=st.promote_gate_steps)
     shapes = is_shapes_world(version.base_model) if shapes is None else shapes
+    base_imgs = None
+    if shapes and parent.lora_path:  # a fine-tuned parent: following is also held to the base model's
+        base_imgs = draw_images(base, None, None, all_prompts, all_seeds, steps=st.promote_gate_steps)
     result = judge_gate(all_prompts, new_imgs, old_imgs, scorer,
                         min_win_rate=st.promote_min_win_rate,
                         max_follow_drop=st.promote_max_follow_drop if shapes else None,
-                        follow_noise_z=follow_noise_z, win_noise_z=win_noise_z, judge_win=judge_win)
+                        follow_noise_z=follow_noise_z, win_noise_z=win_noise_z, judge_win=judge_win,
+                        base_images=base_imgs)
     with write_session(ctx.engine) as s:
         row = s.get(ModelVersion, version.id)
         row.metrics = {**row.metrics, **result.as_metrics()}

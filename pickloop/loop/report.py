@@ -94,7 +94,7 @@ def _candidate_lines(rounds: list[dict]) -> list[str]:
     """Per round: whether the reward model was trusted, each candidate's gate figures and why it won or lost,
     and the wall and CPU time of each stage."""
     lines = ["", "## Candidates and stages", "",
-             "| round | candidate | version | status | gate win rate | follow parent -> new | why |",
+             "| round | candidate | version | status | gate win rate | follow (base) parent -> new | why |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rounds:
         for x in r["finetune"]:
@@ -102,7 +102,8 @@ def _candidate_lines(rounds: list[dict]) -> list[str]:
             win = "-" if g.get("gate_win_rate") is None else f"{g['gate_win_rate']:.3f}" + (
                 "" if g.get("gate_judged_win", True) else " (not judged)")
             fol = ("-" if g.get("gate_follow_new") is None
-                   else f"{g['gate_follow_parent']:.3f} -> {g['gate_follow_new']:.3f}")
+                   else ("" if g.get("gate_follow_base") is None else f"({g['gate_follow_base']:.3f}) ")
+                   + f"{g['gate_follow_parent']:.3f} -> {g['gate_follow_new']:.3f}")
             why = (x.get("reason") or "").replace("|", "/")
             lines.append(f"| {r['round']} | {x['method']} | {x.get('version') or '-'} | {x['status']} | {win} | "
                          f"{fol} | {why} |")

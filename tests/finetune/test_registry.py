@@ -82,6 +82,24 @@ def test_follow_check_forgives_a_flip_or_two_but_not_a_clear_drop():
     assert not gate(40, 1.0).passed
 
 
+def test_follow_drops_cannot_add_up_over_rounds():
+    """Each round within its allowance of the parent, but the line has fallen clearly below the base."""
+    prompts, good = _followed_renders(40)
+    blank = Image.new("RGB", (64, 64), (128, 128, 128))
+    tie = lambda ps, ims: [0.0] * len(ims)  # noqa: E731
+    parent = [blank if i < 3 else im for i, im in enumerate(good)]  # 3 images lost by earlier rounds
+    new = [blank if i < 4 else im for i, im in enumerate(good)]  # this round loses one more
+
+    alone = judge_gate(prompts, new, parent, tie, min_win_rate=0.5, max_follow_drop=0.02)
+    assert alone.passed and alone.follow_base is None  # against its parent alone: one flip, within noise
+    held = judge_gate(prompts, new, parent, tie, min_win_rate=0.5, max_follow_drop=0.02, base_images=good)
+    assert not held.passed and held.follow_base == 1.0 and held.follow_new == pytest.approx(0.9)
+    assert "below the base model's 1.000" in held.reason and "fell from" not in held.reason
+    assert held.follow_base_drop_se == pytest.approx(2 / 40)  # four flips against the base
+    same = judge_gate(prompts, good, parent, tie, min_win_rate=0.5, max_follow_drop=0.02, base_images=good)
+    assert same.passed and same.follow_base == same.follow_new == 1.0  # a round that wins following back passes
+
+
 def test_win_rate_must_clear_its_noise():
     prompts, good = _followed_renders(40)
     scores = lambda wins: (lambda ps, ims: [1.0 if i < wins else 0.0 for i in range(len(ims))])  # noqa: E731
@@ -144,3 +162,27 @@ def test_export_of_corrupted_lora_is_one_line_exit_2(labelled, candidate, tmp_pa
     assert main(["models", "export", candidate.name, "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "corrupted" in err[0]
+
+
+def test_a_fine_tuned_parent_is_gated_against_the_base_too(labelled, candidate):
+    """The gate draws the base's images only when the parent carries a LoRA, and holds following to them."""
+    from finetune.registry import _DRAWN
+    from pickloop.context import Context
+
+    ctx = Context()
+    prompts = ["a red circle on a blue background"]
+    tie = lambda ps, ims: [0.0] * len(ims)  # noqa: E731
+    first = gate_and_promote(ctx, candidate.name, scorer=tie, prompts=prompts, seeds=[1, 2], shapes=True,
+                             judge_win=False, promote_if_passed=False)
+    assert first.follow_parent is not None and first.follow_base is None  # its parent is the base itself
+    with write_session(labelled.engine) as s:
+        child = register_version(session=s, base_model=labelled.base_model, parent_id=candidate.id, method="ddpo",
+                                 lora_dir=candidate.lora_path, lora_sha256=candidate.lora_sha256, data_snapshot=3,
+                                 config_hash="abc", metrics={})
+    _DRAWN.clear()  # drawn again: the child's images, its parent's and the base's
+    second = gate_and_promote(ctx, child.name, scorer=tie, prompts=prompts, seeds=[1, 2], shapes=True,
+                              judge_win=False, promote_if_passed=False)
+    assert second.follow_base == first.follow_parent and second.follow_new == first.follow_new
+    assert second.follow_base_drop_se is not None and len(_DRAWN) == 2  # one LoRA (child = parent), the base
+    with read_session(labelled.engine) as s:
+        assert find_version(session=s, ref=child.name).metrics["gate_follow_base"] == second.follow_base
