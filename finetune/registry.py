@@ -9,9 +9,11 @@ swapping in, and a promotion on such noise once replaced a better parent with a 
 version that wins clearly (0.6+) passes; ``win_noise_z=0`` gives the plain threshold. In the shapes world
 the judge's prompt-following accuracy (``pickloop.shapes.judge.follows``, every fixed attribute right)
 must also not fall by more than ``settings.promote_max_follow_drop`` (2 points) beyond its noise, both
-against the parent and against the base model (no LoRA): judged against its parent alone, each round may
-lose up to the allowance and the drops add up over rounds (in the loop suite following fell from 0.757 to
-0.717 over two promotions that each passed).
+against the parent and, when the parent is itself fine-tuned, against the base model (no LoRA). Judged
+against its parent alone, each round may lose up to the allowance and the drops add up over rounds (in
+the loop suite following fell from 0.757 to 0.717 over two promotions that each passed). Against the
+base no noise is forgiven (``BASE_FOLLOW_NOISE_Z``): with one standard error forgiven there too, a
+second round still passed 0.730 -> 0.684 on the gate's images (0.717 against 0.757 on the held-out ones).
 
 The follow check is paired: both versions draw every (prompt, seed), so only the images where the two
 disagree carry information. With b images the parent follows and the new version does not, c the other
@@ -36,6 +38,7 @@ from pickloop.pipelines import open_pipeline
 Scorer = Callable[[Sequence[str], Sequence[Any]], Sequence[float]]
 DEFAULT_GATE_SEEDS = (1234, 5678)
 FOLLOW_NOISE_Z = 1.0  # standard errors of the paired follow drop forgiven beyond max_follow_drop
+BASE_FOLLOW_NOISE_Z = 0.0  # against the base no noise is forgiven: a line may fall max_follow_drop below it, no more
 WIN_NOISE_Z = 1.0  # standard errors by which the win rate must clear its threshold
 GATE_BATCH = 32  # images per pipeline call when the gate draws (a CPU draws 32 at a fifth less per image than 8)
 
@@ -122,13 +125,15 @@ def paired_follow(prompts: Sequence[str], new_images: Sequence[Any],
 def judge_gate(prompts: Sequence[str], new_images: Sequence[Any], parent_images: Sequence[Any], scorer: Scorer, *,
                min_win_rate: float, max_follow_drop: float | None,
                follow_noise_z: float = FOLLOW_NOISE_Z, win_noise_z: float = WIN_NOISE_Z,
-               judge_win: bool = True, base_images: Sequence[Any] | None = None) -> GateResult:
+               judge_win: bool = True, base_images: Sequence[Any] | None = None,
+               base_noise_z: float = BASE_FOLLOW_NOISE_Z) -> GateResult:
     """Apply the gate to images already drawn (same prompt and seed at each index).
 
     ``judge_win=False``: the scorer's win rate is recorded but not required (a reward model too inaccurate
     to trust must not refuse, or pass, a version on its say); prompt following still decides.
     ``base_images``: the base model's (no LoRA) when the parent is a fine-tuned version: following must
-    not have fallen against the base either (the same allowance), so drops cannot add up over rounds."""
+    not have fallen more than ``max_follow_drop`` + ``base_noise_z`` standard errors below the base's
+    either, so drops cannot add up over rounds."""
     outcomes = win_outcomes(list(scorer(prompts, new_images)), list(scorer(prompts, parent_images)))
     n = len(outcomes)
     rate = sum(outcomes) / n
@@ -148,11 +153,11 @@ def judge_gate(prompts: Sequence[str], new_images: Sequence[Any], parent_images:
         if base_images is not None:
             _, result.follow_base, se = paired_follow(prompts, new_images, base_images)
             result.follow_base_drop_se = se
-            allowed = max_follow_drop + follow_noise_z * se
+            allowed = max_follow_drop + base_noise_z * se
             if result.follow_new < result.follow_base - allowed - 1e-12:
+                noise = f" + {base_noise_z:g} x {se:.3f} noise" if base_noise_z else ""
                 reasons.append(f"prompt-following {result.follow_new:.3f} is below the base model's "
-                               f"{result.follow_base:.3f} (more than {max_follow_drop:.2f} + {follow_noise_z:g} x "
-                               f"{se:.3f} noise)")
+                               f"{result.follow_base:.3f} (more than {max_follow_drop:.2f}{noise})")
     if reasons:
         result.passed, result.reason = False, "; ".join(reasons)
     return result

@@ -98,6 +98,12 @@ def test_follow_drops_cannot_add_up_over_rounds():
     assert held.follow_base_drop_se == pytest.approx(2 / 40)  # four flips against the base
     same = judge_gate(prompts, good, parent, tie, min_win_rate=0.5, max_follow_drop=0.02, base_images=good)
     assert same.passed and same.follow_base == same.follow_new == 1.0  # a round that wins following back passes
+    one = [blank if i < 1 else im for i, im in enumerate(good)]  # one image (2.5 points) below the base
+    assert judge_gate(prompts, one, good, tie, min_win_rate=0.5, max_follow_drop=0.02).passed  # parent: the base
+    strict = judge_gate(prompts, one, good, tie, min_win_rate=0.5, max_follow_drop=0.02, base_images=good)
+    assert not strict.passed and "noise" not in strict.reason  # against the base, no noise is forgiven
+    assert judge_gate(prompts, one, good, tie, min_win_rate=0.5, max_follow_drop=0.02, base_images=good,
+                      base_noise_z=1.0).passed
 
 
 def test_win_rate_must_clear_its_noise():
