@@ -6,7 +6,7 @@ U-Net. Latents, noise and text embeddings are random tensors of the real shapes,
 is measured, which is what dominates both methods:
 
 - Diffusion-DPO: one optimizer step on ``batch`` pairs (the reference pass without gradients, then the
-  policy pass with them; :func:`finetune.dpo.dpo_loss`), LoRA rank ``rank`` on the attention projections.
+  policy pass with them; :func:`finetune.dpo.denoising_errors`), LoRA rank ``rank`` on the attention projections.
 - DDPO: one sampling step (the U-Net on the conditional and unconditional halves of ``batch`` images,
   no gradients) and one training step on one timestep of ``batch`` trajectories (the same, with
   gradients), as the PPO update runs it once per kept timestep.
@@ -117,7 +117,7 @@ def run_bench(*, arch: str = "sd15", device: str = "cpu", precision: str = "fp32
     from diffusers import DDPMScheduler
 
     from finetune import lora as lora_io
-    from finetune.dpo.loss import dpo_loss
+    from finetune.dpo.loss import denoising_errors, dpo_loss
     from pickloop.errors import UserError
 
     if batch < 1 or steps < 1 or rank < 1:
@@ -155,7 +155,7 @@ def run_bench(*, arch: str = "sd15", device: str = "cpu", precision: str = "fp32
 
     def dpo_step() -> None:
         t = torch.randint(0, 1000, (batch,), device=device)
-        loss, _ = dpo_loss(unet, sched, lat(), lat(), cond, lat(), t, beta)
+        loss, _ = dpo_loss(*denoising_errors(unet, sched, lat(), lat(), cond, lat(), t), beta)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -40,7 +40,7 @@ from finetune import checkpoint as ckpt
 from finetune import lora as lora_io
 from finetune import models as fm
 from finetune.dpo.config import DPOConfig, PairSpec
-from finetune.dpo.loss import dpo_loss
+from finetune.dpo.loss import denoising_errors, dpo_loss
 from pickloop.errors import UserError
 
 STAT_NAMES = ("loss", "implicit_acc", "gap_w", "gap_l")  # per-pair statistics of dpo_loss, logged per step
@@ -205,8 +205,8 @@ def _resume(acc: Any, m: fm.TrainModels, opt: torch.optim.Optimizer, sched: Any,
 
 def _batch_loss(run: _Run, cfg: DPOConfig, pairs: Sequence[PairSpec], weights: list[float] | None,
                 load_image: Callable[[str], Any], positions: list[int]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """:func:`dpo_loss` on the pairs at global sample ``positions``: their latents, prompts, noise and
-    timesteps, both U-Net passes. Returns (batch loss, per-pair statistics (B,))."""
+    """:func:`dpo_loss` of :func:`denoising_errors` on the pairs at global sample ``positions``: their latents,
+    prompts, noise and timesteps, both U-Net passes. Returns (batch loss, per-pair statistics (B,))."""
     acc, m = run.acc, run.m
     slots = sample_slots(len(pairs), cfg.seed, positions)
     batch = [pairs[i] for i in slots]
@@ -216,8 +216,9 @@ def _batch_loss(run: _Run, cfg: DPOConfig, pairs: Sequence[PairSpec], weights: l
     cond = fm.text_conditioning(m, [p.prompt for p in batch], device=acc.device)
     noise, ts = noise_and_timesteps(positions, cfg.seed, run.shape, m.noise_scheduler.config.num_train_timesteps)
     with acc.autocast():
-        return dpo_loss(run.unet, m.noise_scheduler, lat_w, lat_l, cond, noise.to(acc.device), ts.to(acc.device),
-                        cfg.beta, w)
+        errors = denoising_errors(run.unet, m.noise_scheduler, lat_w, lat_l, cond, noise.to(acc.device),
+                                  ts.to(acc.device))
+        return dpo_loss(*errors, cfg.beta, w)
 
 
 def _report(run: _Run, cfg: DPOConfig, done: int, stats: torch.Tensor,

@@ -7,7 +7,7 @@ import torch
 from sqlmodel import func, select
 
 from finetune import lora as lora_io
-from finetune.dpo import DPOConfig, PairSpec, dpo_loss, normalised_weights, run_dpo
+from finetune.dpo import DPOConfig, PairSpec, denoising_errors, dpo_loss, normalised_weights, run_dpo
 from finetune.dpo.ai_feedback import ai_feedback_pairs, plan_sets
 from pickloop.db import read_session
 from pickloop.errors import UserError
@@ -193,10 +193,11 @@ def test_weighted_loss_is_mean_of_weight_times_pair_loss(labelled):
     cond = fm.text_conditioning(m, [p.prompt for p in pairs])
     noise, ts = noise_and_timesteps(range(len(pairs)), 0, tuple(lw.shape[1:]), 1000)
     with torch.no_grad():
-        plain, per = dpo_loss(m.unet, m.noise_scheduler, lw, ll, cond, noise, ts, beta=2500.0)
-        ones, _ = dpo_loss(m.unet, m.noise_scheduler, lw, ll, cond, noise, ts, 2500.0, torch.ones(len(pairs)))
+        errors = denoising_errors(m.unet, m.noise_scheduler, lw, ll, cond, noise, ts)
+        plain, per = dpo_loss(*errors, beta=2500.0)
+        ones, _ = dpo_loss(*errors, 2500.0, torch.ones(len(pairs)))
         w = torch.tensor([1.5, 0.0, 1.5])
-        weighted, per_w = dpo_loss(m.unet, m.noise_scheduler, lw, ll, cond, noise, ts, 2500.0, w)
+        weighted, per_w = dpo_loss(*errors, 2500.0, w)
     assert torch.equal(ones, plain)
     assert weighted.item() == pytest.approx(float((per["loss"] * w).mean()), rel=1e-6)
     assert torch.equal(per_w["loss"], per["loss"])  # logged per-pair figures stay unweighted

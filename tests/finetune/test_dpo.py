@@ -8,7 +8,7 @@ import torch
 
 from finetune import lora as lora_io
 from finetune import models as fm
-from finetune.dpo import DPOConfig, dpo_loss, noise_and_timesteps, run_dpo, store_pairs
+from finetune.dpo import DPOConfig, denoising_errors, dpo_loss, noise_and_timesteps, run_dpo, store_pairs
 
 
 def test_every_lora_parameter_moves_and_nothing_else_does(labelled, tmp_path, monkeypatch):
@@ -76,7 +76,7 @@ def test_loss_is_log2_at_start_and_uses_v_prediction(labelled):
     ll = fm.latents_for(m, [p.loser for p in pairs], labelled.images.open)
     cond = fm.text_conditioning(m, [p.prompt for p in pairs])
     noise, ts = noise_and_timesteps(range(len(pairs)), 0, tuple(lw.shape[1:]), 1000)
-    loss, per = dpo_loss(m.unet, m.noise_scheduler, lw, ll, cond, noise, ts, beta=2500.0)
+    loss, per = dpo_loss(*denoising_errors(m.unet, m.noise_scheduler, lw, ll, cond, noise, ts), beta=2500.0)
     assert loss.item() == pytest.approx(math.log(2), abs=1e-5)
     assert torch.all(per["gap_w"].abs() < 1e-6)
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from finetune.dpo import dpo_loss_from_errors
+from finetune.dpo import dpo_loss
 
 
 def check_sign_and_scale(loss_fn) -> None:  # (err_w, err_l, ref_w, ref_l, beta) -> (loss, stats)
@@ -32,8 +32,8 @@ def check_sign_and_scale(loss_fn) -> None:  # (err_w, err_l, ref_w, ref_l, beta)
                          1000.0)[0]) > math.log(2.0)
 
 
-def test_dpo_loss_from_errors_has_the_papers_sign_and_scale():
-    check_sign_and_scale(dpo_loss_from_errors)
+def test_dpo_loss_has_the_papers_sign_and_scale():
+    check_sign_and_scale(dpo_loss)
 
 
 def _flipped(err_w, err_l, ref_w, ref_l, beta, weights=None):  # the bug to catch
@@ -44,11 +44,11 @@ def _flipped(err_w, err_l, ref_w, ref_l, beta, weights=None):  # the bug to catc
 
 
 def _no_half(err_w, err_l, ref_w, ref_l, beta, weights=None):  # diffusers' convention
-    return dpo_loss_from_errors(err_w, err_l, ref_w, ref_l, 2 * beta, weights)
+    return dpo_loss(err_w, err_l, ref_w, ref_l, 2 * beta, weights)
 
 
 def _swapped(err_w, err_l, ref_w, ref_l, beta, weights=None):  # winner and loser swapped
-    return dpo_loss_from_errors(err_l, err_w, ref_l, ref_w, beta, weights)
+    return dpo_loss(err_l, err_w, ref_l, ref_w, beta, weights)
 
 
 @pytest.mark.parametrize("wrong", [_flipped, _no_half, _swapped])
@@ -60,7 +60,7 @@ def test_the_check_catches_a_wrong_loss(wrong):
 def test_weights_scale_each_pair():
     e = torch.tensor([0.29, 0.31])
     r = torch.full((2,), 0.30)
-    plain, stats = dpo_loss_from_errors(e, r, r, r, 1000.0)
-    weighted, _ = dpo_loss_from_errors(e, r, r, r, 1000.0, torch.tensor([2.0, 0.0]))
+    plain, stats = dpo_loss(e, r, r, r, 1000.0)
+    weighted, _ = dpo_loss(e, r, r, r, 1000.0, torch.tensor([2.0, 0.0]))
     assert math.isclose(float(weighted), float(stats["loss"][0]), rel_tol=1e-6)  # mean of (2 * l0, 0)
     assert float(plain) == pytest.approx(float(stats["loss"].mean()))

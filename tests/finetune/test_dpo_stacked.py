@@ -13,7 +13,7 @@ import torch
 
 from finetune import lora as lora_io
 from finetune import models as fm
-from finetune.dpo import DPOConfig, dpo_loss, noise_and_timesteps, run_dpo, store_pairs, train_dpo
+from finetune.dpo import DPOConfig, denoising_errors, dpo_loss, noise_and_timesteps, run_dpo, store_pairs, train_dpo
 from pickloop.errors import UserError
 
 
@@ -57,7 +57,7 @@ def test_start_from_parent_copies_it_and_makes_it_the_reference(labelled, parent
     # Policy == reference at the start: the DPO loss is exactly log 2 and every error gap is 0. Against
     # the base as reference this parent would give gaps far from 0.
     lw, ll, cond, noise, ts = _batch(labelled, m)
-    loss, per = dpo_loss(m.unet, m.noise_scheduler, lw, ll, cond, noise, ts, beta=2500.0)
+    loss, per = dpo_loss(*denoising_errors(m.unet, m.noise_scheduler, lw, ll, cond, noise, ts), beta=2500.0)
     assert loss.item() == pytest.approx(math.log(2), abs=1e-5)
     assert torch.all(per["gap_w"].abs() < 1e-6) and torch.all(per["gap_l"].abs() < 1e-6)
     with torch.no_grad(), lora_io.adapters_disabled(m.unet) as base:
