@@ -30,6 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from feedback_app.logic import CandidateView, Identity, SetView
+from generator import load_pipeline, sample_candidates
 from pickloop.audiences import serving_version
 from pickloop.errors import UserError
 from pickloop.schema import (
@@ -173,8 +174,6 @@ Draw = Callable[..., list[dict]]
 def draw_candidates(ctx, *, prompt: str, n: int, version_id: int) -> list[dict]:  # noqa: ANN001
     """N candidates of ``prompt`` by model version ``version_id`` in one batched call (the model's own
     steps, guidance and size), images stored; dicts of slot, seed, params and image_sha256."""
-    from generator import sample_candidates
-
     pipe = _pipeline(ctx, version_id)
     drawn = sample_candidates(pipe, prompt, n)
     return [dict(slot=slot, seed=seed, params=params, image_sha256=ctx.images.put(img))
@@ -186,8 +185,6 @@ _threads_set = threading.Lock()
 
 def _pipeline(ctx, version_id: int):  # noqa: ANN001, ANN202
     """The cached pipeline of the version (one per process, shared by every rater; one drawing at a time)."""
-    from generator import load_pipeline
-
     threads = ctx.settings.create_threads
     if threads:
         import torch

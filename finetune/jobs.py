@@ -42,6 +42,8 @@ from typing import Any, Callable, Iterator
 from finetune import ddpo, dpo
 from finetune.ddpo.config import DDPOConfig
 from finetune.dpo.config import DPOConfig
+from finetune.registry import register_version, verify_version_lora
+from pickloop.atomic import remove_stale_temporaries
 from pickloop.audiences import LabelScope, label_scope
 from pickloop.errors import UserError
 
@@ -245,8 +247,6 @@ def prepare_home(ctx: Any, audience: str = "everyone") -> None:
     """Before a run: remove the temporary folders a run killed mid-write left in ``loras/``, and check
     that the promoted version's LoRA (the next run's parent: ``audience``'s, else the shared one) is the
     file the registry recorded (one line, before any model loads)."""
-    from finetune.registry import verify_version_lora
-    from pickloop.atomic import remove_stale_temporaries
     from pickloop.db import read_session
     from pickloop.store import promoted_version
 
@@ -310,7 +310,6 @@ def _run_locked(ctx: Any, method: str, kind: str, config: Any, min_new_labels: i
 
 def _train_and_register(ctx: Any, method: str, config: Any, job: Any, snapshot: int, parent_id: int,
                         parent: Any, reward_id: int | None = None, scope: LabelScope | None = None) -> JobOutcome:
-    from finetune.registry import register_version
     from pickloop.db import write_session
     from pickloop.schema import Job, utcnow
 

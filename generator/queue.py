@@ -48,6 +48,8 @@ from sqlmodel import Session, select
 
 from generator.active_learning import (  # set_priority is re-exported
     load_reward_model_for_queue, rescore_if_new_reward_model, set_priority)
+from generator.pipeline import load_pipeline
+from generator.sampling import sample_sets
 from pickloop.audiences import drawing_versions, raters_served
 from pickloop.errors import UserError
 from pickloop.schema import Comparison, Judgement, ModelVersion, Prompt, utcnow
@@ -247,8 +249,6 @@ def draw_sets(ctx, claims: list[Claim], n: int, *, worker_id: str, reward_model=
     from pickloop.db import read_session, write_session
 
     from generator.noise_memory import choose_seeds
-    from generator.pipeline import load_pipeline
-    from generator.sampling import sample_sets
 
     if len({c.model_version_id for c in claims}) > 1:
         raise ValueError("one batch draws sets of one model version")
@@ -460,8 +460,6 @@ class QueueWatch:
         if not self.loaded and self.model_needed():
             self.loaded = True
             try:
-                from generator.pipeline import load_pipeline
-
                 load_pipeline(lora=_prepare_versions(self.ctx)[0], ctx=self.ctx)
             except UserError as e:
                 print(f"pickloop generate: {e}", flush=True)

@@ -17,13 +17,14 @@ it equals the wall clock of an idle machine) and on the wall clock on a GPU. Bot
 """
 from __future__ import annotations
 
+import json
 import random
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from finetune.bench import peak_rss_mb
+from finetune.bench import dpo_diffusers, peak_rss_mb
 from finetune.dpo.config import DPOConfig, PairSpec
 from finetune.dpo.train import train_dpo
 
@@ -128,7 +129,6 @@ def run_bench(*, steps: int = 20, pairs: int = 32, batch_size: int = 4, base: st
               reference: str = "none", reference_script: str | None = None, warmup: int = 3) -> dict | None:
     import torch
 
-    from finetune.bench import dpo_diffusers
     from pickloop.context import resolve_model_ref
 
     if reference == "diffusers":
@@ -183,8 +183,6 @@ def run_bench(*, steps: int = 20, pairs: int = 32, batch_size: int = 4, base: st
 
 def _resolution(base: str, cfg: DPOConfig) -> int:
     """The training size in pixels (the model's own unless the config sets one), for the reference."""
-    import json
-
     if cfg.resolution:
         return cfg.resolution
     unet = json.loads((Path(base) / "unet" / "config.json").read_text())

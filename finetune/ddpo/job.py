@@ -19,6 +19,7 @@ from finetune.ddpo.config import DDPOConfig
 from finetune.ddpo.rewards import RewardFn, make_reward
 from finetune.ddpo.train import DDPOState, train_ddpo
 from finetune.lora import ParentLora, save_lora_atomic, start_lora
+from finetune.registry import gate_prompts
 from pickloop.audiences import LabelScope
 from pickloop.errors import UserError
 from pickloop.pipelines import open_pipeline
@@ -59,8 +60,6 @@ def training_prompts(ctx: Any, n: int = 500) -> list[str]:
 
 def _drift_prompts(ctx: Any, prompts: Sequence[str], n: int) -> list[str]:
     """The gate's held-out prompts for the drift guard; the first training prompts when there are none."""
-    from finetune.registry import gate_prompts
-
     if n == 0:
         return []
     try:

@@ -11,8 +11,10 @@ from typing import Any, Callable
 import torch
 
 from finetune import lora as lora_io
+from finetune.dpo.ai_feedback import ai_feedback_pairs
 from finetune.dpo.config import DPOConfig, PairSpec
 from finetune.dpo.train import DPOResult, train_dpo
+from finetune.priority import lower_priority
 from pickloop.audiences import LabelScope
 from pickloop.errors import UserError
 from pickloop.config_base import add_flags, config_from_args
@@ -63,8 +65,6 @@ def run_dpo(ctx: Any, cfg: DPOConfig, *, out_dir: Path | str, work_dir: Path | s
     if not scope.shared:
         metadata["labels"] = scope.describe()
     if cfg.ai_feedback_sets > 0:
-        from finetune.dpo.ai_feedback import ai_feedback_pairs
-
         ai, metadata["ai_feedback"] = ai_feedback_pairs(ctx, cfg, base=base_path, parent=parent,
                                                         audience=scope.audience)
         pairs = pairs + ai
@@ -84,7 +84,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-resume", action="store_true")
     add_flags(ap, DPOConfig)  # every setting as a flag, and --config FILE.yaml
     args = ap.parse_args(argv)
-    from finetune.priority import lower_priority
     from pickloop.context import Context
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from math import ceil
 from typing import Any
 
+from finetune import run_auto
+from generator import load_pipeline
 from pickloop.context import Context
 from pickloop.db import read_session, write_session
 from pickloop.errors import UserError
@@ -45,8 +47,6 @@ def finetune_auto(ctx: Context, cfg: LoopConfig, gate_prompts: list[str], log,  
                   audience: str = EVERYONE) -> tuple[list[dict], dict]:
     """The production default (``finetune run --method auto``, for ``audience``): the run decides what to
     train from its data."""
-    from finetune import run_auto
-
     dpo = {"steps": cfg.dpo_steps, "lr": cfg.dpo_lr, "beta": cfg.dpo_beta, "ai_feedback_sets": cfg.dpo_ai_feedback_sets,
            "ai_feedback_candidates": cfg.dpo_ai_feedback_candidates, "ai_feedback_weight": cfg.dpo_ai_feedback_weight}
     outcome = run_auto(ctx, min_new_labels=1, dpo=dpo,
@@ -84,8 +84,6 @@ def _finetune(ctx: Context, method: str, cfg: LoopConfig, gate_prompts: list[str
 
 def draw_version(ctx: Context, cfg: LoopConfig, eval_prompts: list[str], version) -> FixedSeedImages:  # noqa: ANN001
     """A model version's images of the held-out prompts at the loop's fixed seeds."""
-    from generator import load_pipeline
-
     pipe = load_pipeline(model=ctx.base_model, lora=version.id if version.lora_path else None, ctx=ctx)
     return draw_fixed(pipe, eval_prompts, cfg.eval_seeds, seed=cfg.seed)
 
@@ -113,8 +111,6 @@ class LoopSetup:
 
 def setup_loop(ctx: Context, config: LoopConfig) -> LoopSetup:
     """The loop's data home and prompts, the base version registered, the base's held-out images drawn."""
-    from generator import load_pipeline
-
     # Simulated raters: no overlap sets (they would wait for a second rater); the loop's own gate threshold;
     # candidate seeds from the loop's seed (unless the settings name one), so a run's labels repeat.
     seed = ctx.settings.sampling_seed if ctx.settings.sampling_seed is not None else config.seed
