@@ -15,9 +15,11 @@ from finetune.dpo.ai_feedback import ai_feedback_pairs
 from finetune.dpo.config import DPOConfig, PairSpec
 from finetune.dpo.train import DPOResult, train_dpo
 from finetune.priority import lower_priority
-from pickloop.audiences import LabelScope
+from pickloop.audiences import LabelScope, label_weight
 from pickloop.errors import UserError
 from pickloop.config_base import add_flags, config_from_args
+from pickloop.db import read_session
+from pickloop.store import preference_pairs
 
 
 def store_pairs(ctx: Any, *, upto: int | None = None, after: int | None = None,
@@ -28,10 +30,6 @@ def store_pairs(ctx: Any, *, upto: int | None = None, after: int | None = None,
 
     Held-out prompts are left out by default: the promotion gate judges on them.
     """
-    from pickloop.audiences import label_weight
-    from pickloop.db import read_session
-    from pickloop.store import preference_pairs
-
     with read_session(ctx.engine) as s:
         weight = label_weight(session=s, scope=scope or LabelScope())
         raw = preference_pairs(session=s, upto_id=upto, include_ties=False, split=split)

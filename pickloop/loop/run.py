@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from math import ceil
 from typing import Any
 
-from finetune import run_auto
-from generator import load_pipeline
+from finetune import gate_and_promote, run_auto, run_finetune_job
+from generator import fill_queue, load_pipeline
 from pickloop.context import Context
 from pickloop.db import read_session, write_session
 from pickloop.errors import UserError
@@ -64,8 +64,6 @@ def _gate_seeds(cfg: LoopConfig) -> list[int]:
 
 def _finetune(ctx: Context, method: str, cfg: LoopConfig, gate_prompts: list[str]) -> dict[str, Any]:
     """Train one version through the job entry point, then let the promotion gate decide."""
-    from finetune import gate_and_promote, run_finetune_job
-
     overrides = ({"steps": cfg.dpo_steps, "lr": cfg.dpo_lr, "beta": cfg.dpo_beta,
                   "ai_feedback_sets": cfg.dpo_ai_feedback_sets,
                   "ai_feedback_candidates": cfg.dpo_ai_feedback_candidates,
@@ -132,8 +130,6 @@ def setup_loop(ctx: Context, config: LoopConfig) -> LoopSetup:
 def draw_round_sets(setup: LoopSetup, config: LoopConfig, want: int, progress: bool) -> None:
     """A round's candidate sets for the raters to label, drawn as the queue worker draws them (the shared
     promoted version, ``settings.generator_batch_sets`` sets per pipeline call)."""
-    from generator import fill_queue
-
     fill_queue(ctx=setup.ctx, pool=LOOP_POOL, depth=ceil(want / len(setup.train_prompts)), max_sets=want,
                n=config.candidates, progress=progress)
 
