@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from feedback_app import browser
 from pickloop.errors import UserError
 
 # Sets the panel holds hidden after the one on screen, with every image decoded.
@@ -100,7 +101,6 @@ def run_app_bench(*, answers: int, rate: float, candidates: int, pre_drawn: int,
     from sqlmodel import func, select
     from tqdm import tqdm
 
-    from feedback_app import browser
     from feedback_app.ready_sets import make_ready_sets
     from pickloop.bootstrap import initialize_home
     from pickloop.context import Context
@@ -192,7 +192,6 @@ def _ranges(xs: list[int]) -> str:
 
 
 def cmd_bench_app(args) -> None:  # noqa: ANN001
-
     if args.answers < 2 or args.rate <= 0 or args.pre_drawn < 0 or args.finetune_jobs < 0:
         raise UserError("--answers must be >= 2, --rate > 0, --pre-drawn and --finetune-jobs >= 0")
     if args.pre_drawn and args.pre_drawn < args.answers:
@@ -302,7 +301,6 @@ def run_create_browser_bench(*, runs: int, candidates: int, threads: int) -> tup
     prompt box, then (once the candidates are shown) 1 to keep the first, which downloads, and the next
     prompt once the keep is acknowledged. Timed in the page, Enter to every candidate decoded. Returns
     (ms per run, seconds of the first)."""
-    from feedback_app import browser
     from pickloop.shapes.world import prompt_pool
 
     with tempfile.TemporaryDirectory(prefix="pickloop-bench-create-") as tmp:

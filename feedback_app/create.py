@@ -30,13 +30,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from feedback_app.logic import CandidateView, Identity, SetView
-from pickloop.audiences import serving_version
+from generator import load_pipeline, sample_candidates
+from pickloop.audiences import audiences_of, serving_version
+from pickloop.db import read_session, write_session
 from pickloop.errors import UserError
 from pickloop.schema import (
-    MAX_PROMPT_CHARS, AppText, Assignment, Comparison, Judgement, ModelVersion, Prompt, utcnow,
+    MAX_PROMPT_CHARS, AppText, Assignment, Comparison, Judgement, ModelVersion, Prompt, Rater, utcnow,
 )
 from pickloop.store import (
-    add_prompts, add_set, candidates_of, record_judgement, sha256_text, validate_prompt,
+    add_prompts, add_set, candidates_of, promoted_version, record_judgement, sha256_text, validate_prompt,
 )
 
 SETTINGS_NAME = "create_settings"  # app_texts row holding the admin's Create settings (JSON)
@@ -82,8 +84,6 @@ def save_create_settings(*, session: Session, enabled: bool, max_prompt_chars: i
 def prompt_rows(*, session: Session, limit: int = 500) -> list[dict]:
     """The newest prompts for the admin page: id, text, who wrote it (a rater's name, or "admin" for
     prompts added from the admin page or the command line), hidden, pool."""
-    from pickloop.schema import Rater
-
     q = (select(Prompt, Rater.name).join(Rater, Prompt.written_by == Rater.id, isouter=True)
          .order_by(Prompt.id.desc()).limit(limit))
     return [{"id": p.id, "prompt": p.text, "written by": name or "admin", "hidden": not p.active, "pool": p.pool}
@@ -173,8 +173,6 @@ Draw = Callable[..., list[dict]]
 def draw_candidates(ctx, *, prompt: str, n: int, version_id: int) -> list[dict]:  # noqa: ANN001
     """N candidates of ``prompt`` by model version ``version_id`` in one batched call (the model's own
     steps, guidance and size), images stored; dicts of slot, seed, params and image_sha256."""
-    from generator import sample_candidates
-
     pipe = _pipeline(ctx, version_id)
     drawn = sample_candidates(pipe, prompt, n)
     return [dict(slot=slot, seed=seed, params=params, image_sha256=ctx.images.put(img))
@@ -186,8 +184,6 @@ _threads_set = threading.Lock()
 
 def _pipeline(ctx, version_id: int):  # noqa: ANN001, ANN202
     """The cached pipeline of the version (one per process, shared by every rater; one drawing at a time)."""
-    from generator import load_pipeline
-
     threads = ctx.settings.create_threads
     if threads:
         import torch
@@ -201,10 +197,6 @@ def _pipeline(ctx, version_id: int):  # noqa: ANN001, ANN202
 def warm_up(ctx, rater_id: int) -> None:  # noqa: ANN001
     """Load the model that serves ``rater_id`` in the background, so that their first Create does not
     wait for it (nothing happens when no version is registered yet)."""
-    from pickloop.audiences import audiences_of
-    from pickloop.db import read_session
-    from pickloop.store import promoted_version
-
     with read_session(ctx.engine) as s:
         found = (promoted_version(session=s, audience=a) for a in audiences_of(session=s, rater_id=rater_id))
         version = next((v for v in found if v is not None), None)
@@ -227,8 +219,6 @@ def create_offer(ctx, *, identity: Identity, text: str, request_id: str, n: int 
     rater, draw ``n`` (settings.create_candidates) candidates outside any transaction (``draw``, by
     default ``draw_candidates``), then store it all in one. A request already handled returns its set
     without drawing again. Bad input is a UserError of one line, and nothing is written."""
-    from pickloop.db import write_session
-
     n = n or ctx.settings.create_candidates
     if not 2 <= n <= 4:
         raise UserError("Create draws 2-4 candidates")

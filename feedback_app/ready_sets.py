@@ -10,6 +10,7 @@ import random
 
 from pickloop.context import Context
 from pickloop.db import write_session
+from pickloop.schema import Judgement
 from pickloop.store import add_candidates, add_prompts, add_set, ensure_base_version
 
 
@@ -42,7 +43,6 @@ def make_ready_sets(*, ctx: Context, n: int, per_set: int | None = None, size: i
 def make_answered_sets(*, ctx: Context, rater_id: int, n: int, per_set: int = 4) -> None:
     """``n`` sets the rater has answered (picks), written in bulk, for History at scale (test, bench).
     Their images are the same ``per_set`` shapes-world images, stored once."""
-    from pickloop.schema import Judgement
     from pickloop.shapes.world import render, scene_from_prompt
 
     shas = [ctx.images.put(render(scene_from_prompt("a red circle", random.Random(k)), 64)) for k in range(per_set)]

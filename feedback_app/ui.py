@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw
 from sqlalchemy.exc import OperationalError
 
 from feedback_app import logic, sessions
+from feedback_app.create import create_settings
 from pickloop.context import Context
 from pickloop.db import read_session, write_session
 from pickloop.errors import UserError
@@ -129,8 +130,6 @@ def image_bytes(ctx: Context, sha256: str) -> bytes:
 
 def create_enabled() -> bool:
     """Whether admins left the Create page on."""
-    from feedback_app.create import create_settings
-
     with read_session(context().engine) as s:
         return create_settings(session=s).enabled
 

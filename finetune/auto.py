@@ -41,6 +41,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from finetune.registry import DEFAULT_GATE_SEEDS, gate_and_promote, is_shapes_world, promote_version
 from pickloop.errors import DamagedFileError, UserError
 
 # AI-ranked sets per DPO run when the reward model ranks (in the loop 300 drew twice the images for no higher win rate)
@@ -192,12 +193,10 @@ def run_auto(ctx: Any, *, min_new_labels: int = 1, dpo: dict[str, Any] | None = 
     """One ``--method auto`` run: trust check, then each stage's candidates trained, gated, the best promoted;
     ``audience``/``others_weight``: for that audience (see the module docstring)."""
     from finetune.jobs import busy_outcome, check_scope, lock_taken, method_config, prepare_home, run_finetune_job
-    from finetune.registry import DEFAULT_GATE_SEEDS, gate_and_promote, promote_version
 
     from pickloop.audiences import label_scope
     from pickloop.db import read_session
     from finetune.jobs import labels_since_last_run
-    from finetune.registry import is_shapes_world
 
     method_config("dpo", dpo or {})  # a bad override is one line before any model loads
     method_config("ddpo", ddpo or {})

@@ -4,9 +4,12 @@ Heavy imports (torch, diffusers) happen inside handlers so ``pickloop --help`` s
 """
 from __future__ import annotations
 
+from finetune.bench.ddpo import register_bench
+from finetune.bench.scale import register as register_scale_bench
 from finetune.ddpo.config import DDPOConfig
 from finetune.dpo.config import DPOConfig
 from pickloop.config_base import add_flags, flag_values
+from pickloop.errors import UserError
 from pickloop.typed_config import config_object, int_list, non_negative_int
 
 METHOD_CONFIGS = {"dpo": DPOConfig, "ddpo": DDPOConfig}  # --dpo-* and --ddpo-* flags of `finetune run`
@@ -29,8 +32,6 @@ def _job_priority() -> None:
 def run_overrides(args) -> dict:  # noqa: ANN001
     """The settings ``finetune run`` was given: ``--config`` (a file or a JSON object), then the
     ``--dpo-*``/``--ddpo-*`` flags given, which win. With ``--method auto`` one mapping per method."""
-    from pickloop.errors import UserError
-
     overrides = config_object(args.config)
     flags = {m: flag_values(cls, args, prefix=m) for m, cls in METHOD_CONFIGS.items()}
     if args.method == "auto":
@@ -116,7 +117,6 @@ def cmd_models_promote(args) -> int:  # noqa: ANN001
 def cmd_models_export(args) -> None:  # noqa: ANN001
     from finetune.lora import export_lora
     from pickloop.db import read_session
-    from pickloop.errors import UserError
     from pickloop.store import find_version
 
     ctx = _ctx()
@@ -199,8 +199,6 @@ def register(sub, bench_sub) -> None:  # noqa: ANN001
     q.add_argument("--reference-script", default=None,
                    help="path of diffusers' examples/research_projects/diffusion_dpo/train_diffusion_dpo.py")
     q.set_defaults(func=cmd_bench_dpo)
-    from finetune.bench.ddpo import register_bench
-    from finetune.bench.scale import register as register_scale_bench
 
     register_bench(bench_sub)
     register_scale_bench(bench_sub)

@@ -39,11 +39,20 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from sqlalchemy import func
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import select
+
 from finetune import ddpo, dpo
 from finetune.ddpo.config import DDPOConfig
 from finetune.dpo.config import DPOConfig
-from pickloop.audiences import LabelScope, label_scope
+from finetune.registry import register_version, verify_version_lora
+from pickloop.atomic import remove_stale_temporaries
+from pickloop.audiences import LabelScope, audience_labels, label_scope, parent_for, require_audience_labels
+from pickloop.db import read_session, write_session
 from pickloop.errors import UserError
+from pickloop.schema import Job, Judgement, utcnow
+from pickloop.store import data_snapshot, promoted_version
 
 EXIT_BUSY = 75  # EX_TEMPFAIL: "try again later"; distinct from 0 (done / nothing to do) and 2 (user error)
 
@@ -107,12 +116,6 @@ def _trainer(method: str) -> Callable[..., Any]:
 def labels_since_last_run(session: Any, kind: str, scope: LabelScope | None = None) -> tuple[int, int]:
     """(judgements newer than the last finished ``kind`` run, that run's snapshot); with an audience's
     ``scope``, its raters' labels (picks and ties) newer than the last finished run for that audience."""
-    from sqlalchemy import func
-    from sqlmodel import select
-
-    from pickloop.audiences import audience_labels
-    from pickloop.schema import Job, Judgement
-
     scope = scope or LabelScope()
     theirs = ~Job.run_key.contains(":for-") if scope.shared else Job.run_key.contains(f":{scope.audience_key()}")
     last = int(session.exec(select(func.coalesce(func.max(Job.data_snapshot), 0))
@@ -127,8 +130,6 @@ def check_scope(ctx: Any, scope: LabelScope) -> None:
     own (``settings.audience_min_labels``); one UserError line otherwise."""
     if scope.shared:
         return
-    from pickloop.audiences import require_audience_labels
-    from pickloop.db import read_session
 
     with read_session(ctx.engine) as s:
         require_audience_labels(session=s, audience=scope.audience, minimum=ctx.settings.audience_min_labels)
@@ -138,12 +139,6 @@ def claim_job(ctx: Any, *, kind: str, run_key: str, snapshot: int, config_hash: 
               owner: str) -> tuple[str, Any]:
     """Insert or take over the Job row for ``run_key``. Returns (state, job): state is ``claimed``,
     ``taken-over``, ``already-done`` or ``busy``."""
-    from sqlalchemy.exc import IntegrityError
-    from sqlmodel import select
-
-    from pickloop.db import write_session
-    from pickloop.schema import Job, utcnow
-
     stale = timedelta(seconds=ctx.settings.finetune_stale_seconds)
     try:
         with write_session(ctx.engine) as s:
@@ -180,9 +175,6 @@ class Heartbeat:
         self._thread = threading.Thread(target=self._run, name="pickloop-heartbeat", daemon=True)
 
     def beat(self) -> None:
-        from pickloop.db import write_session
-        from pickloop.schema import Job, utcnow
-
         with write_session(self.ctx.engine) as s:
             job = s.get(Job, self.job_id)
             if job is not None:
@@ -245,11 +237,6 @@ def prepare_home(ctx: Any, audience: str = "everyone") -> None:
     """Before a run: remove the temporary folders a run killed mid-write left in ``loras/``, and check
     that the promoted version's LoRA (the next run's parent: ``audience``'s, else the shared one) is the
     file the registry recorded (one line, before any model loads)."""
-    from finetune.registry import verify_version_lora
-    from pickloop.atomic import remove_stale_temporaries
-    from pickloop.db import read_session
-    from pickloop.store import promoted_version
-
     remove_stale_temporaries(ctx.settings.lora_dir)
     with read_session(ctx.engine) as s:
         parent = promoted_version(session=s, audience=audience) or promoted_version(session=s)
@@ -264,7 +251,6 @@ def _reward_model_used(ctx: Any, method: str, config: Any, audience: str = "ever
             getattr(config, "reward", None) == "reward-model" and not getattr(config, "reward_path", None))
     if not uses:
         return None
-    from pickloop.db import read_session
     from reward import latest_reward_model_id
 
     with read_session(ctx.engine) as s:
@@ -274,9 +260,6 @@ def _reward_model_used(ctx: Any, method: str, config: Any, audience: str = "ever
 def _run_locked(ctx: Any, method: str, kind: str, config: Any, min_new_labels: int,
                 scope: LabelScope) -> JobOutcome:
     from finetune.lora import parent_lora
-    from pickloop.audiences import parent_for
-    from pickloop.db import read_session, write_session
-    from pickloop.store import data_snapshot
 
     prepare_home(ctx, scope.audience)
     with write_session(ctx.engine) as s:
@@ -310,10 +293,6 @@ def _run_locked(ctx: Any, method: str, kind: str, config: Any, min_new_labels: i
 
 def _train_and_register(ctx: Any, method: str, config: Any, job: Any, snapshot: int, parent_id: int,
                         parent: Any, reward_id: int | None = None, scope: LabelScope | None = None) -> JobOutcome:
-    from finetune.registry import register_version
-    from pickloop.db import write_session
-    from pickloop.schema import Job, utcnow
-
     scope = scope or LabelScope()
     name = _safe_name(f"{method}-s{snapshot}-{job.config_hash[:8]}" + (f"-p{parent_id}" if parent else "")
                       + (f"-rm{reward_id}" if reward_id is not None else "")

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from pickloop.errors import UserError
+from pickloop.lora_files import load_into_pipeline, verify_lora
 from pickloop.pipelines import open_pipeline
 
 Scorer = Callable[[Sequence[str], Sequence[Any]], Sequence[float]]
@@ -189,8 +190,6 @@ def _draw_images(base: str, lora_dir: str | None, lora_sha256: str | None, promp
                  seeds: Sequence[int], *, steps: int, guidance: float) -> list[Any]:
     import torch
 
-    from pickloop.lora_files import load_into_pipeline, verify_lora
-
     lora = verify_lora(lora_dir, expected_sha256=lora_sha256) if lora_dir else None
     pipe = open_pipeline(base, safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
@@ -265,8 +264,6 @@ def is_shapes_world(base_model: str) -> bool:
 def verify_version_lora(version: Any) -> None:
     """The version's LoRA file matches the sha256 the registry and its manifest recorded and is sound
     (``pickloop.lora_files.verify_lora``); one UserError line naming the file otherwise. The base has none."""
-    from pickloop.lora_files import verify_lora
-
     if version.lora_path:
         verify_lora(version.lora_path, expected_sha256=version.lora_sha256, require_manifest=True)
 

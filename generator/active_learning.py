@@ -9,6 +9,7 @@ import logging
 from sqlalchemy import update
 from sqlmodel import select
 
+from pickloop.db import read_session, write_session
 from pickloop.errors import UserError
 from pickloop.schema import Comparison, Prompt
 
@@ -44,7 +45,6 @@ def _priority(p_best: float) -> float:
 def rescore_ready_sets(*, ctx, reward_model, pool: str | None = None, batch: int = 32) -> int:  # noqa: ANN001
     """Set every ready set's priority from ``reward_model`` (what a newer reward model is unsure about
     differs from what the one that drew them was); returns how many sets were scored."""
-    from pickloop.db import read_session, write_session
     from reward import order_comparisons
 
     q = select(Comparison.id).where(Comparison.status == "ready").order_by(Comparison.id)
@@ -66,7 +66,6 @@ def rescore_ready_sets(*, ctx, reward_model, pool: str | None = None, batch: int
 def rescore_if_new_reward_model(ctx, scored_with: int | None, *, pool: str | None = None) -> int | None:  # noqa: ANN001
     """With active learning on, re-score the ready sets once a reward model newer than ``scored_with``
     (a registry id) is registered; returns the id the queue is now scored with."""
-    from pickloop.db import read_session
     from reward import latest_reward_model_id
 
     if not ctx.settings.active_learning:

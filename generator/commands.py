@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 from pickloop.errors import UserError
@@ -101,8 +102,6 @@ def cmd_stats(args: argparse.Namespace) -> None:
 
 
 def _timed_images_per_s(fn, n_images: int) -> float:  # noqa: ANN001
-    import time
-
     t0 = time.perf_counter()
     fn()
     return n_images / (time.perf_counter() - t0)

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 from sqlalchemy import case, func
 from sqlmodel import Session, select
 
+from generator.sampling import fresh_seeds
 from pickloop.schema import Candidate, Judgement, ModelVersion, Prompt
 
 MAX_WINNERS = 5000  # most-winning (prompt, seed) pairs considered; enough for any real pool
@@ -98,8 +99,6 @@ def seed_source(*, session: Session, prompt: str, sampling_seed: int | None) -> 
 
 def choose_seeds(pipe, *, session: Session, prompt: str, n: int, settings) -> tuple[list[int], list[bool]]:  # noqa: ANN001
     """Seeds for a new set of ``n`` and, per slot, whether it came from noise memory (slots shuffled)."""
-    from generator.sampling import fresh_seeds
-
     rng = seed_source(session=session, prompt=prompt, sampling_seed=getattr(settings, "sampling_seed", None))
     k = memory_count(n, settings.noise_memory_share, settings.noise_memory)
     info = getattr(pipe, "pickloop_info", None)

@@ -48,8 +48,13 @@ from sqlmodel import Session, select
 
 from generator.active_learning import (  # set_priority is re-exported
     load_reward_model_for_queue, rescore_if_new_reward_model, set_priority)
+from generator.noise_memory import choose_seeds
+from generator.pipeline import load_pipeline
+from generator.sampling import sample_sets
 from pickloop.audiences import drawing_versions, raters_served
+from pickloop.db import read_session, write_session
 from pickloop.errors import UserError
+from pickloop.pace import open_sets_wanted, pace, ready_unanswered, sets_wanted
 from pickloop.schema import Comparison, Judgement, ModelVersion, Prompt, utcnow
 from pickloop.store import add_candidates, add_set, ensure_base_version, promoted_version
 
@@ -177,8 +182,6 @@ def missing_sets(*, session: Session, pool: str, depth: int, version_id: int) ->
 def _prepare_versions(ctx, per_audience: bool = False) -> list[int]:  # noqa: ANN001
     """The ids of the versions to draw with: the shared one, then (``per_audience``) every other audience's
     promoted version (``pickloop.audiences.drawing_versions``)."""
-    from pickloop.db import read_session, write_session
-
     def ids(s: Session) -> list[int]:
         if per_audience:
             return [v.id for v in drawing_versions(session=s, base_model=ctx.base_model)]
@@ -209,8 +212,6 @@ def renew_claim(*, session: Session, claim: Claim, worker_id: str) -> bool:
 @contextlib.contextmanager
 def keep_claim(ctx, claim: Claim, *, worker_id: str, every_s: float):  # noqa: ANN001, ANN201
     """Renew ``claim`` every ``every_s`` seconds from a background thread while the block runs."""
-    from pickloop.db import write_session
-
     stop = threading.Event()
 
     def beat() -> None:
@@ -244,12 +245,6 @@ def draw_sets(ctx, claims: list[Claim], n: int, *, worker_id: str, reward_model=
     """Draw the candidates of several claimed sets of one version in ONE batched pipeline call and store
     them; returns how many sets became ready. With ``reward_model`` each set's priority is its
     uncertainty (``set_priority``), else None. The claims are renewed every ``stale_after_s / 3``."""
-    from pickloop.db import read_session, write_session
-
-    from generator.noise_memory import choose_seeds
-    from generator.pipeline import load_pipeline
-    from generator.sampling import sample_sets
-
     if len({c.model_version_id for c in claims}) > 1:
         raise ValueError("one batch draws sets of one model version")
     try:
@@ -290,8 +285,6 @@ def claim_batch(ctx, *, pool: str, depth: int, worker_id: str, k: int,  # noqa: 
                 stale_after_s: float = STALE_AFTER_S, version_id: int | None = None) -> list[Claim]:
     """Claim up to ``k`` missing sets on distinct prompts in one write transaction (one batch), for
     ``version_id`` (None: the shared promoted version); none when that version is no longer promoted."""
-    from pickloop.db import write_session
-
     claims: list[Claim] = []
     with write_session(ctx.engine) as s:
         # read the promoted version per batch: a promotion mid-run takes effect at the next batch
@@ -333,8 +326,6 @@ def fill_queue(*, ctx, pool: str = "default", depth: int | None = None, worker_i
     this call, so the other audiences' raters keep rating; the shared version's raises, as ever.
     """
     from tqdm.auto import tqdm
-
-    from pickloop.db import read_session, write_session
 
     depth = depth or ctx.settings.queue_depth
     n = n or ctx.settings.candidates_per_set
@@ -431,9 +422,6 @@ class QueueWatch:
         """More sets of ``version_id`` wanted now: sized by the raters it serves (online, answer rate) and its
         own open sets. A version of a group or rater that serves nobody now (every member has a version
         of their own, or the group is empty) wants none."""
-        from pickloop.db import read_session
-        from pickloop.pace import ready_unanswered, sets_wanted
-
         with read_session(self.ctx.engine) as s:
             raters = raters_served(session=s).get(version_id, set())
             shared = promoted_version(session=s)
@@ -445,9 +433,6 @@ class QueueWatch:
             return min(want, 1) if ready_unanswered(session=s, pool=self.pool, version_id=version_id) == 0 else want
 
     def model_needed(self) -> bool:
-        from pickloop.db import read_session
-        from pickloop.pace import open_sets_wanted, pace
-
         if not self.sized:
             return True
         with read_session(self.ctx.engine) as s:
@@ -460,8 +445,6 @@ class QueueWatch:
         if not self.loaded and self.model_needed():
             self.loaded = True
             try:
-                from generator.pipeline import load_pipeline
-
                 load_pipeline(lora=_prepare_versions(self.ctx)[0], ctx=self.ctx)
             except UserError as e:
                 print(f"pickloop generate: {e}", flush=True)
@@ -489,9 +472,6 @@ def draw_first_sets(ctx, n: int, *, progress: bool = False) -> int:  # noqa: ANN
     """Draw ``n`` sets (batched as the worker batches them) when the home has no ready set yet, so that
     the first rater of a new home rates while the app's worker starts: its model loads in some seconds
     (more on a busy machine), and a rater answering once a second would otherwise be waiting for it."""
-    from pickloop.db import read_session
-    from pickloop.pace import ready_unanswered
-
     with read_session(ctx.engine) as s:
         if ready_unanswered(session=s) > 0:
             return 0

@@ -8,6 +8,7 @@ from pathlib import Path
 from sqlalchemy.engine import Engine
 
 from pickloop.settings import Settings, get_settings
+from pickloop.shapes.models import default_clip_dir, default_pipeline_dir
 
 EMBEDDED_MODEL = "embedded:shapes"  # the shipped shapes-world StableDiffusionPipeline
 EMBEDDED_CLIP = "embedded:shapes-clip"  # the shipped shapes-world CLIPModel
@@ -16,12 +17,8 @@ EMBEDDED_CLIP = "embedded:shapes-clip"  # the shipped shapes-world CLIPModel
 def resolve_model_ref(ref: str | None) -> str:
     """A diffusers/transformers folder or hub id for ``ref``; the embedded names map to package data."""
     if ref in (None, "", EMBEDDED_MODEL):
-        from pickloop.shapes.models import default_pipeline_dir
-
         return str(default_pipeline_dir())
     if ref == EMBEDDED_CLIP:
-        from pickloop.shapes.models import default_clip_dir
-
         return str(default_clip_dir())
     return ref
 

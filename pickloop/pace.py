@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Collection
 
 from sqlalchemy import and_, exists, func, or_
@@ -49,8 +49,6 @@ def _rate(count: int, first: datetime | None, now: datetime) -> float:
 
 
 def _aware(t: datetime) -> datetime:
-    from datetime import timezone
-
     return t if t.tzinfo is not None else t.replace(tzinfo=timezone.utc)
 
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Collection, Iterable, Sequence
 
-from sqlalchemy import func
+from sqlalchemy import func, insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, select
 
 from pickloop.errors import UserError
@@ -258,14 +259,13 @@ def _insert_ignore(session: Session, model, values: dict) -> bool:  # noqa: ANN0
     """INSERT ... ON CONFLICT DO NOTHING; True when a row was written."""
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
+        from sqlalchemy.dialects.postgresql import insert as insert_or_ignore
     elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
+        insert_or_ignore = sqlite_insert
     else:  # pragma: no cover - other databases: the unique constraints raise instead
-        from sqlalchemy import insert
         return session.execute(insert(model).values(**values).returning(model.id)).first() is not None
     # RETURNING, not rowcount: an ORM-enabled insert reports rowcount -1 on some drivers
-    stmt = insert(model).values(**values).on_conflict_do_nothing().returning(model.id)
+    stmt = insert_or_ignore(model).values(**values).on_conflict_do_nothing().returning(model.id)
     return session.execute(stmt).first() is not None
 
 

@@ -9,9 +9,11 @@ valid value of a float setting.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
+import re
 import types
 import typing
 from functools import lru_cache
@@ -97,8 +99,6 @@ def check_field_types(obj: Any, section: str) -> None:
 def int_at_least(lo: int) -> Callable[[str], int]:
     """argparse type: a whole number >= ``lo`` (``--threads 0`` is refused as the arguments are read)."""
     def parse(text: str) -> int:
-        import argparse
-
         try:
             value = int(text)
         except ValueError:
@@ -117,8 +117,6 @@ non_negative_int = int_at_least(0)
 
 def int_list(text: str) -> list[int]:
     """argparse type: comma-separated integers such as ``1234,5678``."""
-    import argparse
-
     try:
         values = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
@@ -134,8 +132,6 @@ CONFIG_FILE_SUFFIXES = (".yaml", ".yml", ".json")
 @lru_cache(maxsize=1)
 def _yaml_loader() -> type:
     """PyYAML's safe loader, but ``1e-5`` is a number as in JSON and YAML 1.2 (PyYAML reads it as text)."""
-    import re
-
     import yaml
 
     class Loader(yaml.SafeLoader):

@@ -14,10 +14,14 @@ import random
 import time
 
 from PIL import Image
+from tqdm import tqdm
 
 from pickloop.errors import UserError
+from pickloop.shapes.world import COLORS, SHAPES, SIZES, Scene, prompt_pool, render, scene_from_prompt
 from reward.config import RewardBenchConfig as BenchConfig
-from reward.data import ImagePair
+from reward.data import ImagePair, featurize
+from reward.evaluate import evaluate_model
+from reward.train import RewardConfig, train_on_pairs
 
 
 def make_rater(taste: str, seed: int):  # noqa: ANN201 - pickloop.shapes.tastes.SimulatedRater
@@ -35,8 +39,6 @@ def make_rater(taste: str, seed: int):  # noqa: ANN201 - pickloop.shapes.tastes.
 def draw_candidate(prompt: str, rng: random.Random, off_prompt_share: float) -> Image.Image:
     """A render that follows the prompt (open attributes at random), or with ``off_prompt_share`` one
     that gets a stated attribute wrong."""
-    from pickloop.shapes.world import COLORS, SHAPES, SIZES, Scene, render, scene_from_prompt
-
     scene = scene_from_prompt(prompt, rng)
     if rng.random() < off_prompt_share:
         objs = list(scene.objects)
@@ -66,9 +68,6 @@ def pairs_of_answer(prompt: str, images: list[Image.Image], answer, group: int) 
 
 
 def label_training_sets(rater, cfg: BenchConfig, progress: bool = True) -> list[ImagePair]:  # noqa: ANN001
-    from tqdm import tqdm
-
-    from pickloop.shapes.world import prompt_pool
 
     rng = random.Random(f"reward-bench-train-{cfg.seed}")
     prompts = prompt_pool("train", n=cfg.train_prompts, open_share=1.0, seed=cfg.seed)
@@ -88,8 +87,6 @@ def label_test_pairs(rater, cfg: BenchConfig) -> tuple[list[ImagePair], dict]:  
     answer was a pick, the pairs that accuracy is measured on. ``oracle``: the accuracy on those pairs
     of the taste itself (picking the higher-scored image): the best any model of the rater can do.
     """
-    from pickloop.shapes.world import prompt_pool
-
     rng = random.Random(f"reward-bench-test-{cfg.seed}")
     prompts = prompt_pool("heldout", n=max(20, cfg.test_pairs // 4), open_share=1.0, seed=cfg.seed)
     pairs, same, decided, same_decided, oracle = [], 0, 0, 0, 0
@@ -110,10 +107,6 @@ def label_test_pairs(rater, cfg: BenchConfig) -> tuple[list[ImagePair], dict]:  
 
 def run_bench(cfg: BenchConfig, config=None, progress: bool = True) -> dict:  # noqa: ANN001
     """Label, train, evaluate; returns the figures the bench prints."""
-    from reward.data import featurize
-    from reward.evaluate import evaluate_model
-    from reward.train import RewardConfig, train_on_pairs
-
     config = config or RewardConfig(heldout_share=0.2)
     rater = make_rater(cfg.taste, cfg.seed)
     train_pairs = label_training_sets(rater, cfg, progress)

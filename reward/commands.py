@@ -4,12 +4,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from pickloop.config_base import add_flags, config_from_args
+from pickloop.errors import UserError
 from pickloop.typed_config import positive_int
+from reward.config import RewardBenchConfig, RewardConfig
 
 
 def cmd_train(args) -> None:  # noqa: ANN001
-    from reward.config import RewardConfig
-
     config = config_from_args(RewardConfig, args)  # a bad setting or --config file: one line before torch loads
     from pickloop.audiences import parse_audience
 
@@ -38,7 +38,6 @@ def cmd_eval(args) -> None:  # noqa: ANN001
     import torch
 
     from pickloop.context import Context
-    from pickloop.errors import UserError
     from reward.data import featurize, pairs_from_store, split_indices
     from reward.evaluate import evaluate_model, learning_curve, save_learning_curve
     from reward.model import RewardModel
@@ -89,8 +88,6 @@ def cmd_score(args) -> None:  # noqa: ANN001
 
 
 def cmd_bench(args) -> None:  # noqa: ANN001
-    from reward.config import RewardBenchConfig, RewardConfig
-
     cfg = config_from_args(RewardBenchConfig, args)  # a bad setting: one line before torch loads
     config = RewardConfig(backbone=args.backbone, heldout_share=0.2, seed=cfg.seed)
     import torch
@@ -114,8 +111,6 @@ def cmd_bench(args) -> None:  # noqa: ANN001
 
 
 def register(sub, bench_sub) -> None:  # noqa: ANN001
-    from reward.config import RewardBenchConfig, RewardConfig
-
     rw = sub.add_parser("reward", help="the preference reward model").add_subparsers(dest="reward_cmd", required=True)
     q = rw.add_parser("train", help="train on every label so far; saves and registers the model")
     add_flags(q, RewardConfig)

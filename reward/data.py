@@ -14,8 +14,10 @@ from typing import Sequence
 
 import torch
 from PIL import Image
+from tqdm import tqdm
 
 from pickloop.errors import UserError
+from reward.model import image_key
 
 
 @dataclass(frozen=True)
@@ -98,10 +100,6 @@ def prompt_weights(prompts: Sequence[str]) -> torch.Tensor:
 @torch.no_grad()
 def featurize(model, pairs: Sequence[ImagePair], progress: bool = False) -> PairFeatures:  # noqa: ANN001
     """Backbone features of every pair (each distinct image and prompt embedded once), without gradients."""
-    from tqdm import tqdm
-
-    from reward.model import image_key
-
     images: dict[str, Image.Image] = {}
     ka, kb = [], []
     for p in pairs:

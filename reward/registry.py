@@ -5,7 +5,7 @@ from pathlib import Path
 
 from pickloop.errors import UserError
 from pickloop.integrity import file_sha256
-from reward.model import WEIGHTS_FILE
+from reward.model import WEIGHTS_FILE, RewardModel
 
 
 def weights_sha256(folder: str | Path) -> str:
@@ -78,8 +78,6 @@ def resolve_reward_model(*, ctx, ref: str = "latest",  # noqa: ANN001
 def load_reward_model(*, ctx, ref: str = "latest", audience: str = "everyone"):  # noqa: ANN001, ANN201
     """A saved reward model (folder, registry id or ``latest``: ``audience``'s newest), its weights checked
     against the sha256 the registry recorded when it was trained."""
-    from reward.model import RewardModel
-
     path, sha = resolve_reward_model(ctx=ctx, ref=ref, audience=audience)
     return RewardModel.load(path, expected_sha256=sha)
 

@@ -16,11 +16,15 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from pickloop.errors import UserError
 from reward.config import RewardConfig
-from reward.data import ImagePair, PairFeatures, check_labels, featurize, prompt_weights, split_indices
+from reward.data import (
+    ImagePair, PairFeatures, check_labels, featurize, pairs_from_store, prompt_hash, prompt_weights, split_indices,
+)
 from reward.model import RewardModel
+from reward.registry import weights_sha256
 
 
 def bradley_terry_loss(r_a: torch.Tensor, r_b: torch.Tensor, label: torch.Tensor,
@@ -96,8 +100,6 @@ def fit(model: RewardModel, train, heldout, config: RewardConfig, progress: bool
 
     ``select_best=False``: run every epoch of ``config.epochs`` and keep the last weights, so ``heldout``
     only measures (cross-validation: the fold it is scored on must not pick the epoch)."""
-    from tqdm import tqdm
-
     label, prompts = pair_labels(train)
     weight = prompt_weights(prompts)
     opt = _optimizer(model, config)
@@ -136,8 +138,6 @@ def fit(model: RewardModel, train, heldout, config: RewardConfig, progress: bool
 
 def fold_of(prompt: str, folds: int) -> int:
     """The cross-validation fold of a prompt: fixed by a hash of its text, like the held-out split."""
-    from reward.data import prompt_hash
-
     return min(int(prompt_hash("cv:" + prompt) * folds), folds - 1)
 
 
@@ -244,8 +244,6 @@ def train_reward(*, ctx, config: RewardConfig | None = None,  # noqa: ANN001
     from pickloop.db import read_session, write_session
     from pickloop.schema import RewardModelRow
     from pickloop.store import data_snapshot
-    from reward.data import pairs_from_store
-    from reward.registry import weights_sha256
 
     config = config or RewardConfig()
     audience = parse_audience(audience)

@@ -13,7 +13,7 @@ from typing import Hashable, Sequence
 
 from PIL import Image
 
-from reward.model import RewardModel
+from reward.model import RewardModel, image_key
 
 
 @dataclass(frozen=True)
@@ -47,8 +47,6 @@ def set_uncertainty(model: RewardModel, sets: Sequence[CandidateSet]) -> list[Se
             keys.append(k)
             owner.append(i)
     if any(k is None for k in keys):
-        from reward.model import image_key
-
         keys = [k if k is not None else image_key(im) for k, im in zip(keys, images)]
     scores = model.score(prompts, images, keys).tolist() if images else []
     per_set: list[list[float]] = [[] for _ in sets]

@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
 
+from finetune.bench import peak_rss_mb
 from finetune.ddpo.config import DDPOConfig
 from pickloop.config_base import add_flags, config_from_args
 from pickloop.errors import UserError
@@ -99,7 +101,6 @@ def cmd_bench_ddpo(args: argparse.Namespace) -> int:
     config = bench_config(args)  # a bad setting: one line before torch loads
     import torch
 
-    from finetune.bench import peak_rss_mb
     from finetune.ddpo.job import load_pipeline
     from finetune.ddpo.rewards import make_reward
     from finetune.ddpo.train import train_ddpo
@@ -160,8 +161,6 @@ def cmd_bench_ddpo(args: argparse.Namespace) -> int:
 def epoch_floor_seconds(base: str, config, guard_prompts: int) -> tuple[float, float]:  # noqa: ANN001 - DDPOConfig
     """(wall, cpu) seconds of the U-Net passes one epoch of ``config`` makes, each timed bare (see the
     module docstring). Measured after the run, so it does not count in the run's peak memory."""
-    import math
-
     from diffusers import DDIMScheduler
 
     from finetune.bench.dpo import bare_pass_seconds

@@ -17,9 +17,11 @@ degrade). The drift guard measures only, unless ``--config`` sets its limits.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import tempfile
 import time
+from math import ceil
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -52,8 +54,6 @@ def rated_home(folder: Path, *, taste: str, labels: int, candidates: int, prompt
 
     Returns (Context, the reward model's metrics).
     """
-    from math import ceil
-
     from generator import fill_queue
     from pickloop.context import EMBEDDED_MODEL, Context
     from pickloop.db import write_session
@@ -187,8 +187,6 @@ def register_curve_bench(bench_sub) -> None:  # noqa: ANN001 - argparse subparse
 
 
 def cmd_bench_ddpo_curve(args: argparse.Namespace) -> int:
-    import os
-
     import torch
 
     from pickloop.settings import get_settings

@@ -11,9 +11,13 @@ batch) and reads the prompt of each sample back from token ids for stat tracking
 from __future__ import annotations
 
 import json
+import os
+import random
 import sys
 import time
 from typing import Any
+
+from finetune.bench import peak_rss_mb
 
 INSTALL_HINT = ("TRL's DDPOTrainer is not installed: pip install 'pickloop[trl-reference]' "
                 "(pins trl==0.23.1, the last release with DDPO)")
@@ -44,13 +48,10 @@ def _timed(obj: Any, name: str, bucket: list[float], cpu_bucket: list[float] | N
 
 def run_reference(spec: dict[str, Any]) -> dict[str, Any]:
     """Train with TRL per ``spec`` (base, prompts, reward, config fields); per-epoch seconds and rewards."""
-    import random
-
     import torch
     from trl import DDPOConfig as TRLConfig
     from trl import DDPOTrainer, DefaultDDPOStableDiffusionPipeline
 
-    from finetune.bench import peak_rss_mb
     from finetune.ddpo.rewards import make_reward
     from finetune.ddpo.sampler import to_pil
 
@@ -102,8 +103,6 @@ def run_reference(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import os
-
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))

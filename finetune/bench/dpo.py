@@ -17,20 +17,24 @@ it equals the wall clock of an idle machine) and on the wall clock on a GPU. Bot
 """
 from __future__ import annotations
 
+import json
 import random
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from finetune.bench import peak_rss_mb
+import torch
+
+from finetune import lora as lora_io
+from finetune import models as fm
+from finetune.bench import dpo_diffusers, peak_rss_mb
 from finetune.dpo.config import DPOConfig, PairSpec
 from finetune.dpo.train import train_dpo
+from pickloop.shapes.world import COLORS, Scene, Shape, caption, render, sample_scene
 
 
 def synthetic_pairs(n: int, seed: int = 0) -> tuple[list[PairSpec], dict]:
-    from pickloop.shapes.world import COLORS, Scene, Shape, caption, render, sample_scene
-
     rng = random.Random(seed)
     images, pairs = {}, []
     for i in range(n):
@@ -57,8 +61,6 @@ def _per_step(marks: list[tuple[float, float]], warmup: int) -> tuple[float, flo
 def time_training(cfg: DPOConfig, base: str, pairs: list[PairSpec], images: dict, out: Path,
                   warmup: int) -> tuple[float, float]:
     """(wall, cpu) seconds per DPO step of ``train_dpo``, timed between optimizer steps."""
-    import torch
-
     marks: list[tuple[float, float]] = []
 
     def mark(step: int, metrics: dict) -> None:
@@ -77,11 +79,7 @@ def bare_pass_seconds(base: str, *, n: int, rank: int, resolution: int | None = 
                       mixed_precision: str = "no", n_fwd: int | None = None) -> dict[str, tuple[float, float]]:
     """Median (wall, cpu) seconds of the LoRA U-Net's forward+backward (``fwd_bwd``) on ``n`` random latents
     and of its forward without autograd (``fwd``) on ``n_fwd`` (default ``n``): the floor of a training step."""
-    import torch
     from accelerate import Accelerator
-
-    from finetune import lora as lora_io
-    from finetune import models as fm
 
     acc = Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
     m = fm.load_train_models(base, device=acc.device, resolution=resolution)
@@ -126,9 +124,6 @@ def bare_pass_seconds(base: str, *, n: int, rank: int, resolution: int | None = 
 
 def run_bench(*, steps: int = 20, pairs: int = 32, batch_size: int = 4, base: str | None = None,
               reference: str = "none", reference_script: str | None = None, warmup: int = 3) -> dict | None:
-    import torch
-
-    from finetune.bench import dpo_diffusers
     from pickloop.context import resolve_model_ref
 
     if reference == "diffusers":
@@ -183,8 +178,6 @@ def run_bench(*, steps: int = 20, pairs: int = 32, batch_size: int = 4, base: st
 
 def _resolution(base: str, cfg: DPOConfig) -> int:
     """The training size in pixels (the model's own unless the config sets one), for the reference."""
-    import json
-
     if cfg.resolution:
         return cfg.resolution
     unet = json.loads((Path(base) / "unet" / "config.json").read_text())

@@ -16,6 +16,7 @@ loading, VAE encoding, text encoding, both U-Net passes, the update). The child'
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import os
 import runpy
@@ -24,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
+
+from finetune.bench import peak_rss_mb
 
 SHIMS = Path(__file__).parent / "reference_shims"
 
@@ -46,8 +49,6 @@ def missing(script: str | None) -> str | None:
 
 def write_dataset(pairs: Sequence[Any], images: dict, folder: Path) -> Path:
     """The pairs as a Pick-a-Pic parquet the example reads (``label_0`` 1 or 0, winner position alternating)."""
-    import io
-
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -113,8 +114,6 @@ def _install_shims(names: list[str]) -> None:
 
 def _child(script: str, warmup: int, args: list[str]) -> None:
     import torch
-
-    from finetune.bench import peak_rss_mb
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     shims = [name for name in ("torchvision", "wandb") if importlib.util.find_spec(name) is None]

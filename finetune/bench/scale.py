@@ -18,6 +18,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from finetune.bench import peak_rss_mb
+from pickloop.errors import UserError
 from pickloop.typed_config import positive_int
 
 ARCHS: dict[str, dict[str, Any]] = {
@@ -45,8 +47,6 @@ def build_unet(arch: str, *, device: Any = "cpu", dtype: Any = None) -> Any:
     """A randomly initialised U-Net of ``arch`` (sd15, sdxl, or shapes: the embedded model's)."""
     import torch
     from diffusers import UNet2DConditionModel
-
-    from pickloop.errors import UserError
 
     if arch == "shapes":
         from pickloop.shapes.architectures import make_unet
@@ -97,8 +97,6 @@ class _Meter:
     def peak_mb(self) -> float:
         import torch
 
-        from finetune.bench import peak_rss_mb
-
         return torch.cuda.max_memory_allocated() / 2**20 if self.cuda else peak_rss_mb()
 
 
@@ -118,7 +116,6 @@ def run_bench(*, arch: str = "sd15", device: str = "cpu", precision: str = "fp32
 
     from finetune import lora as lora_io
     from finetune.dpo.loss import denoising_errors, dpo_loss
-    from pickloop.errors import UserError
 
     if batch < 1 or steps < 1 or rank < 1:
         raise UserError("--batch, --steps and --rank must be >= 1")

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 import torch
 
 from finetune.ddpo.sampler import decode_images, sample_trajectories, to_pil
+from pickloop.shapes.judge import follow_accuracy
+from pickloop.shapes.world import parse_prompt
 
 
 def is_shapes_prompt(prompt: str) -> bool:
     """Whether the shapes judge can read this prompt (it fixes at least one attribute)."""
-    from pickloop.shapes.world import parse_prompt
-
     fixed = parse_prompt(prompt)
     return "background" in fixed or any(fixed["objects"])
 
@@ -55,7 +55,6 @@ class DriftGuard:
     def _follow(self, images: torch.Tensor) -> float | None:
         if not self.use_judge:
             return None
-        from pickloop.shapes.judge import follow_accuracy
 
         return follow_accuracy(self.prompts, to_pil(images))["overall"]
 

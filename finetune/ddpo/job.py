@@ -14,14 +14,20 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from diffusers import StableDiffusionPipeline
 
+from finetune import checkpoint as ckpt
 from finetune.ddpo.config import DDPOConfig
 from finetune.ddpo.rewards import RewardFn, make_reward
 from finetune.ddpo.train import DDPOState, train_ddpo
-from finetune.lora import ParentLora, save_lora_atomic, start_lora
+from finetune.lora import ParentLora, lora_parameters, lora_tensors, save_lora_atomic, start_lora
+from finetune.registry import gate_prompts
 from pickloop.audiences import LabelScope
+from pickloop.db import read_session
 from pickloop.errors import UserError
 from pickloop.pipelines import open_pipeline
+from pickloop.shapes.world import prompt_pool
+from pickloop.store import list_prompts
 
 
 @dataclass
@@ -34,8 +40,6 @@ class DDPOResult:
 
 def load_pipeline(ref: str):  # noqa: ANN201 - a diffusers StableDiffusionPipeline
     """A StableDiffusionPipeline (SD 1.x/2.x layout) from a folder or hub id, no safety checker."""
-    from diffusers import StableDiffusionPipeline
-
     pipe = open_pipeline(ref, pipeline_class=StableDiffusionPipeline, safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -43,14 +47,9 @@ def load_pipeline(ref: str):  # noqa: ANN201 - a diffusers StableDiffusionPipeli
 
 def training_prompts(ctx: Any, n: int = 500) -> list[str]:
     """The store's active train-split prompts; the shapes pool when the store has none (embedded model)."""
-    from pickloop.db import read_session
-    from pickloop.store import list_prompts
-
     with read_session(ctx.engine) as s:
         found = [p.text for p in list_prompts(session=s, split="train")]
     if not found and ctx.base_model.startswith("embedded:"):
-        from pickloop.shapes.world import prompt_pool
-
         found = prompt_pool("train", n=n)
     if not found:
         raise UserError("no prompts to train DDPO on: add some with `pickloop prompts add`")
@@ -59,8 +58,6 @@ def training_prompts(ctx: Any, n: int = 500) -> list[str]:
 
 def _drift_prompts(ctx: Any, prompts: Sequence[str], n: int) -> list[str]:
     """The gate's held-out prompts for the drift guard; the first training prompts when there are none."""
-    from finetune.registry import gate_prompts
-
     if n == 0:
         return []
     try:
@@ -82,9 +79,6 @@ def _summary(history: list[dict], stopped: str | None) -> dict[str, Any]:
 def _resume_state(pipe, work_dir: Path | None, config: DDPOConfig,  # noqa: ANN001
                   parent: ParentLora | None = None) -> DDPOState | None:
     """The DDPOState of the newest complete checkpoint in ``work_dir`` (LoRA loaded into pipe.unet)."""
-    from finetune import checkpoint as ckpt
-    from finetune.lora import lora_parameters, lora_tensors
-
     latest = ckpt.latest_complete_checkpoint(work_dir) if work_dir else None
     if latest is None:
         return None
@@ -114,7 +108,6 @@ def run_ddpo(ctx: Any, config: DDPOConfig, *, out_dir: Path | str, work_dir: Pat
     """
     from accelerate import Accelerator
 
-    from finetune import checkpoint as ckpt
     from pickloop.context import resolve_model_ref
 
     accelerator = Accelerator(mixed_precision=config.mixed_precision)

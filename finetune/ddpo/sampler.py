@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from diffusers import DDIMScheduler
 from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -220,7 +221,5 @@ def decode_images(pipe, latents: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
 
 def to_pil(images: torch.Tensor) -> list:
     """Images (B, 3, H, W) in [0, 1] -> PIL images."""
-    from PIL import Image
-
     arr = (images.permute(0, 2, 3, 1).numpy() * 255).round().astype("uint8")
     return [Image.fromarray(a) for a in arr]

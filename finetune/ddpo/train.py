@@ -23,6 +23,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from finetune.ddpo.config import DDPOConfig
 from finetune.ddpo.guard import DriftGuard, DriftLimits
@@ -39,6 +40,7 @@ from finetune.ddpo.sampler import (
     to_pil,
 )
 from finetune.ddpo.stats import PerPromptStatTracker
+from finetune.lora import adapters_disabled, add_lora, lora_parameters, lora_tensors, set_lora_tensors
 from pickloop.errors import UserError
 
 
@@ -159,8 +161,6 @@ def train_epoch(unet, scheduler, traj: Trajectories, advantages: torch.Tensor, c
 
 def make_guard(pipe, unet, scheduler, prompts: Sequence[str], config: DDPOConfig) -> DriftGuard:  # noqa: ANN001
     """A drift guard on ``prompts`` whose base images are drawn now, with the adapters off."""
-    from finetune.lora import adapters_disabled
-
     limits = DriftLimits(config.drift_max_pixel, config.drift_max_follow_drop)
     guard = DriftGuard(pipe, unet, scheduler, list(prompts), steps=config.steps, guidance=config.guidance,
                        eta=config.eta, seed=config.seed + 10_007, limits=limits)
@@ -171,8 +171,6 @@ def make_guard(pipe, unet, scheduler, prompts: Sequence[str], config: DDPOConfig
 
 def check_drift(guard: DriftGuard, unet, row: dict, state: DDPOState, config: DDPOConfig) -> str | None:  # noqa: ANN001
     """Measure drift into ``row``; past a limit, roll back (per config) and return the stop reason."""
-    from finetune.lora import set_lora_tensors
-
     unet.eval()
     row.update(guard.measure())
     reason = guard.crossed(row)
@@ -187,7 +185,6 @@ def check_drift(guard: DriftGuard, unet, row: dict, state: DDPOState, config: DD
 def _progress(iterable, enabled: bool, accelerator):  # noqa: ANN001, ANN202
     if not enabled or not accelerator.is_main_process:
         return iterable
-    from tqdm import tqdm
 
     return tqdm(iterable, desc="ddpo", unit="epoch")
 
@@ -208,8 +205,6 @@ def train_ddpo(pipe, prompts: Sequence[str], reward_fn: RewardFn, config: DDPOCo
     and the same three on this process's CPU clock (sample_cpu_s, train_cpu_s, epoch_cpu_s).
     """
     from accelerate import Accelerator
-
-    from finetune.lora import add_lora, lora_parameters, lora_tensors
 
     if not prompts:
         raise ValueError("no prompts to train on")

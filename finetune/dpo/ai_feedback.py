@@ -16,6 +16,7 @@ import random
 from typing import Any
 
 from finetune.dpo.config import PairSpec
+from generator import load_pipeline, sample_sets
 from pickloop.errors import UserError
 
 SEED_LIMIT = 2**31  # as generator.sampling: a seed fits a JSON number and a database integer
@@ -65,8 +66,6 @@ def ai_feedback_pairs(ctx: Any, cfg: Any, *, base: str, parent: Any = None,
     A set whose best and worst score the same (or are the same image) gives no pair.
     """
     from tqdm import tqdm
-
-    from generator import load_pipeline, sample_sets
 
     reward_model, reward_id = _latest_reward_model(ctx, audience)  # fail before the minutes of drawing
     plan = plan_sets(_training_prompts(ctx), cfg.ai_feedback_sets, cfg.ai_feedback_candidates, cfg.seed)

@@ -11,11 +11,15 @@ from typing import Any, Callable
 import torch
 
 from finetune import lora as lora_io
+from finetune.dpo.ai_feedback import ai_feedback_pairs
 from finetune.dpo.config import DPOConfig, PairSpec
 from finetune.dpo.train import DPOResult, train_dpo
-from pickloop.audiences import LabelScope
+from finetune.priority import lower_priority
+from pickloop.audiences import LabelScope, label_weight
 from pickloop.errors import UserError
 from pickloop.config_base import add_flags, config_from_args
+from pickloop.db import read_session
+from pickloop.store import preference_pairs
 
 
 def store_pairs(ctx: Any, *, upto: int | None = None, after: int | None = None,
@@ -26,10 +30,6 @@ def store_pairs(ctx: Any, *, upto: int | None = None, after: int | None = None,
 
     Held-out prompts are left out by default: the promotion gate judges on them.
     """
-    from pickloop.audiences import label_weight
-    from pickloop.db import read_session
-    from pickloop.store import preference_pairs
-
     with read_session(ctx.engine) as s:
         weight = label_weight(session=s, scope=scope or LabelScope())
         raw = preference_pairs(session=s, upto_id=upto, include_ties=False, split=split)
@@ -63,8 +63,6 @@ def run_dpo(ctx: Any, cfg: DPOConfig, *, out_dir: Path | str, work_dir: Path | s
     if not scope.shared:
         metadata["labels"] = scope.describe()
     if cfg.ai_feedback_sets > 0:
-        from finetune.dpo.ai_feedback import ai_feedback_pairs
-
         ai, metadata["ai_feedback"] = ai_feedback_pairs(ctx, cfg, base=base_path, parent=parent,
                                                         audience=scope.audience)
         pairs = pairs + ai
@@ -84,7 +82,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-resume", action="store_true")
     add_flags(ap, DPOConfig)  # every setting as a flag, and --config FILE.yaml
     args = ap.parse_args(argv)
-    from finetune.priority import lower_priority
     from pickloop.context import Context
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))

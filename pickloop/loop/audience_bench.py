@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from pickloop.audiences import serving_version
 from pickloop.context import Context
 from pickloop.db import write_session
 from pickloop.errors import UserError
@@ -92,8 +93,6 @@ def measure(ctx: Context, config: LoopConfig, eval_prompts: list[str], base: Fix
             tastes: Sequence[str], rater_ids: Sequence[int]) -> dict[str, Any]:
     """Each rater's oracle win rate against the base with the version serving them and with the shared one,
     and the prompt following of every version measured."""
-    from pickloop.audiences import serving_version
-
     with write_session(ctx.engine) as s:
         shared = promoted_version(session=s)
         own = [serving_version(session=s, rater_id=rid, base_model=ctx.base_model) for rid in rater_ids]

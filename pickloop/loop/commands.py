@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 
 from pickloop.config_base import add_flags, config_from_args
+from pickloop.errors import UserError
 from pickloop.loop.config import LoopConfig
 
 DEMO = dict(taste="large", labels=80, rounds=2, train_prompts=20, eval_prompts=8, eval_seeds=4, gate_seeds=2,
@@ -93,7 +94,6 @@ def register(sub, bench_sub) -> None:  # noqa: ANN001
 def _run_suite(args) -> None:  # noqa: ANN001
     import shlex
 
-    from pickloop.errors import UserError
     from pickloop.loop.suite import pick_entries, run_suite
     from pickloop.settings import get_settings
 

@@ -6,6 +6,7 @@ from typing import Callable, Sequence
 
 from PIL import Image
 
+from generator import sample_sets
 from pickloop.shapes.judge import follow_accuracy, follows
 
 Taste = Callable[[Image.Image, "str | None"], float]
@@ -23,8 +24,6 @@ class FixedSeedImages:
 def draw_fixed(pipe, prompts: Sequence[str], seeds_per_prompt: int, *, seed: int = 0,  # noqa: ANN001
                prompts_per_call: int = 4) -> FixedSeedImages:
     """Every prompt drawn with the same fixed seeds, ``prompts_per_call`` prompts to a batched call."""
-    from generator import sample_sets
-
     seeds = [1_000_003 * (seed + 1) + k for k in range(seeds_per_prompt)]
     out = FixedSeedImages([], [], [])
     prompts = list(prompts)

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from math import ceil
 from typing import Any
 
+from finetune import gate_and_promote, run_auto, run_finetune_job
+from generator import fill_queue, load_pipeline
 from pickloop.context import Context
 from pickloop.db import read_session, write_session
 from pickloop.errors import UserError
@@ -45,8 +47,6 @@ def finetune_auto(ctx: Context, cfg: LoopConfig, gate_prompts: list[str], log,  
                   audience: str = EVERYONE) -> tuple[list[dict], dict]:
     """The production default (``finetune run --method auto``, for ``audience``): the run decides what to
     train from its data."""
-    from finetune import run_auto
-
     dpo = {"steps": cfg.dpo_steps, "lr": cfg.dpo_lr, "beta": cfg.dpo_beta, "ai_feedback_sets": cfg.dpo_ai_feedback_sets,
            "ai_feedback_candidates": cfg.dpo_ai_feedback_candidates, "ai_feedback_weight": cfg.dpo_ai_feedback_weight}
     outcome = run_auto(ctx, min_new_labels=1, dpo=dpo,
@@ -64,8 +64,6 @@ def _gate_seeds(cfg: LoopConfig) -> list[int]:
 
 def _finetune(ctx: Context, method: str, cfg: LoopConfig, gate_prompts: list[str]) -> dict[str, Any]:
     """Train one version through the job entry point, then let the promotion gate decide."""
-    from finetune import gate_and_promote, run_finetune_job
-
     overrides = ({"steps": cfg.dpo_steps, "lr": cfg.dpo_lr, "beta": cfg.dpo_beta,
                   "ai_feedback_sets": cfg.dpo_ai_feedback_sets,
                   "ai_feedback_candidates": cfg.dpo_ai_feedback_candidates,
@@ -84,8 +82,6 @@ def _finetune(ctx: Context, method: str, cfg: LoopConfig, gate_prompts: list[str
 
 def draw_version(ctx: Context, cfg: LoopConfig, eval_prompts: list[str], version) -> FixedSeedImages:  # noqa: ANN001
     """A model version's images of the held-out prompts at the loop's fixed seeds."""
-    from generator import load_pipeline
-
     pipe = load_pipeline(model=ctx.base_model, lora=version.id if version.lora_path else None, ctx=ctx)
     return draw_fixed(pipe, eval_prompts, cfg.eval_seeds, seed=cfg.seed)
 
@@ -113,8 +109,6 @@ class LoopSetup:
 
 def setup_loop(ctx: Context, config: LoopConfig) -> LoopSetup:
     """The loop's data home and prompts, the base version registered, the base's held-out images drawn."""
-    from generator import load_pipeline
-
     # Simulated raters: no overlap sets (they would wait for a second rater); the loop's own gate threshold;
     # candidate seeds from the loop's seed (unless the settings name one), so a run's labels repeat.
     seed = ctx.settings.sampling_seed if ctx.settings.sampling_seed is not None else config.seed
@@ -136,8 +130,6 @@ def setup_loop(ctx: Context, config: LoopConfig) -> LoopSetup:
 def draw_round_sets(setup: LoopSetup, config: LoopConfig, want: int, progress: bool) -> None:
     """A round's candidate sets for the raters to label, drawn as the queue worker draws them (the shared
     promoted version, ``settings.generator_batch_sets`` sets per pipeline call)."""
-    from generator import fill_queue
-
     fill_queue(ctx=setup.ctx, pool=LOOP_POOL, depth=ceil(want / len(setup.train_prompts)), max_sets=want,
                n=config.candidates, progress=progress)
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from pickloop.pipelines import open_pipeline
+
 from .config import ShapesBenchConfig as BenchConfig
 from .judge import follow_accuracy
 from .models import default_clip_dir, default_pipeline_dir, default_sampling
@@ -22,8 +24,6 @@ from .world import prompt_pool, render, scene_from_prompt
 
 def load_pipeline(folder: Path) -> Any:  # a StableDiffusionPipeline
     from diffusers import StableDiffusionPipeline
-
-    from pickloop.pipelines import open_pipeline
 
     pipe = open_pipeline(str(folder), pipeline_class=StableDiffusionPipeline)
     pipe.set_progress_bar_config(disable=True)

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
-from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 from PIL import Image
 from tqdm import tqdm
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import CLIPImageProcessor, CLIPProcessor, CLIPTextModel, CLIPTokenizer
 
 from pickloop.errors import DamagedFileError
 from pickloop.integrity import parse_safetensors, read_verified, tensors_sha256
@@ -355,8 +355,6 @@ def build_pipeline(work: Path, out: Path, num_inference_steps: int = 10, guidanc
 
     Also writes pickloop_defaults.json (sampling settings the generator reads) and README.md.
     """
-    from diffusers import StableDiffusionPipeline
-
     work, out = Path(work), Path(out)
     tokenizer = A.make_tokenizer()
     unet, meta = load_unet_ema(work)
@@ -378,8 +376,6 @@ def build_pipeline(work: Path, out: Path, num_inference_steps: int = 10, guidanc
 
 def save_clip(work: Path, out: Path, card: str = "") -> Path:
     """Save the trained CLIPModel with a CLIPProcessor (64x64, mean/std 0.5) to `out`."""
-    from transformers import CLIPImageProcessor, CLIPProcessor
-
     work, out = Path(work), Path(out)
     tokenizer = A.make_tokenizer()
     clip = A.make_clip(tokenizer)

@@ -255,13 +255,13 @@ def test_two_workers_make_no_duplicate_and_lose_no_set(db_url, home, tiny_sd_dir
 def test_the_watching_worker_loads_its_model_when_a_rater_comes_not_while_init_s_sets_wait(gen_ctx, monkeypatch):
     """On a home whose first sets `pickloop init` drew, the worker leaves the model unloaded (its load
     would compete with the app's start) until a rater is online; on a home short of sets, at once."""
-    import generator.pipeline
+    import generator.queue
     from generator.queue import QueueWatch
     from pickloop.schema import Assignment
     from pickloop.store import add_rater
 
     loads = []
-    monkeypatch.setattr(generator.pipeline, "load_pipeline", lambda **kw: loads.append(kw))
+    monkeypatch.setattr(generator.queue, "load_pipeline", lambda **kw: loads.append(kw))
     first = gen_ctx.settings.first_sets
     _setup(gen_ctx, [f"prompt {i}" for i in range(first)])
     with write_session(gen_ctx.engine) as s:
@@ -282,11 +282,11 @@ def test_the_watching_worker_loads_its_model_when_a_rater_comes_not_while_init_s
 
 
 def test_the_watching_worker_loads_its_model_at_once_on_a_home_short_of_sets(gen_ctx, monkeypatch):
-    import generator.pipeline
+    import generator.queue
     from generator.queue import QueueWatch
 
     loads = []
-    monkeypatch.setattr(generator.pipeline, "load_pipeline", lambda **kw: loads.append(kw))
+    monkeypatch.setattr(generator.queue, "load_pipeline", lambda **kw: loads.append(kw))
     with write_session(gen_ctx.engine) as s:  # no prompts: the fill itself draws nothing
         ensure_base_version(session=s, base_model=gen_ctx.base_model)
     assert QueueWatch(gen_ctx, worker_id="w").step() == 0
