@@ -63,10 +63,13 @@ class DDPOConfig(ConfigBase):
     reward: str = _f("reward-model", "reward function: reward-model, judge, taste:NAME, brightness, redness")
     reward_path: str | None = _f(None, "reward model file/folder (reward-model); latest registered when unset")
     # --- drift guard against reward hacking
-    drift_prompts: int = _f(8, "held-out prompts drawn with fixed seeds each epoch to measure drift; 0 = no guard")
+    # 16 prompts and a 2-image limit: with 8 and 0.25 the guard's noise (one image is 12.5 points) let DDPO run
+    # on until the gate refused it (following 0.724 -> 0.355); stopped at the first epoch that loses two
+    # images, DDPO's version passed the gate instead and the loop's `small` rose from 0.645 to 0.859
+    drift_prompts: int = _f(16, "held-out prompts drawn with fixed seeds each epoch to measure drift; 0 = no guard")
     drift_max_pixel: float | None = _f(0.25, "max mean absolute change of fixed-seed images vs base (0..1); "
                                              "None disables")
-    drift_max_follow_drop: float | None = _f(0.25, "max drop of the judge's prompt-following vs base (shapes "
+    drift_max_follow_drop: float | None = _f(0.125, "max drop of the judge's prompt-following vs base (shapes "
                                                    "prompts only); None disables")
     drift_action: str = _f("rollback", "when drift crosses a limit: rollback (to the last good LoRA) or stop",
                            DRIFT_ACTIONS)
