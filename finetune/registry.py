@@ -9,7 +9,7 @@ swapping in, and a promotion on such noise once replaced a better parent with a 
 version that wins clearly (0.6+) passes; ``win_noise_z=0`` gives the plain threshold. In the shapes world
 the judge's prompt-following accuracy (``pickloop.shapes.judge.follows``, every fixed attribute right)
 must also not fall by more than ``settings.promote_max_follow_drop`` (2 points) beyond its noise, both
-against the parent and, when the parent is itself fine-tuned, against the base model (no LoRA). Judged
+against the parent and against the base model (no LoRA; the parent itself in a first round). Judged
 against its parent alone, each round may lose up to the allowance and the drops add up over rounds (in
 the loop suite following fell from 0.757 to 0.717 over two promotions that each passed). Against the
 base no noise is forgiven (``BASE_FOLLOW_NOISE_Z``): with one standard error forgiven there too, a
@@ -88,7 +88,7 @@ class GateResult:
     follow_new: float | None = None
     follow_parent: float | None = None
     follow_drop_se: float | None = None  # standard error of the paired drop (see the module docstring)
-    follow_base: float | None = None  # the base model's (no LoRA) on the same images; None when the parent is it
+    follow_base: float | None = None  # the base model's (no LoRA) on the same prompts and seeds
     follow_base_drop_se: float | None = None
     reason: str | None = None
     judged_win: bool = True  # False: the win rate was recorded, not required (an untrusted reward model)
@@ -132,7 +132,7 @@ def judge_gate(prompts: Sequence[str], new_images: Sequence[Any], parent_images:
 
     ``judge_win=False``: the scorer's win rate is recorded but not required (a reward model too inaccurate
     to trust must not refuse, or pass, a version on its say); prompt following still decides.
-    ``base_images``: the base model's (no LoRA) when the parent is a fine-tuned version: following must
+    ``base_images``: the base model's (no LoRA; the parent's own when the parent is the base): following must
     not have fallen more than ``max_follow_drop`` + ``base_noise_z`` standard errors below the base's
     either, so drops cannot add up over rounds."""
     outcomes = win_outcomes(list(scorer(prompts, new_images)), list(scorer(prompts, parent_images)))
@@ -310,8 +310,9 @@ def gate_and_promote(ctx: Any, ref: str | int, *, scorer: Scorer | None = None, 
                            all_prompts, all_seeds, steps=st.promote_gate_steps)
     shapes = is_shapes_world(version.base_model) if shapes is None else shapes
     base_imgs = None
-    if shapes and parent.lora_path:  # a fine-tuned parent: following is also held to the base model's
-        base_imgs = draw_images(base, None, None, all_prompts, all_seeds, steps=st.promote_gate_steps)
+    if shapes:  # following is also held to the base model's (the parent's images when the parent is the base)
+        base_imgs = old_imgs if not parent.lora_path else draw_images(
+            base, None, None, all_prompts, all_seeds, steps=st.promote_gate_steps)
     result = judge_gate(all_prompts, new_imgs, old_imgs, scorer,
                         min_win_rate=st.promote_min_win_rate,
                         max_follow_drop=st.promote_max_follow_drop if shapes else None,

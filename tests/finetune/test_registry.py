@@ -171,16 +171,18 @@ def test_export_of_corrupted_lora_is_one_line_exit_2(labelled, candidate, tmp_pa
 
 
 def test_a_fine_tuned_parent_is_gated_against_the_base_too(labelled, candidate):
-    """The gate draws the base's images only when the parent carries a LoRA, and holds following to them."""
+    """The gate holds following to the base's images: the parent's when the parent is the base, else drawn."""
     from finetune.registry import _DRAWN
     from pickloop.context import Context
 
     ctx = Context()
     prompts = ["a red circle on a blue background"]
     tie = lambda ps, ims: [0.0] * len(ims)  # noqa: E731
+    _DRAWN.clear()
     first = gate_and_promote(ctx, candidate.name, scorer=tie, prompts=prompts, seeds=[1, 2], shapes=True,
                              judge_win=False, promote_if_passed=False)
-    assert first.follow_parent is not None and first.follow_base is None  # its parent is the base itself
+    assert first.follow_base == first.follow_parent is not None  # its parent is the base itself
+    assert len(_DRAWN) == 2  # the candidate's and the base's images, nothing drawn twice
     with write_session(labelled.engine) as s:
         child = register_version(session=s, base_model=labelled.base_model, parent_id=candidate.id, method="ddpo",
                                  lora_dir=candidate.lora_path, lora_sha256=candidate.lora_sha256, data_snapshot=3,
