@@ -111,13 +111,15 @@ def win_rate(new_scores: Sequence[float], parent_scores: Sequence[float]) -> flo
     return sum(outcomes) / len(outcomes)
 
 
-def paired_follow(prompts: Sequence[str], new_images: Sequence[Any],
-                  parent_images: Sequence[Any]) -> tuple[float, float, float]:
-    """(follow rate of the new images, of the parent's, standard error of the paired drop)."""
+def followed(prompts: Sequence[str], images: Sequence[Any]) -> list[bool]:
+    """Per image: the judge reads every attribute its prompt fixes right."""
     from pickloop.shapes.judge import follows
 
-    new = [all(follows(p, im).values()) for p, im in zip(prompts, new_images)]
-    old = [all(follows(p, im).values()) for p, im in zip(prompts, parent_images)]
+    return [all(follows(p, im).values()) for p, im in zip(prompts, images)]
+
+
+def paired_follow(new: Sequence[bool], old: Sequence[bool]) -> tuple[float, float, float]:
+    """(follow rate of the new images, of the old ones, standard error of the paired drop) from ``followed``."""
     n = len(new)
     flips = sum(a != b for a, b in zip(new, old))
     return sum(new) / n, sum(old) / n, flips ** 0.5 / n
@@ -145,14 +147,16 @@ def judge_gate(prompts: Sequence[str], new_images: Sequence[Any], parent_images:
         reasons.append(f"win rate {rate:.3f} against parent below {min_win_rate:.3f}"
                        + (f" + {win_noise_z:g} x {se:.3f} noise" if win_noise_z and se else ""))
     if max_follow_drop is not None:
-        result.follow_new, result.follow_parent, se = paired_follow(prompts, new_images, parent_images)
+        new_ok, parent_ok = followed(prompts, new_images), followed(prompts, parent_images)
+        result.follow_new, result.follow_parent, se = paired_follow(new_ok, parent_ok)
         result.follow_drop_se = se
         allowed = max_follow_drop + follow_noise_z * se
         if result.follow_new < result.follow_parent - allowed - 1e-12:
             reasons.append(f"prompt-following fell from {result.follow_parent:.3f} to {result.follow_new:.3f} "
                            f"(more than {max_follow_drop:.2f} + {follow_noise_z:g} x {se:.3f} noise)")
         if base_images is not None:
-            _, result.follow_base, se = paired_follow(prompts, new_images, base_images)
+            base_ok = parent_ok if base_images is parent_images else followed(prompts, base_images)
+            _, result.follow_base, se = paired_follow(new_ok, base_ok)
             result.follow_base_drop_se = se
             allowed = max_follow_drop + base_noise_z * se
             if result.follow_new < result.follow_base - allowed - 1e-12:

@@ -47,12 +47,13 @@ def home(module: str) -> str:
     return top if top != "pickloop" else module.rpartition(".")[0]
 
 
-def modules() -> dict[str, Path]:
+def modules(skip: tuple[str, ...] = SKIP) -> dict[str, Path]:
+    """Module name -> file for every module of the packages, less the folders in ``skip``."""
     found = {}
     for pkg in PACKAGES:
         for path in sorted((ROOT / pkg).rglob("*.py")):
             rel = path.relative_to(ROOT)
-            if any(str(rel).startswith(s) for s in SKIP):
+            if any(str(rel).startswith(s) for s in skip):
                 continue
             parts = list(rel.with_suffix("").parts)
             if parts[-1] == "__init__":
@@ -61,18 +62,24 @@ def modules() -> dict[str, Path]:
     return found
 
 
+def from_base(module: str, path: Path, node: ast.ImportFrom) -> str:
+    """The absolute module a ``from ... import`` statement in ``module`` (file ``path``) reads from."""
+    base = node.module or ""
+    if node.level:
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        up = package.split(".")[:len(package.split(".")) - node.level + 1]
+        base = ".".join(up + ([base] if base else []))
+    return base
+
+
 def imports(module: str, path: Path, known: dict[str, Path]) -> list[tuple[str, str | None, int]]:
     """(imported module, name taken from it or None, line) for every import in ``path``."""
     out = []
-    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             out += [(a.name, None, node.lineno) for a in node.names]
         elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                up = package.split(".")[:len(package.split(".")) - node.level + 1]
-                base = ".".join(up + ([base] if base else []))
+            base = from_base(module, path, node)
             for a in node.names:  # ``from finetune.bench import ddpo`` imports the module finetune.bench.ddpo
                 sub = f"{base}.{a.name}"
                 out.append((sub, None, node.lineno) if sub in known else (base, a.name, node.lineno))
@@ -197,16 +204,6 @@ LAZY_FOR_A_REASON: dict[tuple[str, str], str] = {
 NOT_IMPORTED_AS_MODULES = ("pickloop/migrations", "finetune/bench/reference_shims")  # read by alembic, by path
 
 
-def all_modules() -> dict[str, Path]:
-    """Every module of the packages, the skipped folders of the layer map included."""
-    found = {}
-    for pkg in PACKAGES:
-        for path in sorted((ROOT / pkg).rglob("*.py")):
-            parts = list(path.relative_to(ROOT).with_suffix("").parts)
-            found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
-    return found
-
-
 def _is_type_checking(node: ast.AST) -> bool:
     return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
 
@@ -247,14 +244,10 @@ def lazy_surface(path: Path) -> dict[str, str]:
 def loaded(module: str, path: Path, node: ast.Import | ast.ImportFrom, known: dict[str, Path]) -> set[str]:
     """The modules (first-party ones, and the top names of libraries) that the import statement loads: each
     package on the way, a submodule taken by name, the module behind a name of a lazy surface."""
-    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     if isinstance(node, ast.Import):
         targets = [a.name for a in node.names]
     else:
-        base = node.module or ""
-        if node.level:
-            up = package.split(".")[:len(package.split(".")) - node.level + 1]
-            base = ".".join(up + ([base] if base else []))
+        base = from_base(module, path, node)
         exports = lazy_surface(known[base]) if base in known else {}
         targets = [base] + [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in known]
         targets += [exports[a.name] for a in node.names if a.name in exports]
@@ -331,7 +324,7 @@ def test_imports_inside_a_function_are_only_the_slow_ones():
     """Imports stand at the top of their module; one stays in a function only when ``why_lazy`` says so
     (a heavy library the module's top does not load yet, or a module ``pickloop --help`` does without) or
     ``LAZY_FOR_A_REASON`` names it."""
-    known = all_modules()
+    known = modules(skip=())
     closures, for_help = module_closures(known), help_modules()
     bad = []
     for module, path in known.items():
@@ -345,7 +338,7 @@ def test_imports_inside_a_function_are_only_the_slow_ones():
 
 
 def test_the_import_test_tells_a_cheap_import_from_a_slow_one():
-    known = all_modules()
+    known = modules(skip=())
     closures, for_help = module_closures(known), help_modules()
 
     def lazy(module: str, line: str) -> str | None:
