@@ -1,8 +1,10 @@
 """``pickloop bench audiences``: one store, two simulated raters of opposite tastes, a version for each.
 
-Each round the queue worker's code draws ``labels / rounds`` candidate sets from the shared promoted version
-(as the Rate page's queue does today) and the raters take turns: the first answers the first half of the
-sets, the second the rest, so each gives about ``labels / 2`` labels in all. Then, for each rater's audience
+Each round the queue worker's code draws ``labels / rounds`` candidate sets as the Rate page's worker does
+(``fill_queue(per_audience=True)``): each rater's half from the version that serves them (their own once one
+is promoted, else the shared one), and each rater answers only the sets of that version, as the Rate page
+hands them out; so each gives about ``labels / 2`` labels in all, and from the second round on labels the
+images of their own version. Then, for each rater's audience
 (``rater:simulated:TASTE``) and last for everyone, the reward model is trained on that audience's labels
 (``train_reward(audience=...)``) and ``finetune run`` runs with its defaults (``--method auto``) for that
 audience (``run_auto(audience=...)``): the production code, the audience its only parameter. The raters'
@@ -19,17 +21,23 @@ win_a_shared= win_b_shared= max_follow_drop= wall_s= cpu_s=`` (a: the first tast
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
+from math import ceil
 from typing import Any, Callable, Sequence
 
+from sqlmodel import func, select
+
+from generator import fill_queue
 from pickloop.audiences import serving_version
 from pickloop.context import Context
-from pickloop.db import write_session
+from pickloop.db import read_session, write_session
 from pickloop.errors import UserError
 from pickloop.loop.config import LoopConfig
 from pickloop.loop.evaluate import FixedSeedImages, follow_rate, oracle_win_rate
-from pickloop.loop.run import _fmt, _step_line, draw_round_sets, draw_version, finetune_auto, setup_loop
-from pickloop.shapes.rating import label_ready_sets, simulated_rater_row
+from pickloop.loop.run import LoopSetup, _fmt, _step_line, draw_version, finetune_auto, setup_loop
+from pickloop.schema import Comparison, Prompt
+from pickloop.shapes.rating import LOOP_POOL, label_ready_sets, simulated_rater_row
 from pickloop.shapes.tastes import SimulatedRater, load_taste
 from pickloop.store import EVERYONE, promoted_version
 
@@ -69,6 +77,23 @@ def check_tastes(tastes: Sequence[str]) -> list[str]:
 
 def rater_audience(taste: str) -> str:
     return f"rater:simulated:{taste}"
+
+
+def draw_served_sets(setup: LoopSetup, config: LoopConfig, need: dict[int, int], progress: bool) -> None:
+    """Ready sets of the loop's pool up to ``need[version id]`` for each version, drawn as the Rate page's worker
+    draws (every audience's promoted version in turns of one batch, each to the sets its raters want)."""
+    ctx = setup.ctx
+
+    def wanted(version_id: int) -> int:
+        with read_session(ctx.engine) as s:
+            ready = s.exec(select(func.count()).select_from(Comparison).join(Prompt, Comparison.prompt_id == Prompt.id)
+                           .where(Prompt.pool == LOOP_POOL, Comparison.status == "ready",
+                                  Comparison.model_version_id == version_id)).one()
+        return max(0, need.get(version_id, 0) - int(ready))
+
+    depth = ceil(max(need.values()) / len(setup.train_prompts))
+    fill_queue(ctx=ctx, pool=LOOP_POOL, depth=depth, max_sets=sum(need.values()), n=config.candidates,
+               progress=progress, per_audience=True, target=wanted)
 
 
 def _train_and_finetune(ctx: Context, config: LoopConfig, eval_prompts: list[str], audience: str,
@@ -125,10 +150,15 @@ def run_audience_bench(*, ctx: Context, config: LoopConfig, tastes: Sequence[str
     labels = [0] * len(raters)
     for r in range(1, config.rounds + 1):
         tr, cr = time.perf_counter(), time.process_time()
-        want = config.labels_per_round
-        draw_round_sets(setup, config, want, progress)
-        for i, (rater, rid, n) in enumerate(zip(raters, rater_ids, split_labels(want, len(raters)))):
-            labels[i] += label_ready_sets(ctx, rater, rid, n)
+        shares = split_labels(config.labels_per_round, len(raters))
+        with write_session(ctx.engine) as s:
+            serving = [serving_version(session=s, rater_id=rid, base_model=ctx.base_model).id for rid in rater_ids]
+        need: Counter[int] = Counter()
+        for vid, n in zip(serving, shares):
+            need[vid] += n
+        draw_served_sets(setup, config, dict(need), progress)
+        for i, (rater, rid, n, vid) in enumerate(zip(raters, rater_ids, shares, serving)):
+            labels[i] += label_ready_sets(ctx, rater, rid, n, version_id=vid)
         runs = []
         for audience in [*audiences, EVERYONE]:
             log(f"round {r}: {audience}")

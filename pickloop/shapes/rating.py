@@ -38,12 +38,17 @@ def simulated_rater_row(ctx: Context, name: str) -> int:
         return ensure_rater_without_sign_in(session=s, name=name, kind="simulated").id
 
 
-def label_ready_sets(ctx: Context, rater: SimulatedRater, rater_id: int, limit: int) -> int:
-    """The simulated rater answers up to ``limit`` ready sets of the loop's pool; returns labels written."""
+def label_ready_sets(ctx: Context, rater: SimulatedRater, rater_id: int, limit: int,
+                     version_id: int | None = None) -> int:
+    """The simulated rater answers up to ``limit`` ready sets of the loop's pool (only those drawn by
+    ``version_id`` when given, as the Rate page hands a rater only the sets of the version serving them);
+    returns labels written."""
     with read_session(ctx.engine) as s:
-        rows = s.exec(select(Comparison, Prompt).join(Prompt, Comparison.prompt_id == Prompt.id)
-                      .where(Prompt.pool == LOOP_POOL, Comparison.status == "ready")
-                      .order_by(Comparison.id).limit(limit)).all()
+        q = (select(Comparison, Prompt).join(Prompt, Comparison.prompt_id == Prompt.id)
+             .where(Prompt.pool == LOOP_POOL, Comparison.status == "ready"))
+        if version_id is not None:
+            q = q.where(Comparison.model_version_id == version_id)
+        rows = s.exec(q.order_by(Comparison.id).limit(limit)).all()
         sets = [(c, p.text, candidates_of(session=s, comparison_id=c.id)) for c, p in rows]
     written = 0
     for comp, prompt, cands in sets:
