@@ -71,11 +71,18 @@ class DDPOConfig(ConfigBase):
                                              "None disables")
     drift_max_follow_drop: float | None = _f(0.125, "max drop of the judge's prompt-following vs base (shapes "
                                                    "prompts only); None disables")
+    drift_patience: int = _f(1, "epochs in a row a drift limit may be crossed before the run stops (the LoRA kept "
+                                "is the last epoch within every limit): 2 of the guard's 16 images can flip by "
+                                "chance in one epoch")
     drift_action: str = _f("rollback", "when drift crosses a limit: rollback (to the last good LoRA) or stop",
                            DRIFT_ACTIONS)
 
     section = "ddpo"
     hash_tag = "ddpo"
+
+    def hash_excluded(self) -> tuple[str, ...]:
+        # No patience is how runs behaved before the setting existed: their hashes still hold.
+        return self.not_hashed + (("drift_patience",) if self.drift_patience == 0 else ())
 
     def validate(self) -> None:
         positive = ("epochs", "sample_batch_size", "sample_batches_per_epoch", "images_per_prompt", "steps",
@@ -84,6 +91,8 @@ class DDPOConfig(ConfigBase):
         for name in positive:
             if getattr(self, name) < 1:
                 raise UserError(f"ddpo {name} must be >= 1, not {getattr(self, name)}")
+        if self.drift_patience < 0:
+            raise UserError(f"ddpo drift_patience must be >= 0, not {self.drift_patience}")
         if self.drift_prompts < 0:
             raise UserError(f"ddpo drift_prompts must be >= 0, not {self.drift_prompts}")
         if not 0 < self.eta <= 1:

@@ -123,7 +123,8 @@ def run_ddpo(ctx: Any, config: DDPOConfig, *, out_dir: Path | str, work_dir: Pat
 
     def after_epoch(st: DDPOState, unet, optimizer) -> None:  # noqa: ANN001
         if accelerator.is_main_process:
-            if work is not None:
+            # an epoch past a drift limit is not checkpointed: a resumed run starts from the last good epoch
+            if work is not None and (not st.over_limit or st.stopped):
                 ckpt.save_checkpoint(work, step=st.epoch, unet=unet,
                                      optimizer=getattr(optimizer, "optimizer", optimizer),
                                      data_position=st.epoch, extra={"tracker": st.tracker, "history": st.history,

@@ -54,6 +54,7 @@ class DDPOState:
     last_good_lora: dict[str, torch.Tensor] | None = None
     history: list[dict] = field(default_factory=list)
     stopped: str | None = None
+    over_limit: int = 0  # epochs in a row (up to now) past a drift limit, within ``drift_patience``
 
 
 def _epoch_prompts(pool: Sequence[str], n: int, seed: int, epoch: int, rank: int, per_prompt: int = 1) -> list[str]:
@@ -170,16 +171,24 @@ def make_guard(pipe, unet, scheduler, prompts: Sequence[str], config: DDPOConfig
 
 
 def check_drift(guard: DriftGuard, unet, row: dict, state: DDPOState, config: DDPOConfig) -> str | None:  # noqa: ANN001
-    """Measure drift into ``row``; past a limit, roll back (per config) and return the stop reason."""
+    """Measure drift into ``row``; past a limit for more than ``config.drift_patience`` epochs in a row, roll back
+    (per config) and return the stop reason. An epoch past a limit within the patience is not a good epoch
+    (``state.last_good_lora`` stays where it was) but the run goes on: one noisy epoch does not end it."""
     unet.eval()
     row.update(guard.measure())
     reason = guard.crossed(row)
-    if reason is None:
+    state.over_limit = state.over_limit + 1 if reason else 0
+    row["drift_over"] = reason
+    if reason is None or state.over_limit <= config.drift_patience:
         return None
+    return _roll_back(unet, state, config, f"epoch {row['epoch']}: {reason}")
+
+
+def _roll_back(unet, state: DDPOState, config: DDPOConfig, reason: str) -> str:  # noqa: ANN001
     if config.drift_action == "rollback":
         set_lora_tensors(unet, state.last_good_lora)
         reason += "; rolled back to the last good LoRA"
-    return f"epoch {row['epoch']}: {reason}; stopped"
+    return reason + "; stopped"
 
 
 def _progress(iterable, enabled: bool, accelerator):  # noqa: ANN001, ANN202
@@ -240,7 +249,7 @@ def train_ddpo(pipe, prompts: Sequence[str], reward_fn: RewardFn, config: DDPOCo
                **train_stats, "guard": None}
         if guard is not None:
             state.stopped = row["guard"] = check_drift(guard, unet, row, state, config)
-        if not state.stopped:
+        if not state.stopped and not state.over_limit:
             state.last_good_lora = lora_tensors(unet)
         row.update(sample_s=t1 - t0, train_s=t2 - t1, epoch_s=time.perf_counter() - t0,
                    sample_cpu_s=c1 - c0, train_cpu_s=c2 - c1, epoch_cpu_s=time.process_time() - c0)
@@ -250,4 +259,9 @@ def train_ddpo(pipe, prompts: Sequence[str], reward_fn: RewardFn, config: DDPOCo
         state.tracker = tracker.state_dict()
         if on_epoch_end is not None:
             on_epoch_end(state, unet, optimizer)
+    if state.over_limit and not state.stopped and state.history:  # the last epochs ended past a limit
+        last = state.history[-1]
+        state.stopped = last["guard"] = _roll_back(unet, state, config, f"epoch {last['epoch']}: {last['drift_over']} "
+                                                                         "at the last epoch")
+        state.over_limit = 0
     return lora_tensors(unet), state.history

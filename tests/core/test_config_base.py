@@ -81,10 +81,12 @@ def test_stage_hashes_are_the_ones_stored_runs_carry():
     """Runs are keyed by these hashes (a rerun with the same settings is a no-op): they must never move."""
     assert DPOConfig().config_hash() == "e0564b7bcde5a150"
     assert DPOConfig(ai_feedback_sets=3, since_parent=False, targets=["to_q"]).config_hash() == "4fe1916b26d89cf0"
-    old_guard = {"drift_prompts": 8, "drift_max_follow_drop": 0.25}  # the defaults before the 16-prompt guard
+    # the defaults before the 16-prompt guard, and before the guard's patience
+    old_guard = {"drift_prompts": 8, "drift_max_follow_drop": 0.25, "drift_patience": 0}
     assert DDPOConfig(**old_guard).config_hash() == "1885803caf1f311e"
     assert DDPOConfig(reward_path="x", drift_max_pixel=None, **old_guard).config_hash() == "43008e8cd48d128e"
-    assert DDPOConfig().config_hash() == "6fe38817523d9502"  # new defaults, new runs: never a no-op of an old one
+    assert DDPOConfig(drift_patience=0).config_hash() == "6fe38817523d9502"
+    assert DDPOConfig().config_hash() == "625c0a9bb8b39350"  # new defaults, new runs: never a no-op of an old one
     assert RewardConfig().config_hash() == "59a10633e4240f70"
     assert RewardConfig(include_ties=True, cv_folds=0).config_hash() == "833bc0acde227ca9"
     assert RewardConfig(cv_folds=0).config_hash() == RewardConfig().config_hash()

@@ -257,20 +257,32 @@ def test_tiny_run_moves_only_lora_and_raises_the_reward(tiny_base):
     assert all(h["epoch_s"] >= h["sample_s"] + h["train_s"] > 0 for h in history)
 
 
-@pytest.mark.parametrize("action", ["rollback", "stop"])
-def test_drift_guard_stops_and_rolls_back(pipe, action):
-    cfg = small_config(epochs=3, lr=1e-2, clip_range=0.2, drift_max_pixel=1e-9, drift_action=action)
+@pytest.mark.parametrize("action, patience", [("rollback", 0), ("stop", 0), ("rollback", 1)])
+def test_drift_guard_stops_and_rolls_back(pipe, action, patience):
+    cfg = small_config(epochs=3, lr=1e-2, clip_range=0.2, drift_max_pixel=1e-9, drift_action=action,
+                       drift_patience=patience)
     add_lora(pipe.unet, rank=cfg.lora_rank)
     initial = lora_tensors(pipe.unet)
     lora, history = train_ddpo(pipe, PROMPTS, left_minus_right, cfg, progress=False, drift_prompts=PROMPTS)
-    assert len(history) == 1  # stopped after the first epoch
-    row = history[0]
+    assert len(history) == patience + 1  # every epoch crosses: stopped after patience + 1 of them
+    assert all("pixel drift" in h["drift_over"] for h in history)
+    assert all(h["guard"] is None for h in history[:-1])  # within the patience the run goes on
+    row = history[-1]
     assert row["drift_pixel"] > 1e-9 and "pixel drift" in row["guard"] and "stopped" in row["guard"]
     same = all(torch.equal(lora[k], initial[k]) for k in initial)
-    if action == "rollback":
+    if action == "rollback":  # back to the last epoch within the limits: none was, so the start
         assert same and "rolled back" in row["guard"]
     else:
         assert not same
+
+
+def test_a_run_that_ends_past_a_drift_limit_keeps_the_last_good_lora(pipe):
+    cfg = small_config(epochs=1, lr=1e-2, clip_range=0.2, drift_max_pixel=1e-9, drift_patience=1)
+    add_lora(pipe.unet, rank=cfg.lora_rank)
+    initial = lora_tensors(pipe.unet)
+    lora, history = train_ddpo(pipe, PROMPTS, left_minus_right, cfg, progress=False, drift_prompts=PROMPTS)
+    assert len(history) == 1 and "at the last epoch" in history[0]["guard"] and "rolled back" in history[0]["guard"]
+    assert all(torch.equal(lora[k], initial[k]) for k in initial)
 
 
 # ---------------------------------------------------------------- the job entry point
