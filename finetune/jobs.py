@@ -67,7 +67,7 @@ METHODS = tuple(METHOD_TABLE)
 
 @dataclass
 class JobOutcome:
-    status: str  # done, nothing-new, already-done, busy
+    status: str  # done, no-change (DDPO rolled back to its start), nothing-new, already-done, busy
     message: str
     exit_code: int = 0
     version: str | None = None
@@ -281,7 +281,8 @@ def _run_locked(ctx: Any, method: str, kind: str, config: Any, min_new_labels: i
         run_key += f":rm-{reward_id}"
     state, job = claim_job(ctx, kind=kind, run_key=run_key, snapshot=snapshot, config_hash=chash, owner=owner_id())
     if state == "already-done":
-        return JobOutcome("already-done", f"run {run_key} already done ({(job.output or {}).get('version')}); "
+        done = job.output or {}
+        return JobOutcome("already-done", f"run {run_key} already done ({done.get('version') or done.get('reason')}); "
                                           "nothing to do", 0, (job.output or {}).get("version"), job.id)
     if state == "busy":
         return JobOutcome("busy", f"run {run_key} is held by {job.owner if job else 'another worker'}; exiting",
@@ -289,6 +290,16 @@ def _run_locked(ctx: Any, method: str, kind: str, config: Any, min_new_labels: i
     if state == "taken-over":
         print(f"taking over stale run {run_key} from {job.output.get('taken_over_from')}")
     return _train_and_register(ctx, method, config, job, snapshot, parent_id, parent, reward_id, scope)
+
+
+def _finish_unchanged(ctx: Any, job: Any, method: str, metrics: dict[str, Any]) -> JobOutcome:
+    why = f"{method} changed nothing: {metrics.get('guard')}; no version registered"
+    with write_session(ctx.engine) as s:
+        row = s.get(Job, job.id)
+        row.status, row.finished_at, row.heartbeat_at = "done", utcnow(), utcnow()
+        row.output = {**(row.output or {}), "version": None, "reason": why, "metrics": dict(metrics)}
+        s.add(row)
+    return JobOutcome("no-change", why, 0, None, job.id)
 
 
 def _train_and_register(ctx: Any, method: str, config: Any, job: Any, snapshot: int, parent_id: int,
@@ -305,6 +316,8 @@ def _train_and_register(ctx: Any, method: str, config: Any, job: Any, snapshot: 
             result = _trainer(method)(ctx, config, out_dir=out_dir, work_dir=work_dir, upto=snapshot,
                                       on_step=lambda step, metrics: None, parent=parent, scope=scope)
             hb.beat()
+        if getattr(result, "unchanged", False):  # DDPO rolled back to its start: no version, the run is done
+            return _finish_unchanged(ctx, job, method, result.metrics)
         with write_session(ctx.engine) as s:
             metrics = dict(result.metrics)
             if reward_id is not None:  # which reward model it learned from (``finetune.auto`` reads it back)

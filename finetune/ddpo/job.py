@@ -36,6 +36,8 @@ class DDPOResult:
     lora_sha256: str
     epochs: int  # epochs run in total (fewer than configured when the drift guard stopped the run)
     metrics: dict[str, Any]  # summary plus "history", one JSON row per epoch
+    # every epoch crossed a drift limit and the LoRA went back to where it started: nothing new, no file written
+    unchanged: bool = False
 
 
 def load_pipeline(ref: str):  # noqa: ANN201 - a diffusers StableDiffusionPipeline
@@ -138,6 +140,8 @@ def run_ddpo(ctx: Any, config: DDPOConfig, *, out_dir: Path | str, work_dir: Pat
                             on_epoch_end=after_epoch, accelerator=accelerator)
     stopped = next((h["guard"] for h in history if h.get("guard")), None)
     metrics = _summary(history, stopped) if history else {}
+    if stopped and config.drift_action == "rollback" and not any(h.get("kept", True) for h in history):
+        return DDPOResult(Path(out_dir), "", len(history), metrics, unchanged=True)
     sha = ""
     if accelerator.is_main_process:
         sha = save_lora_atomic(getattr(pipe.unet, "module", pipe.unet), Path(out_dir), metadata={

@@ -251,6 +251,7 @@ def train_ddpo(pipe, prompts: Sequence[str], reward_fn: RewardFn, config: DDPOCo
             state.stopped = row["guard"] = check_drift(guard, unet, row, state, config)
         if not state.stopped and not state.over_limit:
             state.last_good_lora = lora_tensors(unet)
+        row["kept"] = not state.stopped and not state.over_limit  # an epoch within every limit
         row.update(sample_s=t1 - t0, train_s=t2 - t1, epoch_s=time.perf_counter() - t0,
                    sample_cpu_s=c1 - c0, train_cpu_s=c2 - c1, epoch_cpu_s=time.process_time() - c0)
         state.history.append(row)

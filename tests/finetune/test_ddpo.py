@@ -377,3 +377,24 @@ def test_finetune_job_runs_ddpo_and_registers_a_candidate(labelled):
     assert version.method == "ddpo" and version.status == "candidate"
     assert len(version.metrics["history"]) == 1 and "reward_mean" in version.metrics["history"][0]
     assert run_finetune_job(labelled, method="ddpo", overrides=overrides).status in ("nothing-new", "already-done")
+
+
+def test_a_ddpo_run_rolled_back_to_its_start_registers_no_version(labelled):
+    from sqlmodel import select
+
+    from finetune.jobs import run_finetune_job
+    from pickloop.db import read_session
+    from pickloop.schema import Job, ModelVersion
+
+    overrides = dict(epochs=2, sample_batch_size=2, sample_batches_per_epoch=1, train_batch_size=2, steps=2,
+                     reward="brightness", drift_prompts=1, drift_max_pixel=1e-9, drift_patience=0)
+    outcome = run_finetune_job(labelled, method="ddpo", overrides=overrides)
+    assert outcome.status == "no-change" and outcome.version is None and outcome.exit_code == 0, outcome.message
+    assert "pixel drift" in outcome.message and "no version registered" in outcome.message
+    with read_session(labelled.engine) as s:
+        assert s.exec(select(ModelVersion).where(ModelVersion.method == "ddpo")).all() == []
+        job = s.exec(select(Job).where(Job.kind == "finetune-ddpo")).one()
+    assert job.status == "done" and job.output["version"] is None
+    assert not any(labelled.settings.lora_dir.glob("ddpo-*"))  # no LoRA file written either
+    again = run_finetune_job(labelled, method="ddpo", overrides=overrides, min_new_labels=0)
+    assert again.status == "already-done" and "changed nothing" in again.message
