@@ -26,7 +26,8 @@ parent and the best that passes is promoted before the next stage starts from it
    against a reward model more accurate than this one (``ddpo_doubtful``): that version already climbed
    a better reward model, and climbing a worse one adds its errors. In the loop such a second DDPO was
    refused by the gate (win rate 0.447, cross-validated accuracy 0.721 after 0.778); skipping it saves
-   its training and its gate's images.
+   its training and its gate's images. A DDPO run whose every epoch crossed a drift limit is rolled back to
+   where it started and registers no version (status ``no-change``), so no copy of the parent is gated or promoted.
 
 Every candidate is an ordinary keyed, resumable ``run_finetune_job``; a rerun with no new labels is a
 no-op. The outcome lists every candidate with its gate figures and why it won or lost.
