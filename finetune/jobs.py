@@ -283,7 +283,7 @@ def _run_locked(ctx: Any, method: str, kind: str, config: Any, min_new_labels: i
     if state == "already-done":
         done = job.output or {}
         return JobOutcome("already-done", f"run {run_key} already done ({done.get('version') or done.get('reason')}); "
-                                          "nothing to do", 0, (job.output or {}).get("version"), job.id)
+                                          "nothing to do", 0, done.get("version"), job.id)
     if state == "busy":
         return JobOutcome("busy", f"run {run_key} is held by {job.owner if job else 'another worker'}; exiting",
                           EXIT_BUSY)

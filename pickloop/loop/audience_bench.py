@@ -26,8 +26,6 @@ from dataclasses import dataclass, field
 from math import ceil
 from typing import Any, Callable, Sequence
 
-from sqlmodel import func, select
-
 from generator import fill_queue
 from pickloop.audiences import serving_version
 from pickloop.context import Context
@@ -36,7 +34,7 @@ from pickloop.errors import UserError
 from pickloop.loop.config import LoopConfig
 from pickloop.loop.evaluate import FixedSeedImages, follow_rate, oracle_win_rate
 from pickloop.loop.run import LoopSetup, _fmt, _step_line, draw_version, finetune_auto, setup_loop
-from pickloop.schema import Comparison, Prompt
+from pickloop.pace import ready_unanswered
 from pickloop.shapes.rating import LOOP_POOL, label_ready_sets, simulated_rater_row
 from pickloop.shapes.tastes import SimulatedRater, load_taste
 from pickloop.store import EVERYONE, promoted_version
@@ -86,10 +84,8 @@ def draw_served_sets(setup: LoopSetup, config: LoopConfig, need: dict[int, int],
 
     def wanted(version_id: int) -> int:
         with read_session(ctx.engine) as s:
-            ready = s.exec(select(func.count()).select_from(Comparison).join(Prompt, Comparison.prompt_id == Prompt.id)
-                           .where(Prompt.pool == LOOP_POOL, Comparison.status == "ready",
-                                  Comparison.model_version_id == version_id)).one()
-        return max(0, need.get(version_id, 0) - int(ready))
+            ready = ready_unanswered(session=s, pool=LOOP_POOL, version_id=version_id)
+        return max(0, need.get(version_id, 0) - ready)
 
     depth = ceil(max(need.values()) / len(setup.train_prompts))
     fill_queue(ctx=ctx, pool=LOOP_POOL, depth=depth, max_sets=sum(need.values()), n=config.candidates,
